@@ -1,0 +1,286 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0
+//
+// CPU sampler: a perf_event program attached to the software cpu-clock on every
+// CPU. Each sample is aggregated in the kernel by a key of (process, thread,
+// cgroup, user stack, kernel stack), so userspace reads every unique stack once
+// per drain instead of once per sample.
+//
+// Stacks are stored in a hash map keyed by a 64-bit hash of their frames,
+// not in a BPF_MAP_TYPE_STACK_TRACE: a stack-trace map drops a sample whenever
+// two different stacks fall into the same bucket, which at a few thousand
+// stacks happens all the time. A second, independent 32-bit hash is stored with
+// each stack so a real 64-bit collision is detected and counted.
+//
+// Maps come in two generations. The program writes into the generation named
+// by control[0]; the drainer flips it, waits for running programs to finish
+// (see profiler/drain.go) and then reads and clears the old generation at
+// leisure, so no sample is lost or counted twice at the boundary.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "profile.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+// The maps' max_entries below are defaults; userspace sets them from flags.
+
+struct counts_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sample_key);
+	__type(value, __u64);
+} counts0 SEC(".maps"), counts1 SEC(".maps");
+
+struct stacks_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct stack_trace);
+} stacks0 SEC(".maps"), stacks1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct counts_map);
+} counts SEC(".maps") = {
+	.values = {&counts0, &counts1},
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct stacks_map);
+} stacks SEC(".maps") = {
+	.values = {&stacks0, &stacks1},
+};
+
+// control[CONTROL_GENERATION] is the generation (0 or 1) being written.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CONTROL_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} control SEC(".maps");
+
+// stats[STAT_*]: samples and drops by reason, per CPU so counting is lock-free.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+// known_procs remembers which processes userspace has been told about, so
+// it can snapshot /proc/PID/maps on the first sample of a process, while a
+// short-lived process is still alive. The value identifies the process image:
+// a reused pid or an exec changes it.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct proc_identity);
+} known_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} proc_events SEC(".maps");
+
+// Scratch space for stacks: too large for the 512-byte BPF stack.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct stack_trace);
+} scratch SEC(".maps");
+
+static __always_inline void count_stat(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+// hash_stack fills trace->check and returns the stack's id: a 64-bit FNV-1a
+// style hash of the frames, never 0 (0 means "no stack").
+static __always_inline __u64 hash_stack(struct stack_trace *trace)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u32 check = 0x9e3779b9;
+
+	for (int i = 0; i < MAX_STACK_DEPTH; i++) {
+		if (i >= trace->len)
+			break;
+		__u64 ip = trace->ips[i];
+		h = (h ^ ip) * 0x100000001b3ULL;
+		check = (check ^ (__u32)(ip >> 3) ^ (__u32)(ip >> 35)) * 0x01000193;
+		check ^= check >> 15;
+	}
+	trace->check = check;
+	return h ? h : 1;
+}
+
+// store_stack captures one stack (user or kernel, by flags) into the current
+// generation's stack map and returns its id, or 0 with *lost set when the
+// stack exists but could not be stored.
+static __always_inline __u64 store_stack(void *ctx, void *stack_map, __u32 slot,
+					 __u64 flags, __u32 *lost, __u32 lost_flag)
+{
+	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &slot);
+	if (!trace)
+		return 0;
+
+	long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), flags);
+	if (n <= 0)
+		return 0; // no stack of this kind (kernel thread, or sample in user mode)
+	trace->len = n / sizeof(__u64);
+
+	__u64 id = hash_stack(trace);
+	struct stack_trace *existing = bpf_map_lookup_elem(stack_map, &id);
+	if (existing) {
+		if (existing->check == trace->check)
+			return id;
+		count_stat(STAT_DROP_STACK_COLLISION);
+		*lost |= lost_flag;
+		return 0;
+	}
+	long err = bpf_map_update_elem(stack_map, &id, trace, BPF_NOEXIST);
+	if (err == 0 || err == -17 /* EEXIST: another CPU stored it first */)
+		return id;
+	count_stat(STAT_DROP_STACKS_FULL);
+	*lost |= lost_flag;
+	return 0;
+}
+
+// is_return_address reports whether the instruction right before addr is a
+// call, which makes addr a return address rather than data.
+static __always_inline bool is_return_address(__u64 addr)
+{
+#if defined(__TARGET_ARCH_x86)
+	__u8 b[8];
+	if (addr < 8 || bpf_probe_read_user(b, sizeof(b), (void *)(addr - 8)))
+		return false;
+	if (b[3] == 0xe8) // call rel32
+		return true;
+	if (b[6] == 0xff && (b[7] & 0xf8) == 0xd0) // call *%reg
+		return true;
+	if (b[5] == 0xff && (b[6] & 0x38) == 0x10) // call *disp8(%reg)
+		return true;
+	if (b[2] == 0xff && (b[3] & 0x38) == 0x10) // call *disp32(%reg), call *rel32(%rip)
+		return true;
+#endif
+	return false;
+}
+
+// leaf_caller returns the word at the user stack pointer when it is a return
+// address. Frame-pointer unwinding skips the caller of a leaf that has no
+// frame of its own (Go and optimized C leaves, or a PC in a prologue); that
+// caller's return address is then exactly at [sp]. Userspace decides whether
+// to insert it, since only it knows if the leaf function is frameless.
+static __always_inline __u64 leaf_caller(struct task_struct *task)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u64 ret = 0;
+
+	if (!regs)
+		return 0;
+	if (bpf_probe_read_user(&ret, sizeof(ret), (void *)BPF_CORE_READ(regs, sp)))
+		return 0;
+	return is_return_address(ret) ? ret : 0;
+}
+
+// announce_process emits a ring-buffer event the first time a process image
+// is sampled.
+static __always_inline void announce_process(struct task_struct *task, __u32 pid)
+{
+	struct proc_identity id = {
+		.start_time = BPF_CORE_READ(task, group_leader, start_time),
+		.mm = (__u64)BPF_CORE_READ(task, mm),
+	};
+	struct proc_identity *seen = bpf_map_lookup_elem(&known_procs, &pid);
+	if (seen && seen->start_time == id.start_time && seen->mm == id.mm)
+		return;
+	bpf_map_update_elem(&known_procs, &pid, &id, BPF_ANY);
+
+	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_stat(STAT_DROP_PROC_EVENTS);
+		return;
+	}
+	ev->pid = pid;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void count_sample(void *counts_map, struct sample_key *key)
+{
+	__u64 *cnt = bpf_map_lookup_elem(counts_map, key);
+	if (cnt) {
+		__sync_fetch_and_add(cnt, 1);
+		return;
+	}
+	__u64 one = 1;
+	long err = bpf_map_update_elem(counts_map, key, &one, BPF_NOEXIST);
+	if (err == 0)
+		return;
+	if (err == -17) { // EEXIST: inserted by another CPU meanwhile
+		cnt = bpf_map_lookup_elem(counts_map, key);
+		if (cnt) {
+			__sync_fetch_and_add(cnt, 1);
+			return;
+		}
+	}
+	count_stat(STAT_DROP_COUNTS_FULL);
+}
+
+SEC("perf_event")
+int sample_cpu(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	__u32 tid = (__u32)pid_tgid;
+
+	if (tid == 0) // the idle task: the CPU is not busy
+		return 0;
+
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&control, &zero);
+	if (!gen)
+		return 0;
+	__u32 g = *gen & 1;
+	void *counts_map = bpf_map_lookup_elem(&counts, &g);
+	void *stack_map = bpf_map_lookup_elem(&stacks, &g);
+	if (!counts_map || !stack_map)
+		return 0;
+
+	count_stat(STAT_SAMPLES);
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct sample_key key = {};
+	key.pid = pid;
+	key.tid = tid;
+	key.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+
+	key.kernel_stack = store_stack(ctx, stack_map, 0, 0, &key.flags, FLAG_KERNEL_STACK_LOST);
+	if (BPF_CORE_READ(task, mm)) { // kernel threads have no user stack
+		key.user_stack = store_stack(ctx, stack_map, 1, BPF_F_USER_STACK, &key.flags,
+					     FLAG_USER_STACK_LOST);
+		if (key.user_stack)
+			key.leaf_caller = leaf_caller(task);
+		announce_process(task, pid);
+	}
+
+	count_sample(counts_map, &key);
+	return 0;
+}
+
+// Referenced so their BTF reaches bpf2go, which generates the Go types.
+const struct new_process_event *unused_new_process_event __attribute__((unused));
+const enum stat_index *unused_stat_index __attribute__((unused));

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Types shared by profile.bpf.c and, through bpf2go, the Go side. */
+#ifndef CGSCOPE_PROFILE_H
+#define CGSCOPE_PROFILE_H
+
+#define MAX_STACK_DEPTH 127
+
+enum control_index {
+	CONTROL_GENERATION = 0,
+	CONTROL_MAX,
+};
+
+/* Keep in step with profiler.StatNames. */
+enum stat_index {
+	STAT_SAMPLES = 0,             /* samples taken (not idle) */
+	STAT_DROP_COUNTS_FULL,        /* sample lost: counts map full */
+	STAT_DROP_STACKS_FULL,        /* stack lost: stacks map full (sample kept) */
+	STAT_DROP_STACK_COLLISION,    /* stack lost: 64-bit hash collision (sample kept) */
+	STAT_DROP_PROC_EVENTS,        /* new-process event lost: ring buffer full */
+	STAT_MAX,
+};
+
+enum sample_flags {
+	FLAG_USER_STACK_LOST = 1,
+	FLAG_KERNEL_STACK_LOST = 2,
+};
+
+struct sample_key {
+	__u32 pid;          /* tgid */
+	__u32 tid;
+	__u64 cgroup_id;    /* cgroup2 id: the inode of the cgroup directory */
+	__u64 user_stack;   /* stack id, 0 = none */
+	__u64 kernel_stack; /* stack id, 0 = none */
+	__u64 leaf_caller;  /* return address found at the user SP, 0 = none */
+	__u32 flags;        /* FLAG_* */
+	__u32 pad;
+	char comm[16];
+};
+
+struct stack_trace {
+	__u32 len;   /* frames used in ips */
+	__u32 check; /* independent hash to detect id collisions */
+	__u64 ips[MAX_STACK_DEPTH];
+};
+
+struct proc_identity {
+	__u64 start_time;
+	__u64 mm;
+};
+
+struct new_process_event {
+	__u32 pid;
+	__u32 pad;
+};
+
+#endif

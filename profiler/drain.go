@@ -1,0 +1,242 @@
+package profiler
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgscope/cgscope/bpf"
+)
+
+var nativeEndian = binary.NativeEndian
+
+// RawSample is one unique sample key drained from the kernel with its count.
+// Stacks are raw instruction addresses, leaf first.
+type RawSample struct {
+	PID, TID uint32
+	CgroupID uint64
+	Comm     string
+	User     []uint64
+	Kernel   []uint64
+	// LeafCaller is the return address found at the user stack pointer, a
+	// candidate for the caller that frame-pointer unwinding skips when the
+	// leaf function has no frame; 0 if none.
+	LeafCaller uint64
+	// UserLost and KernelLost mark a stack that existed but could not be
+	// stored in the kernel (map full or hash collision; counted in Stats).
+	UserLost, KernelLost bool
+	Count                uint64
+}
+
+// RawBatch is everything sampled between two drains.
+type RawBatch struct {
+	Start, End time.Time
+	Samples    []RawSample
+}
+
+// drainBatchSize is how many map entries one batch syscall moves.
+const drainBatchSize = 512
+
+// Drain returns every sample taken since the previous Drain.
+//
+// The program writes into one of two map generations. Drain points it at the
+// other one, then re-installs the old generation's inner maps into their
+// map-of-maps slots: the kernel answers every update of a map-of-maps with
+// synchronize_rcu(), so when that returns, no program that could still write
+// the old generation is running. The old generation is then read and emptied
+// without racing a writer; samples taken meanwhile land in the new one.
+func (s *Sampler) Drain() (*RawBatch, error) {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+
+	old := s.generation
+	next := old ^ 1
+	if err := s.objs.Control.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
+		return nil, fmt.Errorf("switching map generation: %w", err)
+	}
+	s.generation = next
+	countsMap, stacksMap := s.generationMaps(old)
+	if err := s.waitForWriters(old, countsMap, stacksMap); err != nil {
+		return nil, err
+	}
+
+	batch := &RawBatch{Start: s.lastDrain, End: time.Now()}
+	s.lastDrain = batch.End
+
+	stacks, err := drainStacks(stacksMap)
+	if err != nil {
+		return nil, err
+	}
+	if err := drainCounts(countsMap, func(k *bpf.ProfileSampleKey, count uint64) {
+		batch.Samples = append(batch.Samples, rawSample(k, count, stacks))
+	}); err != nil {
+		return nil, err
+	}
+	return batch, nil
+}
+
+func (s *Sampler) generationMaps(gen uint32) (counts, stacks *ebpf.Map) {
+	if gen == 0 {
+		return s.objs.Counts0, s.objs.Stacks0
+	}
+	return s.objs.Counts1, s.objs.Stacks1
+}
+
+// waitForWriters re-installs the generation's inner maps in their slots; each
+// map-of-maps update returns only after an RCU grace period.
+func (s *Sampler) waitForWriters(gen uint32, counts, stacks *ebpf.Map) error {
+	if err := s.objs.Counts.Update(gen, counts, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("waiting for BPF writers (counts): %w", err)
+	}
+	if err := s.objs.Stacks.Update(gen, stacks, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("waiting for BPF writers (stacks): %w", err)
+	}
+	return nil
+}
+
+func drainStacks(m *ebpf.Map) (map[uint64][]uint64, error) {
+	stacks := make(map[uint64][]uint64)
+	keys := make([]uint64, drainBatchSize)
+	values := make([]bpf.ProfileStackTrace, drainBatchSize)
+	err := lookupAndDeleteAll(m, keys, values, func(n int) {
+		for i := range n {
+			v := &values[i]
+			depth := min(int(v.Len), len(v.Ips))
+			stacks[keys[i]] = append([]uint64(nil), v.Ips[:depth]...)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("draining stacks: %w", err)
+	}
+	return stacks, nil
+}
+
+func drainCounts(m *ebpf.Map, each func(*bpf.ProfileSampleKey, uint64)) error {
+	keys := make([]bpf.ProfileSampleKey, drainBatchSize)
+	values := make([]uint64, drainBatchSize)
+	err := lookupAndDeleteAll(m, keys, values, func(n int) {
+		for i := range n {
+			each(&keys[i], values[i])
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("draining sample counts: %w", err)
+	}
+	return nil
+}
+
+// lookupAndDeleteAll empties m in batches, handing each batch to consume.
+func lookupAndDeleteAll(m *ebpf.Map, keys, values any, consume func(n int)) error {
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, keys, values, nil)
+		if n > 0 {
+			consume(n)
+		}
+		// ErrKeyNotExist marks the last batch (possibly a full one).
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func rawSample(k *bpf.ProfileSampleKey, count uint64, stacks map[uint64][]uint64) RawSample {
+	return RawSample{
+		PID:        k.Pid,
+		TID:        k.Tid,
+		CgroupID:   k.CgroupId,
+		Comm:       commString(k.Comm),
+		User:       stacks[k.UserStack],
+		Kernel:     stacks[k.KernelStack],
+		LeafCaller: k.LeafCaller,
+		UserLost:   k.Flags&1 != 0,
+		KernelLost: k.Flags&2 != 0,
+		Count:      count,
+	}
+}
+
+func commString(c [16]int8) string {
+	b := make([]byte, 0, len(c))
+	for _, ch := range c {
+		if ch == 0 {
+			break
+		}
+		b = append(b, byte(ch))
+	}
+	return string(b)
+}
+
+// Stats are the sampler's counters since load, summed over CPUs.
+type Stats struct {
+	Samples uint64
+	// Dropped counts losses by reason: "counts_map_full" (sample lost),
+	// "stacks_map_full" and "stack_hash_collision" (stack lost, sample kept),
+	// "process_events_full" (new-process notice lost).
+	Dropped map[string]uint64
+}
+
+// DropReasons lists the reasons Stats.Dropped may hold, in stat-index order.
+var DropReasons = []string{"counts_map_full", "stacks_map_full", "stack_hash_collision", "process_events_full"}
+
+// Stats reads the per-CPU counters kept by the BPF program.
+func (s *Sampler) Stats() (Stats, error) {
+	sum := func(idx bpf.ProfileStatIndex) (uint64, error) {
+		var perCPU []uint64
+		if err := s.objs.Stats.Lookup(uint32(idx), &perCPU); err != nil {
+			return 0, err
+		}
+		var total uint64
+		for _, v := range perCPU {
+			total += v
+		}
+		return total, nil
+	}
+	st := Stats{Dropped: make(map[string]uint64, len(DropReasons))}
+	var err error
+	if st.Samples, err = sum(bpf.ProfileStatIndexSTAT_SAMPLES); err != nil {
+		return st, fmt.Errorf("reading sampler stats: %w", err)
+	}
+	for i, reason := range DropReasons {
+		v, err := sum(bpf.ProfileStatIndexSTAT_DROP_COUNTS_FULL + bpf.ProfileStatIndex(i))
+		if err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
+		st.Dropped[reason] = v
+	}
+	return st, nil
+}
+
+// ProgramStats is the kernel's accounting of one BPF program (bpf_stats).
+type ProgramStats struct {
+	Name     string
+	RunCount uint64
+	Runtime  time.Duration
+}
+
+// ProgramStats returns run count and run time of the sampler's programs. The
+// kernel counts them only while BPF statistics are enabled (EnableBPFStats).
+func (s *Sampler) ProgramStats() ([]ProgramStats, error) {
+	st, err := s.objs.SampleCpu.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("reading BPF program stats: %w", err)
+	}
+	return []ProgramStats{{Name: "sample_cpu", RunCount: st.RunCount, Runtime: st.Runtime}}, nil
+}
+
+// EnableBPFStats turns on the kernel's per-program run-time accounting for as
+// long as the returned closer stays open, like kernel.bpf_stats_enabled=1
+// but scoped to this process.
+func EnableBPFStats() (interface{ Close() error }, error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enabling BPF run-time statistics: %w", err)
+	}
+	return c, nil
+}

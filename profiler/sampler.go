@@ -1,0 +1,191 @@
+package profiler
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgscope/cgscope/bpf"
+)
+
+// Config sizes and paces the CPU sampler.
+type Config struct {
+	// Frequency is the number of samples per second per CPU (1..1000).
+	Frequency int
+	// MaxSampleKeys bounds the unique (process, thread, cgroup, stack) keys
+	// counted per drain interval; samples beyond it are counted as dropped.
+	MaxSampleKeys int
+	// MaxStacks bounds the unique stacks (user and kernel together) per drain
+	// interval; a stack beyond it is lost (the sample is kept) and counted.
+	MaxStacks int
+	// MaxProcesses bounds the processes remembered as already announced.
+	MaxProcesses int
+}
+
+// DefaultConfig returns the sizes cgscope uses unless told otherwise.
+func DefaultConfig() Config {
+	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, MaxProcesses: 8192}
+}
+
+// Validate reports the first configuration value out of range.
+func (c Config) Validate() error {
+	switch {
+	case c.Frequency < 1 || c.Frequency > 1000:
+		return fmt.Errorf("sampling frequency %d Hz out of range 1..1000", c.Frequency)
+	case c.MaxSampleKeys < 64 || c.MaxSampleKeys > 1<<22:
+		return fmt.Errorf("max sample keys %d out of range 64..%d", c.MaxSampleKeys, 1<<22)
+	case c.MaxStacks < 64 || c.MaxStacks > 1<<20:
+		return fmt.Errorf("max stacks %d out of range 64..%d", c.MaxStacks, 1<<20)
+	case c.MaxProcesses < 64 || c.MaxProcesses > 1<<22:
+		return fmt.Errorf("max processes %d out of range 64..%d", c.MaxProcesses, 1<<22)
+	}
+	return nil
+}
+
+// Sampler owns the loaded CPU-sampling programs, their maps and perf events.
+type Sampler struct {
+	cfg     Config
+	objs    bpf.ProfileObjects
+	links   []link.Link
+	perfFDs []int
+	events  *ringbuf.Reader
+
+	drainMu    sync.Mutex // serializes Drain; guards generation and lastDrain
+	generation uint32
+	lastDrain  time.Time
+
+	closeOnce sync.Once
+	eventsWG  sync.WaitGroup
+}
+
+// NewSampler checks the host, loads the programs and starts sampling on every
+// online CPU. The caller must Close it.
+func NewSampler(cfg Config) (*Sampler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	s := &Sampler{cfg: cfg, lastDrain: time.Now()}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if err := s.attach(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	events, err := ringbuf.NewReader(s.objs.ProcEvents)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("opening new-process ring buffer: %w", err)
+	}
+	s.events = events
+	return s, nil
+}
+
+func (s *Sampler) load() error {
+	spec, err := bpf.LoadProfile()
+	if err != nil {
+		return fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	for _, name := range []string{bpf.ProfileMapCounts0, bpf.ProfileMapCounts1} {
+		spec.Maps[name].MaxEntries = uint32(s.cfg.MaxSampleKeys)
+	}
+	spec.Maps[bpf.ProfileMapCounts].InnerMap.MaxEntries = uint32(s.cfg.MaxSampleKeys)
+	for _, name := range []string{bpf.ProfileMapStacks0, bpf.ProfileMapStacks1} {
+		spec.Maps[name].MaxEntries = uint32(s.cfg.MaxStacks)
+	}
+	spec.Maps[bpf.ProfileMapStacks].InnerMap.MaxEntries = uint32(s.cfg.MaxStacks)
+	spec.Maps[bpf.ProfileMapKnownProcs].MaxEntries = uint32(s.cfg.MaxProcesses)
+
+	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			slog.Error("BPF verifier rejected the CPU sampler", "log", fmt.Sprintf("%+v", verr))
+		}
+		return fmt.Errorf("%w: loading the CPU sampler BPF program: %v", ErrPreflight, err)
+	}
+	return nil
+}
+
+// attach opens one cpu-clock event per online CPU and attaches the program.
+func (s *Sampler) attach() error {
+	cpus, err := onlineCPUs()
+	if err != nil {
+		return fmt.Errorf("listing online CPUs: %w", err)
+	}
+	for _, cpu := range cpus {
+		fd, err := openCPUClock(cpu, s.cfg.Frequency)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrPreflight, err)
+		}
+		s.perfFDs = append(s.perfFDs, fd)
+		l, err := link.AttachRawLink(link.RawLinkOptions{
+			Target:  fd,
+			Program: s.objs.SampleCpu,
+			Attach:  ebpf.AttachPerfEvent,
+		})
+		if err != nil {
+			return fmt.Errorf("%w: attaching the CPU sampler to CPU %d: %v", ErrPreflight, cpu, err)
+		}
+		s.links = append(s.links, l)
+	}
+	return nil
+}
+
+// CPUs returns the number of CPUs being sampled.
+func (s *Sampler) CPUs() int { return len(s.perfFDs) }
+
+// Frequency returns the per-CPU sampling frequency in Hz.
+func (s *Sampler) Frequency() int { return s.cfg.Frequency }
+
+// RunProcessEvents calls onNew with the pid of every process image (new
+// process, reused pid, or exec) the moment its first sample is taken, until
+// the sampler is closed. It blocks; run it in its own goroutine.
+func (s *Sampler) RunProcessEvents(onNew func(pid uint32)) {
+	s.eventsWG.Add(1)
+	defer s.eventsWG.Done()
+	var ev bpf.ProfileNewProcessEvent
+	for {
+		rec, err := s.events.Read()
+		if err != nil {
+			if !errors.Is(err, ringbuf.ErrClosed) {
+				slog.Error("reading new-process events stopped", "err", err)
+			}
+			return
+		}
+		if len(rec.RawSample) < 4 {
+			continue
+		}
+		ev.Pid = nativeEndian.Uint32(rec.RawSample)
+		onNew(ev.Pid)
+	}
+}
+
+// Close detaches the programs, closes every perf event and frees the maps.
+// It is safe to call more than once.
+func (s *Sampler) Close() error {
+	var errs []error
+	s.closeOnce.Do(func() {
+		if s.events != nil {
+			errs = append(errs, s.events.Close())
+			s.eventsWG.Wait()
+		}
+		for _, l := range s.links {
+			errs = append(errs, l.Close())
+		}
+		for _, fd := range s.perfFDs {
+			errs = append(errs, unix.Close(fd))
+		}
+		errs = append(errs, s.objs.Close())
+	})
+	return errors.Join(errs...)
+}
