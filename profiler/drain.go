@@ -20,8 +20,11 @@ type RawSample struct {
 	PID, TID uint32
 	CgroupID uint64
 	Comm     string
-	User     []uint64
-	Kernel   []uint64
+	// UserStackID and KernelStackID identify the stacks within one batch
+	// (0 = none), so consumers can work once per unique stack.
+	UserStackID, KernelStackID uint64
+	User                       []uint64
+	Kernel                     []uint64
 	// LeafCaller is the return address found at the user stack pointer, a
 	// candidate for the caller that frame-pointer unwinding skips when the
 	// leaf function has no frame; 0 if none.
@@ -149,16 +152,18 @@ func lookupAndDeleteAll(m *ebpf.Map, keys, values any, consume func(n int)) erro
 
 func rawSample(k *bpf.ProfileSampleKey, count uint64, stacks map[uint64][]uint64) RawSample {
 	return RawSample{
-		PID:        k.Pid,
-		TID:        k.Tid,
-		CgroupID:   k.CgroupId,
-		Comm:       commString(k.Comm),
-		User:       stacks[k.UserStack],
-		Kernel:     stacks[k.KernelStack],
-		LeafCaller: k.LeafCaller,
-		UserLost:   k.Flags&1 != 0,
-		KernelLost: k.Flags&2 != 0,
-		Count:      count,
+		PID:           k.Pid,
+		TID:           k.Tid,
+		CgroupID:      k.CgroupId,
+		Comm:          commString(k.Comm),
+		UserStackID:   k.UserStack,
+		KernelStackID: k.KernelStack,
+		User:          stacks[k.UserStack],
+		Kernel:        stacks[k.KernelStack],
+		LeafCaller:    k.LeafCaller,
+		UserLost:      k.Flags&1 != 0,
+		KernelLost:    k.Flags&2 != 0,
+		Count:         count,
 	}
 }
 

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/symbolizer"
+)
+
+// profilingFlags are shared by the daemon and `record`.
+type profilingFlags struct {
+	sampler       profiler.Config
+	interval      time.Duration
+	maxObjects    int
+	maxProcesses  int
+	maxCgroups    int
+	bpfStatsOnOff bool
+}
+
+func addProfilingFlags(app *kingpin.Application) *profilingFlags {
+	f := &profilingFlags{}
+	d := profiler.DefaultConfig()
+	app.Flag("profiling.frequency", "CPU samples per second on each CPU (1..1000).").
+		Default(fmt.Sprint(d.Frequency)).IntVar(&f.sampler.Frequency)
+	app.Flag("profiling.interval", "How often the kernel maps are drained into a profile window.").
+		Default("10s").DurationVar(&f.interval)
+	app.Flag("profiling.max-sample-keys", "Unique (thread, cgroup, stack) keys kept in the kernel per interval; more are counted in cgscope_samples_dropped_total.").
+		Default(fmt.Sprint(d.MaxSampleKeys)).IntVar(&f.sampler.MaxSampleKeys)
+	app.Flag("profiling.max-stacks", "Unique stacks kept in the kernel per interval; more are counted in cgscope_samples_dropped_total.").
+		Default(fmt.Sprint(d.MaxStacks)).IntVar(&f.sampler.MaxStacks)
+	app.Flag("profiling.max-processes", "Processes remembered by the kernel side as already announced to the symbolizer.").
+		Default(fmt.Sprint(d.MaxProcesses)).IntVar(&f.sampler.MaxProcesses)
+	app.Flag("symbolizer.max-objects", "Parsed ELF objects cached by the symbolizer.").
+		Default("512").IntVar(&f.maxObjects)
+	app.Flag("symbolizer.max-processes", "Processes whose memory mappings the symbolizer caches.").
+		Default("8192").IntVar(&f.maxProcesses)
+	app.Flag("cgroup.max-paths", "cgroup2 directories indexed to name cgroups.").
+		Default("65536").IntVar(&f.maxCgroups)
+	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
+		Default("true").BoolVar(&f.bpfStatsOnOff)
+	return f
+}
+
+func (f *profilingFlags) validate() error {
+	if err := f.sampler.Validate(); err != nil {
+		return fmt.Errorf("--profiling.*: %w", err)
+	}
+	switch {
+	case f.interval < time.Second || f.interval > 10*time.Minute:
+		return fmt.Errorf("--profiling.interval=%s: want 1s..10m", f.interval)
+	case f.maxObjects < 1:
+		return fmt.Errorf("--symbolizer.max-objects=%d: want at least 1", f.maxObjects)
+	case f.maxProcesses < 1:
+		return fmt.Errorf("--symbolizer.max-processes=%d: want at least 1", f.maxProcesses)
+	case f.maxCgroups < 1:
+		return fmt.Errorf("--cgroup.max-paths=%d: want at least 1", f.maxCgroups)
+	}
+	return nil
+}
+
+// agent is the running profiling stack: sampler, symbolizer and pipeline.
+type agent struct {
+	sampler  *profiler.Sampler
+	sym      *symbolizer.Symbolizer
+	pipeline *pipeline.Pipeline
+	closers  []func() error
+}
+
+// startAgent loads and attaches the sampler and starts delivering new-process
+// notices to the symbolizer. The pipeline does not drain until Run is called.
+func startAgent(f *profilingFlags) (*agent, error) {
+	a := &agent{}
+	if f.bpfStatsOnOff {
+		if c, err := profiler.EnableBPFStats(); err != nil {
+			slog.Warn("BPF run-time statistics unavailable; cgscope_bpf_program_* metrics stay at 0", "err", err)
+		} else {
+			a.closers = append(a.closers, c.Close)
+		}
+	}
+	s, err := profiler.NewSampler(f.sampler)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.sampler = s
+	a.sym = symbolizer.New(symbolizer.Options{MaxObjects: f.maxObjects, MaxProcesses: f.maxProcesses})
+	cgroups, err := profiler.NewCgroupResolver(f.maxCgroups)
+	if err != nil {
+		slog.Warn("cgroup paths unavailable; samples get an empty cgroup label", "err", err)
+		cgroups = nil
+	}
+	a.pipeline = pipeline.New(s, a.sym, cgroups, f.interval)
+	go s.RunProcessEvents(a.pipeline.ProcessStarted)
+	go func() {
+		if err := a.sym.ReloadKallsyms(); err != nil {
+			slog.Warn("kernel frames will stay unnamed", "err", err)
+		}
+	}()
+	slog.Info("profiling", "cpus", s.CPUs(), "frequency_hz", f.sampler.Frequency, "interval", f.interval)
+	return a, nil
+}
+
+// runPipeline drains on the interval until ctx ends.
+func (a *agent) runPipeline(ctx context.Context) { a.pipeline.Run(ctx) }
+
+func (a *agent) close() error {
+	var errs []error
+	if a.sampler != nil {
+		errs = append(errs, a.sampler.Close())
+	}
+	for _, c := range a.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}

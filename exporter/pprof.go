@@ -1,0 +1,228 @@
+package exporter
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/pprof/profile"
+
+	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/symbolizer"
+)
+
+// Filter selects the samples that go into a profile. Zero values match all.
+type Filter struct {
+	PID          uint32 // 0 = any process
+	CgroupPrefix string // cgroup2 path prefix, "" = any cgroup
+}
+
+// Match reports whether a sample passes the filter. A cgroup prefix matches
+// whole path components: "/a" matches "/a" and "/a/b", not "/ab".
+func (f Filter) Match(s *pipeline.Sample) bool {
+	if f.PID != 0 && s.PID != f.PID {
+		return false
+	}
+	if f.CgroupPrefix != "" && f.CgroupPrefix != "/" {
+		p := strings.TrimSuffix(f.CgroupPrefix, "/")
+		if s.Cgroup != p && !strings.HasPrefix(s.Cgroup, p+"/") {
+			return false
+		}
+	}
+	return true
+}
+
+// kernelMappingName is how perf and pprof name the kernel image.
+const kernelMappingName = "[kernel.kallsyms]"
+
+// profileBuilder interns mappings, functions and locations while samples are
+// added, so a frame shared by many samples is stored once.
+type profileBuilder struct {
+	p         *profile.Profile
+	mappings  map[mappingKey]*profile.Mapping
+	functions map[functionKey]*profile.Function
+	locations map[locationKey]*profile.Location
+	samples   map[string]*profile.Sample
+}
+
+type mappingKey struct{ path, buildID string }
+type functionKey struct{ name, file string }
+type locationKey struct {
+	mapping *profile.Mapping
+	addr    uint64
+	fn      string
+}
+
+// BuildProfile merges windows into one CPU profile in pprof conventions:
+// sample types samples/count and cpu/nanoseconds, period from the sampling
+// frequency, labels pid, tid, comm and cgroup on every sample.
+func BuildProfile(windows []*pipeline.Window, f Filter) *profile.Profile {
+	b := newProfileBuilder()
+	for _, w := range windows {
+		b.addWindow(w, f)
+	}
+	return b.finish()
+}
+
+func newProfileBuilder() *profileBuilder {
+	return &profileBuilder{
+		p: &profile.Profile{
+			SampleType: []*profile.ValueType{
+				{Type: "samples", Unit: "count"},
+				{Type: "cpu", Unit: "nanoseconds"},
+			},
+			PeriodType:        &profile.ValueType{Type: "cpu", Unit: "nanoseconds"},
+			DefaultSampleType: "cpu",
+		},
+		mappings:  map[mappingKey]*profile.Mapping{},
+		functions: map[functionKey]*profile.Function{},
+		locations: map[locationKey]*profile.Location{},
+		samples:   map[string]*profile.Sample{},
+	}
+}
+
+func (b *profileBuilder) addWindow(w *pipeline.Window, f Filter) {
+	b.extendTime(w)
+	period := int64(w.Period)
+	for i := range w.Samples {
+		s := &w.Samples[i]
+		if !f.Match(s) {
+			continue
+		}
+		b.addSample(s, period)
+	}
+}
+
+func (b *profileBuilder) extendTime(w *pipeline.Window) {
+	if w.Period > 0 {
+		b.p.Period = int64(w.Period)
+	}
+	start := w.Start.UnixNano()
+	if b.p.TimeNanos == 0 || start < b.p.TimeNanos {
+		b.p.TimeNanos = start
+	}
+	if end := w.End.UnixNano(); end-b.p.TimeNanos > b.p.DurationNanos {
+		b.p.DurationNanos = end - b.p.TimeNanos
+	}
+}
+
+func (b *profileBuilder) addSample(s *pipeline.Sample, period int64) {
+	locs := make([]*profile.Location, len(s.Frames))
+	for i := range s.Frames {
+		locs[i] = b.location(&s.Frames[i])
+	}
+	key := sampleKey(s, locs)
+	if existing, ok := b.samples[key]; ok {
+		existing.Value[0] += int64(s.Count)
+		existing.Value[1] += int64(s.Count) * period
+		return
+	}
+	ps := &profile.Sample{
+		Location: locs,
+		Value:    []int64{int64(s.Count), int64(s.Count) * period},
+		Label: map[string][]string{
+			"comm":   {s.Comm},
+			"cgroup": {s.Cgroup},
+		},
+		NumLabel: map[string][]int64{
+			"pid": {int64(s.PID)},
+			"tid": {int64(s.TID)},
+		},
+	}
+	b.samples[key] = ps
+	b.p.Sample = append(b.p.Sample, ps)
+}
+
+// sampleKey identifies a sample by its labels and location ids, so the same
+// stack from several windows becomes one sample.
+func sampleKey(s *pipeline.Sample, locs []*profile.Location) string {
+	var sb strings.Builder
+	sb.Grow(32 + 8*len(locs))
+	sb.WriteString(strconv.FormatUint(uint64(s.PID), 10))
+	sb.WriteByte('/')
+	sb.WriteString(strconv.FormatUint(uint64(s.TID), 10))
+	sb.WriteByte('/')
+	sb.WriteString(s.Comm)
+	sb.WriteByte('/')
+	sb.WriteString(s.Cgroup)
+	for _, l := range locs {
+		sb.WriteByte(',')
+		sb.WriteString(strconv.FormatUint(l.ID, 36))
+	}
+	return sb.String()
+}
+
+func (b *profileBuilder) location(fr *symbolizer.Frame) *profile.Location {
+	m := b.mapping(fr)
+	key := locationKey{mapping: m, addr: fr.ObjAddress, fn: fr.Function}
+	if l, ok := b.locations[key]; ok {
+		return l
+	}
+	l := &profile.Location{
+		ID:      uint64(len(b.p.Location) + 1),
+		Mapping: m,
+		Address: fr.ObjAddress,
+	}
+	if fr.Function != "" {
+		l.Line = []profile.Line{{Function: b.function(fr), Line: int64(fr.Line)}}
+		if m != nil {
+			m.HasFunctions = true
+			m.HasFilenames = m.HasFilenames || fr.File != ""
+			m.HasLineNumbers = m.HasLineNumbers || fr.Line != 0
+		}
+	}
+	b.locations[key] = l
+	b.p.Location = append(b.p.Location, l)
+	return l
+}
+
+// mapping returns the pprof mapping of the object a frame belongs to. Frames
+// carry addresses normalized to the object's own address space (ObjAddress),
+// so one mapping per object serves every process that maps it.
+func (b *profileBuilder) mapping(fr *symbolizer.Frame) *profile.Mapping {
+	var key mappingKey
+	switch {
+	case fr.Kernel:
+		key = mappingKey{path: kernelMappingName}
+	case fr.Mapping != nil:
+		key = mappingKey{path: fr.Mapping.Path, buildID: fr.Mapping.BuildID}
+	default:
+		return nil // a synthetic frame, or an address in no mapping
+	}
+	if m, ok := b.mappings[key]; ok {
+		return m
+	}
+	m := &profile.Mapping{
+		ID:      uint64(len(b.p.Mapping) + 1),
+		Start:   0,
+		Limit:   ^uint64(0),
+		File:    key.path,
+		BuildID: key.buildID,
+	}
+	b.mappings[key] = m
+	b.p.Mapping = append(b.p.Mapping, m)
+	return m
+}
+
+func (b *profileBuilder) function(fr *symbolizer.Frame) *profile.Function {
+	key := functionKey{name: fr.Function, file: fr.File}
+	if f, ok := b.functions[key]; ok {
+		return f
+	}
+	f := &profile.Function{
+		ID:         uint64(len(b.p.Function) + 1),
+		Name:       fr.Function,
+		SystemName: fr.Function,
+		Filename:   fr.File,
+	}
+	b.functions[key] = f
+	b.p.Function = append(b.p.Function, f)
+	return f
+}
+
+func (b *profileBuilder) finish() *profile.Profile {
+	if b.p.TimeNanos == 0 {
+		b.p.TimeNanos = time.Now().UnixNano()
+	}
+	return b.p
+}

@@ -1,0 +1,186 @@
+// Package pipeline drives profiling between the kernel and the exporters: it
+// drains the sampler every interval (or on demand), symbolizes each raw batch
+// once, labels samples with their cgroup path, and hands the resulting Window
+// to every subscriber — the live capture endpoint now, the profile store and
+// the OTLP exporter later. It is the only place that knows both the profiler
+// and the symbolizer.
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/symbolizer"
+)
+
+// Sample is one unique (thread, cgroup, stack) with its sample count.
+type Sample struct {
+	PID, TID uint32
+	Comm     string
+	CgroupID uint64
+	Cgroup   string // cgroup2 path, "" when the cgroup is gone
+	// Frames are leaf first: kernel frames, then user frames.
+	Frames []symbolizer.Frame
+	Count  uint64
+}
+
+// Window is the symbolized profile of one drain interval.
+type Window struct {
+	Start, End time.Time
+	// Period is the sampling period: each sample stands for this much CPU time.
+	Period  time.Duration
+	Samples []Sample
+}
+
+// Sampler is what the pipeline needs from the kernel side.
+type Sampler interface {
+	Drain() (*profiler.RawBatch, error)
+	Frequency() int
+}
+
+// Pipeline turns drained batches into Windows for its subscribers.
+type Pipeline struct {
+	sampler  Sampler
+	sym      *symbolizer.Symbolizer
+	cgroups  *profiler.CgroupResolver
+	interval time.Duration
+
+	flushMu sync.Mutex // one drain at a time, delivered in order
+
+	subsMu  sync.Mutex
+	nextSub int
+	subs    map[int]func(*Window)
+
+	lastUniqueStacks atomic.Int64
+	windows          atomic.Uint64
+	drainErrors      atomic.Uint64
+}
+
+// New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
+func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver, interval time.Duration) *Pipeline {
+	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){}}
+}
+
+// Run flushes every interval until ctx ends, then flushes once more so the
+// last partial window reaches the subscribers.
+func (p *Pipeline) Run(ctx context.Context) {
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.flushLogged()
+			return
+		case <-t.C:
+			p.flushLogged()
+		}
+	}
+}
+
+func (p *Pipeline) flushLogged() {
+	if _, err := p.Flush(); err != nil {
+		slog.Error("draining profiles failed", "err", err)
+	}
+}
+
+// Flush drains everything sampled since the previous flush, symbolizes it,
+// and delivers it to every subscriber before returning it.
+func (p *Pipeline) Flush() (*Window, error) {
+	p.flushMu.Lock()
+	defer p.flushMu.Unlock()
+	batch, err := p.sampler.Drain()
+	if err != nil {
+		p.drainErrors.Add(1)
+		return nil, err
+	}
+	w := p.symbolize(batch)
+	p.windows.Add(1)
+	p.lastUniqueStacks.Store(int64(len(w.Samples)))
+	for _, fn := range p.subscribers() {
+		fn(w)
+	}
+	return w, nil
+}
+
+// Subscribe calls fn with every window flushed from now on, in order, until
+// cancel is called. fn runs on the flushing goroutine: keep it short.
+func (p *Pipeline) Subscribe(fn func(*Window)) (cancel func()) {
+	p.subsMu.Lock()
+	defer p.subsMu.Unlock()
+	id := p.nextSub
+	p.nextSub++
+	p.subs[id] = fn
+	return func() {
+		p.subsMu.Lock()
+		defer p.subsMu.Unlock()
+		delete(p.subs, id)
+	}
+}
+
+func (p *Pipeline) subscribers() []func(*Window) {
+	p.subsMu.Lock()
+	defer p.subsMu.Unlock()
+	fns := make([]func(*Window), 0, len(p.subs))
+	for _, fn := range p.subs {
+		fns = append(fns, fn)
+	}
+	return fns
+}
+
+// Capture returns the windows that cover the next d of sampling: it flushes
+// at the start (so nothing older is included) and at the end (so nothing
+// sampled in between is missing).
+func (p *Pipeline) Capture(ctx context.Context, d time.Duration) ([]*Window, error) {
+	if _, err := p.Flush(); err != nil {
+		return nil, err
+	}
+	var (
+		mu      sync.Mutex
+		windows []*Window
+	)
+	cancel := p.Subscribe(func(w *Window) {
+		mu.Lock()
+		windows = append(windows, w)
+		mu.Unlock()
+	})
+	timer := time.NewTimer(d)
+	select {
+	case <-ctx.Done():
+		timer.Stop()
+		cancel()
+		return nil, ctx.Err()
+	case <-timer.C:
+	}
+	_, err := p.Flush()
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return windows, nil
+}
+
+// Stats are the pipeline's own counters.
+type Stats struct {
+	Windows      uint64
+	DrainErrors  uint64
+	UniqueStacks int64 // unique sample keys in the last window
+}
+
+// Stats returns the pipeline's counters.
+func (p *Pipeline) Stats() Stats {
+	return Stats{Windows: p.windows.Load(), DrainErrors: p.drainErrors.Load(), UniqueStacks: p.lastUniqueStacks.Load()}
+}
+
+// ProcessStarted forwards a new-process notice to the symbolizer, which
+// snapshots the process's mappings while it is still alive.
+func (p *Pipeline) ProcessStarted(pid uint32) {
+	if err := p.sym.ProcessStarted(pid); err != nil {
+		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
+	}
+}

@@ -1,0 +1,119 @@
+package pipeline
+
+import (
+	"time"
+
+	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/symbolizer"
+)
+
+// Frames standing in for stacks the kernel could not store; they keep the
+// sample's CPU time visible and say why its stack is missing.
+var (
+	lostUserFrame   = symbolizer.Frame{Function: "[user stack lost: see cgscope_samples_dropped_total]"}
+	lostKernelFrame = symbolizer.Frame{Function: "[kernel stack lost: see cgscope_samples_dropped_total]", Kernel: true}
+)
+
+type userStackKey struct {
+	pid        uint32
+	stack      uint64
+	leafCaller uint64
+}
+
+// batchSymbolizer symbolizes each unique stack of a batch once: many sample
+// keys (one per thread) share a stack.
+type batchSymbolizer struct {
+	sym    *symbolizer.Symbolizer
+	user   map[userStackKey][]symbolizer.Frame
+	kernel map[uint64][]symbolizer.Frame
+}
+
+func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
+	bs := batchSymbolizer{
+		sym:    p.sym,
+		user:   map[userStackKey][]symbolizer.Frame{},
+		kernel: map[uint64][]symbolizer.Frame{},
+	}
+	w := &Window{
+		Start:   b.Start,
+		End:     b.End,
+		Period:  time.Second / time.Duration(p.sampler.Frequency()),
+		Samples: make([]Sample, 0, len(b.Samples)),
+	}
+	for i := range b.Samples {
+		rs := &b.Samples[i]
+		kernel := bs.kernelFrames(rs)
+		user := bs.userFrames(rs)
+		frames := make([]symbolizer.Frame, 0, len(kernel)+len(user))
+		frames = append(append(frames, kernel...), user...)
+		w.Samples = append(w.Samples, Sample{
+			PID:      rs.PID,
+			TID:      rs.TID,
+			Comm:     rs.Comm,
+			CgroupID: rs.CgroupID,
+			Cgroup:   p.cgroupPath(rs.CgroupID),
+			Frames:   frames,
+			Count:    rs.Count,
+		})
+	}
+	return w
+}
+
+func (p *Pipeline) cgroupPath(id uint64) string {
+	if p.cgroups == nil {
+		return ""
+	}
+	return p.cgroups.Path(id)
+}
+
+func (bs *batchSymbolizer) kernelFrames(rs *profiler.RawSample) []symbolizer.Frame {
+	if rs.KernelLost {
+		return []symbolizer.Frame{lostKernelFrame}
+	}
+	if rs.KernelStackID == 0 {
+		return nil
+	}
+	if f, ok := bs.kernel[rs.KernelStackID]; ok {
+		return f
+	}
+	f := bs.sym.Kernel(rs.Kernel)
+	bs.kernel[rs.KernelStackID] = f
+	return f
+}
+
+func (bs *batchSymbolizer) userFrames(rs *profiler.RawSample) []symbolizer.Frame {
+	if rs.UserLost {
+		return []symbolizer.Frame{lostUserFrame}
+	}
+	if rs.UserStackID == 0 {
+		return nil
+	}
+	key := userStackKey{pid: rs.PID, stack: rs.UserStackID, leafCaller: rs.LeafCaller}
+	if f, ok := bs.user[key]; ok {
+		return f
+	}
+	f := bs.sym.User(rs.PID, bs.withLeafCaller(rs))
+	bs.user[key] = f
+	return f
+}
+
+// withLeafCaller inserts the caller that frame-pointer unwinding skipped.
+// When the leaf function has no frame of its own (or the PC is in a prologue
+// or epilogue), the frame-pointer chain starts at the caller's caller, and the
+// caller's return address sits at the user stack pointer, where BPF read it
+// (rs.LeafCaller, already checked to follow a call instruction). It is
+// inserted only if it lies in executable code of the process and is not
+// already the next frame, which is the case when the leaf has a frame.
+func (bs *batchSymbolizer) withLeafCaller(rs *profiler.RawSample) []uint64 {
+	stack := rs.User
+	lc := rs.LeafCaller
+	if lc == 0 || len(stack) == 0 || (len(stack) > 1 && stack[1] == lc) {
+		return stack
+	}
+	if !bs.sym.ExecutableAddress(rs.PID, lc) {
+		return stack
+	}
+	out := make([]uint64, 0, len(stack)+1)
+	out = append(out, stack[0], lc)
+	return append(out, stack[1:]...)
+}
