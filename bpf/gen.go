@@ -5,4 +5,4 @@
 // committed matches the sources.
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc $BPF_CLANG -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type sample_key -type stack_trace -type new_process_event -type stat_index Profile profile.bpf.c -- -I.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type sample_key -type stack_trace -type new_process_event -type stat_index Profile profile.bpf.c -- -I.

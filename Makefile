@@ -1,0 +1,48 @@
+# cgscope — see README.md. Everything here runs as root on a Linux host with BTF.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+# Extra flags for `make run`, e.g. make run ARGS="--profiling.frequency=99"
+ARGS      ?=
+FUZZTIME  ?= 20s
+
+.PHONY: all build run test fuzz generate bench lint deps clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/cgscope ./cmd/cgscope
+
+# Builds and starts the daemon with defaults; the URL to open is printed.
+run: build
+	@scripts/install-deps.sh runtime
+	@echo "cgscope: open http://127.0.0.1:9760/ (Ctrl-C stops)"
+	./bin/cgscope $(ARGS)
+
+# Installs what the tests need when missing, then runs every test on the real kernel.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+# Short fuzz runs of the parsers of untrusted input (ELF objects, /proc/PID/maps).
+fuzz:
+	$(GO) test ./symbolizer -run '^$$' -fuzz '^FuzzParseMaps$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./symbolizer -run '^$$' -fuzz '^FuzzOpenObject$$' -fuzztime $(FUZZTIME)
+
+# Regenerates the committed BPF objects and Go bindings with the pinned clang.
+generate: deps
+	cd bpf && $(GO) generate ./...
+
+bench: deps build
+	scripts/bench.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "not gofmt-ed"; exit 1; }
+	$(GO) vet ./...
+
+deps:
+	@scripts/install-deps.sh test
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/pprof/profile"
+)
+
+// A Go workload splitting its CPU 75/25 between two functions: a 5 s capture
+// names both, with the split within ±5 points, and their stacks reach
+// main.main even though both are frameless leaves.
+func TestGoWorkloadSplitAndStacks(t *testing.T) {
+	for _, bin := range []string{"gosplit", "gosplit-stripped"} {
+		t.Run(bin, func(t *testing.T) {
+			d := sharedCgscope(t)
+			w := workload(t, filepath.Join(artifacts(t), bin))
+			time.Sleep(200 * time.Millisecond)
+			p := d.capture(t, fmt.Sprintf("seconds=5&pid=%d", w.Process.Pid))
+
+			a := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "main.hotSeventyFive" })
+			b := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "main.hotTwentyFive" })
+			if a == 0 || b == 0 {
+				t.Fatalf("hot functions not both named: hotSeventyFive=%d hotTwentyFive=%d\n%s", a, b, topLeaves(p))
+			}
+			share := float64(a) / float64(a+b) * 100
+			t.Logf("%s: hotSeventyFive %d, hotTwentyFive %d samples: %.1f%%", bin, a, b, share)
+			if share < 70 || share > 80 {
+				t.Errorf("split %.1f%%, want 75 ± 5", share)
+			}
+			hot := func(s *profile.Sample) bool { return strings.HasPrefix(leafName(s), "main.hot") }
+			reach := samplesWhere(p, func(s *profile.Sample) bool { return hot(s) && stackHas(s, "main.main") })
+			if frac := float64(reach) / float64(a+b); frac < 0.97 {
+				t.Errorf("only %.1f%% of hot samples reach main.main", frac*100)
+			}
+			for _, s := range p.Sample {
+				if hot(s) && len(s.Location[0].Line) > 0 && s.Location[0].Line[0].Line == 0 {
+					t.Fatalf("Go frame without a line number: %v", s.Location[0])
+				}
+			}
+		})
+	}
+}
+
+// A C workload built PIE with frame pointers: its hot functions are named
+// from .symtab; stripped, the exported one is named from .dynsym and the
+// static one keeps its address and mapping (file and build ID).
+func TestCWorkloadSymtabAndDynsym(t *testing.T) {
+	d := sharedCgscope(t)
+	dir := artifacts(t)
+
+	full := workload(t, filepath.Join(dir, "cwork"), "60")
+	time.Sleep(200 * time.Millisecond)
+	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", full.Process.Pid))
+	for _, fn := range []string{"hot_static", "hot_exported"} {
+		if n := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == fn }); n == 0 {
+			t.Errorf("%s not named from .symtab:\n%s", fn, topLeaves(p))
+		}
+	}
+	if n := samplesWhere(p, func(s *profile.Sample) bool { return stackHas(s, "main") && strings.HasPrefix(leafName(s), "hot_") }); n == 0 {
+		t.Errorf("no C stack reaches main")
+	}
+
+	stripped := workload(t, filepath.Join(dir, "cwork-stripped"), "60")
+	time.Sleep(200 * time.Millisecond)
+	p = d.capture(t, fmt.Sprintf("seconds=3&pid=%d", stripped.Process.Pid))
+	named := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "hot_exported" })
+	if named == 0 {
+		t.Errorf("hot_exported not named from .dynsym:\n%s", topLeaves(p))
+	}
+	if n := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "hot_static" }); n != 0 {
+		t.Errorf("hot_static named in a binary without .symtab (%d samples): where from?", n)
+	}
+	unnamed := samplesWhere(p, func(s *profile.Sample) bool {
+		l := s.Location[0]
+		return len(l.Line) == 0 && l.Mapping != nil && strings.HasSuffix(l.Mapping.File, "/cwork-stripped") &&
+			l.Mapping.BuildID != "" && l.Address != 0
+	})
+	total := samplesWhere(p, func(*profile.Sample) bool { return true })
+	t.Logf("stripped C: %d named hot_exported, %d unnamed in cwork-stripped, %d total", named, unnamed, total)
+	if float64(unnamed) < 0.3*float64(total) {
+		t.Errorf("static function's samples not kept as address+mapping: %d of %d", unnamed, total)
+	}
+}
+
+// A syscall-heavy workload: kernel frames are present and named.
+func TestKernelFrames(t *testing.T) {
+	d := sharedCgscope(t)
+	dd := workload(t, "dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=1000000000")
+	time.Sleep(200 * time.Millisecond)
+	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", dd.Process.Pid))
+	withKernel := samplesWhere(p, func(s *profile.Sample) bool {
+		for _, l := range s.Location {
+			if l.Mapping != nil && l.Mapping.File == "[kernel.kallsyms]" && len(l.Line) > 0 &&
+				strings.Contains(l.Line[0].Function.Name, "sys_") {
+				return true
+			}
+		}
+		return false
+	})
+	total := samplesWhere(p, func(*profile.Sample) bool { return true })
+	t.Logf("dd: %d of %d samples have named syscall kernel frames", withKernel, total)
+	if total == 0 || float64(withKernel) < 0.3*float64(total) {
+		t.Errorf("too few samples with named kernel syscall frames: %d of %d\n%s", withKernel, total, topLeaves(p))
+	}
+}
+
+// Processes that live under 300 ms while busy are symbolized: their maps are
+// read when their first sample arrives, not when the interval ends.
+func TestShortLivedProcesses(t *testing.T) {
+	d := sharedCgscope(t)
+	dir := artifacts(t)
+	short := filepath.Join(dir, "gosplit-short")
+	if out, err := exec.Command("cp", filepath.Join(dir, "gosplit"), short).CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(500 * time.Millisecond)
+		for i := 0; i < 8; i++ {
+			exec.Command(short, "-duration=250ms").Run()
+		}
+	}()
+	p := d.capture(t, "seconds=5")
+	<-done
+	isShort := func(s *profile.Sample) bool { return len(s.Label["comm"]) == 1 && s.Label["comm"][0] == "gosplit-short" }
+	total := samplesWhere(p, isShort)
+	named := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && strings.HasPrefix(leafName(s), "main.hot") })
+	t.Logf("short-lived: %d of %d samples named in main.hot*", named, total)
+	if total < 100 {
+		t.Fatalf("only %d samples of the short-lived processes", total)
+	}
+	if float64(named) < 0.9*float64(total) {
+		t.Errorf("short-lived processes poorly symbolized: %d of %d\n%s", named, total, topLeaves(p))
+	}
+}
+
+// The downloaded file is read by the real `go tool pprof -top`.
+func TestGoToolPprofReadsProfile(t *testing.T) {
+	d := sharedCgscope(t)
+	w := workload(t, filepath.Join(artifacts(t), "gosplit"))
+	body, status := httpGet(t, d.url(fmt.Sprintf("/debug/pprof/profile?seconds=2&pid=%d", w.Process.Pid)))
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	file := filepath.Join(t.TempDir(), "cpu.pb.gz")
+	if err := os.WriteFile(file, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "tool", "pprof", "-top", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go tool pprof: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "main.hotSeventyFive") {
+		t.Errorf("pprof -top does not show main.hotSeventyFive:\n%s", out)
+	}
+}
+
+// pid= and cgroup= return only matching samples.
+func TestCaptureFilters(t *testing.T) {
+	d := sharedCgscope(t)
+	dir := artifacts(t)
+	rel, abs := cgroup2(t)
+	inside := workload(t, filepath.Join(dir, "gosplit"))
+	joinCgroup(t, abs, inside.Process.Pid)
+	outside := workload(t, filepath.Join(dir, "cwork"), "60")
+	time.Sleep(300 * time.Millisecond)
+
+	p := d.capture(t, "seconds=2&cgroup="+rel)
+	if n := samplesWhere(p, pidIs(inside.Process.Pid)); n == 0 {
+		t.Errorf("cgroup filter: no samples of the process inside %s", rel)
+	}
+	for _, s := range p.Sample {
+		if got := s.Label["cgroup"]; len(got) != 1 || got[0] != rel {
+			t.Fatalf("cgroup filter %s let through a sample of cgroup %v", rel, got)
+		}
+	}
+
+	p = d.capture(t, fmt.Sprintf("seconds=2&pid=%d", outside.Process.Pid))
+	if n := samplesWhere(p, pidIs(outside.Process.Pid)); n == 0 {
+		t.Errorf("pid filter: no samples of pid %d", outside.Process.Pid)
+	}
+	for _, s := range p.Sample {
+		if !pidIs(outside.Process.Pid)(s) {
+			t.Fatalf("pid filter let through pid %v", s.NumLabel["pid"])
+		}
+		if s.Label["comm"][0] != "cwork" {
+			t.Fatalf("pid filter: comm %v", s.Label["comm"])
+		}
+	}
+}
+
+func TestCaptureBadParameters(t *testing.T) {
+	d := sharedCgscope(t)
+	for _, q := range []string{"seconds=abc", "seconds=0", "seconds=-1", "seconds=100000", "pid=-1", "pid=x", "pid=0",
+		"cgroup=relative/path", "bogus=1", "seconds=1&seconds=2"} {
+		body, status := httpGet(t, d.url("/debug/pprof/profile?"+q))
+		if status != 400 || len(strings.TrimSpace(string(body))) == 0 {
+			t.Errorf("%s: got %d %q, want 400 with a message", q, status, body)
+		}
+	}
+}
+
+// topLeaves summarizes a profile for failure messages.
+func topLeaves(p *profile.Profile) string {
+	counts := map[string]int64{}
+	for _, s := range p.Sample {
+		name := leafName(s)
+		if name == "" && len(s.Location) > 0 {
+			l := s.Location[0]
+			file := ""
+			if l.Mapping != nil {
+				file = l.Mapping.File
+			}
+			name = fmt.Sprintf("%s+%#x", file, l.Address)
+		}
+		counts[name] += s.Value[0]
+	}
+	var sb strings.Builder
+	for name, n := range counts {
+		if n > 2 {
+			fmt.Fprintf(&sb, "  %6d %s\n", n, name)
+		}
+	}
+	return sb.String()
+}

@@ -1,0 +1,241 @@
+package profiler
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run the tests as root")
+		}
+		t.Skip("SKIPPED: not root; loading eBPF needs CAP_BPF and CAP_PERFMON")
+	}
+}
+
+// burn keeps one goroutine busy until stop is closed.
+func burn(stop <-chan struct{}) {
+	x := 0
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+			for i := 0; i < 100000; i++ {
+				x += i
+			}
+		}
+	}
+}
+
+//go:noinline
+func burnAtDepth(depth int, stop <-chan struct{}) {
+	if depth > 0 {
+		burnAtDepth(depth-1, stop)
+		return
+	}
+	burn(stop)
+}
+
+// perfFDs counts this process's open perf event and BPF file descriptors.
+func perfFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && (strings.Contains(target, "perf_event") || strings.Contains(target, "bpf")) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
+	requireRoot(t)
+	before := perfFDs(t)
+	s, err := NewSampler(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if open := perfFDs(t); open < before+s.CPUs() {
+		t.Fatalf("expected at least %d perf/bpf fds while running, have %d", before+s.CPUs(), open)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if after := perfFDs(t); after != before {
+		t.Fatalf("perf/bpf fds: %d before, %d after Close", before, after)
+	}
+}
+
+// Draining often while both CPUs are busy must neither lose nor double-count
+// samples at the generation boundaries: the drained counts add up to what
+// the BPF program counted as taken.
+func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Frequency = 1000
+	s, err := NewSampler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	stop := make(chan struct{})
+	for i := 0; i < runtime.NumCPU(); i++ {
+		go burn(stop)
+	}
+	defer close(stop)
+
+	if _, err := s.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drained uint64
+	deadline := time.Now().Add(3 * time.Second)
+	drains := 0
+	for time.Now().Before(deadline) {
+		b, err := s.Drain()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, smp := range b.Samples {
+			drained += smp.Count
+		}
+		drains++
+		time.Sleep(5 * time.Millisecond)
+	}
+	after, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := after.Samples - before.Samples
+	lost := after.Dropped["counts_map_full"] - before.Dropped["counts_map_full"]
+	// Samples in flight while the two stats were read may land on either
+	// side: allow a couple per CPU, far fewer than the drain boundaries.
+	slack := uint64(2 * s.CPUs())
+	t.Logf("%d drains: taken %d, drained %d, lost %d", drains, taken, drained, lost)
+	if taken < 1000 {
+		t.Fatalf("only %d samples taken in 3 s at 1000 Hz", taken)
+	}
+	if diff := int64(drained+lost) - int64(taken); diff > int64(slack) || -diff > int64(slack) {
+		t.Errorf("drained %d + lost %d != taken %d (diff %d) over %d drains", drained, lost, taken, diff, drains)
+	}
+}
+
+// A full counts map is counted per reason, never dropped silently.
+func TestFullMapIsCounted(t *testing.T) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Frequency = 1000
+	cfg.MaxSampleKeys = 64
+	cfg.MaxStacks = 64
+	s, err := NewSampler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	for i := 0; i < 100; i++ { // many threads at many depths: many unique keys
+		go func(depth int) {
+			runtime.LockOSThread()
+			burnAtDepth(depth, stop)
+		}(i)
+	}
+	time.Sleep(2 * time.Second)
+	close(stop)
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Drain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("keys %d, stats %+v", len(b.Samples), st)
+	if len(b.Samples) > 64 {
+		t.Errorf("%d keys in a 64-entry map", len(b.Samples))
+	}
+	if st.Dropped["counts_map_full"] == 0 && st.Dropped["stacks_map_full"] == 0 {
+		t.Errorf("tiny maps under load reported no drops: %+v", st)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := DefaultConfig()
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mutate := range []func(*Config){
+		func(c *Config) { c.Frequency = 0 },
+		func(c *Config) { c.Frequency = 1001 },
+		func(c *Config) { c.MaxSampleKeys = 1 },
+		func(c *Config) { c.MaxStacks = 1 << 30 },
+		func(c *Config) { c.MaxProcesses = 0 },
+	} {
+		c := good
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("accepted %+v", c)
+		}
+	}
+}
+
+func TestParseCPUList(t *testing.T) {
+	for in, want := range map[string]int{"0": 1, "0-1": 2, "0-3,5,7-8": 7} {
+		got, err := parseCPUList(in)
+		if err != nil || len(got) != want {
+			t.Errorf("parseCPUList(%q) = %v, %v; want %d CPUs", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "3-1", "1-"} {
+		if _, err := parseCPUList(bad); err == nil {
+			t.Errorf("parseCPUList(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCgroupResolver(t *testing.T) {
+	requireRoot(t)
+	r, err := NewCgroupResolver(1 << 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := r.Path(1); p != "/" {
+		t.Errorf("root cgroup id 1 resolved to %q", p)
+	}
+	dir := filepath.Join(r.Root(), "cgscope-resolver-test")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(dir)
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.minInterval = 0 // a fresh cgroup must be found on the first miss
+	ino := st.Sys().(*syscall.Stat_t).Ino
+	if p := r.Path(ino); p != "/cgscope-resolver-test" {
+		t.Errorf("new cgroup resolved to %q", p)
+	}
+	if p := r.Path(1 << 62); p != "" {
+		t.Errorf("unknown id resolved to %q", p)
+	}
+}
