@@ -1,8 +1,9 @@
 // Package bpf holds cgscope's eBPF programs (the C sources beside this file)
 // and the Go bindings bpf2go generates for them. The generated .o files and
 // Go files are committed, so building cgscope needs no clang; `make generate`
-// rebuilds them with the pinned clang and bpf_test.go checks that what is
+// rebuilds them with the pinned clang and generated_test.go checks that what is
 // committed matches the sources.
 package bpf
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type sample_key -type stack_trace -type new_process_event -type stat_index Profile profile.bpf.c -- -I.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type cgroup_counters -type cgroup_stat_index CgroupStats cgroups.bpf.c -- -I.

@@ -18,7 +18,6 @@ func TestGeneratedMatchesSources(t *testing.T) {
 	if _, err := exec.LookPath("clang-19"); err != nil {
 		t.Fatalf("clang-19 not installed (make test installs it): %v", err)
 	}
-	args := generateArgs(t)
 	tmp := t.TempDir()
 	bpf2go := filepath.Join(tmp, "bpf2go")
 	if out, err := exec.Command("go", "build", "-o", bpf2go, "github.com/cilium/ebpf/cmd/bpf2go").CombinedOutput(); err != nil {
@@ -28,20 +27,28 @@ func TestGeneratedMatchesSources(t *testing.T) {
 	// depend on the checkout's path.
 	src := filepath.Join(tmp, "src")
 	os.Mkdir(src, 0o755)
-	for _, f := range []string{"profile.bpf.c", "profile.h", "vmlinux.h"} {
+	sources, _ := filepath.Glob("*.[ch]")
+	for _, f := range sources {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(src, f), data, 0o644)
 	}
-	cmd := exec.Command(bpf2go, args...)
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("bpf2go %v: %v\n%s", args, err, out)
+	for _, args := range generateArgs(t) {
+		cmd := exec.Command(bpf2go, args...)
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("bpf2go %v: %v\n%s", args, err, out)
+		}
 	}
-	for _, f := range []string{"profile_x86_bpfel.o", "profile_x86_bpfel.go"} {
+	generated, _ := filepath.Glob(filepath.Join(src, "*_bpfel.*"))
+	if len(generated) == 0 {
+		t.Fatal("bpf2go generated nothing")
+	}
+	for _, path := range generated {
+		f := filepath.Base(path)
 		want, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
 			t.Fatal(err)
@@ -56,23 +63,24 @@ func TestGeneratedMatchesSources(t *testing.T) {
 	}
 }
 
-// generateArgs returns bpf2go's arguments from the go:generate line in gen.go.
-func generateArgs(t *testing.T) []string {
+// generateArgs returns bpf2go's arguments from each go:generate line in gen.go.
+func generateArgs(t *testing.T) [][]string {
 	f, err := os.Open("gen.go")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var all [][]string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), "//go:generate go run github.com/cilium/ebpf/cmd/bpf2go ")
-		if !ok {
-			continue
+		if line, ok := strings.CutPrefix(sc.Text(), "//go:generate go run github.com/cilium/ebpf/cmd/bpf2go "); ok {
+			all = append(all, splitQuoted(line))
 		}
-		return splitQuoted(line)
 	}
-	t.Fatal("no bpf2go go:generate line in gen.go")
-	return nil
+	if len(all) == 0 {
+		t.Fatal("no bpf2go go:generate line in gen.go")
+	}
+	return all
 }
 
 // splitQuoted splits on spaces, keeping "double quoted" words together.
