@@ -65,7 +65,7 @@ func artifacts(t *testing.T) string {
 			{"go", "build", "-o", filepath.Join(buildDir, "gosplit"), "./testdata/gosplit"},
 			{"go", "build", "-ldflags=-s -w", "-o", filepath.Join(buildDir, "gosplit-stripped"), "./testdata/gosplit"},
 			{"gcc", "-O2", "-fno-omit-frame-pointer", "-fPIE", "-pie", "-rdynamic", "-o", filepath.Join(buildDir, "cwork"), "./testdata/cwork/cwork.c"},
-			{"cp", filepath.Join(buildDir, "cwork"), filepath.Join(buildDir, "cwork-stripped")},
+			{"gcc", "-O2", "-fno-omit-frame-pointer", "-fPIE", "-pie", "-rdynamic", "-DVARIANT=3", "-o", filepath.Join(buildDir, "cwork-stripped"), "./testdata/cwork/cwork.c"},
 			{"strip", "--strip-all", filepath.Join(buildDir, "cwork-stripped")},
 		}
 		for _, s := range steps {

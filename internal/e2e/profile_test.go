@@ -82,7 +82,7 @@ func TestCWorkloadSymtabAndDynsym(t *testing.T) {
 			l.Mapping.BuildID != "" && l.Address != 0
 	})
 	total := samplesWhere(p, func(*profile.Sample) bool { return true })
-	t.Logf("stripped C: %d named hot_exported, %d unnamed in cwork-stripped, %d total", named, unnamed, total)
+	t.Logf("stripped C: %d named hot_exported, %d unnamed in cwork-stripped, %d total\n%s", named, unnamed, total, topLeaves(p))
 	if float64(unnamed) < 0.3*float64(total) {
 		t.Errorf("static function's samples not kept as address+mapping: %d of %d", unnamed, total)
 	}
