@@ -129,7 +129,9 @@ func TestShortLivedProcesses(t *testing.T) {
 	}()
 	p := d.capture(t, "seconds=5")
 	<-done
-	isShort := func(s *profile.Sample) bool { return len(s.Label["comm"]) == 1 && s.Label["comm"][0] == "gosplit-short" }
+	isShort := func(s *profile.Sample) bool {
+		return len(s.Label["comm"]) == 1 && s.Label["comm"][0] == "gosplit-short"
+	}
 	total := samplesWhere(p, isShort)
 	named := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && strings.HasPrefix(leafName(s), "main.hot") })
 	t.Logf("short-lived: %d of %d samples named in main.hot*", named, total)
