@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/pprof/profile"
+)
+
+// Without the capabilities, cgscope exits non-zero with one error naming
+// what is missing, and attaches nothing.
+func TestUnprivilegedRunNamesMissingCapabilities(t *testing.T) {
+	bin := filepath.Join(artifacts(t), "cgscope")
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+		bin, "--web.listen-address="+freeAddr(t))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	exit, ok := err.(*exec.ExitError)
+	if !ok || exit.ExitCode() == 0 {
+		t.Fatalf("unprivileged run: err=%v, want a non-zero exit\n%s", err, stderr.String())
+	}
+	msg := stderr.String()
+	for _, want := range []string{"CAP_BPF", "CAP_PERFMON"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not name %s:\n%s", want, msg)
+		}
+	}
+	if n := strings.Count(msg, "level=ERROR"); n != 1 {
+		t.Errorf("want exactly one error line, got %d:\n%s", n, msg)
+	}
+}
+
+// Bad flags are rejected with a clear message before anything is loaded.
+func TestBadFlags(t *testing.T) {
+	bin := filepath.Join(artifacts(t), "cgscope")
+	for _, args := range [][]string{
+		{"--profiling.frequency=0"},
+		{"--profiling.frequency=5000"},
+		{"--profiling.interval=1ms"},
+		{"--profiling.max-stacks=1"},
+		{"--no-such-flag"},
+		{"record", "--duration=0s"},
+		{"record", "--output=/no/such/dir/cpu.pb.gz"},
+		{"record", "--cgroup=relative"},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		exit, ok := err.(*exec.ExitError)
+		if !ok || exit.ExitCode() == 0 {
+			t.Errorf("%v: err=%v, want non-zero exit", args, err)
+			continue
+		}
+		if !strings.Contains(string(out), "--") && !strings.Contains(string(out), "flag") {
+			t.Errorf("%v: message does not name the flag: %s", args, out)
+		}
+	}
+}
+
+// `cgscope record` captures once to a file that pprof reads.
+func TestRecordToFile(t *testing.T) {
+	dir := artifacts(t)
+	w := workload(t, filepath.Join(dir, "gosplit"))
+	out := filepath.Join(t.TempDir(), "cpu.pb.gz")
+	cmd := exec.Command(filepath.Join(dir, "cgscope"), "--profiling.frequency=199", "record", "--duration=2s",
+		"--pid="+itoa(w.Process.Pid), "-o", out)
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("record: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(string(stdout), "wrote "+out) {
+		t.Errorf("record printed %q", stdout)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p, err := profile.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "main.hotSeventyFive" }); n == 0 {
+		t.Errorf("recorded profile lacks main.hotSeventyFive:\n%s", topLeaves(p))
+	}
+	if n := samplesWhere(p, func(s *profile.Sample) bool { return !pidIs(w.Process.Pid)(s) }); n != 0 {
+		t.Errorf("--pid recorded %d samples of other processes", n)
+	}
+}
+
+// The daemon serves within a second of starting, and a SIGTERM stops it
+// cleanly with exit code 0.
+func TestStartupAndShutdown(t *testing.T) {
+	bin := filepath.Join(artifacts(t), "cgscope")
+	addr := freeAddr(t)
+	start := time.Now()
+	cmd := exec.Command(bin, "--web.listen-address="+addr)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var ready time.Duration
+	for time.Since(start) < 10*time.Second {
+		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			ready = time.Since(start)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ready == 0 {
+		t.Fatalf("not ready after 10 s:\n%s", stderr.String())
+	}
+	t.Logf("ready in %s", ready)
+	body, status := httpGet(t, "http://"+addr+"/")
+	if status != 200 || !strings.Contains(string(body), "/debug/pprof/profile") || !strings.Contains(string(body), "/metrics") {
+		t.Errorf("index page: %d %s", status, body)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGINT: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not stop within 10 s of SIGINT")
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
