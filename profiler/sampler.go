@@ -34,17 +34,27 @@ func DefaultConfig() Config {
 	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, MaxProcesses: 8192}
 }
 
+// RangeError reports a Config field outside its accepted range.
+type RangeError struct {
+	Field         string // the Config field's name
+	Value, Lo, Hi int
+}
+
+func (e *RangeError) Error() string {
+	return fmt.Sprintf("%s %d out of range %d..%d", e.Field, e.Value, e.Lo, e.Hi)
+}
+
 // Validate reports the first configuration value out of range.
 func (c Config) Validate() error {
-	switch {
-	case c.Frequency < 1 || c.Frequency > 1000:
-		return fmt.Errorf("sampling frequency %d Hz out of range 1..1000", c.Frequency)
-	case c.MaxSampleKeys < 64 || c.MaxSampleKeys > 1<<22:
-		return fmt.Errorf("max sample keys %d out of range 64..%d", c.MaxSampleKeys, 1<<22)
-	case c.MaxStacks < 64 || c.MaxStacks > 1<<20:
-		return fmt.Errorf("max stacks %d out of range 64..%d", c.MaxStacks, 1<<20)
-	case c.MaxProcesses < 64 || c.MaxProcesses > 1<<22:
-		return fmt.Errorf("max processes %d out of range 64..%d", c.MaxProcesses, 1<<22)
+	for _, f := range []RangeError{
+		{"Frequency", c.Frequency, 1, 1000},
+		{"MaxSampleKeys", c.MaxSampleKeys, 64, 1 << 22},
+		{"MaxStacks", c.MaxStacks, 64, 1 << 20},
+		{"MaxProcesses", c.MaxProcesses, 64, 1 << 22},
+	} {
+		if f.Value < f.Lo || f.Value > f.Hi {
+			return &f
+		}
 	}
 	return nil
 }

@@ -49,8 +49,11 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 }
 
 func (f *profilingFlags) validate() error {
-	if err := f.sampler.Validate(); err != nil {
-		return fmt.Errorf("--profiling.*: %w", err)
+	var rangeErr *profiler.RangeError
+	if err := f.sampler.Validate(); errors.As(err, &rangeErr) {
+		return fmt.Errorf("--%s=%d: want %d..%d", samplerFlagNames[rangeErr.Field], rangeErr.Value, rangeErr.Lo, rangeErr.Hi)
+	} else if err != nil {
+		return err
 	}
 	switch {
 	case f.interval < time.Second || f.interval > 10*time.Minute:
@@ -65,6 +68,14 @@ func (f *profilingFlags) validate() error {
 	return nil
 }
 
+// samplerFlagNames names the flag behind each profiler.Config field.
+var samplerFlagNames = map[string]string{
+	"Frequency":     "profiling.frequency",
+	"MaxSampleKeys": "profiling.max-sample-keys",
+	"MaxStacks":     "profiling.max-stacks",
+	"MaxProcesses":  "profiling.max-processes",
+}
+
 // agent is the running profiling stack: sampler, symbolizer and pipeline.
 type agent struct {
 	sampler  *profiler.Sampler
@@ -77,6 +88,11 @@ type agent struct {
 // notices to the symbolizer. The pipeline does not drain until Run is called.
 func startAgent(f *profilingFlags) (*agent, error) {
 	a := &agent{}
+	s, err := profiler.NewSampler(f.sampler)
+	if err != nil {
+		return nil, err
+	}
+	a.sampler = s
 	if f.bpfStatsOnOff {
 		if c, err := profiler.EnableBPFStats(); err != nil {
 			slog.Warn("BPF run-time statistics unavailable; cgscope_bpf_program_* metrics stay at 0", "err", err)
@@ -84,12 +100,6 @@ func startAgent(f *profilingFlags) (*agent, error) {
 			a.closers = append(a.closers, c.Close)
 		}
 	}
-	s, err := profiler.NewSampler(f.sampler)
-	if err != nil {
-		a.close()
-		return nil, err
-	}
-	a.sampler = s
 	a.sym = symbolizer.New(symbolizer.Options{MaxObjects: f.maxObjects, MaxProcesses: f.maxProcesses})
 	cgroups, err := profiler.NewCgroupResolver(f.maxCgroups)
 	if err != nil {

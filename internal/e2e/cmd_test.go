@@ -138,3 +138,51 @@ func TestStartupAndShutdown(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// /metrics reports the agent's own work, with the kernel's bpf_stats.
+func TestSelfMetrics(t *testing.T) {
+	d := sharedCgscope(t)
+	workload(t, filepath.Join(artifacts(t), "gosplit"))
+	d.capture(t, "seconds=1") // forces a drain and symbolization
+	body, status := httpGet(t, d.url("/metrics"))
+	if status != 200 {
+		t.Fatalf("/metrics: %d", status)
+	}
+	values := parseMetrics(t, string(body))
+	for _, positive := range []string{
+		`cgscope_samples_total`,
+		`cgscope_bpf_program_runs_total{program="sample_cpu"}`,
+		`cgscope_bpf_program_run_seconds_total{program="sample_cpu"}`,
+		`cgscope_symbolizer_frames_total{result="hit"}`,
+		`cgscope_profile_drains_total`,
+		`cgscope_symbolizer_cached_objects`,
+	} {
+		if values[positive] <= 0 {
+			t.Errorf("%s = %v, want > 0", positive, values[positive])
+		}
+	}
+	for _, reason := range []string{"counts_map_full", "stacks_map_full", "stack_hash_collision", "process_events_full"} {
+		key := `cgscope_samples_dropped_total{reason="` + reason + `"}`
+		if _, ok := values[key]; !ok {
+			t.Errorf("missing %s", key)
+		}
+	}
+}
+
+// parseMetrics maps "name{labels}" to value for the text exposition format.
+func parseMetrics(t *testing.T, text string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad metrics line %q", line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
