@@ -1,0 +1,307 @@
+package profiler
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/cgscope/cgscope/bpf"
+)
+
+// RunqBuckets is the number of run-queue latency histogram buckets. Bucket
+// i counts waits shorter than 2^i µs (and at least 2^(i-1) µs); the last
+// bucket counts everything longer.
+const RunqBuckets = len(bpf.CgroupStatsCgroupCounters{}.RunqHist)
+
+// CgroupUsage is what the BPF collectors counted for one cgroup since they
+// were attached, summed over CPUs.
+type CgroupUsage struct {
+	CPUSeconds          float64
+	RunqWaitSeconds     float64
+	RunqHistogram       [RunqBuckets]uint64
+	SwitchesVoluntary   uint64
+	SwitchesInvoluntary uint64
+	PageFaults          uint64
+	OOMKills            uint64
+	RxBytes, TxBytes    uint64
+	RxPackets           uint64
+	TxPackets           uint64
+	TCPOpenedOutbound   uint64
+	TCPOpenedInbound    uint64
+	TCPConnectFailures  uint64
+	TCPClosed           uint64
+	TCPRetransmits      uint64
+	TCPActive           int64
+}
+
+// CounterCollectors lists the BPF collectors, each switchable on its own.
+var CounterCollectors = []string{"sched", "faults", "oom", "network", "tcp"}
+
+// CgroupDropReasons lists what the counter programs may lose, in index order.
+var CgroupDropReasons = []string{"cgroups_map_full", "tasks_map_full", "sockets_map_full"}
+
+// CountersConfig sizes the counter maps and picks the collectors.
+type CountersConfig struct {
+	MaxCgroups int // cgroups with counters; more are counted as dropped
+	MaxTasks   int // threads tracked by the scheduler collector
+	MaxSockets int // established TCP sockets tracked for active connections
+	Collectors map[string]bool
+	// CgroupRoot is the cgroup2 mount, where cgroup_skb programs attach.
+	CgroupRoot string
+}
+
+// CollectorStatus says whether a collector runs, and why not.
+type CollectorStatus struct {
+	Name    string
+	Enabled bool   // asked for and attached
+	Reason  string // why it is not running: "disabled by flag" or the attach error
+}
+
+// CgroupCounters owns the per-cgroup counter programs and their maps.
+type CgroupCounters struct {
+	maps     bpf.CgroupStatsMaps
+	mu       sync.Mutex // guards programs, links, status
+	programs map[string]*ebpf.Program
+	links    []link.Link
+	status   []CollectorStatus
+}
+
+// collectorPrograms names the programs of each collector.
+var collectorPrograms = map[string][]string{
+	"sched":   {"sched_switch", "sched_wakeup", "sched_wakeup_new", "sched_process_exit"},
+	"faults":  {"page_fault_user"},
+	"oom":     {"oom_mark_victim"},
+	"network": {"skb_ingress", "skb_egress"},
+	"tcp":     {"inet_sock_set_state", "tcp_retransmit_skb"},
+}
+
+// NewCgroupCounters loads the shared maps, then loads and attaches each
+// enabled collector on its own: a kernel without one attach point loses
+// that collector only, with one log line, and the others keep running.
+func NewCgroupCounters(cfg CountersConfig) (*CgroupCounters, error) {
+	spec, err := bpf.LoadCgroupStats()
+	if err != nil {
+		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	spec.Maps[bpf.CgroupStatsMapCountersByCgroup].MaxEntries = uint32(cfg.MaxCgroups)
+	spec.Maps[bpf.CgroupStatsMapTasks].MaxEntries = uint32(cfg.MaxTasks)
+	spec.Maps[bpf.CgroupStatsMapActiveSockets].MaxEntries = uint32(cfg.MaxSockets)
+
+	c := &CgroupCounters{programs: map[string]*ebpf.Program{}}
+	if err := spec.LoadAndAssign(&c.maps, nil); err != nil {
+		return nil, fmt.Errorf("%w: creating per-cgroup counter maps: %v", ErrPreflight, err)
+	}
+	shared := map[string]*ebpf.Map{
+		bpf.CgroupStatsMapCountersByCgroup: c.maps.CountersByCgroup,
+		bpf.CgroupStatsMapTasks:            c.maps.Tasks,
+		bpf.CgroupStatsMapActiveSockets:    c.maps.ActiveSockets,
+		bpf.CgroupStatsMapCgroupStats:      c.maps.CgroupStats,
+	}
+	for _, name := range CounterCollectors {
+		st := CollectorStatus{Name: name}
+		switch {
+		case !cfg.Collectors[name]:
+			st.Reason = "disabled by flag"
+		default:
+			if err := c.startCollector(spec, shared, name, cfg.CgroupRoot); err != nil {
+				st.Reason = err.Error()
+				slog.Warn("collector disabled: the kernel lacks what it needs; the others keep running",
+					"collector", name, "err", err)
+			} else {
+				st.Enabled = true
+			}
+		}
+		c.status = append(c.status, st)
+	}
+	return c, nil
+}
+
+func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, name, cgroupRoot string) error {
+	only := spec.Copy()
+	for prog := range only.Programs {
+		if !slices.Contains(collectorPrograms[name], prog) {
+			delete(only.Programs, prog)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(only, ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		return fmt.Errorf("loading: %w", err)
+	}
+	var links []link.Link
+	for _, prog := range collectorPrograms[name] {
+		l, err := attachCounterProgram(spec.Programs[prog], coll.Programs[prog], cgroupRoot)
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			coll.Close()
+			return fmt.Errorf("attaching %s: %w", prog, err)
+		}
+		links = append(links, l)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.links = append(c.links, links...)
+	for _, prog := range collectorPrograms[name] {
+		c.programs[prog] = coll.DetachProgram(prog)
+	}
+	coll.Close() // the programs and shared maps live on; this closes .rodata's fd copy only
+	return nil
+}
+
+// attachCounterProgram attaches by the program's section name.
+func attachCounterProgram(spec *ebpf.ProgramSpec, prog *ebpf.Program, cgroupRoot string) (link.Link, error) {
+	switch spec.Type {
+	case ebpf.TracePoint:
+		// SectionName is "tracepoint/<group>/<name>".
+		group, tp, ok := strings.Cut(strings.TrimPrefix(spec.SectionName, "tracepoint/"), "/")
+		if !ok {
+			return nil, fmt.Errorf("bad tracepoint section %q", spec.SectionName)
+		}
+		l, err := link.Tracepoint(group, tp, prog, nil)
+		if err != nil && !tracefsMounted() {
+			return nil, fmt.Errorf("%w (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)", err)
+		}
+		return l, err
+	case ebpf.Tracing:
+		return link.AttachTracing(link.TracingOptions{Program: prog})
+	case ebpf.CGroupSKB:
+		if cgroupRoot == "" {
+			return nil, errors.New("no cgroup2 hierarchy mounted")
+		}
+		return link.AttachCgroup(link.CgroupOptions{Path: cgroupRoot, Attach: spec.AttachType, Program: prog})
+	}
+	return nil, fmt.Errorf("no attach method for program type %s", spec.Type)
+}
+
+// tracefsMounted reports whether tracepoints can be looked up by name.
+func tracefsMounted() bool {
+	for _, dir := range []string{"/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"} {
+		if _, err := os.Stat(dir); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Collectors reports every collector and whether it runs.
+func (c *CgroupCounters) Collectors() []CollectorStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.status)
+}
+
+// Read returns the counters of every cgroup seen, keyed by cgroup2 id.
+func (c *CgroupCounters) Read() (map[uint64]*CgroupUsage, error) {
+	out := map[uint64]*CgroupUsage{}
+	var (
+		id     uint64
+		perCPU []bpf.CgroupStatsCgroupCounters
+	)
+	it := c.maps.CountersByCgroup.Iterate()
+	for it.Next(&id, &perCPU) {
+		u := &CgroupUsage{}
+		for i := range perCPU {
+			u.add(&perCPU[i])
+		}
+		out[id] = u
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading per-cgroup counters: %w", err)
+	}
+	return out, nil
+}
+
+func (u *CgroupUsage) add(v *bpf.CgroupStatsCgroupCounters) {
+	u.CPUSeconds += float64(v.CpuNs) / 1e9
+	u.RunqWaitSeconds += float64(v.RunqWaitNs) / 1e9
+	for i, n := range v.RunqHist {
+		u.RunqHistogram[i] += n
+	}
+	u.SwitchesVoluntary += v.SwitchesVoluntary
+	u.SwitchesInvoluntary += v.SwitchesInvoluntary
+	u.PageFaults += v.PageFaults
+	u.OOMKills += v.OomKills
+	u.RxBytes += v.RxBytes
+	u.TxBytes += v.TxBytes
+	u.RxPackets += v.RxPackets
+	u.TxPackets += v.TxPackets
+	u.TCPOpenedOutbound += v.TcpOpenedOutbound
+	u.TCPOpenedInbound += v.TcpOpenedInbound
+	u.TCPConnectFailures += v.TcpConnectFailures
+	u.TCPClosed += v.TcpClosed
+	u.TCPRetransmits += v.TcpRetransmits
+	u.TCPActive += v.TcpActive
+}
+
+// Forget deletes the counters of cgroups that no longer exist, keeping the
+// map bounded by the live cgroups.
+func (c *CgroupCounters) Forget(ids []uint64) error {
+	var errs []error
+	for _, id := range ids {
+		if err := c.maps.CountersByCgroup.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Dropped returns what the counter programs lost, by reason.
+func (c *CgroupCounters) Dropped() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(CgroupDropReasons))
+	for i, reason := range CgroupDropReasons {
+		var perCPU []uint64
+		if err := c.maps.CgroupStats.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("reading counter drops: %w", err)
+		}
+		for _, v := range perCPU {
+			out[reason] += v
+		}
+	}
+	return out, nil
+}
+
+// ProgramStats returns bpf_stats of every attached counter program.
+func (c *CgroupCounters) ProgramStats() ([]ProgramStats, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := make([]string, 0, len(c.programs))
+	for n := range c.programs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]ProgramStats, 0, len(names))
+	for _, n := range names {
+		st, err := c.programs[n].Stats()
+		if err != nil {
+			return nil, fmt.Errorf("reading BPF stats of %s: %w", n, err)
+		}
+		out = append(out, ProgramStats{Name: n, RunCount: st.RunCount, Runtime: st.Runtime})
+	}
+	return out, nil
+}
+
+// Close detaches every program and frees the maps.
+func (c *CgroupCounters) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, l := range c.links {
+		errs = append(errs, l.Close())
+	}
+	c.links = nil
+	for _, p := range c.programs {
+		errs = append(errs, p.Close())
+	}
+	c.programs = map[string]*ebpf.Program{}
+	errs = append(errs, c.maps.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,240 @@
+package profiler
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the workload: re-executed with
+// CGSCOPE_WORKLOAD set, it runs that workload instead of the tests, so a
+// workload can be started directly inside a test cgroup.
+func TestMain(m *testing.M) {
+	if w := os.Getenv("CGSCOPE_WORKLOAD"); w != "" {
+		os.Exit(runWorkload(strings.Fields(w)))
+	}
+	os.Exit(m.Run())
+}
+
+func runWorkload(args []string) int {
+	if v1 := os.Getenv("CGSCOPE_JOIN_V1"); v1 != "" {
+		if err := os.WriteFile(filepath.Join(v1, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	switch args[0] {
+	case "burn": // burn THREADS DURATION: prints the process's summed run-queue wait (ns)
+		threads, _ := strconv.Atoi(args[1])
+		d, _ := time.ParseDuration(args[2])
+		waits := make(chan uint64)
+		release := make(chan struct{})
+		for i := 0; i < threads; i++ {
+			go func() {
+				runtime.LockOSThread()
+				deadline := time.Now().Add(d)
+				x := 0
+				for time.Now().Before(deadline) {
+					for j := 0; j < 100000; j++ {
+						x += j
+					}
+				}
+				waits <- 0
+				<-release // stay alive until every thread's delay was read
+			}()
+		}
+		for i := 0; i < threads; i++ {
+			<-waits
+		}
+		fmt.Println(processRunDelay())
+		close(release)
+	case "touch": // touch MiB: fault in fresh anonymous memory page by page
+		mib, _ := strconv.Atoi(args[1])
+		mem, err := syscall.Mmap(-1, 0, mib<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		for i := 0; i < len(mem); i += os.Getpagesize() {
+			mem[i] = 1
+		}
+	case "serve": // serve ADDR: accept one connection, read it to EOF, print bytes
+		l, err := net.Listen("tcp", args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("listening")
+		c, err := l.Accept()
+		if err != nil {
+			return 1
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		l.Close()
+		fmt.Println(n)
+	case "send": // send ADDR MIB: connect, write MIB, close
+		mib, _ := strconv.Atoi(args[2])
+		c, err := net.Dial("tcp", args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		buf := make([]byte, 1<<20)
+		for i := 0; i < mib; i++ {
+			if _, err := c.Write(buf); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+		c.Close()
+	case "dial": // dial ADDR: one connect attempt, expected to fail
+		c, err := net.DialTimeout("tcp", args[1], 5*time.Second)
+		if err == nil {
+			c.Close()
+			return 1
+		}
+	case "hold": // hold ADDR N DURATION: keep N connections open for a while
+		n, _ := strconv.Atoi(args[2])
+		d, _ := time.ParseDuration(args[3])
+		var conns []net.Conn
+		for i := 0; i < n; i++ {
+			c, err := net.Dial("tcp", args[1])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			conns = append(conns, c)
+		}
+		fmt.Println("connected")
+		time.Sleep(d)
+		for _, c := range conns {
+			c.Close()
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown workload", args)
+		return 2
+	}
+	return 0
+}
+
+// processRunDelay sums the time every thread of this process spent waiting
+// on a run queue: the second field of /proc/self/task/*/schedstat (ns).
+func processRunDelay() uint64 {
+	files, _ := filepath.Glob("/proc/self/task/*/schedstat")
+	var total uint64
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if fields := strings.Fields(string(data)); len(fields) >= 2 {
+			v, _ := strconv.ParseUint(fields[1], 10, 64)
+			total += v
+		}
+	}
+	return total
+}
+
+// testCgroup is a cgroup2 directory created for one test.
+type testCgroup struct {
+	rel, abs string
+	id       uint64
+}
+
+// newTestCgroup creates a cgroup under the cgroup2 root and removes it when
+// the test ends (after moving any straggler out).
+func newTestCgroup(t *testing.T, name string) *testCgroup {
+	t.Helper()
+	root, err := Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := fmt.Sprintf("/cgscope-test-%s-%d", name, os.Getpid())
+	abs := filepath.Join(root, rel)
+	if err := os.Mkdir(abs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroupDir(t, abs, filepath.Join(root, "cgroup.procs")) })
+	var st syscall.Stat_t
+	if err := syscall.Stat(abs, &st); err != nil {
+		t.Fatal(err)
+	}
+	return &testCgroup{rel: rel, abs: abs, id: st.Ino}
+}
+
+func removeCgroupDir(t *testing.T, abs, parentProcs string) {
+	if procs, err := os.ReadFile(filepath.Join(abs, "cgroup.procs")); err == nil {
+		for _, pid := range strings.Fields(string(procs)) {
+			os.WriteFile(parentProcs, []byte(pid), 0)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		if err := os.Remove(abs); err == nil || os.IsNotExist(err) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("could not remove cgroup %s", abs)
+}
+
+// command prepares the test binary as a workload that starts inside the
+// cgroup (clone3 with CLONE_INTO_CGROUP), so none of its work is counted
+// elsewhere. prefix is prepended (e.g. "ip netns exec X").
+func (cg *testCgroup) command(t *testing.T, prefix []string, workload ...string) *exec.Cmd {
+	t.Helper()
+	dir, err := os.Open(cg.abs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dir.Close() })
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append(append([]string(nil), prefix...), self)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	// GOMAXPROCS above the thread count: every busy thread is runnable in
+	// the kernel, not parked by the Go scheduler.
+	cmd.Env = append(os.Environ(), "CGSCOPE_WORKLOAD="+strings.Join(workload, " "), "GOMAXPROCS=16")
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	return cmd
+}
+
+// run runs a workload in the cgroup to completion.
+func (cg *testCgroup) run(t *testing.T, workload ...string) string {
+	t.Helper()
+	out, err := cg.command(t, nil, workload...).Output()
+	if err != nil {
+		t.Fatalf("workload %v: %v", workload, err)
+	}
+	return string(out)
+}
+
+// cpuStatUsage reads usage_usec from the cgroup's cpu.stat (cgroup2 keeps
+// it for every cgroup, with or without the cpu controller).
+func (cg *testCgroup) cpuStatUsage(t *testing.T) float64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(cg.abs, "cpu.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, _ := strconv.ParseFloat(v, 64)
+			return us / 1e6
+		}
+	}
+	t.Fatal("no usage_usec in cpu.stat")
+	return 0
+}
