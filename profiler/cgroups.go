@@ -2,6 +2,7 @@ package profiler
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,13 +12,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // CgroupResolver maps cgroup2 ids, which BPF reports, to cgroup paths such as
 // "/system.slice/ssh.service". A cgroup2 id is the inode number of the
-// cgroup's directory, so the resolver walks the cgroup2 tree and remembers
-// what it saw. Unknown ids trigger a new walk, at most once per minInterval,
-// so a storm of samples from a just-deleted cgroup costs one walk.
+// cgroup's directory and also its kernfs file handle: an unknown id is
+// opened by handle (exact and O(1), needs CAP_DAC_READ_SEARCH), else found by
+// walking the tree again, at most once per minInterval, so a storm of
+// samples from a just-deleted cgroup costs one walk.
 type CgroupResolver struct {
 	root        string
 	maxEntries  int
@@ -51,6 +55,12 @@ func (r *CgroupResolver) Path(id uint64) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p, ok := r.paths[id]; ok {
+		return p
+	}
+	if p, ok := r.openByHandle(id); ok {
+		if len(r.paths) < r.maxEntries {
+			r.paths[id] = p
+		}
 		return p
 	}
 	if time.Since(r.lastWalk) < r.minInterval {
@@ -91,6 +101,35 @@ func (r *CgroupResolver) walk() {
 	r.paths = paths
 }
 
+// fileidKernfs is the kernfs file handle type (FILEID_KERNFS in the
+// kernel): the handle is the 64-bit cgroup id.
+const fileidKernfs = 0xfe
+
+// openByHandle resolves an id through the kernel: open_by_handle_at on the
+// cgroup2 mount, then read the opened directory's path.
+func (r *CgroupResolver) openByHandle(id uint64) (string, bool) {
+	mount, err := unix.Open(r.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", false
+	}
+	defer unix.Close(mount)
+	handle := make([]byte, 8)
+	binary.NativeEndian.PutUint64(handle, id)
+	fd, err := unix.OpenByHandleAt(mount, unix.NewFileHandle(fileidKernfs, handle), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return "", false
+	}
+	defer unix.Close(fd)
+	abs, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil || !strings.HasPrefix(abs, r.root) {
+		return "", false
+	}
+	if rel := strings.TrimPrefix(abs, r.root); rel != "" {
+		return rel, true
+	}
+	return "/", true
+}
+
 // Cgroup2Mount returns where the cgroup2 hierarchy is mounted.
 func Cgroup2Mount() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
@@ -111,4 +150,19 @@ func Cgroup2Mount() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no cgroup2 filesystem mounted (see /proc/self/mountinfo)")
+}
+
+// All returns every cgroup currently in the tree, by id, re-walking it when
+// the index is older than the resolver's minimum interval.
+func (r *CgroupResolver) All() map[uint64]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.lastWalk) >= r.minInterval {
+		r.walk()
+	}
+	out := make(map[uint64]string, len(r.paths))
+	for id, p := range r.paths {
+		out[id] = p
+	}
+	return out
 }

@@ -305,3 +305,26 @@ func (c *CgroupCounters) Close() error {
 	errs = append(errs, c.maps.Close())
 	return errors.Join(errs...)
 }
+
+// Add sums o into u, for cgroups exported under one label.
+func (u *CgroupUsage) Add(o *CgroupUsage) {
+	u.CPUSeconds += o.CPUSeconds
+	u.RunqWaitSeconds += o.RunqWaitSeconds
+	for i, n := range o.RunqHistogram {
+		u.RunqHistogram[i] += n
+	}
+	u.SwitchesVoluntary += o.SwitchesVoluntary
+	u.SwitchesInvoluntary += o.SwitchesInvoluntary
+	u.PageFaults += o.PageFaults
+	u.OOMKills += o.OOMKills
+	u.RxBytes += o.RxBytes
+	u.TxBytes += o.TxBytes
+	u.RxPackets += o.RxPackets
+	u.TxPackets += o.TxPackets
+	u.TCPOpenedOutbound += o.TCPOpenedOutbound
+	u.TCPOpenedInbound += o.TCPOpenedInbound
+	u.TCPConnectFailures += o.TCPConnectFailures
+	u.TCPClosed += o.TCPClosed
+	u.TCPRetransmits += o.TCPRetransmits
+	u.TCPActive += o.TCPActive
+}
