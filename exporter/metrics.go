@@ -13,7 +13,41 @@ import (
 // SamplerSource is what the self-metrics read from the kernel side.
 type SamplerSource interface {
 	Stats() (profiler.Stats, error)
+}
+
+// ProgramStatsSource reports the kernel's bpf_stats of some BPF programs.
+type ProgramStatsSource interface {
 	ProgramStats() ([]profiler.ProgramStats, error)
+}
+
+// BPFProgramCollector exposes run count and run time of every BPF program
+// cgscope loaded, from the kernel's bpf_stats.
+type BPFProgramCollector struct{ sources []ProgramStatsSource }
+
+// NewBPFProgramCollector reads the sources at scrape time.
+func NewBPFProgramCollector(sources ...ProgramStatsSource) *BPFProgramCollector {
+	return &BPFProgramCollector{sources: sources}
+}
+
+// Describe implements prometheus.Collector.
+func (c *BPFProgramCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descProgRuns
+	ch <- descProgTime
+}
+
+// Collect implements prometheus.Collector.
+func (c *BPFProgramCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, src := range c.sources {
+		progs, err := src.ProgramStats()
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(descProgRuns, err)
+			continue
+		}
+		for _, p := range progs {
+			ch <- prometheus.MustNewConstMetric(descProgRuns, prometheus.CounterValue, float64(p.RunCount), p.Name)
+			ch <- prometheus.MustNewConstMetric(descProgTime, prometheus.CounterValue, p.Runtime.Seconds(), p.Name)
+		}
+	}
 }
 
 // SelfCollector exposes the agent's own health as Prometheus metrics: what
@@ -62,7 +96,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *SelfCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSamples, descDropped, descUniqueStacks, descDrains, descDrainErrors,
-		descFrames, descSymErrors, descObjCache, descObjects, descProcesses, descProgRuns, descProgTime} {
+		descFrames, descSymErrors, descObjCache, descObjects, descProcesses} {
 		ch <- d
 	}
 }
@@ -87,15 +121,6 @@ func (c *SelfCollector) collectSampler(ch chan<- prometheus.Metric) {
 		for _, reason := range profiler.DropReasons {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Dropped[reason]), reason)
 		}
-	}
-	progs, err := c.sampler.ProgramStats()
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(descProgRuns, err)
-		return
-	}
-	for _, p := range progs {
-		ch <- prometheus.MustNewConstMetric(descProgRuns, prometheus.CounterValue, float64(p.RunCount), p.Name)
-		ch <- prometheus.MustNewConstMetric(descProgTime, prometheus.CounterValue, p.Runtime.Seconds(), p.Name)
 	}
 }
 

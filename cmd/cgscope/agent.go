@@ -80,6 +80,7 @@ var samplerFlagNames = map[string]string{
 type agent struct {
 	sampler  *profiler.Sampler
 	sym      *symbolizer.Symbolizer
+	cgroups  *profiler.CgroupResolver // nil without a cgroup2 mount
 	pipeline *pipeline.Pipeline
 	closers  []func() error
 }
@@ -106,6 +107,7 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		slog.Warn("cgroup paths unavailable; samples get an empty cgroup label", "err", err)
 		cgroups = nil
 	}
+	a.cgroups = cgroups
 	a.pipeline = pipeline.New(s, a.sym, cgroups, f.interval)
 	go s.RunProcessEvents(a.pipeline.ProcessStarted)
 	go func() {
@@ -119,6 +121,9 @@ func startAgent(f *profilingFlags) (*agent, error) {
 
 // runPipeline drains on the interval until ctx ends.
 func (a *agent) runPipeline(ctx context.Context) { a.pipeline.Run(ctx) }
+
+// addCloser runs c when the agent closes, before the sampler.
+func (a *agent) addCloser(c func() error) { a.closers = append(a.closers, c) }
 
 func (a *agent) close() error {
 	var errs []error

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/cgscope/cgscope/exporter"
+	"github.com/cgscope/cgscope/profiler"
 )
 
 type serveCommand struct {
@@ -26,6 +27,7 @@ type serveCommand struct {
 	web            *web.FlagConfig
 	defaultSeconds int
 	maxSeconds     int
+	counters       *counterFlags
 }
 
 func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveCommand {
@@ -36,6 +38,7 @@ func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveComma
 		Default("30").IntVar(&c.defaultSeconds)
 	c.cmd.Flag("profiling.capture-max-seconds", "Longest capture /debug/pprof/profile accepts.").
 		Default("300").IntVar(&c.maxSeconds)
+	c.counters = addCounterFlags(c.cmd)
 	return c
 }
 
@@ -53,6 +56,10 @@ func (c *serveCommand) run() error {
 	if err := c.validate(); err != nil {
 		return err
 	}
+	cgroupOpts, err := c.counters.options()
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -68,6 +75,15 @@ func (c *serveCommand) run() error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		exporter.NewSelfCollector(a.sampler, a.sym.Stats, a.pipeline.Stats),
 	)
+	counters, err := c.registerCgroupMetrics(reg, a, cgroupOpts)
+	if err != nil {
+		return err
+	}
+	programs := []exporter.ProgramStatsSource{a.sampler}
+	if counters != nil {
+		programs = append(programs, counters)
+	}
+	reg.MustRegister(exporter.NewBPFProgramCollector(programs...))
 	handler, err := exporter.NewHandler(exporter.HandlerOptions{
 		Capturer:              a.pipeline,
 		Gatherer:              reg,
@@ -104,4 +120,38 @@ func (c *serveCommand) run() error {
 		err = nil
 	}
 	return err
+}
+
+// registerCgroupMetrics starts the per-cgroup collectors and registers their
+// metrics; it returns the counter programs (nil when none run). A host
+// without cgroup2 gets no per-cgroup metrics, with a warning.
+func (c *serveCommand) registerCgroupMetrics(reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, error) {
+	if a.cgroups == nil {
+		slog.Warn("no cgroup2 hierarchy: per-cgroup metrics are off")
+		return nil, nil
+	}
+	counters, err := c.counters.startCounters(a.cgroups.Root())
+	if err != nil {
+		return nil, err
+	}
+	opts.Collectors = map[string]bool{}
+	var source exporter.CgroupCounterSource
+	if counters != nil {
+		a.addCloser(counters.Close)
+		reg.MustRegister(exporter.NewCounterHealthCollector(counters))
+		for _, st := range counters.Collectors() {
+			opts.Collectors[st.Name] = st.Enabled
+		}
+		source = counters
+	}
+	var files exporter.CgroupFileSource
+	if c.counters.cgroupFiles {
+		if r, err := profiler.NewCgroupFileReader(); err != nil {
+			slog.Warn("collector disabled: cgroup files unreadable", "collector", "cgroupfs", "err", err)
+		} else {
+			files = r
+		}
+	}
+	reg.MustRegister(exporter.NewCgroupCollector(source, a.cgroups, files, opts))
+	return counters, nil
 }

@@ -1,0 +1,280 @@
+package exporter
+
+import (
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cgscope/cgscope/profiler"
+)
+
+// CgroupCounterSource is the BPF side of the per-cgroup metrics.
+type CgroupCounterSource interface {
+	Read() (map[uint64]*profiler.CgroupUsage, error)
+	Forget(ids []uint64) error
+}
+
+// CgroupPathResolver names cgroup2 ids and lists the cgroups that exist.
+type CgroupPathResolver interface {
+	Path(id uint64) string
+	All() map[uint64]string
+}
+
+// CgroupFileSource reads what cgroup files know about a cgroup2 path.
+type CgroupFileSource interface {
+	Read(path string) (profiler.CgroupFileStats, error)
+}
+
+// CgroupOptions shape which cgroups become series, and how many.
+type CgroupOptions struct {
+	Include, Exclude *regexp.Regexp // on the cgroup path; nil = no filter
+	// MaxCgroups caps the cgroups exported with their own labels; the rest
+	// are summed into cgroup="other".
+	MaxCgroups int
+	// MaxDepth folds cgroups deeper than this many path components into
+	// their ancestor at that depth (0 = no limit).
+	MaxDepth int
+	// GracePeriod keeps a deleted cgroup's series this long, so its last
+	// values are scraped, before they go away.
+	GracePeriod time.Duration
+	// Collectors names the running BPF collectors (profiler.CounterCollectors);
+	// series of the others are not exported rather than exported as zeros.
+	Collectors map[string]bool
+}
+
+// OtherCgroup is the cgroup label of everything beyond MaxCgroups.
+const OtherCgroup = "other"
+
+// CgroupCollector exports per-cgroup CPU, memory and network metrics,
+// merging BPF counters with cgroup files, under a bounded label set.
+type CgroupCollector struct {
+	counters CgroupCounterSource
+	paths    CgroupPathResolver
+	files    CgroupFileSource // nil when the cgroupfs collector is off
+	opts     CgroupOptions
+	now      func() time.Time
+
+	mu       sync.Mutex // serializes scrapes; guards the fields below
+	known    map[uint64]*cgroupEntry
+	admitted map[string]bool // exported paths, bounded by MaxCgroups
+	lastFold foldStats
+}
+
+type cgroupEntry struct {
+	path      string // "" when never resolved
+	goneSince time.Time
+}
+
+type foldStats struct {
+	other, unresolved, filtered int
+}
+
+// NewCgroupCollector builds the collector. counters may be nil (every BPF
+// collector off) and files may be nil (cgroupfs collector off).
+func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files CgroupFileSource, opts CgroupOptions) *CgroupCollector {
+	return &CgroupCollector{
+		counters: c, paths: p, files: files, opts: opts, now: time.Now,
+		known: map[uint64]*cgroupEntry{}, admitted: map[string]bool{},
+	}
+}
+
+// cgroupSeries is one exported cgroup: a label set and what it sums.
+type cgroupSeries struct {
+	labels []string // cgroup, container_id, pod_uid
+	path   string   // the cgroup path whose files describe it; "" for other
+	usage  profiler.CgroupUsage
+}
+
+// Describe implements prometheus.Collector.
+func (c *CgroupCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range cgroupDescs() {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *CgroupCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	start := c.now()
+	series, err := c.gather()
+	ok := err == nil
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descCgroupCPU, err)
+	}
+	for _, s := range series {
+		emitUsage(ch, s, c.opts.Collectors)
+		faultsFromFiles := false
+		if c.files != nil && s.path != "" {
+			faultsFromFiles = c.emitFiles(ch, s)
+		}
+		if !faultsFromFiles && c.opts.Collectors["faults"] {
+			ch <- prometheus.MustNewConstMetric(descCgroupFaults, prometheus.CounterValue,
+				float64(s.usage.PageFaults), append(s.labels, "minor")...)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descCgroupsFolded, prometheus.GaugeValue, float64(c.lastFold.other), "over_limit")
+	ch <- prometheus.MustNewConstMetric(descCgroupsFolded, prometheus.GaugeValue, float64(c.lastFold.unresolved), "unresolved")
+	ch <- prometheus.MustNewConstMetric(descCgroupsFiltered, prometheus.GaugeValue, float64(c.lastFold.filtered))
+	ch <- prometheus.MustNewConstMetric(descCgroupsExported, prometheus.GaugeValue, float64(len(series)))
+	ch <- prometheus.MustNewConstMetric(descScrapeDuration, prometheus.GaugeValue, c.now().Sub(start).Seconds(), "cgroup")
+	ch <- prometheus.MustNewConstMetric(descScrapeSuccess, prometheus.GaugeValue, boolFloat(ok), "cgroup")
+}
+
+// gather reads the counters and groups them into series: filtered, folded
+// to MaxDepth, capped at MaxCgroups, deleted cgroups kept for the grace
+// period and then forgotten in the kernel map too.
+func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
+	usage, err := c.usage()
+	if err != nil {
+		return nil, err
+	}
+	now := c.now()
+	byLabel := map[string]*cgroupSeries{}
+	var forget []uint64
+	c.lastFold = foldStats{}
+	live := map[string]bool{}
+	for id, u := range usage {
+		path, keep := c.pathOf(id, now)
+		if !keep {
+			forget = append(forget, id)
+			continue
+		}
+		if path != "" && !c.selected(path) {
+			c.lastFold.filtered++
+			continue
+		}
+		if path == "" {
+			c.lastFold.unresolved++
+		}
+		path = foldDepth(path, c.opts.MaxDepth)
+		live[path] = true
+		label := c.admit(path)
+		if label == OtherCgroup && path != "" {
+			c.lastFold.other++
+		}
+		s := byLabel[label]
+		if s == nil {
+			s = newCgroupSeries(label)
+			byLabel[label] = s
+		}
+		s.usage.Add(u)
+	}
+	c.pruneAdmitted(live)
+	if len(forget) > 0 && c.counters != nil {
+		if err := c.counters.Forget(forget); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]*cgroupSeries, 0, len(byLabel))
+	for _, s := range byLabel {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// usage returns the BPF counters of every cgroup they saw and, when cgroup
+// files are read too, an empty entry for every other existing cgroup, so
+// idle cgroups still get their memory series.
+func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
+	usage := map[uint64]*profiler.CgroupUsage{}
+	if c.counters != nil {
+		var err error
+		if usage, err = c.counters.Read(); err != nil {
+			return nil, err
+		}
+	}
+	if c.files != nil {
+		for id := range c.paths.All() {
+			if usage[id] == nil {
+				usage[id] = &profiler.CgroupUsage{}
+			}
+		}
+	}
+	return usage, nil
+}
+
+// pathOf returns the cgroup's path, remembering it past deletion for the
+// grace period. keep is false once a deleted cgroup's grace has passed.
+func (c *CgroupCollector) pathOf(id uint64, now time.Time) (path string, keep bool) {
+	e := c.known[id]
+	if e == nil {
+		e = &cgroupEntry{}
+		c.known[id] = e
+	}
+	if p := c.paths.Path(id); p != "" {
+		e.path, e.goneSince = p, time.Time{}
+		return p, true
+	}
+	if e.goneSince.IsZero() {
+		e.goneSince = now
+	}
+	if now.Sub(e.goneSince) > c.opts.GracePeriod {
+		delete(c.known, id)
+		return "", false
+	}
+	return e.path, true
+}
+
+func (c *CgroupCollector) selected(path string) bool {
+	if c.opts.Include != nil && !c.opts.Include.MatchString(path) {
+		return false
+	}
+	return c.opts.Exclude == nil || !c.opts.Exclude.MatchString(path)
+}
+
+// admit returns the label a path is exported under: its own while fewer
+// than MaxCgroups are admitted (first come, first kept, so series do not
+// flap between scrapes), else "other". Unresolved cgroups are "other".
+func (c *CgroupCollector) admit(path string) string {
+	if path == "" {
+		return OtherCgroup
+	}
+	if c.admitted[path] {
+		return path
+	}
+	if len(c.admitted) < c.opts.MaxCgroups {
+		c.admitted[path] = true
+		return path
+	}
+	return OtherCgroup
+}
+
+// pruneAdmitted frees the slots of cgroups that are gone.
+func (c *CgroupCollector) pruneAdmitted(live map[string]bool) {
+	for p := range c.admitted {
+		if !live[p] {
+			delete(c.admitted, p)
+		}
+	}
+}
+
+// foldDepth cuts a path to at most depth components ("/a/b/c", 2 → "/a/b").
+func foldDepth(path string, depth int) string {
+	if depth <= 0 || path == "" || path == "/" {
+		return path
+	}
+	parts := strings.SplitN(strings.TrimPrefix(path, "/"), "/", depth+1)
+	if len(parts) <= depth {
+		return path
+	}
+	return "/" + strings.Join(parts[:depth], "/")
+}
+
+func newCgroupSeries(label string) *cgroupSeries {
+	if label == OtherCgroup {
+		return &cgroupSeries{labels: []string{OtherCgroup, "", ""}}
+	}
+	id := profiler.ParseContainerPath(label)
+	return &cgroupSeries{labels: []string{label, id.ContainerID, id.PodUID}, path: label}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
