@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"math"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -142,13 +143,13 @@ func emitSched(ch chan<- prometheus.Metric, s *cgroupSeries) {
 
 // emitFiles exports what the cgroup's files know, and reports whether they
 // held the page faults (the memory controller's memory.stat).
-func (c *CgroupCollector) emitFiles(ch chan<- prometheus.Metric, s *cgroupSeries) (faults bool) {
-	fs, err := c.files.Read(s.path)
+func (c *CgroupCollector) emitFiles(ch chan<- prometheus.Metric, s *cgroupSeries, scrapeStart time.Time) (faults bool) {
+	fs, ok := c.files.read(s.path, scrapeStart)
 	l := s.labels
-	if err != nil {
-		// A cgroup gone since the counters were read: its BPF series are
-		// out already; files have nothing more to say.
-		fs = profiler.CgroupFileStats{}
+	if !ok {
+		// Gone since the counters were read, or not read yet: the BPF
+		// series are out already; files have nothing (yet) to say.
+		return false
 	}
 	emit := func(d *prometheus.Desc, t prometheus.ValueType, v profiler.Value, extra ...string) {
 		if v.Known {

@@ -53,7 +53,7 @@ const OtherCgroup = "other"
 type CgroupCollector struct {
 	counters CgroupCounterSource
 	paths    CgroupPathResolver
-	files    CgroupFileSource // nil when the cgroupfs collector is off
+	files    *FileStatsCache // nil when the cgroupfs collector is off
 	opts     CgroupOptions
 	now      func() time.Time
 
@@ -74,7 +74,7 @@ type foldStats struct {
 
 // NewCgroupCollector builds the collector. counters may be nil (every BPF
 // collector off) and files may be nil (cgroupfs collector off).
-func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files CgroupFileSource, opts CgroupOptions) *CgroupCollector {
+func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *FileStatsCache, opts CgroupOptions) *CgroupCollector {
 	return &CgroupCollector{
 		counters: c, paths: p, files: files, opts: opts, now: time.Now,
 		known: map[uint64]*cgroupEntry{}, admitted: map[string]bool{},
@@ -109,7 +109,7 @@ func (c *CgroupCollector) Collect(ch chan<- prometheus.Metric) {
 		emitUsage(ch, s, c.opts.Collectors)
 		faultsFromFiles := false
 		if c.files != nil && s.path != "" {
-			faultsFromFiles = c.emitFiles(ch, s)
+			faultsFromFiles = c.emitFiles(ch, s, start)
 		}
 		if !faultsFromFiles && c.opts.Collectors["faults"] {
 			ch <- prometheus.MustNewConstMetric(descCgroupFaults, prometheus.CounterValue,

@@ -14,16 +14,17 @@ import (
 
 // counterFlags configure the per-cgroup metrics.
 type counterFlags struct {
-	collectors  map[string]*bool
-	cgroupFiles bool
-	include     string
-	exclude     string
-	maxExported int
-	maxDepth    int
-	grace       time.Duration
-	maxTracked  int
-	maxTasks    int
-	maxSockets  int
+	collectors    map[string]*bool
+	cgroupFiles   bool
+	filesInterval time.Duration
+	include       string
+	exclude       string
+	maxExported   int
+	maxDepth      int
+	grace         time.Duration
+	maxTracked    int
+	maxTasks      int
+	maxSockets    int
 }
 
 var collectorHelp = map[string]string{
@@ -42,6 +43,8 @@ func addCounterFlags(cmd *kingpin.CmdClause) *counterFlags {
 	}
 	cmd.Flag("collector.cgroupfs", "Memory, CPU throttling, page faults and PSI per cgroup from cgroup files.").
 		Default("true").BoolVar(&f.cgroupFiles)
+	cmd.Flag("collector.cgroupfs.interval", "How often cgroup files are re-read in the background (scrapes read a cache).").
+		Default("10s").DurationVar(&f.filesInterval)
 	cmd.Flag("cgroup.include", "Export only cgroups whose path matches this regular expression.").StringVar(&f.include)
 	cmd.Flag("cgroup.exclude", "Do not export cgroups whose path matches this regular expression.").StringVar(&f.exclude)
 	cmd.Flag("cgroup.max-exported", "Most cgroups exported with their own labels; the rest are summed into cgroup=\"other\".").
@@ -86,6 +89,9 @@ func (f *counterFlags) options() (exporter.CgroupOptions, error) {
 		if c.value < c.min {
 			return opts, fmt.Errorf("--%s=%d: want at least %d", c.flag, c.value, c.min)
 		}
+	}
+	if f.filesInterval < 100*time.Millisecond {
+		return opts, fmt.Errorf("--collector.cgroupfs.interval=%s: want at least 100ms", f.filesInterval)
 	}
 	if f.grace < 0 {
 		return opts, fmt.Errorf("--cgroup.grace-period=%s: want 0 or more", f.grace)

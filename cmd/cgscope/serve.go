@@ -75,7 +75,7 @@ func (c *serveCommand) run() error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		exporter.NewSelfCollector(a.sampler, a.sym.Stats, a.pipeline.Stats),
 	)
-	counters, err := c.registerCgroupMetrics(reg, a, cgroupOpts)
+	counters, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
 	if err != nil {
 		return err
 	}
@@ -125,7 +125,7 @@ func (c *serveCommand) run() error {
 // registerCgroupMetrics starts the per-cgroup collectors and registers their
 // metrics; it returns the counter programs (nil when none run). A host
 // without cgroup2 gets no per-cgroup metrics, with a warning.
-func (c *serveCommand) registerCgroupMetrics(reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, error) {
+func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, error) {
 	if a.cgroups == nil {
 		slog.Warn("no cgroup2 hierarchy: per-cgroup metrics are off")
 		return nil, nil
@@ -144,12 +144,13 @@ func (c *serveCommand) registerCgroupMetrics(reg *prometheus.Registry, a *agent,
 		}
 		source = counters
 	}
-	var files exporter.CgroupFileSource
+	var files *exporter.FileStatsCache
 	if c.counters.cgroupFiles {
 		if r, err := profiler.NewCgroupFileReader(); err != nil {
 			slog.Warn("collector disabled: cgroup files unreadable", "collector", "cgroupfs", "err", err)
 		} else {
-			files = r
+			files = exporter.NewFileStatsCache(r, c.counters.filesInterval, 20*time.Millisecond)
+			go files.Run(ctx)
 		}
 	}
 	reg.MustRegister(exporter.NewCgroupCollector(source, a.cgroups, files, opts))

@@ -58,6 +58,10 @@ func TestCgroupSeriesOnMetrics(t *testing.T) {
 			t.Errorf("missing %s", name)
 		}
 	}
+	// cgroup files: the root cgroup has memory accounting on every layout.
+	if v := values[`cgscope_cgroup_memory_usage_bytes{cgroup="/",container_id="",pod_uid=""}`]; v <= 0 {
+		t.Errorf("root cgroup memory usage %v, want > 0:\n%s", v, grepLines(string(body), "memory_usage"))
+	}
 	for _, collector := range []string{"sched", "faults", "oom", "network", "tcp"} {
 		if v := values[`cgscope_collector_enabled{collector="`+collector+`"}`]; v != 1 {
 			t.Errorf("collector %s enabled = %v", collector, v)
