@@ -1,0 +1,129 @@
+package symbolizer
+
+import (
+	"debug/elf"
+	"debug/gosym"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// fakeGoProcess builds a fake /proc in which pid 1000 maps the Go compiler (a large Go
+// binary) the way the loader would, so the benchmark needs no running process. It returns
+// the proc root and addresses spread over the compiler's functions.
+func fakeGoProcess(b *testing.B, n int) (string, []uint64) {
+	bin := filepath.Join(runtime.GOROOT(), "pkg", "tool", runtime.GOOS+"_"+runtime.GOARCH, "compile")
+	f, err := elf.Open(bin)
+	if err != nil {
+		b.Skip(err)
+	}
+	defer f.Close()
+	fi, err := os.Stat(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var maps string
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 {
+			continue
+		}
+		start, off := p.Vaddr&^0xfff, p.Off&^0xfff // non-PIE: mapped at the link address
+		maps += fmt.Sprintf("%x-%x r-xp %08x 00:2a %d %s\n", start, (p.Vaddr+p.Memsz+0xfff)&^0xfff, off, inodeOf(fi), bin)
+	}
+	root := b.TempDir()
+	pidDir := filepath.Join(root, "1000")
+	if err := os.MkdirAll(pidDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pidDir, "maps"), []byte(maps), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Symlink("/", filepath.Join(pidDir, "root")); err != nil {
+		b.Fatal(err)
+	}
+	data, err := f.Section(".gopclntab").Data()
+	if err != nil {
+		b.Fatal(err)
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, f.Section(".text").Addr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	addrs := make([]uint64, n)
+	for i := range addrs {
+		fn := tab.Funcs[rng.IntN(len(tab.Funcs))]
+		addrs[i] = fn.Entry + rng.Uint64N(fn.End-fn.Entry)
+	}
+	return root, addrs
+}
+
+// BenchmarkSymbolizeGoBinary reports addresses per second through the whole Symbolizer
+// (maps snapshot, object cache, .gopclntab lookup with file and line) for the Go compiler.
+// cold: a new Symbolizer per batch, so each batch parses the binary; warm: cached.
+func BenchmarkSymbolizeGoBinary(b *testing.B) {
+	const batch = 10000
+	root, addrs := fakeGoProcess(b, batch)
+	stacks := make([][]uint64, 0, batch/32)
+	for i := 0; i+32 <= len(addrs); i += 32 {
+		stacks = append(stacks, addrs[i:i+32]) // 32-frame stacks
+	}
+	symbolizeAll := func(b *testing.B, s *Symbolizer) {
+		for _, st := range stacks {
+			if frames := s.User(1000, st); frames[0].Function == "" {
+				b.Fatalf("unnamed frame at %#x", st[0])
+			}
+		}
+	}
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			s := New(Options{ProcRoot: root})
+			if err := s.ProcessStarted(1000); err != nil {
+				b.Fatal(err)
+			}
+			symbolizeAll(b, s)
+		}
+		b.ReportMetric(float64(b.N*len(stacks)*32)/b.Elapsed().Seconds(), "addrs/s")
+	})
+	b.Run("warm", func(b *testing.B) {
+		s := New(Options{ProcRoot: root})
+		if err := s.ProcessStarted(1000); err != nil {
+			b.Fatal(err)
+		}
+		symbolizeAll(b, s)
+		b.ResetTimer()
+		for b.Loop() {
+			symbolizeAll(b, s)
+		}
+		b.ReportMetric(float64(b.N*len(stacks)*32)/b.Elapsed().Seconds(), "addrs/s")
+	})
+}
+
+// BenchmarkProcessStartedCached measures announcing a process whose objects are cached.
+func BenchmarkProcessStartedCached(b *testing.B) {
+	mustBeRoot(b)
+	s := New(Options{})
+	pid := uint32(os.Getpid())
+	if err := s.ProcessStarted(pid); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := s.ProcessStarted(pid); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoadKallsyms measures reading and indexing /proc/kallsyms.
+func BenchmarkLoadKallsyms(b *testing.B) {
+	s := New(Options{})
+	for b.Loop() {
+		if err := s.ReloadKallsyms(); err != nil {
+			b.Skip(err)
+		}
+	}
+	b.ReportMetric(float64(s.kernel.Load().len()), "symbols")
+}

@@ -1,0 +1,16 @@
+// Package symbolizer turns sampled instruction addresses into function names: kernel frames
+// from /proc/kallsyms, user frames from /proc/PID/maps plus the mapped ELF objects (.symtab,
+// .dynsym, Go .gopclntab), and JIT frames from /tmp/perf-PID.map. It knows nothing of BPF or HTTP.
+// A Symbolizer snapshots a process's executable mappings as soon as the profiler first sees
+// it (ProcessStarted) and opens each mapped file through /proc/PID/root or
+// /proc/PID/map_files (the vDSO is read from memory), so samples of short-lived or
+// containerised processes can be named after the process is gone. Parsed objects are keyed
+// by GNU (or Go) build ID, falling back to device and inode, so a libc mapped by hundreds of
+// processes is read once; objects and per-process snapshots live in bounded LRU caches.
+// Only what symbolization needs is kept: function symbols in a compact sorted table whose
+// names share one string arena, and for Go binaries the .gopclntab (which also yields file
+// and line). Names are demangled lazily in the pprof style, without parameter lists.
+// Addresses that cannot be named keep their mapping and object-relative address, so they
+// can be symbolized later from the build ID; a name is never guessed. All methods are safe
+// for concurrent use.
+package symbolizer

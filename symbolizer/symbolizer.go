@@ -1,0 +1,206 @@
+package symbolizer
+
+import (
+	"errors"
+	"hash/maphash"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Frame is one symbolized stack frame.
+type Frame struct {
+	Address    uint64   // the runtime address as sampled
+	ObjAddress uint64   // the address in the object's own ELF virtual address space (for PIE/.so relocated); == Address for kernel frames and unmapped ones
+	Function   string   // demangled name; "" when unknown (never invent a name)
+	File       string   // source file when known (Go pclntab gives it), else ""
+	Line       int      // source line when known, else 0
+	Mapping    *Mapping // the mapping the address falls in; nil for kernel frames and for addresses in no mapping. Shared: do not modify.
+	Kernel     bool
+}
+
+// Options configures a Symbolizer; zero fields take their defaults.
+type Options struct {
+	ProcRoot     string // default "/proc"
+	MaxObjects   int    // parsed-object cache bound (LRU), default 512
+	MaxProcesses int    // process-mappings cache bound (LRU), default 8192
+}
+
+// Stats are the Symbolizer's self-metrics: monotonically increasing counters, except for
+// the two cache sizes.
+type Stats struct {
+	FramesSymbolized                   uint64 // named frames ("hits")
+	FramesUnsymbolized                 uint64 // frames returned with Function=="" ("misses")
+	Errors                             uint64 // failures reading maps / opening or parsing objects
+	ObjectCacheHits, ObjectCacheMisses uint64
+	ObjectsCached, ProcessesCached     int // current sizes (gauges)
+	MapsReads                          uint64
+	PerfMapBadLines                    uint64 // unparsable lines skipped in /tmp/perf-PID.map files
+}
+
+const (
+	defaultProcRoot     = "/proc"
+	defaultMaxObjects   = 512
+	defaultMaxProcesses = 8192
+	// defaultMapsReread bounds how often an address outside every known mapping makes User
+	// re-read /proc/PID/maps: often enough to catch dlopen'ed libraries quickly, rarely
+	// enough that a garbage return address in every sample costs nothing.
+	defaultMapsReread = 500 * time.Millisecond
+	// filesPerObject sizes the (dev, inode) -> build ID index relative to the object cache:
+	// one object is often reachable through several files (containers, copies).
+	filesPerObject = 4
+)
+
+// Symbolizer names user and kernel addresses. Create it with New.
+type Symbolizer struct {
+	procRoot   string
+	mapsReread time.Duration
+	maxVDSOs   int
+	seed       maphash.Seed // for vDSO content hashes
+
+	kernelLoader sync.Mutex // serializes kallsyms loads
+	kernel       atomic.Pointer[symbolTable]
+
+	ownVDSOOnce  sync.Once
+	ownVDSOImage *vdsoImage
+
+	mu       sync.Mutex // guards the fields below
+	objects  *lru[objKey, *Object]
+	files    *lru[fileKey, fileInfo] // which object a (dev, inode) held, to skip opening it
+	procs    *lru[uint32, *process]
+	loading  map[fileKey]*loadCall
+	vdsoKeys map[uint64]objKey // vDSO content hash -> object key
+
+	framesNamed, framesUnnamed, errors  atomic.Uint64
+	objectHits, objectMisses, mapsReads atomic.Uint64
+	perfMapBadLines                     atomic.Uint64
+}
+
+// New returns a Symbolizer with empty caches.
+func New(opts Options) *Symbolizer {
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = defaultProcRoot
+	}
+	if opts.MaxObjects <= 0 {
+		opts.MaxObjects = defaultMaxObjects
+	}
+	if opts.MaxProcesses <= 0 {
+		opts.MaxProcesses = defaultMaxProcesses
+	}
+	return &Symbolizer{
+		procRoot:   opts.ProcRoot,
+		mapsReread: defaultMapsReread,
+		maxVDSOs:   16,
+		objects:    newLRU[objKey, *Object](opts.MaxObjects),
+		files:      newLRU[fileKey, fileInfo](opts.MaxObjects * filesPerObject),
+		procs:      newLRU[uint32, *process](opts.MaxProcesses),
+		loading:    make(map[fileKey]*loadCall),
+		vdsoKeys:   make(map[uint64]objKey),
+		seed:       maphash.MakeSeed(),
+	}
+}
+
+// Stats returns the counters and cache sizes.
+func (s *Symbolizer) Stats() Stats {
+	s.mu.Lock()
+	objects, procs := s.objects.len(), s.procs.len()
+	s.mu.Unlock()
+	return Stats{
+		FramesSymbolized:   s.framesNamed.Load(),
+		FramesUnsymbolized: s.framesUnnamed.Load(),
+		Errors:             s.errors.Load(),
+		ObjectCacheHits:    s.objectHits.Load(),
+		ObjectCacheMisses:  s.objectMisses.Load(),
+		ObjectsCached:      objects,
+		ProcessesCached:    procs,
+		MapsReads:          s.mapsReads.Load(),
+		PerfMapBadLines:    s.perfMapBadLines.Load(),
+	}
+}
+
+func (s *Symbolizer) countFrames(frames []Frame) {
+	named := 0
+	for i := range frames {
+		if frames[i].Function != "" {
+			named++
+		}
+	}
+	s.framesNamed.Add(uint64(named))
+	s.framesUnnamed.Add(uint64(len(frames) - named))
+}
+
+// lookupAddress is where a frame's function is looked up: return addresses (every frame
+// but the leaf) point after the call instruction, which for a call at the very end of a
+// function is already the next function, so they are looked up one byte earlier.
+func lookupAddress(addr uint64, leaf bool) uint64 {
+	if leaf || addr == 0 {
+		return addr
+	}
+	return addr - 1
+}
+
+// Kernel symbolizes kernel addresses from /proc/kallsyms (loaded lazily once, reloadable via
+// ReloadKallsyms; module symbols get Function "name" and Mapping nil, Kernel true). If
+// kallsyms shows zero addresses (kptr_restrict / missing CAP_SYSLOG), it returns an error once
+// from ReloadKallsyms and frames stay unnamed.
+func (s *Symbolizer) Kernel(addrs []uint64) []Frame {
+	table := s.kernelTable()
+	frames := make([]Frame, len(addrs))
+	for i, addr := range addrs {
+		frames[i] = Frame{Address: addr, ObjAddress: addr, Kernel: true}
+		if j := table.lookup(lookupAddress(addr, i == 0)); j >= 0 {
+			frames[i].Function = table.name(j)
+		}
+	}
+	s.countFrames(frames)
+	return frames
+}
+
+// kernelTable returns the kallsyms table, loading it on first use.
+func (s *Symbolizer) kernelTable() *symbolTable {
+	if t := s.kernel.Load(); t != nil {
+		return t
+	}
+	s.kernelLoader.Lock()
+	defer s.kernelLoader.Unlock()
+	if t := s.kernel.Load(); t != nil {
+		return t
+	}
+	_ = s.loadKallsyms()
+	return s.kernel.Load()
+}
+
+// ReloadKallsyms re-reads /proc/kallsyms, e.g. after modules were loaded. It returns
+// ErrKallsymsRestricted if the kernel hides the addresses; kernel frames then stay unnamed.
+func (s *Symbolizer) ReloadKallsyms() error {
+	s.kernelLoader.Lock()
+	defer s.kernelLoader.Unlock()
+	return s.loadKallsyms()
+}
+
+// loadKallsyms replaces the kernel table. When reading fails it keeps the previous table,
+// or installs an empty one so that lookups do not retry on every call; when the addresses
+// are hidden, the old ones are not trusted either. Callers hold kernelLoader.
+func (s *Symbolizer) loadKallsyms() error {
+	table, err := s.readKallsyms()
+	if err != nil {
+		s.errors.Add(1)
+		if s.kernel.Load() != nil && !errors.Is(err, ErrKallsymsRestricted) {
+			return err
+		}
+		table = symbolTable{}
+	}
+	s.kernel.Store(&table)
+	return err
+}
+
+func (s *Symbolizer) readKallsyms() (symbolTable, error) {
+	f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
+	if err != nil {
+		return symbolTable{}, err
+	}
+	defer f.Close()
+	return parseKallsyms(f)
+}
