@@ -59,7 +59,7 @@ type CgroupCollector struct {
 
 	mu       sync.Mutex // serializes scrapes; guards the fields below
 	known    map[uint64]*cgroupEntry
-	admitted map[string]bool // exported paths, bounded by MaxCgroups
+	admitted map[string][]string // exported paths and their labels, bounded by MaxCgroups
 	lastFold foldStats
 }
 
@@ -77,7 +77,7 @@ type foldStats struct {
 func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *FileStatsCache, opts CgroupOptions) *CgroupCollector {
 	return &CgroupCollector{
 		counters: c, paths: p, files: files, opts: opts, now: time.Now,
-		known: map[uint64]*cgroupEntry{}, admitted: map[string]bool{},
+		known: map[uint64]*cgroupEntry{}, admitted: map[string][]string{},
 	}
 }
 
@@ -152,14 +152,17 @@ func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
 		}
 		path = foldDepth(path, c.opts.MaxDepth)
 		live[path] = true
-		label := c.admit(path)
-		if label == OtherCgroup && path != "" {
+		labels := c.admit(path)
+		if labels[0] == OtherCgroup && path != "" {
 			c.lastFold.other++
 		}
-		s := byLabel[label]
+		s := byLabel[labels[0]]
 		if s == nil {
-			s = newCgroupSeries(label)
-			byLabel[label] = s
+			s = &cgroupSeries{labels: labels}
+			if labels[0] != OtherCgroup {
+				s.path = path
+			}
+			byLabel[labels[0]] = s
 		}
 		s.usage.Add(u)
 	}
@@ -226,21 +229,26 @@ func (c *CgroupCollector) selected(path string) bool {
 	return c.opts.Exclude == nil || !c.opts.Exclude.MatchString(path)
 }
 
-// admit returns the label a path is exported under: its own while fewer
-// than MaxCgroups are admitted (first come, first kept, so series do not
-// flap between scrapes), else "other". Unresolved cgroups are "other".
-func (c *CgroupCollector) admit(path string) string {
+var otherLabels = []string{OtherCgroup, "", ""}
+
+// admit returns the labels a path is exported under: its own (cgroup,
+// container_id, pod_uid) while fewer than MaxCgroups are admitted (first
+// come, first kept, so series do not flap between scrapes), else those of
+// "other". Unresolved cgroups are "other".
+func (c *CgroupCollector) admit(path string) []string {
 	if path == "" {
-		return OtherCgroup
+		return otherLabels
 	}
-	if c.admitted[path] {
-		return path
+	if labels, ok := c.admitted[path]; ok {
+		return labels
 	}
 	if len(c.admitted) < c.opts.MaxCgroups {
-		c.admitted[path] = true
-		return path
+		id := profiler.ParseContainerPath(path)
+		labels := []string{path, id.ContainerID, id.PodUID}
+		c.admitted[path] = labels
+		return labels
 	}
-	return OtherCgroup
+	return otherLabels
 }
 
 // pruneAdmitted frees the slots of cgroups that are gone.
@@ -262,14 +270,6 @@ func foldDepth(path string, depth int) string {
 		return path
 	}
 	return "/" + strings.Join(parts[:depth], "/")
-}
-
-func newCgroupSeries(label string) *cgroupSeries {
-	if label == OtherCgroup {
-		return &cgroupSeries{labels: []string{OtherCgroup, "", ""}}
-	}
-	id := profiler.ParseContainerPath(label)
-	return &cgroupSeries{labels: []string{label, id.ContainerID, id.PodUID}, path: label}
 }
 
 func boolFloat(b bool) float64 {

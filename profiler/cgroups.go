@@ -152,12 +152,15 @@ func Cgroup2Mount() (string, error) {
 	return "", fmt.Errorf("no cgroup2 filesystem mounted (see /proc/self/mountinfo)")
 }
 
-// All returns every cgroup currently in the tree, by id, re-walking it when
-// the index is older than the resolver's minimum interval.
+// listInterval bounds how stale All may be: new cgroups show up in it
+// within this time, and a scrape costs no tree walk most of the time.
+const listInterval = 10 * time.Second
+
+// All returns every cgroup in the tree, by id, as of at most listInterval ago.
 func (r *CgroupResolver) All() map[uint64]string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if time.Since(r.lastWalk) >= r.minInterval {
+	if time.Since(r.lastWalk) >= listInterval {
 		r.walk()
 	}
 	out := make(map[uint64]string, len(r.paths))
