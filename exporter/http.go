@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"strconv"
 	"strings"
@@ -32,6 +33,9 @@ type HandlerOptions struct {
 	// MaxCaptureSeconds caps ?seconds=.
 	MaxCaptureSeconds int
 	Version           string
+	// SelfProfiling serves Go's net/http/pprof for cgscope itself under
+	// /debug/self/pprof/, for reporting cgscope's own CPU and memory use.
+	SelfProfiling bool
 }
 
 // NewHandler returns the agent's HTTP handler.
@@ -57,6 +61,9 @@ func NewHandler(opts HandlerOptions) (http.Handler, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("GET /debug/pprof/profile", &captureHandler{opts: opts})
+	if opts.SelfProfiling {
+		mountSelfProfiling(mux)
+	}
 	return mux, nil
 }
 
@@ -126,4 +133,21 @@ func parseCaptureQuery(q url.Values, defaultSeconds, maxSeconds int) (captureReq
 		}
 	}
 	return req, nil
+}
+
+// mountSelfProfiling serves net/http/pprof's handlers under /debug/self/pprof/.
+func mountSelfProfiling(mux *http.ServeMux) {
+	const prefix = "/debug/self/pprof/"
+	mux.HandleFunc(prefix, func(w http.ResponseWriter, r *http.Request) {
+		name := strings.TrimPrefix(r.URL.Path, prefix)
+		switch name {
+		case "", "cmdline", "profile", "symbol", "trace":
+			r2 := r.Clone(r.Context())
+			r2.URL.Path = "/debug/pprof/" + name
+			map[string]http.HandlerFunc{"": pprof.Index, "cmdline": pprof.Cmdline, "profile": pprof.Profile,
+				"symbol": pprof.Symbol, "trace": pprof.Trace}[name](w, r2)
+		default:
+			pprof.Handler(name).ServeHTTP(w, r)
+		}
+	})
 }

@@ -27,6 +27,7 @@ type serveCommand struct {
 	web            *web.FlagConfig
 	defaultSeconds int
 	maxSeconds     int
+	selfProfiling  bool
 	counters       *counterFlags
 }
 
@@ -38,6 +39,8 @@ func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveComma
 		Default("30").IntVar(&c.defaultSeconds)
 	c.cmd.Flag("profiling.capture-max-seconds", "Longest capture /debug/pprof/profile accepts.").
 		Default("300").IntVar(&c.maxSeconds)
+	c.cmd.Flag("web.enable-self-profiling", "Serve Go's pprof handlers for cgscope itself under /debug/self/pprof/.").
+		BoolVar(&c.selfProfiling)
 	c.counters = addCounterFlags(c.cmd)
 	return c
 }
@@ -90,6 +93,7 @@ func (c *serveCommand) run() error {
 		DefaultCaptureSeconds: c.defaultSeconds,
 		MaxCaptureSeconds:     c.maxSeconds,
 		Version:               version,
+		SelfProfiling:         c.selfProfiling,
 	})
 	if err != nil {
 		return err
