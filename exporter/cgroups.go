@@ -183,6 +183,9 @@ func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
 // files are read too, an empty entry for every other existing cgroup, so
 // idle cgroups still get their memory series.
 func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
+	// Listing the tree also refreshes the resolver, which is how deleted
+	// cgroups are noticed.
+	existing := c.paths.All()
 	usage := map[uint64]*profiler.CgroupUsage{}
 	if c.counters != nil {
 		var err error
@@ -191,7 +194,7 @@ func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
 		}
 	}
 	if c.files != nil {
-		for id := range c.paths.All() {
+		for id := range existing {
 			if usage[id] == nil {
 				usage[id] = &profiler.CgroupUsage{}
 			}

@@ -91,6 +91,10 @@ func NewCgroupCounters(cfg CountersConfig) (*CgroupCounters, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
 	}
+	return newCgroupCounters(cfg, spec)
+}
+
+func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCounters, error) {
 	spec.Maps[bpf.CgroupStatsMapCountersByCgroup].MaxEntries = uint32(cfg.MaxCgroups)
 	spec.Maps[bpf.CgroupStatsMapTasks].MaxEntries = uint32(cfg.MaxTasks)
 	spec.Maps[bpf.CgroupStatsMapActiveSockets].MaxEntries = uint32(cfg.MaxSockets)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cgscope/cgscope/bpf"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
@@ -375,4 +376,53 @@ func freeLoopbackAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// A collector whose attach point the kernel lacks is disabled with its
+// reason, and the others keep running.
+func TestCounterCollectorDegrades(t *testing.T) {
+	requireRoot(t)
+	spec, err := bpf.LoadCgroupStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A tracepoint this kernel does not have, as on an older kernel.
+	spec.Programs["page_fault_user"].SectionName = "tracepoint/exceptions/no_such_tracepoint"
+	root, err := Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := newCgroupCounters(CountersConfig{
+		MaxCgroups: 64, MaxTasks: 1024, MaxSockets: 64, CgroupRoot: root,
+		Collectors: map[string]bool{"faults": true, "sched": true, "tcp": false},
+	}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := map[string]CollectorStatus{}
+	for _, st := range c.Collectors() {
+		got[st.Name] = st
+	}
+	if st := got["faults"]; st.Enabled || !strings.Contains(st.Reason, "no_such_tracepoint") {
+		t.Errorf("faults: %+v, want disabled naming the missing tracepoint", st)
+	}
+	if st := got["sched"]; !st.Enabled {
+		t.Errorf("sched stopped with faults: %+v", st)
+	}
+	if st := got["tcp"]; st.Enabled || st.Reason != "disabled by flag" {
+		t.Errorf("tcp: %+v, want disabled by flag", st)
+	}
+	time.Sleep(100 * time.Millisecond)
+	usage, err := c.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cpu float64
+	for _, u := range usage {
+		cpu += u.CPUSeconds
+	}
+	if cpu == 0 {
+		t.Error("sched collector counted no CPU time")
+	}
 }

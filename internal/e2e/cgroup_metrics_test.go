@@ -230,3 +230,37 @@ func writeSelfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
 	return certFile, keyFile
 }
+
+// A deleted cgroup's series stay for the grace period, then go away.
+func TestDeletedCgroupSeriesExpire(t *testing.T) {
+	d := startCgscope(t, t.Cleanup, "--cgroup.grace-period=3s", "--no-collector.cgroupfs")
+	rel, abs := cgroup2(t)
+	w := workload(t, filepath.Join(artifacts(t), "gosplit"), "-duration=200ms")
+	joinCgroup(t, abs, w.Process.Pid)
+	w.Wait()
+	series := `cgscope_cgroup_cpu_seconds_total{cgroup="` + rel + `",container_id="",pod_uid=""}`
+	scrape := func() map[string]float64 {
+		body, _ := httpGet(t, d.url("/metrics"))
+		return parseMetrics(t, string(body))
+	}
+	if _, ok := scrape()[series]; !ok {
+		t.Fatalf("no series for live cgroup %s", rel)
+	}
+	if err := os.Remove(abs); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := scrape()[series]; !ok {
+		t.Errorf("series gone right after deletion; want it kept for the grace period")
+	}
+	// Deletion is noticed within the 10 s listing interval, then 3 s grace.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, ok := scrape()[series]; !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("series of %s still exported 20 s after deletion", rel)
+		}
+		time.Sleep(time.Second)
+	}
+}
