@@ -4,7 +4,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 # Extra flags for `make run`, e.g. make run ARGS="--profiling.frequency=99"
 ARGS      ?=
-FUZZTIME  ?= 20s
+FUZZTIME  ?= 15s
 
 .PHONY: all build run test fuzz generate bench lint deps clean
 
@@ -25,10 +25,14 @@ test: deps
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
-# Short fuzz runs of the parsers of untrusted input (ELF objects, /proc/PID/maps).
+# Short fuzz runs of the parsers of untrusted input (ELF objects, Go pclntab,
+# /proc/PID/maps, cgroup paths).
+FUZZ = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 fuzz:
-	$(GO) test ./symbolizer -run '^$$' -fuzz '^FuzzParseMaps$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./symbolizer -run '^$$' -fuzz '^FuzzOpenObject$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzParseMaps$$'
+	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzOpenObject$$'
+	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzGoTable$$'
+	$(GO) test ./profiler $(FUZZ) -fuzz '^FuzzParseContainerPath$$'
 
 # Regenerates the committed BPF objects and Go bindings with the pinned clang.
 generate: deps
