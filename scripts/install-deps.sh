@@ -24,6 +24,7 @@ declare -A want=(
 	[gcc]=gcc
 	[strip]=binutils
 	[setpriv]=util-linux
+	[ip]=iproute2
 )
 missing=()
 for cmd in "${!want[@]}"; do
