@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -233,6 +235,13 @@ func (s *Sampler) ProgramStats() ([]ProgramStats, error) {
 		return nil, fmt.Errorf("reading BPF program stats: %w", err)
 	}
 	return []ProgramStats{{Name: "sample_cpu", RunCount: st.RunCount, Runtime: st.Runtime}}, nil
+}
+
+// BPFStatsEnabled reports whether kernel.bpf_stats_enabled is set, in which
+// case the kernel keeps run-time statistics for every program anyway.
+func BPFStatsEnabled() bool {
+	data, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	return err == nil && strings.TrimSpace(string(data)) == "1"
 }
 
 // EnableBPFStats turns on the kernel's per-program run-time accounting for as

@@ -95,10 +95,10 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}
 	a.sampler = s
 	if f.bpfStatsOnOff {
-		if c, err := profiler.EnableBPFStats(); err != nil {
-			slog.Warn("BPF run-time statistics unavailable; cgscope_bpf_program_* metrics stay at 0", "err", err)
-		} else {
+		if c, err := profiler.EnableBPFStats(); err == nil {
 			a.closers = append(a.closers, c.Close)
+		} else if !profiler.BPFStatsEnabled() {
+			slog.Warn("BPF run-time statistics unavailable: cgscope_bpf_program_* metrics stay at 0; grant CAP_SYS_ADMIN or set sysctl kernel.bpf_stats_enabled=1", "err", err)
 		}
 	}
 	a.sym = symbolizer.New(symbolizer.Options{MaxObjects: f.maxObjects, MaxProcesses: f.maxProcesses})

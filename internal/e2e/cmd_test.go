@@ -186,3 +186,50 @@ func parseMetrics(t *testing.T, text string) map[string]float64 {
 	}
 	return out
 }
+
+// leastCaps is the documented capability set (README, Privileges).
+const leastCaps = "+bpf,+perfmon,+sys_ptrace,+syslog,+dac_read_search,+net_admin"
+
+// As an unprivileged user holding only the documented capabilities,
+// cgscope profiles with symbols and runs every collector.
+func TestLeastPrivilege(t *testing.T) {
+	dir := artifacts(t)
+	addr := freeAddr(t)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all,"+leastCaps, "--ambient-caps=-all,"+leastCaps, "--bounding-set=-all,"+leastCaps,
+		filepath.Join(dir, "cgscope"), "--web.listen-address="+addr, "--profiling.frequency=199")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, addr: addr, stderr: &stderr}
+	defer d.stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if resp, err := http.Get(d.url("/healthz")); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not serving with the documented capabilities:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w := workload(t, filepath.Join(dir, "gosplit"))
+	time.Sleep(200 * time.Millisecond)
+	p := d.capture(t, "seconds=2&pid="+itoa(w.Process.Pid))
+	if n := samplesWhere(p, func(s *profile.Sample) bool { return leafName(s) == "main.hotSeventyFive" }); n == 0 {
+		t.Errorf("a root process's frames are not named with the documented capabilities:\n%s", topLeaves(p))
+	}
+	body, _ := httpGet(t, d.url("/metrics"))
+	values := parseMetrics(t, string(body))
+	for _, c := range []string{"sched", "faults", "oom", "network", "tcp"} {
+		if values[`cgscope_collector_enabled{collector="`+c+`"}`] != 1 {
+			t.Errorf("collector %s not running with the documented capabilities", c)
+		}
+	}
+	if strings.Contains(stderr.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", stderr.String())
+	}
+}
