@@ -234,26 +234,27 @@ func (c *CgroupCounters) Read() (map[uint64]*CgroupUsage, error) {
 	}
 }
 
+// add sums one CPU's kernel counters into u.
 func (u *CgroupUsage) add(v *bpf.CgroupStatsCgroupCounters) {
-	u.CPUSeconds += float64(v.CpuNs) / 1e9
-	u.RunqWaitSeconds += float64(v.RunqWaitNs) / 1e9
-	for i, n := range v.RunqHist {
-		u.RunqHistogram[i] += n
-	}
-	u.SwitchesVoluntary += v.SwitchesVoluntary
-	u.SwitchesInvoluntary += v.SwitchesInvoluntary
-	u.PageFaults += v.PageFaults
-	u.OOMKills += v.OomKills
-	u.RxBytes += v.RxBytes
-	u.TxBytes += v.TxBytes
-	u.RxPackets += v.RxPackets
-	u.TxPackets += v.TxPackets
-	u.TCPOpenedOutbound += v.TcpOpenedOutbound
-	u.TCPOpenedInbound += v.TcpOpenedInbound
-	u.TCPConnectFailures += v.TcpConnectFailures
-	u.TCPClosed += v.TcpClosed
-	u.TCPRetransmits += v.TcpRetransmits
-	u.TCPActive += v.TcpActive
+	u.Add(&CgroupUsage{
+		CPUSeconds:          float64(v.CpuNs) / 1e9,
+		RunqWaitSeconds:     float64(v.RunqWaitNs) / 1e9,
+		RunqHistogram:       v.RunqHist,
+		SwitchesVoluntary:   v.SwitchesVoluntary,
+		SwitchesInvoluntary: v.SwitchesInvoluntary,
+		PageFaults:          v.PageFaults,
+		OOMKills:            v.OomKills,
+		RxBytes:             v.RxBytes,
+		TxBytes:             v.TxBytes,
+		RxPackets:           v.RxPackets,
+		TxPackets:           v.TxPackets,
+		TCPOpenedOutbound:   v.TcpOpenedOutbound,
+		TCPOpenedInbound:    v.TcpOpenedInbound,
+		TCPConnectFailures:  v.TcpConnectFailures,
+		TCPClosed:           v.TcpClosed,
+		TCPRetransmits:      v.TcpRetransmits,
+		TCPActive:           v.TcpActive,
+	})
 }
 
 // Forget deletes the counters of cgroups that no longer exist, keeping the
