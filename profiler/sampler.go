@@ -71,6 +71,7 @@ type Sampler struct {
 	generation uint32
 	lastDrain  time.Time
 
+	stopOnce  sync.Once
 	closeOnce sync.Once
 	eventsWG  sync.WaitGroup
 }
@@ -180,20 +181,29 @@ func (s *Sampler) RunProcessEvents(onNew func(pid uint32)) {
 	}
 }
 
-// Close detaches the programs, closes every perf event and frees the maps.
-// It is safe to call more than once.
-func (s *Sampler) Close() error {
+// Stop ends sampling: it detaches the program and closes the perf events.
+// What was sampled until then stays in the maps for a last Drain, so a
+// shutdown loses nothing. It is safe to call more than once.
+func (s *Sampler) Stop() error {
 	var errs []error
-	s.closeOnce.Do(func() {
-		if s.events != nil {
-			errs = append(errs, s.events.Close())
-			s.eventsWG.Wait()
-		}
+	s.stopOnce.Do(func() {
 		for _, l := range s.links {
 			errs = append(errs, l.Close())
 		}
 		for _, fd := range s.perfFDs {
 			errs = append(errs, unix.Close(fd))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Close stops sampling and frees the maps. It is safe to call more than once.
+func (s *Sampler) Close() error {
+	errs := []error{s.Stop()}
+	s.closeOnce.Do(func() {
+		if s.events != nil {
+			errs = append(errs, s.events.Close())
+			s.eventsWG.Wait()
 		}
 		errs = append(errs, s.objs.Close())
 	})

@@ -40,6 +40,7 @@ type Window struct {
 type Sampler interface {
 	Drain() (*profiler.RawBatch, error)
 	Frequency() int
+	Stop() error
 }
 
 // Pipeline turns drained batches into Windows for its subscribers.
@@ -65,14 +66,18 @@ func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver
 	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){}}
 }
 
-// Run flushes every interval until ctx ends, then flushes once more so the
-// last partial window reaches the subscribers.
+// Run flushes every interval until ctx ends; then it stops sampling and
+// flushes once more, so the last partial window reaches the subscribers and
+// nothing sampled is left behind.
 func (p *Pipeline) Run(ctx context.Context) {
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			if err := p.sampler.Stop(); err != nil {
+				slog.Warn("stopping the sampler", "err", err)
+			}
 			p.flushLogged()
 			return
 		case <-t.C:
