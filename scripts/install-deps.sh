@@ -25,6 +25,7 @@ declare -A want=(
 	[strip]=binutils
 	[setpriv]=util-linux
 	[ip]=iproute2
+	[prometheus]=prometheus
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -29,6 +29,7 @@ type serveCommand struct {
 	maxSeconds     int
 	selfProfiling  bool
 	counters       *counterFlags
+	push           *pushFlags
 }
 
 func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveCommand {
@@ -42,6 +43,7 @@ func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveComma
 	c.cmd.Flag("web.enable-self-profiling", "Serve Go's pprof handlers for cgscope itself under /debug/self/pprof/.").
 		BoolVar(&c.selfProfiling)
 	c.counters = addCounterFlags(c.cmd)
+	c.push = addPushFlags(c.cmd)
 	return c
 }
 
@@ -60,6 +62,10 @@ func (c *serveCommand) run() error {
 		return err
 	}
 	cgroupOpts, err := c.counters.options()
+	if err != nil {
+		return err
+	}
+	pushCfg, err := c.push.config()
 	if err != nil {
 		return err
 	}
@@ -87,6 +93,10 @@ func (c *serveCommand) run() error {
 		programs = append(programs, counters)
 	}
 	reg.MustRegister(exporter.NewBPFProgramCollector(programs...))
+	stopPush, err := startPushExporters(ctx, pushCfg, reg, a.pipeline)
+	if err != nil {
+		return err
+	}
 	handler, err := exporter.NewHandler(exporter.HandlerOptions{
 		Capturer:              a.pipeline,
 		Gatherer:              reg,
@@ -120,6 +130,7 @@ func (c *serveCommand) run() error {
 		err = srv.Shutdown(shutdownCtx)
 	}
 	wg.Wait()
+	stopPush() // after the pipeline's last window, so it is sent too
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -1,0 +1,342 @@
+package otlp
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/pdata/pmetric/pmetricotlp"
+	"go.opentelemetry.io/collector/pdata/pprofile"
+	"go.opentelemetry.io/collector/pdata/pprofile/pprofileotlp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/encoding/gzip" // the server decodes gzip
+	"google.golang.org/grpc/status"
+
+	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/symbolizer"
+)
+
+// synthWindow makes a window of procs processes with stacks unique stacks
+// in all, depth frames each, drawn from a pool of named functions in a few
+// shared objects, as a busy host looks.
+func synthWindow(procs, stacks, depth int, seed uint64) *pipeline.Window {
+	r := rand.New(rand.NewPCG(seed, 1))
+	objs := make([]*symbolizer.Mapping, 20)
+	for i := range objs {
+		objs[i] = &symbolizer.Mapping{Path: fmt.Sprintf("/usr/lib/obj%d.so", i), BuildID: fmt.Sprintf("%040x", i+1)}
+	}
+	const funcs = 4000
+	frame := func(f int) symbolizer.Frame {
+		return symbolizer.Frame{ObjAddress: uint64(0x1000 + 16*f), Function: fmt.Sprintf("pkg%d.Function%d", f%50, f),
+			File: fmt.Sprintf("/src/pkg%d/file.go", f%50), Line: f % 300, Mapping: objs[f%len(objs)]}
+	}
+	now := time.Now()
+	w := &pipeline.Window{Start: now.Add(-10 * time.Second), End: now, Period: time.Second / 19}
+	for s := 0; s < stacks; s++ {
+		pid := uint32(1000 + s%procs)
+		fr := make([]symbolizer.Frame, depth)
+		for d := range fr {
+			fr[d] = frame(r.IntN(funcs))
+		}
+		w.Samples = append(w.Samples, pipeline.Sample{PID: pid, TID: pid, Comm: fmt.Sprintf("proc%d", pid),
+			Cgroup: "/system.slice/docker-" + strings.Repeat("ab", 32) + ".scope", Frames: fr, Count: uint64(1 + r.IntN(5))})
+	}
+	return w
+}
+
+func TestConvertStructure(t *testing.T) {
+	w := synthWindow(3, 30, 5, 1)
+	w.Samples = append(w.Samples, w.Samples[0]) // the same stack twice: merged
+	w.Samples[0].Frames = append(w.Samples[0].Frames, symbolizer.Frame{Address: 0xffffffff81000000, ObjAddress: 0xffffffff81000000, Function: "do_syscall_64", Kernel: true})
+	w.Samples[len(w.Samples)-1].Frames = w.Samples[0].Frames
+	c := NewConverter("test")
+	c.HostName = "host1"
+	pd := c.Convert([]*pipeline.Window{w})
+	if got := pd.ResourceProfiles().Len(); got != 3 {
+		t.Fatalf("%d resource profiles, want one per process (3)", got)
+	}
+	d := pd.Dictionary()
+	if d.StringTable().At(0) != "" || d.StackTable().At(0).LocationIndices().Len() != 0 {
+		t.Error("dictionary tables must start with their zero entry")
+	}
+	var total, want int64
+	for _, s := range w.Samples {
+		want += int64(s.Count)
+	}
+	kernel := false
+	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+		rp := pd.ResourceProfiles().At(i)
+		attrs := rp.Resource().Attributes()
+		if v, _ := attrs.Get(attrContainerID); v.Str() != strings.Repeat("ab", 32) {
+			t.Errorf("container.id = %q", v.Str())
+		}
+		if v, _ := attrs.Get(attrHostName); v.Str() != "host1" {
+			t.Errorf("host.name = %q", v.Str())
+		}
+		if _, ok := attrs.Get(attrPID); !ok {
+			t.Error("no process.pid")
+		}
+		prof := rp.ScopeProfiles().At(0).Profiles().At(0)
+		for j := 0; j < prof.Samples().Len(); j++ {
+			s := prof.Samples().At(j)
+			total += s.Values().At(0)
+			st := d.StackTable().At(int(s.StackIndex()))
+			for k := 0; k < st.LocationIndices().Len(); k++ {
+				loc := d.LocationTable().At(int(st.LocationIndices().At(k)))
+				fn := d.FunctionTable().At(int(loc.Lines().At(0).FunctionIndex()))
+				if d.StringTable().At(int(fn.NameStrindex())) == "do_syscall_64" {
+					kernel = true
+					if m := d.MappingTable().At(int(loc.MappingIndex())); d.StringTable().At(int(m.FilenameStrindex())) != kernelMappingName {
+						t.Error("kernel frame not in the kernel mapping")
+					}
+				}
+			}
+		}
+	}
+	if total != want {
+		t.Errorf("sample counts sum to %d, want %d", total, want)
+	}
+	if !kernel {
+		t.Error("kernel frame lost")
+	}
+	m := d.MappingTable().At(1)
+	if m.AttributeIndices().Len() != 1 {
+		t.Fatal("mapping without build ID attribute")
+	}
+	a := d.AttributeTable().At(int(m.AttributeIndices().At(0)))
+	if d.StringTable().At(int(a.KeyStrindex())) != attrBuildIDGNU || len(a.Value().Str()) != 40 {
+		t.Errorf("build id attribute %s=%q", d.StringTable().At(int(a.KeyStrindex())), a.Value().Str())
+	}
+}
+
+func TestBuildIDKinds(t *testing.T) {
+	if k, _ := buildIDAttr(strings.Repeat("a1", 20)); k != attrBuildIDGNU {
+		t.Errorf("GNU build id taken for %s", k)
+	}
+	goID := "abcdefghijklmnopqrst/abcdefghijklmnopqrst/abcdefghijklmnopqrst/abcdefghijklmnopqrst"
+	if k, v := buildIDAttr(fmt.Sprintf("%x", goID)); k != attrBuildIDGo || v != goID {
+		t.Errorf("Go build id: %s=%q", k, v)
+	}
+}
+
+// receiver is the OpenTelemetry Collector's pdata gRPC servers for
+// profiles and metrics on loopback.
+type receiver struct {
+	addr     string
+	srv      *grpc.Server
+	mu       sync.Mutex
+	profiles []pprofile.Profiles
+	metrics  []pmetric.Metrics
+	reject   error // returned by every Export when set
+	calls    atomic.Int32
+}
+
+type profilesServer struct {
+	pprofileotlp.UnimplementedGRPCServer
+	r *receiver
+}
+
+func (s profilesServer) Export(_ context.Context, req pprofileotlp.ExportRequest) (pprofileotlp.ExportResponse, error) {
+	s.r.calls.Add(1)
+	if s.r.reject != nil {
+		return pprofileotlp.NewExportResponse(), s.r.reject
+	}
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	s.r.profiles = append(s.r.profiles, req.Profiles())
+	return pprofileotlp.NewExportResponse(), nil
+}
+
+type metricsServer struct {
+	pmetricotlp.UnimplementedGRPCServer
+	r *receiver
+}
+
+func (s metricsServer) Export(_ context.Context, req pmetricotlp.ExportRequest) (pmetricotlp.ExportResponse, error) {
+	s.r.calls.Add(1)
+	if s.r.reject != nil {
+		return pmetricotlp.NewExportResponse(), s.r.reject
+	}
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	s.r.metrics = append(s.r.metrics, req.Metrics())
+	return pmetricotlp.NewExportResponse(), nil
+}
+
+func startReceiver(t testing.TB, reject error) *receiver {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{addr: l.Addr().String(), srv: grpc.NewServer(), reject: reject}
+	pprofileotlp.RegisterGRPCServer(r.srv, &profilesServer{r: r})
+	pmetricotlp.RegisterGRPCServer(r.srv, &metricsServer{r: r})
+	go r.srv.Serve(l)
+	t.Cleanup(r.srv.Stop)
+	return r
+}
+
+// feed is a stand-in for the pipeline's Subscribe.
+type feed struct {
+	mu sync.Mutex
+	fn func(*pipeline.Window)
+}
+
+func (f *feed) subscribe(fn func(*pipeline.Window)) func() {
+	f.mu.Lock()
+	f.fn = fn
+	f.mu.Unlock()
+	return func() {}
+}
+
+func (f *feed) send(w *pipeline.Window) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fn(w)
+}
+
+func testConfig(addr string) Config {
+	return Config{Endpoint: addr, Insecure: true, Profiles: true, Metrics: true,
+		Interval: time.Second, QueueSize: 4, Timeout: 5 * time.Second}
+}
+
+// Profiles and metrics reach the collector's receiver code and decode.
+func TestExportToReceiver(t *testing.T) {
+	r := startReceiver(t, nil)
+	reg := prometheus.NewRegistry()
+	cpu := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cgscope_cgroup_cpu_seconds_total", Help: "cpu"}, []string{"cgroup", "container_id", "pod_uid"})
+	cpu.WithLabelValues("/docker/abc", "abc", "").Add(1.5)
+	reg.MustRegister(cpu)
+	f := &feed{}
+	e, err := New(testConfig(r.addr), Sources{Subscribe: f.subscribe, Gatherer: reg}, queue.NewMetrics(nil), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.Start(ctx)
+	f.send(synthWindow(2, 10, 4, 2))
+	waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.profiles) > 0 && len(r.metrics) > 0 })
+	cancel()
+	e.Stop(time.Second)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pd := r.profiles[0]
+	if pd.SampleCount() == 0 || pd.ResourceProfiles().Len() != 2 {
+		t.Errorf("received %d samples in %d resources", pd.SampleCount(), pd.ResourceProfiles().Len())
+	}
+	found := false
+	strs := pd.Dictionary().StringTable()
+	for i := 0; i < strs.Len(); i++ {
+		found = found || strings.HasPrefix(strs.At(i), "pkg")
+	}
+	if !found {
+		t.Error("no function names in the received dictionary")
+	}
+	m := findMetric(r.metrics[0], "container.cpu.time")
+	if m == nil {
+		t.Fatal("no container.cpu.time")
+	}
+	if m.Unit() != "s" || !m.Sum().IsMonotonic() || m.Sum().AggregationTemporality() != pmetric.AggregationTemporalityCumulative {
+		t.Errorf("container.cpu.time: unit %q monotonic %v temporality %v", m.Unit(), m.Sum().IsMonotonic(), m.Sum().AggregationTemporality())
+	}
+	dp := m.Sum().DataPoints().At(0)
+	if v, _ := dp.Attributes().Get("container.id"); v.Str() != "abc" || dp.DoubleValue() != 1.5 {
+		t.Errorf("data point %v container.id %q", dp.DoubleValue(), v.Str())
+	}
+}
+
+func findMetric(md pmetric.Metrics, name string) *pmetric.Metric {
+	for i := 0; i < md.ResourceMetrics().Len(); i++ {
+		sms := md.ResourceMetrics().At(i).ScopeMetrics()
+		for j := 0; j < sms.Len(); j++ {
+			ms := sms.At(j).Metrics()
+			for k := 0; k < ms.Len(); k++ {
+				if m := ms.At(k); m.Name() == name {
+					return &m
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// A receiver that answers InvalidArgument gets each batch once.
+func TestPermanentRejectionNotRetried(t *testing.T) {
+	r := startReceiver(t, status.Error(codes.InvalidArgument, "bad profile"))
+	f := &feed{}
+	cfg := testConfig(r.addr)
+	cfg.Metrics = false
+	e, err := New(cfg, Sources{Subscribe: f.subscribe}, queue.NewMetrics(nil), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.Start(ctx)
+	f.send(synthWindow(1, 5, 3, 3))
+	waitFor(t, func() bool { return r.calls.Load() >= 1 })
+	time.Sleep(3 * time.Second) // several backoff periods
+	cancel()
+	e.Stop(time.Second)
+	if n := r.calls.Load(); n != 1 {
+		t.Errorf("%d attempts at one rejected batch, want 1", n)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, c := range []Config{
+		{Endpoint: "http://[bad", Profiles: true},
+		{Endpoint: "localhost", Profiles: true},
+		{Endpoint: "ftp://x:1", Profiles: true},
+		{Endpoint: "x:1", Protocol: "udp", Profiles: true},
+		{Endpoint: "x:1"},
+	} {
+		c.Interval, c.QueueSize, c.Timeout = time.Second, 1, time.Second
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+	good := Config{Endpoint: "https://otel.example:4318/prefix/", Protocol: ProtocolHTTP, Metrics: true, Interval: time.Second, QueueSize: 1, Timeout: time.Second}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if ep, _ := good.target(); ep.base != "https://otel.example:4318/prefix" || !ep.secure {
+		t.Errorf("target %+v", ep)
+	}
+}
+
+func TestApplyEnv(t *testing.T) {
+	env := map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+		"OTEL_EXPORTER_OTLP_HEADERS":  "authorization=Bearer%20tok,x-a=1",
+		"OTEL_EXPORTER_OTLP_INSECURE": "true",
+	}
+	c := Config{Headers: map[string]string{"x-a": "flag"}}
+	if err := c.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Endpoint != "http://collector:4317" || !c.Insecure || c.Headers["authorization"] != "Bearer tok" || c.Headers["x-a"] != "flag" {
+		t.Errorf("%+v", c)
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

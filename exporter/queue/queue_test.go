@@ -1,0 +1,128 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+var fastBackoff = Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond, MaxElapsed: time.Minute}
+
+// While the backend is down the queue keeps the newest batches, counts
+// every one it pushes out, and delivers the rest in order once it is back.
+func TestOutageDropsOldestAndRecovers(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	var down atomic.Bool
+	down.Store(true)
+	var mu sync.Mutex
+	var got []int
+	q := New(Options{Exporter: "test", Signal: "s", Size: 3, Backoff: fastBackoff, Metrics: m},
+		func(ctx context.Context, b int) error {
+			if down.Load() {
+				return errors.New("connection refused")
+			}
+			mu.Lock()
+			got = append(got, b)
+			mu.Unlock()
+			return nil
+		})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	for i := 0; i < 10; i++ {
+		q.Push(i)
+		time.Sleep(2 * time.Millisecond)
+	}
+	down.Store(false)
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return q.Len() == 0 && len(got) >= 4 })
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	sent := value(m.sent.WithLabelValues("test", "s"))
+	dropped := value(m.dropped.WithLabelValues("test", "s"))
+	if int(sent) != len(got) || sent+dropped != 10 {
+		t.Errorf("sent %v (received %d) + dropped %v, want 10 in all", sent, len(got), dropped)
+	}
+	if got[len(got)-1] != 9 {
+		t.Errorf("last delivered %v, want the newest batch 9", got)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] <= got[i-1] {
+			t.Errorf("delivered out of order: %v", got)
+		}
+	}
+	if value(m.errors.WithLabelValues("test", "s")) == 0 {
+		t.Error("no send errors counted during the outage")
+	}
+}
+
+// A permanent rejection is tried once and dropped, never retried.
+func TestPermanentErrorNotRetried(t *testing.T) {
+	m := NewMetrics(nil)
+	var calls atomic.Int32
+	q := New(Options{Exporter: "test", Signal: "s", Size: 10, Backoff: fastBackoff, Metrics: m},
+		func(ctx context.Context, b int) error {
+			calls.Add(1)
+			return Permanent(errors.New("invalid argument"))
+		})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	q.Push(1)
+	q.Push(2)
+	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 2 })
+	time.Sleep(20 * time.Millisecond)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d attempts for 2 rejected batches, want 2", n)
+	}
+}
+
+// Retrying stops after MaxElapsed; the batch is counted as dropped.
+func TestRetriesAreBounded(t *testing.T) {
+	m := NewMetrics(nil)
+	q := New(Options{Exporter: "test", Signal: "s", Size: 1,
+		Backoff: Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond, MaxElapsed: 30 * time.Millisecond}, Metrics: m},
+		func(ctx context.Context, b int) error { return errors.New("unavailable") })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	q.Push(1)
+	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 1 })
+}
+
+func TestJitterRange(t *testing.T) {
+	for i := 0; i < 1000; i++ {
+		if d := jitter(time.Second); d < 500*time.Millisecond || d >= time.Second {
+			t.Fatalf("jitter(1s) = %s", d)
+		}
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func value(m prometheus.Metric) float64 {
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil {
+		panic(err)
+	}
+	if pb.Counter != nil {
+		return pb.Counter.GetValue()
+	}
+	return pb.Gauge.GetValue()
+}
