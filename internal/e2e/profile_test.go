@@ -133,13 +133,14 @@ func TestShortLivedProcesses(t *testing.T) {
 		return len(s.Label["comm"]) == 1 && s.Label["comm"][0] == "gosplit-short"
 	}
 	total := samplesWhere(p, isShort)
-	named := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && strings.HasPrefix(leafName(s), "main.hot") })
-	t.Logf("short-lived: %d of %d samples named in main.hot*", named, total)
+	named := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && leafName(s) != "" })
+	hot := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && strings.HasPrefix(leafName(s), "main.hot") })
+	t.Logf("short-lived: %d of %d samples named, %d in main.hot*", named, total, hot)
 	if total < 100 {
 		t.Fatalf("only %d samples of the short-lived processes", total)
 	}
-	if float64(named) < 0.9*float64(total) {
-		t.Errorf("short-lived processes poorly symbolized: %d of %d\n%s", named, total, topLeaves(p))
+	if float64(named) < 0.95*float64(total) || float64(hot) < 0.5*float64(total) {
+		t.Errorf("short-lived processes poorly symbolized: %d named, %d in main.hot* of %d\n%s", named, hot, total, topLeaves(p))
 	}
 }
 
