@@ -4,12 +4,15 @@
 // A Symbolizer snapshots a process's executable mappings as soon as the profiler first sees
 // it (ProcessStarted) and opens each mapped file through /proc/PID/root or
 // /proc/PID/map_files (the vDSO is read from memory), so samples of short-lived or
-// containerised processes can be named after the process is gone. Parsed objects are keyed
-// by GNU (or Go) build ID, falling back to device and inode, so a libc mapped by hundreds of
-// processes is read once; objects and per-process snapshots live in bounded LRU caches.
-// Only what symbolization needs is kept: function symbols in a compact sorted table whose
-// names share one string arena, and for Go binaries the .gopclntab (which also yields file
-// and line). Names are demangled lazily in the pprof style, without parameter lists.
+// containerised processes can be named after the process is gone. Objects are keyed by GNU
+// (or Go) build ID, falling back to device and inode, so a libc mapped by hundreds of
+// processes is opened once; objects (with their open files) and per-process snapshots live
+// in bounded LRU caches. An object is parsed on its first lookup, and its tables are not
+// loaded but read from the file as lookups need them, through a bounded cache of blocks:
+// for Go binaries the .gopclntab (which also yields file and line), searched in place the
+// way the runtime does; otherwise function symbols in a compact sorted table of addresses
+// whose names stay in the file. Names are demangled lazily in the pprof style, without
+// parameter lists.
 // Addresses that cannot be named keep their mapping and object-relative address, so they
 // can be symbolized later from the build ID; a name is never guessed. All methods are safe
 // for concurrent use.

@@ -4,70 +4,119 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
-	"strings"
+	"math"
 )
 
-// symbolSection is the raw contents of a .symtab or .dynsym section and its string table.
-// Entries are decoded by hand rather than with elf.File.Symbols so that only the names of
-// functions are copied, not a string per symbol of every kind.
+// symbolSection is a .symtab or .dynsym section and its string table, located in the
+// object file and read when a table is built. Entries are decoded by hand rather than with
+// elf.File.Symbols so that only functions are kept, not a string per symbol of every kind.
+// It holds what decoding needs, not the elf.File, so that it can be kept until the table
+// is first needed.
 type symbolSection struct {
-	f       *elfFile
-	data    []byte
-	strs    string // one copy of the string table; the table builder copies what it keeps
-	entSize int
-	decode  func(binary.ByteOrder, []byte) elfSym
+	f         *objFile
+	bo        binary.ByteOrder
+	machine   elf.Machine
+	off, size uint64 // the entries in the file
+	strOff    uint64 // the string table in the file
+	strSize   uint64
+	entSize   uint64
+	decode    func(binary.ByteOrder, []byte) elfSym
+	secs      []secRange // address range of each section, by index
 }
 
-// loadSymbolSection reads the first section of type typ (SHT_SYMTAB or SHT_DYNSYM); nil
-// if there is none.
-func loadSymbolSection(f *elfFile, typ elf.SectionType) (*symbolSection, error) {
+// secRange is the address range of a section.
+type secRange struct{ addr, size uint64 }
+
+// sectionRanges returns the address range of every section of f.
+func sectionRanges(f *elfFile) []secRange {
+	secs := make([]secRange, len(f.Sections))
+	for i, s := range f.Sections {
+		secs[i] = secRange{s.Addr, s.Size}
+	}
+	return secs
+}
+
+// loadSymbolSection locates the first section of type typ (SHT_SYMTAB or SHT_DYNSYM) and
+// checks its header; nil if there is none.
+func loadSymbolSection(f *elfFile, typ elf.SectionType, secs []secRange) (*symbolSection, error) {
 	sec := firstSection(f, typ)
 	if sec == nil {
 		return nil, nil
 	}
-	data, strs, err := symbolSectionData(f, sec)
+	strSec, err := checkSymbolSection(f, sec)
 	if err != nil {
 		return nil, err
 	}
-	s := &symbolSection{f: f, data: data, strs: string(strs), entSize: 24, decode: decodeSym64}
+	s := &symbolSection{f: f.src, bo: f.ByteOrder, machine: f.Machine, off: sec.Offset, size: sec.Size,
+		strOff: strSec.Offset, strSize: min(strSec.Size, math.MaxUint32), entSize: 24, decode: decodeSym64, secs: secs}
 	if f.Class == elf.ELFCLASS32 {
 		s.entSize, s.decode = 16, decodeSym32
 	}
 	return s, nil
 }
 
-// each calls fn for every entry but the reserved null symbol at index 0.
-func (s *symbolSection) each(fn func(elfSym)) {
+// count is the number of entries, the reserved null symbol included.
+func (s *symbolSection) count() uint64 {
 	if s == nil {
-		return
+		return 0
 	}
-	for off := s.entSize; off+s.entSize <= len(s.data); off += s.entSize {
-		fn(s.decode(s.f.ByteOrder, s.data[off:off+s.entSize]))
-	}
+	return s.size / s.entSize
 }
 
-// funcTable builds the table of the section's defined functions.
-func (s *symbolSection) funcTable() (symbolTable, error) {
+// funcTable builds the table of the section's defined functions, leaving out those for
+// which skip (if not nil) is true. It also returns the number of functions before that
+// filter. The table reads names from the string table in the file.
+func (s *symbolSection) funcTable(skip func(addr uint64) bool) (symbolTable, int, error) {
+	if s == nil {
+		return symbolTable{}, 0, nil
+	}
+	syms, strs := newWindow(s.f), newWindow(s.f)
+	names := &fileNames{f: s.f, off: s.strOff, size: s.strSize, w: strs}
 	var raw []rawSymbol
-	s.each(func(sym elfSym) {
-		if r, ok := funcSymbol(s.f, &sym, s.strs); ok {
+	funcs := 0
+	for i := uint64(1); i < s.count(); i++ {
+		b := syms.at(s.off+i*s.entSize, s.entSize)
+		if b == nil {
+			break // the file is shorter than when it was checked
+		}
+		sym := s.decode(s.bo, b)
+		r, ok := s.funcSymbol(&sym, names)
+		if !ok {
+			continue
+		}
+		funcs++
+		if skip == nil || !skip(r.addr) {
 			raw = append(raw, r)
 		}
-	})
-	return buildSymbolTable(raw, 0)
+	}
+	if len(raw) == 0 {
+		return symbolTable{}, funcs, nil
+	}
+	t, err := buildSymbolTable(raw, names, 0, keepNames)
+	names.w = nil // lookups read names through the block cache
+	return t, funcs, err
 }
 
 // value returns the value of the defined symbol called name.
 func (s *symbolSection) value(name string) (v uint64, ok bool) {
-	s.each(func(sym elfSym) {
-		if ok || sym.shndx == uint16(elf.SHN_UNDEF) {
-			return
+	if s == nil {
+		return 0, false
+	}
+	syms, strs := newWindow(s.f), newWindow(s.f)
+	for i := uint64(1); i < s.count(); i++ {
+		b := syms.at(s.off+i*s.entSize, s.entSize)
+		if b == nil {
+			return 0, false
 		}
-		if n, valid := cString(s.strs, sym.name); valid && n == name {
-			v, ok = sym.value, true
+		sym := s.decode(s.bo, b)
+		if sym.shndx == uint16(elf.SHN_UNDEF) || uint64(sym.name)+uint64(len(name)) >= s.strSize {
+			continue
 		}
-	})
-	return v, ok
+		if n := strs.at(s.strOff+uint64(sym.name), uint64(len(name))+1); n != nil && n[len(name)] == 0 && string(n[:len(name)]) == name {
+			return sym.value, true
+		}
+	}
+	return 0, false
 }
 
 func firstSection(f *elfFile, typ elf.SectionType) *elf.Section {
@@ -79,36 +128,33 @@ func firstSection(f *elfFile, typ elf.SectionType) *elf.Section {
 	return nil
 }
 
-// symbolSectionData reads a symbol section and its linked string table after checking
-// the header fields a corrupt file could get wrong.
-func symbolSectionData(f *elfFile, sec *elf.Section) (data, strs []byte, err error) {
+// checkSymbolSection checks the header fields of a symbol section and of its string table
+// that a corrupt file could get wrong, and returns the string table.
+func checkSymbolSection(f *elfFile, sec *elf.Section) (*elf.Section, error) {
 	entSize := uint64(24)
 	if f.Class == elf.ELFCLASS32 {
 		entSize = 16
 	}
 	if sec.Size%entSize != 0 {
-		return nil, nil, fmt.Errorf("%s: size %d is not a multiple of %d", sec.Name, sec.Size, entSize)
+		return nil, fmt.Errorf("%s: size %d is not a multiple of %d", sec.Name, sec.Size, entSize)
 	}
 	if int(sec.Link) <= 0 || int(sec.Link) >= len(f.Sections) {
-		return nil, nil, fmt.Errorf("%s: bad string table link %d", sec.Name, sec.Link)
+		return nil, fmt.Errorf("%s: bad string table link %d", sec.Name, sec.Link)
 	}
 	strSec := f.Sections[sec.Link]
 	if strSec.Type != elf.SHT_STRTAB {
-		return nil, nil, fmt.Errorf("%s: linked section %s is not a string table", sec.Name, strSec.Name)
+		return nil, fmt.Errorf("%s: linked section %s is not a string table", sec.Name, strSec.Name)
 	}
 	for _, s := range []*elf.Section{sec, strSec} {
 		if s.Flags&elf.SHF_COMPRESSED != 0 {
 			// Never legitimate for these sections; refuse rather than inflate a bomb.
-			return nil, nil, fmt.Errorf("%s: compressed symbol data", s.Name)
+			return nil, fmt.Errorf("%s: compressed symbol data", s.Name)
+		}
+		if s.Type == elf.SHT_NOBITS || !within(s.Offset, s.Size, f.src.size) {
+			return nil, fmt.Errorf("%s lies beyond the end of the file", s.Name)
 		}
 	}
-	if data, err = f.sectionData(sec); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", sec.Name, err)
-	}
-	if strs, err = f.sectionData(strSec); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", strSec.Name, err)
-	}
-	return data, strs, nil
+	return strSec, nil
 }
 
 // elfSym is the part of an ELF symbol entry that symbolization uses.
@@ -142,26 +188,25 @@ func decodeSym32(bo binary.ByteOrder, b []byte) elfSym {
 
 // funcSymbol turns a defined function symbol into a table candidate; imports (undefined),
 // absolute and unnamed symbols and all non-functions are dropped.
-func funcSymbol(f *elfFile, s *elfSym, strs string) (rawSymbol, bool) {
-	typ := elf.SymType(s.info & 0xf)
+func (s *symbolSection) funcSymbol(sym *elfSym, names *fileNames) (rawSymbol, bool) {
+	typ := elf.SymType(sym.info & 0xf)
 	if typ != elf.STT_FUNC && typ != elf.STT_GNU_IFUNC {
 		return rawSymbol{}, false
 	}
-	if s.value == 0 || s.shndx == uint16(elf.SHN_UNDEF) || s.shndx >= uint16(elf.SHN_LORESERVE) {
+	if sym.value == 0 || sym.shndx == uint16(elf.SHN_UNDEF) || sym.shndx >= uint16(elf.SHN_LORESERVE) {
 		return rawSymbol{}, false
 	}
-	name, ok := cString(strs, s.name)
-	if !ok || name == "" {
+	if !names.named(sym.name) {
 		return rawSymbol{}, false
 	}
-	r := rawSymbol{addr: s.value, size: s.size, name: name, bind: bindRank(elf.SymBind(s.info >> 4))}
-	if f.Machine == elf.EM_ARM {
+	r := rawSymbol{addr: sym.value, size: sym.size, nameOff: sym.name, bind: bindRank(elf.SymBind(sym.info >> 4))}
+	if s.machine == elf.EM_ARM {
 		r.addr &^= 1 // the low bit only marks Thumb code
 	}
-	if int(s.shndx) < len(f.Sections) {
-		sec := f.Sections[s.shndx]
-		if sec.Addr <= r.addr && r.addr-sec.Addr < sec.Size {
-			r.limit = sec.Addr + sec.Size
+	if int(sym.shndx) < len(s.secs) {
+		sec := s.secs[sym.shndx]
+		if sec.addr <= r.addr && r.addr-sec.addr < sec.size {
+			r.limit = sec.addr + sec.size
 		}
 	}
 	return r, true
@@ -175,16 +220,4 @@ func bindRank(b elf.SymBind) uint8 {
 		return 1
 	}
 	return 0
-}
-
-// cString returns the NUL-terminated string at off in strs.
-func cString(strs string, off uint32) (string, bool) {
-	if uint64(off) >= uint64(len(strs)) {
-		return "", false
-	}
-	s := strs[off:]
-	if i := strings.IndexByte(s, 0); i >= 0 {
-		return s[:i], true
-	}
-	return "", false
 }

@@ -3,6 +3,7 @@ package symbolizer
 import (
 	"bytes"
 	"debug/elf"
+	"debug/gosym"
 	"encoding/binary"
 	"os"
 	"strings"
@@ -34,7 +35,11 @@ func TestGoTableSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	main := g.tab.LookupFunc("runtime.main")
+	ref, err := gosym.NewTable(nil, gosym.NewLineTable(data, text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	main := ref.LookupFunc("runtime.main")
 	if main == nil {
 		t.Fatal("no runtime.main")
 	}
@@ -78,6 +83,7 @@ func FuzzGoTable(f *testing.F) {
 			}
 		}
 	}
+	f.Add(synthPclntab(), uint64(0x401000))
 	f.Fuzz(func(t *testing.T, data []byte, text uint64) {
 		if len(data) < 16 || !knownPclntabMagics[pclntabMagic(data)] {
 			return
@@ -90,4 +96,74 @@ func FuzzGoTable(f *testing.F) {
 			g.lookup(pc)
 		}
 	})
+}
+
+// synthPclntab builds a small Go 1.20 table (little-endian, 64-bit, instruction size 1)
+// with two 16-byte functions, main.a (a.go:10) and main.b (b.go:20, 21 from its 8th byte).
+func synthPclntab() []byte {
+	le := binary.LittleEndian
+	const hdr = 8 + 8*8
+	names := []byte("main.a\x00main.b\x00")
+	files := []byte("a.go\x00b.go\x00")
+	cutab := le.AppendUint32(le.AppendUint32(nil, 0), 5) // CU 0: file 0 at 0, file 1 at 5
+	pctab := []byte{0,
+		22, 16, 0, // a pcln: line -1+11 = 10 for 16 bytes
+		2, 16, 0, // a pcfile: file -1+1 = 0
+		42, 8, 2, 8, 0, // b pcln: 20 for 8 bytes, then 21 for 8
+		4, 16, 0, // b pcfile: file 1
+	}
+	funcnameOff := uint64(hdr)
+	cuOff := funcnameOff + uint64(len(names))
+	filetabOff := cuOff + uint64(len(cutab))
+	pctabOff := filetabOff + uint64(len(files))
+	pclnOff := pctabOff + uint64(len(pctab))
+	var funcs []byte
+	functab := []uint32{0, 20, 16, 20 + 44, 32}
+	for _, fn := range []struct{ entry, name, pcfile, pcln uint32 }{{0, 0, 4, 1}, {16, 7, 12, 7}} {
+		rec := make([]byte, 44)
+		le.PutUint32(rec[0:], fn.entry)
+		le.PutUint32(rec[4:], fn.name)
+		le.PutUint32(rec[20:], fn.pcfile)
+		le.PutUint32(rec[24:], fn.pcln)
+		funcs = append(funcs, rec...)
+	}
+	out := le.AppendUint32(nil, 0xfffffff1)
+	out = append(out, 0, 0, 1, 8)
+	for _, w := range []uint64{2, 2, 0, funcnameOff, cuOff, filetabOff, pctabOff, pclnOff} {
+		out = le.AppendUint64(out, w)
+	}
+	out = append(append(append(append(out, names...), cutab...), files...), pctab...)
+	for _, v := range functab {
+		out = le.AppendUint32(out, v)
+	}
+	return append(out, funcs...)
+}
+
+func TestGoTableSynthetic(t *testing.T) {
+	g, err := goTableFromData(synthPclntab(), 0x401000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.lo != 0x401000 || g.hi != 0x401020 {
+		t.Errorf("range [%#x, %#x)", g.lo, g.hi)
+	}
+	tests := []struct {
+		pc       uint64
+		fn, file string
+		line     int
+	}{
+		{0x400fff, "", "", 0},
+		{0x401000, "main.a", "a.go", 10},
+		{0x40100f, "main.a", "a.go", 10},
+		{0x401010, "main.b", "b.go", 20},
+		{0x401018, "main.b", "b.go", 21},
+		{0x40101f, "main.b", "b.go", 21},
+		{0x401020, "", "", 0},
+	}
+	for _, tc := range tests {
+		fn, file, line := g.lookup(tc.pc)
+		if fn != tc.fn || file != tc.file || line != tc.line {
+			t.Errorf("%#x: %q %s:%d, want %q %s:%d", tc.pc, fn, file, line, tc.fn, tc.file, tc.line)
+		}
+	}
 }

@@ -68,18 +68,19 @@ func readWord(bo binary.ByteOrder, b []byte, ptrSize uint64) uint64 {
 // words (the addresses of the pclntab and of its function name table), and reads its text
 // field.
 func moduledataText(f *elfFile, ptrSize, pcHeader, funcnametab uint64) (uint64, bool) {
+	w := newWindow(f.src)
 	for _, sec := range f.Sections {
-		if !mayHoldModuledata(sec) {
+		if !mayHoldModuledata(sec) || !within(sec.Offset, sec.Size, f.src.size) {
 			continue
 		}
-		data, err := f.sectionData(sec)
-		if err != nil {
-			continue
-		}
-		for off := uint64(0); off+(mdText+1)*ptrSize <= uint64(len(data)); off += ptrSize {
-			if readWord(f.ByteOrder, data[off:], ptrSize) == pcHeader &&
-				readWord(f.ByteOrder, data[off+mdFuncnametab*ptrSize:], ptrSize) == funcnametab {
-				return readWord(f.ByteOrder, data[off+mdText*ptrSize:], ptrSize), true
+		for off := uint64(0); off+(mdText+1)*ptrSize <= sec.Size; off += ptrSize {
+			b := w.at(sec.Offset+off, (mdText+1)*ptrSize)
+			if b == nil {
+				break
+			}
+			if readWord(f.ByteOrder, b, ptrSize) == pcHeader &&
+				readWord(f.ByteOrder, b[mdFuncnametab*ptrSize:], ptrSize) == funcnametab {
+				return readWord(f.ByteOrder, b[mdText*ptrSize:], ptrSize), true
 			}
 		}
 	}
@@ -100,24 +101,44 @@ func mayHoldModuledata(sec *elf.Section) bool {
 }
 
 // relocatedModuledataText finds the moduledata of a position-independent binary, whose
-// pointers are R_*_RELATIVE relocations with the link-time address as addend.
+// pointers are R_*_RELATIVE relocations with the link-time address as addend: the
+// relocation of its first word has the pclntab address as addend, the one of its second
+// word the address of funcnametab; the one of word mdText holds runtime.text.
 func relocatedModuledataText(f *elfFile, ptrSize, pcHeader, funcnametab uint64) (uint64, bool) {
 	if f.Type != elf.ET_DYN || f.Class != elf.ELFCLASS64 {
 		return 0, false
 	}
-	addends := relativeRelocations(f)
-	for off, addend := range addends {
-		if addend == pcHeader && addends[off+mdFuncnametab*ptrSize] == funcnametab {
-			text, ok := addends[off+mdText*ptrSize]
-			return text, ok
+	// Candidate moduledata addresses: the targets of relocations to the pclntab. There
+	// are one or two; a corrupt file could claim many, hence the bound.
+	var starts []uint64
+	eachRelativeRelocation(f, func(target, addend uint64) bool {
+		if addend == pcHeader {
+			starts = append(starts, target)
+		}
+		return len(starts) < 16
+	})
+	for _, start := range starts {
+		var haveNames, haveText bool
+		var text uint64
+		eachRelativeRelocation(f, func(target, addend uint64) bool {
+			switch target {
+			case start + mdFuncnametab*ptrSize:
+				haveNames = addend == funcnametab
+			case start + mdText*ptrSize:
+				text, haveText = addend, true
+			}
+			return true
+		})
+		if haveNames && haveText {
+			return text, true
 		}
 	}
 	return 0, false
 }
 
-// relativeRelocations maps target address to addend for the R_*_RELATIVE entries of the
-// ELF64 SHT_RELA sections.
-func relativeRelocations(f *elfFile) map[uint64]uint64 {
+// eachRelativeRelocation calls fn with the target address and addend of every
+// R_*_RELATIVE entry of the ELF64 SHT_RELA sections, until fn returns false.
+func eachRelativeRelocation(f *elfFile, fn func(target, addend uint64) bool) {
 	relative := map[elf.Machine]uint32{
 		elf.EM_X86_64:  uint32(elf.R_X86_64_RELATIVE),
 		elf.EM_AARCH64: uint32(elf.R_AARCH64_RELATIVE),
@@ -125,26 +146,26 @@ func relativeRelocations(f *elfFile) map[uint64]uint64 {
 		elf.EM_PPC64:   uint32(elf.R_PPC64_RELATIVE),
 		elf.EM_S390:    uint32(elf.R_390_RELATIVE),
 	}[f.Machine]
-	out := map[uint64]uint64{}
 	if relative == 0 {
-		return out
+		return
 	}
+	w := newWindow(f.src)
 	for _, sec := range f.Sections {
-		if sec.Type != elf.SHT_RELA || sec.Size > maxModuledataScan {
+		if sec.Type != elf.SHT_RELA || sec.Size > maxModuledataScan || sec.Flags&elf.SHF_COMPRESSED != 0 ||
+			!within(sec.Offset, sec.Size, f.src.size) {
 			continue
 		}
-		data, err := f.sectionData(sec)
-		if err != nil {
-			continue
-		}
-		for off := 0; off+24 <= len(data); off += 24 {
-			info := f.ByteOrder.Uint64(data[off+8:])
-			if uint32(info) == relative {
-				out[f.ByteOrder.Uint64(data[off:])] = f.ByteOrder.Uint64(data[off+16:])
+		for off := uint64(0); off+24 <= sec.Size; off += 24 {
+			b := w.at(sec.Offset+off, 24)
+			if b == nil {
+				break
+			}
+			info := f.ByteOrder.Uint64(b[8:])
+			if uint32(info) == relative && !fn(f.ByteOrder.Uint64(b), f.ByteOrder.Uint64(b[16:])) {
+				return
 			}
 		}
 	}
-	return out
 }
 
 // inExecSegment reports whether addr lies in an executable PT_LOAD segment.

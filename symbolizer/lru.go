@@ -6,6 +6,10 @@ type lru[K comparable, V any] struct {
 	max   int
 	items map[K]*lruNode[K, V]
 	root  lruNode[K, V] // sentinel: root.next is the most recently used
+
+	// onEvict, if set, is called with every value that leaves the cache: evicted, removed
+	// or replaced by put.
+	onEvict func(K, V)
 }
 
 type lruNode[K comparable, V any] struct {
@@ -42,8 +46,12 @@ func (l *lru[K, V]) peek(k K) (V, bool) {
 
 func (l *lru[K, V]) put(k K, v V) {
 	if n, ok := l.items[k]; ok {
+		old := n.val
 		n.val = v
 		l.moveToFront(n)
+		if l.onEvict != nil {
+			l.onEvict(k, old)
+		}
 		return
 	}
 	n := &lruNode[K, V]{key: k, val: v}
@@ -62,6 +70,9 @@ func (l *lru[K, V]) remove(k K) {
 	n.prev.next, n.next.prev = n.next, n.prev
 	n.prev, n.next = nil, nil
 	delete(l.items, k)
+	if l.onEvict != nil {
+		l.onEvict(k, n.val)
+	}
 }
 
 func (l *lru[K, V]) len() int { return len(l.items) }

@@ -157,21 +157,6 @@ func parsePerms(f []byte) (exec bool, err error) {
 	return f[2] == 'x', nil
 }
 
-func parseHexString(f string) (uint64, error) {
-	if len(f) == 0 || len(f) > 16 {
-		return 0, fmt.Errorf("bad hex number %q", f)
-	}
-	var v uint64
-	for i := 0; i < len(f); i++ {
-		d, ok := hexDigit(f[i])
-		if !ok {
-			return 0, fmt.Errorf("bad hex number %q", f)
-		}
-		v = v<<4 | uint64(d)
-	}
-	return v, nil
-}
-
 func parseHex(f []byte) (uint64, error) {
 	if len(f) == 0 || len(f) > 16 {
 		return 0, fmt.Errorf("bad hex number %q", f)

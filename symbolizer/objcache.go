@@ -35,13 +35,14 @@ type fileInfo struct {
 	bad   bool
 }
 
-// loadCall lets concurrent ProcessStarted calls for processes mapping the same new file
-// wait for one parse instead of each doing it.
+// loadCall lets concurrent calls for processes mapping the same new file wait for one
+// load instead of each doing it.
 type loadCall struct {
-	done chan struct{}
-	key  objKey
-	obj  *Object
-	err  error
+	done     chan struct{}
+	wantRefs int32 // how many of the callers want the entry acquired
+	key      objKey
+	ent      *objEntry
+	err      error
 }
 
 var errKnownBad = errors.New("object failed to parse before")
@@ -53,10 +54,12 @@ func objectKey(buildID string, fk fileKey, st fileStamp) objKey {
 	return objKey{dev: fk.dev, inode: fk.inode, size: st.size, mtime: st.mtime}
 }
 
-// objectFor returns the object mapped by m. A file seen before is found in the cache after
-// one stat (to notice a recycled inode) and without being opened; otherwise it is opened,
-// and parsed unless an object with its build ID is already cached.
-func (s *Symbolizer) objectFor(pid uint32, m *Mapping) (objKey, *Object, error) {
+// objectFor returns the cache entry of the object mapped by m. A file seen before is found
+// in the cache after one stat (to notice a recycled inode) and without being opened;
+// otherwise it is opened, and kept open unless an object with its build ID is cached.
+// With acquire, the entry is returned acquired (see objEntry); else callers may use only
+// its immutable fields.
+func (s *Symbolizer) objectFor(pid uint32, m *Mapping, acquire bool) (objKey, *objEntry, error) {
 	fk := fileKey{m.Dev, m.Inode}
 	stamp, stamped := s.statMapped(pid, m)
 	s.mu.Lock()
@@ -66,66 +69,94 @@ func (s *Symbolizer) objectFor(pid uint32, m *Mapping) (objKey, *Object, error) 
 			s.mu.Unlock()
 			return objKey{}, nil, errKnownBad
 		}
-		if obj, ok := s.objects.get(info.key); ok {
+		if e, ok := s.objects.get(info.key); ok {
+			if acquire {
+				e.acquire()
+			}
 			s.mu.Unlock()
 			s.objectHits.Add(1)
-			return info.key, obj, nil
+			return info.key, e, nil
 		}
 	}
-	if c, ok := s.loading[fk]; ok {
-		s.mu.Unlock()
-		<-c.done
-		return c.key, c.obj, c.err
+	c, loading := s.loading[fk]
+	if !loading {
+		c = &loadCall{done: make(chan struct{})}
+		s.loading[fk] = c
 	}
-	c := &loadCall{done: make(chan struct{})}
-	s.loading[fk] = c
+	if acquire {
+		c.wantRefs++
+	}
 	s.mu.Unlock()
-
-	c.key, c.obj, c.err = s.loadObject(pid, m, fk)
-	s.mu.Lock()
-	delete(s.loading, fk)
-	s.mu.Unlock()
+	if loading {
+		<-c.done
+		return c.key, c.ent, c.err
+	}
+	c.key, c.ent, c.err = s.loadObject(pid, m, fk, c)
 	close(c.done)
-	return c.key, c.obj, c.err
+	return c.key, c.ent, c.err
 }
 
-// loadObject opens the file of m and returns its object, parsing it if no object with the
-// same build ID is cached.
-func (s *Symbolizer) loadObject(pid uint32, m *Mapping, fk fileKey) (objKey, *Object, error) {
+// loadObject opens the file of m and returns its cache entry: the cached one if an object
+// with the same build ID is cached, else a new one that keeps the file for parsing on
+// first lookup. Only the headers and the build ID note are read here. It ends the load c:
+// under the Symbolizer's mutex, it acquires the entry for the callers that want it and
+// removes c, so that no caller joins c after that.
+func (s *Symbolizer) loadObject(pid uint32, m *Mapping, fk fileKey, c *loadCall) (objKey, *objEntry, error) {
+	finish := func(e *objEntry) {
+		if e != nil {
+			e.refs.Add(c.wantRefs)
+		}
+		delete(s.loading, fk)
+	}
+	fail := func() {
+		s.mu.Lock()
+		finish(nil)
+		s.mu.Unlock()
+	}
 	f, stamp, err := s.openMapped(pid, m)
 	if err != nil {
+		fail()
 		s.errors.Add(1)
 		s.objectMisses.Add(1)
 		return objKey{}, nil, err
 	}
-	defer f.Close()
 	ef, err := openELF(f)
+	if err == nil {
+		if _, lerr := loadSegments(ef); lerr != nil {
+			err = fmt.Errorf("%w: %v", ErrMalformedObject, lerr)
+		}
+	}
 	if err != nil {
+		f.Close()
+		fail()
 		s.rememberBad(fk, stamp, err)
-		return objKey{}, nil, err
+		return objKey{}, nil, fmt.Errorf("%s: %w", m.Path, err)
 	}
 	buildID := readBuildID(ef)
 	key := objectKey(buildID, fk, stamp)
 	s.mu.Lock()
-	obj, ok := s.objects.get(key)
-	if ok {
-		s.files.put(fk, fileInfo{stamp: stamp, key: key})
-	}
-	s.mu.Unlock()
-	if ok {
-		s.objectHits.Add(1)
-		return key, obj, nil
-	}
-	s.objectMisses.Add(1)
-	if obj, err = newObject(ef, buildID); err != nil {
-		s.rememberBad(fk, stamp, err)
-		return objKey{}, nil, fmt.Errorf("%s: %w", m.Path, err)
-	}
-	s.mu.Lock()
-	s.objects.put(key, obj)
 	s.files.put(fk, fileInfo{stamp: stamp, key: key})
+	if e, ok := s.objects.get(key); ok {
+		finish(e)
+		s.mu.Unlock()
+		f.Close()
+		s.objectHits.Add(1)
+		return key, e, nil
+	}
 	s.mu.Unlock()
-	return key, obj, nil
+	s.objectMisses.Add(1)
+	e := newFileEntry(key, buildID, ef.Class, ef.Machine, f, stamp.size)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.objects.get(key); ok {
+		// Another process's load of a copy of the file won the race.
+		e.free()
+		finish(old)
+		return key, old, nil
+	}
+	s.objects.put(key, e)
+	finish(e)
+	return key, e, nil
 }
 
 // rememberBad records a parse failure so that the file is not parsed again per process.
@@ -228,7 +259,7 @@ const maxVDSOSize = 1 << 20
 // vdsoImage is a parsed vDSO and its cache key.
 type vdsoImage struct {
 	key  objKey
-	obj  *Object
+	ent  *objEntry
 	size uint64
 }
 
@@ -236,11 +267,11 @@ type vdsoImage struct {
 // has one image per ABI: a process of this process's ELF class and machine (sameAsSelf)
 // has this process's vDSO, so usually nothing needs to be read. Otherwise the image is read
 // from the process's memory and cached by content hash.
-func (s *Symbolizer) vdsoObject(pid uint32, m *Mapping, sameAsSelf bool) (objKey, *Object, error) {
+func (s *Symbolizer) vdsoObject(pid uint32, m *Mapping, sameAsSelf bool) (objKey, *objEntry, error) {
 	size := m.Limit - m.Start
 	if own := s.ownVDSO(); sameAsSelf && own != nil && own.size == size {
 		s.objectHits.Add(1)
-		return own.key, own.obj, nil
+		return own.key, own.ent, nil
 	}
 	if size > maxVDSOSize || m.Start > 1<<62 {
 		return objKey{}, nil, fmt.Errorf("symbolizer: pid %d: implausible vDSO mapping", pid)
@@ -252,10 +283,10 @@ func (s *Symbolizer) vdsoObject(pid uint32, m *Mapping, sameAsSelf bool) (objKey
 	sum := maphash.Bytes(s.seed, image)
 	s.mu.Lock()
 	if key, ok := s.vdsoKeys[sum]; ok {
-		if obj, ok := s.objects.get(key); ok {
+		if e, ok := s.objects.get(key); ok {
 			s.mu.Unlock()
 			s.objectHits.Add(1)
-			return key, obj, nil
+			return key, e, nil
 		}
 	}
 	s.mu.Unlock()
@@ -266,13 +297,17 @@ func (s *Symbolizer) vdsoObject(pid uint32, m *Mapping, sameAsSelf bool) (objKey
 		return objKey{}, nil, err
 	}
 	s.mu.Lock()
-	s.objects.put(img.key, img.obj)
+	if e, ok := s.objects.get(img.key); ok {
+		img.ent = e // the same image, cached under another content hash
+	} else {
+		s.objects.put(img.key, img.ent)
+	}
 	if len(s.vdsoKeys) >= s.maxVDSOs {
 		clear(s.vdsoKeys)
 	}
 	s.vdsoKeys[sum] = img.key
 	s.mu.Unlock()
-	return img.key, img.obj, nil
+	return img.key, img.ent, nil
 }
 
 func parseVDSO(image []byte) (*vdsoImage, error) {
@@ -284,7 +319,7 @@ func parseVDSO(image []byte) (*vdsoImage, error) {
 	if key.buildID == "" {
 		key.buildID = fmt.Sprintf("vdso-%x", sha256.Sum256(image))
 	}
-	return &vdsoImage{key: key, obj: obj, size: uint64(len(image))}, nil
+	return &vdsoImage{key: key, ent: newParsedEntry(key, obj), size: uint64(len(image))}, nil
 }
 
 // ownVDSO returns this process's vDSO, read once; nil if it cannot be read.

@@ -11,20 +11,35 @@ import (
 )
 
 // Object is the symbolization data of one parsed ELF file: its loadable segments (to turn
-// runtime addresses into object addresses), its build ID and its function names. It holds
-// no file handle and is safe for concurrent use.
+// runtime addresses into object addresses), its build ID and its function names. It is
+// safe for concurrent use.
+//
+// Its tables are not loaded: lookups read them from the file (see objfile.go), which for
+// an Object of the Symbolizer's cache is the open file, closed once the object is evicted
+// and no lookup uses it any more.
 type Object struct {
 	buildID string
 	class   elf.Class
 	machine elf.Machine
 	loads   []loadSegment
-	goTab   *goTable    // nil unless the file has a usable .gopclntab
-	syms    symbolTable // .symtab functions, else .dynsym ones (outside the Go range)
+	goTab   *goTable // nil unless the file has a usable .gopclntab
 
-	// demangled memoizes demangled names by symbol index: demangling is far too slow to do
-	// for every symbol up front, and profiles hit the same few functions over and over.
-	mu        sync.Mutex
-	demangled map[int]string
+	// syms are the .symtab functions, else the .dynsym ones (outside the Go range),
+	// indexed on first use (from symSrc, then dropped): Go binaries rarely need them.
+	symsOnce sync.Once
+	symSrc   *symbolSources
+	syms     symbolTable
+
+	// names memoizes names by symbol index: demangling is far too slow to do for every
+	// symbol up front, names are read from the file, and profiles hit the same few
+	// functions over and over.
+	mu    sync.Mutex
+	names map[int]string
+}
+
+// symbolSources are the symbol sections the ELF table is built from.
+type symbolSources struct {
+	symtab, dynsym *symbolSection
 }
 
 // loadSegment is a PT_LOAD program header.
@@ -40,34 +55,54 @@ var ErrMalformedObject = errors.New("malformed ELF object")
 // maxLoadSegments bounds a header table that a sane linker never makes long.
 const maxLoadSegments = 64
 
-// OpenObject parses an ELF file. It reads only headers, notes, symbol tables and .gopclntab,
-// copies what it keeps, and does not retain r. Corrupt input yields an error wrapping
-// ErrMalformedObject, never a panic.
+// OpenObject parses an ELF file. It copies r into memory (it is meant for small objects
+// such as the vDSO; the Symbolizer reads the files it caches in place) and does not retain
+// r. Corrupt input yields an error wrapping ErrMalformedObject, never a panic.
 func OpenObject(r io.ReaderAt) (*Object, error) {
-	f, err := openELF(r)
+	data, err := readAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
+	}
+	src := memFile(data)
+	f, err := openELF(src)
 	if err != nil {
 		return nil, err
 	}
 	return newObject(f, readBuildID(f))
 }
 
+// maxObjectCopy bounds what OpenObject copies of a reader of unknown size.
+const maxObjectCopy = 1 << 30
+
+// readAll copies the contents of r.
+func readAll(r io.ReaderAt) ([]byte, error) {
+	if size := readerSize(r); size >= 0 {
+		data := make([]byte, size)
+		if _, err := r.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		return data, nil
+	}
+	return io.ReadAll(io.NewSectionReader(r, 0, maxObjectCopy))
+}
+
+// parseObject parses the object file src, whose build ID is known.
+func parseObject(src *objFile, buildID string) (*Object, error) {
+	f, err := openELF(src)
+	if err != nil {
+		return nil, err
+	}
+	return newObject(f, buildID)
+}
+
 // elfFile is a parsed ELF header with the file size, when known, to check section bounds
 // before reading: debug/elf allocates what a section header claims before finding out
-// that the file is shorter.
+// that the file is shorter. src is set when the file is an objFile, which tables are
+// read from.
 type elfFile struct {
 	*elf.File
 	size int64 // -1 if unknown
-}
-
-// sectionData reads a section after checking that it lies inside the file.
-func (f *elfFile) sectionData(sec *elf.Section) ([]byte, error) {
-	if sec.Type == elf.SHT_NOBITS {
-		return nil, fmt.Errorf("%s has no file data", sec.Name)
-	}
-	if f.size >= 0 && !within(sec.Offset, sec.FileSize, uint64(f.size)) {
-		return nil, fmt.Errorf("%s lies beyond the end of the file", sec.Name)
-	}
-	return sec.Data()
+	src  *objFile
 }
 
 // openELF parses the ELF header and section table.
@@ -83,7 +118,11 @@ func openELF(r io.ReaderAt) (f *elfFile, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
 	}
-	return &elfFile{File: ef, size: size}, nil
+	f = &elfFile{File: ef, size: size}
+	if src, ok := r.(*objFile); ok {
+		f.src = src
+	}
+	return f, nil
 }
 
 // readerSize returns the size of r if it can tell, else -1.
@@ -171,64 +210,56 @@ func recoverMalformed(err *error) {
 	}
 }
 
-// newObject loads the symbolization data of an opened ELF file.
+// newObject checks the headers of an ELF file opened from an objFile and locates the
+// tables that lookups read.
 func newObject(f *elfFile, buildID string) (obj *Object, err error) {
 	defer recoverMalformed(&err)
+	if f.src == nil {
+		return nil, fmt.Errorf("%w: no file to read", ErrMalformedObject)
+	}
 	loads, err := loadSegments(f)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
 	}
-	symtab, err := loadSymbolSection(f, elf.SHT_SYMTAB)
+	secs := sectionRanges(f)
+	symtab, err := loadSymbolSection(f, elf.SHT_SYMTAB, secs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
+	}
+	dynsym, err := loadSymbolSection(f, elf.SHT_DYNSYM, secs)
+	if err != nil {
+		if symtab == nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
+		}
+		dynsym = nil // only needed if .symtab has no functions; then it names nothing
 	}
 	goTab, err := newGoTable(f, symtab)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
 	}
-	syms, err := functionSymbols(f, symtab, goTab)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
-	}
-	return &Object{buildID: buildID, class: f.Class, machine: f.Machine, loads: loads, goTab: goTab, syms: syms}, nil
+	return &Object{buildID: buildID, class: f.Class, machine: f.Machine, loads: loads, goTab: goTab,
+		symSrc: &symbolSources{symtab: symtab, dynsym: dynsym}}, nil
 }
 
-// functionSymbols reads .symtab, or .dynsym when .symtab has no functions (stripped files).
-// In Go binaries the symbols of Go functions duplicate .gopclntab and are dropped.
-func functionSymbols(f *elfFile, symtab *symbolSection, goTab *goTable) (symbolTable, error) {
-	syms, err := symtab.funcTable()
-	if err != nil {
-		return symbolTable{}, err
-	}
-	if syms.len() == 0 {
-		dynsym, err := loadSymbolSection(f, elf.SHT_DYNSYM)
-		if err != nil {
-			return symbolTable{}, err
+// symbols returns the ELF function table: the functions of .symtab, or of .dynsym when
+// .symtab has none (stripped files). In Go binaries the symbols of Go functions duplicate
+// .gopclntab and are left out, leaving those of C code in cgo binaries. The table is built
+// on first use.
+func (o *Object) symbols() *symbolTable {
+	o.symsOnce.Do(func() {
+		src := o.symSrc
+		o.symSrc = nil
+		var notGo func(uint64) bool
+		if o.goTab != nil {
+			notGo = o.goTab.covers
 		}
-		if syms, err = dynsym.funcTable(); err != nil {
-			return symbolTable{}, err
+		syms, funcs, _ := src.symtab.funcTable(notGo)
+		if funcs == 0 {
+			syms, _, _ = src.dynsym.funcTable(notGo)
 		}
-	}
-	if goTab != nil {
-		syms = withoutGoFuncs(syms, goTab)
-	}
-	return syms, nil
-}
-
-// withoutGoFuncs drops the symbols of functions that .gopclntab describes, leaving those of
-// C code in cgo binaries. Their names stay in the arena; the entries are what add up.
-func withoutGoFuncs(t symbolTable, g *goTable) symbolTable {
-	kept := t.syms[:0]
-	for _, e := range t.syms {
-		if !g.covers(e.addr) || g.tab.PCToFunc(e.addr) == nil {
-			kept = append(kept, e)
-		}
-	}
-	if len(kept) == 0 {
-		return symbolTable{}
-	}
-	t.syms = kept
-	return t
+		o.syms = syms
+	})
+	return &o.syms
 }
 
 // loadSegments returns the PT_LOAD headers after checking that they describe a file a
@@ -309,38 +340,47 @@ func pageStart(s *loadSegment) uint64 {
 // space): from .gopclntab, with file and line, for Go code; else from the ELF symbol table,
 // demangled. fn is "" when no symbol covers the address.
 func (o *Object) Lookup(objAddr uint64) (fn, file string, line int) {
+	// Every offset read from the file is checked; the recover is a last line of defence
+	// against a corrupt file, since any executable on the host gets read.
+	defer func() {
+		if recover() != nil {
+			fn, file, line = "", "", 0
+		}
+	}()
+	return o.lookup(objAddr)
+}
+
+func (o *Object) lookup(objAddr uint64) (fn, file string, line int) {
 	if o.goTab != nil && o.goTab.covers(objAddr) {
 		if fn, file, line = o.goTab.lookup(objAddr); fn != "" {
 			return fn, file, line
 		}
 	}
-	i := o.syms.lookup(objAddr)
+	syms := o.symbols()
+	i := syms.lookup(objAddr)
 	if i < 0 {
 		return "", "", 0
 	}
-	return o.demangledName(i), "", 0
+	return o.symbolName(syms, i), "", 0
 }
 
-func (o *Object) demangledName(i int) string {
-	raw := o.syms.name(i)
-	if !mangled(raw) {
-		return raw
-	}
+// symbolName returns the demangled name of symbol i.
+func (o *Object) symbolName(syms *symbolTable, i int) string {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	if name, ok := o.demangled[i]; ok {
+	name, ok := o.names[i]
+	o.mu.Unlock()
+	if ok {
 		return name
 	}
-	name := Demangle(raw)
-	if o.demangled == nil {
-		o.demangled = make(map[int]string)
-	}
-	o.demangled[i] = name
+	name = Demangle(syms.name(i))
+	o.mu.Lock()
+	cacheName(&o.names, i, name)
+	o.mu.Unlock()
 	return name
 }
 
 // NumSymbols is the number of ELF function symbols kept (Go functions not included).
-func (o *Object) NumSymbols() int { return o.syms.len() }
+func (o *Object) NumSymbols() int { return o.symbols().len() }
 
 // HasGoTable reports whether names come from a Go .gopclntab.
 func (o *Object) HasGoTable() bool { return o.goTab != nil }

@@ -150,6 +150,18 @@ func FuzzOpenObject(f *testing.F) {
 		}
 		m := Mapping{Start: 0x1000, Limit: 0x100000, Offset: 0}
 		obj.ObjAddress(&m, 0x2000)
+		// The same input read the way the files of cached objects are, through a
+		// (tiny) block cache; lookup, unlike Lookup, does not recover.
+		cached, err := parseObject(newObjFile(bytes.NewReader(input), uint64(len(input)), newBlockCache(2*blockSize)), "")
+		if err != nil {
+			t.Fatalf("parsed from memory but not through the cache: %v", err)
+		}
+		for _, addr := range []uint64{0, 0x1000, 0x400000, ^uint64(0)} {
+			want, _, _ := obj.Lookup(addr)
+			if got, _, _ := cached.lookup(addr); got != want {
+				t.Fatalf("%#x: named %q through the cache, %q from memory", addr, got, want)
+			}
+		}
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"time"
@@ -81,17 +82,20 @@ func parsePerfMap(r io.Reader) (symbolTable, int) {
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	latest := make(map[uint64]int) // start address -> index in raw
 	var raw []rawSymbol
+	var arena []byte // names, NUL-terminated; the table builder keeps those it uses
 	bad := 0
 	for sc.Scan() {
 		line := sc.Bytes()
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		s, ok := parsePerfMapLine(line)
-		if !ok {
+		s, name, ok := parsePerfMapLine(line)
+		if !ok || bytes.IndexByte(name, 0) >= 0 || uint64(len(arena)+len(name)) >= math.MaxUint32 {
 			bad++
 			continue
 		}
+		s.nameOff = uint32(len(arena))
+		arena = append(append(arena, name...), 0)
 		if i, dup := latest[s.addr]; dup {
 			raw[i] = s
 			continue
@@ -102,29 +106,30 @@ func parsePerfMap(r io.Reader) (symbolTable, int) {
 	if sc.Err() != nil {
 		bad++ // an over-long line ends the scan; keep what was read
 	}
-	table, err := buildSymbolTable(raw, 0)
+	table, err := buildSymbolTable(raw, arenaNames(bytesString(arena)), 0, copyNames)
 	if err != nil {
 		return symbolTable{}, bad
 	}
 	return table, bad
 }
 
-func parsePerfMapLine(line []byte) (rawSymbol, bool) {
+// parsePerfMapLine parses one line; the name aliases line.
+func parsePerfMapLine(line []byte) (rawSymbol, []byte, bool) {
 	startField, rest, ok := bytes.Cut(line, []byte(" "))
 	if !ok {
-		return rawSymbol{}, false
+		return rawSymbol{}, nil, false
 	}
 	sizeField, name, ok := bytes.Cut(rest, []byte(" "))
 	if !ok {
-		return rawSymbol{}, false
+		return rawSymbol{}, nil, false
 	}
 	start, err1 := parseHex(trim0x(startField))
 	size, err2 := parseHex(trim0x(sizeField))
 	name = bytes.TrimRight(name, "\r")
 	if err1 != nil || err2 != nil || size == 0 || start+size < start || len(name) == 0 {
-		return rawSymbol{}, false
+		return rawSymbol{}, nil, false
 	}
-	return rawSymbol{addr: start, size: size, name: string(name)}, true
+	return rawSymbol{addr: start, size: size}, name, true
 }
 
 func trim0x(b []byte) []byte {

@@ -51,10 +51,12 @@ func (p *process) find(addr uint64) *procMapping {
 }
 
 // ProcessStarted is called the moment the profiler first sees a (new) process, possibly just
-// after exec. It must snapshot /proc/PID/maps at once and open+parse (or find in cache) every
-// executable file-backed mapping, so frames can still be symbolized after the process exits
-// (short-lived processes!). It replaces any older snapshot for that pid (pid reuse / exec).
-// Safe to call from another goroutine than User(); should be fast (cache hits are O(1)).
+// after exec. It snapshots /proc/PID/maps at once and opens (or finds in cache) every
+// executable file-backed mapping, reading only its ELF headers and build ID, so frames can
+// still be symbolized after the process exits (short-lived processes!); an object is parsed
+// by the first User lookup that needs it. It replaces any older snapshot for that pid (pid
+// reuse / exec). Safe to call from another goroutine than User(); should be fast (cache
+// hits are O(1)).
 //
 // It fails only if the maps cannot be read; objects that cannot be opened or parsed are
 // counted in Stats.Errors and their frames stay unnamed.
@@ -138,8 +140,8 @@ func (s *Symbolizer) resolveMapping(pid uint32, m *Mapping, old *process) procMa
 	if !m.fileBacked() {
 		return pm // anonymous: JIT code, named from the perf map if any
 	}
-	if key, obj, err := s.objectFor(pid, m); err == nil {
-		pm.obj, pm.hasObj, pm.BuildID = key, true, obj.BuildID()
+	if key, e, err := s.objectFor(pid, m, false); err == nil {
+		pm.obj, pm.hasObj, pm.BuildID = key, true, e.buildID
 	}
 	return pm
 }
@@ -147,8 +149,8 @@ func (s *Symbolizer) resolveMapping(pid uint32, m *Mapping, old *process) procMa
 // resolveVDSO attaches the vDSO object, given the process's other executable mappings.
 func (s *Symbolizer) resolveVDSO(pid uint32, m *Mapping, maps []procMapping) procMapping {
 	pm := procMapping{Mapping: *m}
-	if key, obj, err := s.vdsoObject(pid, m, s.sameClassAsSelf(maps)); err == nil {
-		pm.obj, pm.hasObj, pm.BuildID = key, true, obj.BuildID()
+	if key, e, err := s.vdsoObject(pid, m, s.sameClassAsSelf(maps)); err == nil {
+		pm.obj, pm.hasObj, pm.BuildID = key, true, e.buildID
 	}
 	return pm
 }
@@ -164,8 +166,8 @@ func (s *Symbolizer) sameClassAsSelf(maps []procMapping) bool {
 		if !maps[i].hasObj {
 			continue
 		}
-		obj, ok := s.objects.peek(maps[i].obj)
-		if !ok || obj.class != self.class || obj.machine != self.machine {
+		e, ok := s.objects.peek(maps[i].obj)
+		if !ok || e.class != self.class || e.machine != self.machine {
 			return false
 		}
 		seen = true
@@ -202,6 +204,7 @@ func (s *Symbolizer) User(pid uint32, addrs []uint64) []Frame {
 func (s *Symbolizer) resolveUser(p *process, addrs []uint64, frames []Frame) (allMapped bool) {
 	allMapped = true
 	var objs objectMemo
+	defer objs.release()
 	for i, addr := range addrs {
 		frames[i] = Frame{Address: addr, ObjAddress: addr}
 		pm := p.find(lookupAddress(addr, i == 0))
@@ -232,10 +235,13 @@ func (s *Symbolizer) nameUserFrame(p *process, pm *procMapping, obj *Object, f *
 }
 
 // objectMemo remembers the objects used within one User call, so a stack whose frames
-// share a few objects costs a few cache lookups instead of one per frame.
+// share a few objects costs a few cache lookups instead of one per frame. It holds a
+// reference to each cache entry it remembers, so that none is closed while in use;
+// release drops them.
 type objectMemo struct {
 	n, next int
 	maps    [4]*procMapping
+	ents    [4]*objEntry
 	objs    [4]*Object
 }
 
@@ -245,36 +251,67 @@ func (m *objectMemo) get(s *Symbolizer, pid uint32, pm *procMapping) *Object {
 			return m.objs[i]
 		}
 	}
-	obj := s.mappingObject(pid, pm)
-	m.maps[m.next], m.objs[m.next] = pm, obj
+	var obj *Object
+	e := s.mappingEntry(pid, pm)
+	if e != nil {
+		obj = e.object(s)
+	}
+	if old := m.ents[m.next]; old != nil {
+		old.release()
+	}
+	m.maps[m.next], m.ents[m.next], m.objs[m.next] = pm, e, obj
 	m.next = (m.next + 1) % len(m.maps)
 	m.n = min(m.n+1, len(m.maps))
 	return obj
 }
 
-// mappingObject returns the object of pm from the cache; if it was evicted, it is loaded
-// again, which works while the process (or another with the same file) is alive.
-func (s *Symbolizer) mappingObject(pid uint32, pm *procMapping) *Object {
+func (m *objectMemo) release() {
+	for i, e := range m.ents {
+		if e != nil {
+			e.release()
+			m.ents[i] = nil
+		}
+	}
+}
+
+// mappingEntry returns the cache entry of pm's object, acquired; nil if there is none. If
+// it was evicted, it is loaded again, which works while the process (or another with the
+// same file) is alive.
+func (s *Symbolizer) mappingEntry(pid uint32, pm *procMapping) *objEntry {
 	if !pm.hasObj {
 		return nil
 	}
-	s.mu.Lock()
-	obj, ok := s.objects.get(pm.obj)
-	s.mu.Unlock()
-	if ok {
-		return obj
+	if e := s.acquireCached(pm.obj); e != nil {
+		return e
 	}
 	if pm.Path == "[vdso]" {
 		if own := s.ownVDSO(); own != nil && own.key == pm.obj {
-			return own.obj
+			own.ent.acquire() // never cached, so never freed
+			return own.ent
 		}
 		return nil
 	}
-	key, obj, err := s.objectFor(pid, &pm.Mapping)
-	if err != nil || key != pm.obj {
-		return nil // gone, or the file now holds something else
+	key, e, err := s.objectFor(pid, &pm.Mapping, true)
+	if err != nil {
+		return nil // gone
 	}
-	return obj
+	if key != pm.obj {
+		e.release() // the file now holds something else
+		return nil
+	}
+	return e
+}
+
+// acquireCached returns the cached entry of key, acquired, or nil.
+func (s *Symbolizer) acquireCached(key objKey) *objEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.objects.get(key)
+	if !ok {
+		return nil
+	}
+	e.acquire()
+	return e
 }
 
 // reread refreshes the snapshot of pid after an address fell outside every known mapping,

@@ -24,7 +24,7 @@ type Frame struct {
 // Options configures a Symbolizer; zero fields take their defaults.
 type Options struct {
 	ProcRoot     string // default "/proc"
-	MaxObjects   int    // parsed-object cache bound (LRU), default 512
+	MaxObjects   int    // object cache bound (LRU), default 512: each cached object keeps its file open
 	MaxProcesses int    // process-mappings cache bound (LRU), default 8192
 }
 
@@ -66,8 +66,10 @@ type Symbolizer struct {
 	ownVDSOOnce  sync.Once
 	ownVDSOImage *vdsoImage
 
+	blocks *blockCache // recently read blocks of the cached objects' files
+
 	mu       sync.Mutex // guards the fields below
-	objects  *lru[objKey, *Object]
+	objects  *lru[objKey, *objEntry]
 	files    *lru[fileKey, fileInfo] // which object a (dev, inode) held, to skip opening it
 	procs    *lru[uint32, *process]
 	loading  map[fileKey]*loadCall
@@ -89,11 +91,14 @@ func New(opts Options) *Symbolizer {
 	if opts.MaxProcesses <= 0 {
 		opts.MaxProcesses = defaultMaxProcesses
 	}
+	objects := newLRU[objKey, *objEntry](opts.MaxObjects)
+	objects.onEvict = func(_ objKey, e *objEntry) { e.evict() }
 	return &Symbolizer{
 		procRoot:   opts.ProcRoot,
 		mapsReread: defaultMapsReread,
 		maxVDSOs:   16,
-		objects:    newLRU[objKey, *Object](opts.MaxObjects),
+		blocks:     newBlockCache(blockCacheBytes),
+		objects:    objects,
 		files:      newLRU[fileKey, fileInfo](opts.MaxObjects * filesPerObject),
 		procs:      newLRU[uint32, *process](opts.MaxProcesses),
 		loading:    make(map[fileKey]*loadCall),

@@ -1,19 +1,67 @@
 package symbolizer
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"math"
 	"slices"
 	"strings"
+	"unsafe"
 )
 
-// symbolTable is a sorted list of function address ranges whose names live in one string
-// arena. Each symbol costs 16 bytes plus its NUL-terminated name, which keeps the tables of
-// hundreds of cached objects (and the kernel's ~100k symbols) small.
+// symbolTable is a sorted list of function address ranges whose names are NUL-terminated
+// strings in one block: an arena the table owns, or the string table of an object file,
+// read on lookup. Each symbol costs 16 bytes, plus its name when the table owns them,
+// which keeps the tables of hundreds of cached objects (and the kernel's ~100k symbols)
+// small.
 type symbolTable struct {
 	syms  []symEntry
-	names string
+	names nameSource
+}
+
+// nameSource holds the NUL-terminated names of symbols, by offset.
+type nameSource interface {
+	name(off uint32) (string, bool)
+}
+
+// arenaNames are names in memory; a name is a substring of the arena.
+type arenaNames string
+
+func (a arenaNames) name(off uint32) (string, bool) { return cString(string(a), off) }
+
+// fileNames are the names of an ELF string table, read from the file when asked for.
+type fileNames struct {
+	f         *objFile
+	off, size uint64 // the string table in the file
+	w         *window
+}
+
+// named reports whether a non-empty name is at off, without copying it.
+func (n *fileNames) named(off uint32) bool {
+	at, end := n.f.at, min(n.off+n.size, n.f.size)
+	if n.w != nil {
+		at = n.w.at
+	}
+	for pos := n.off + uint64(off); pos < end && pos-n.off-uint64(off) <= maxSymbolName; {
+		k := min(end-pos, blockSize-pos%blockSize)
+		b := at(pos, k)
+		if b == nil {
+			return false
+		}
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			return i > 0 || pos > n.off+uint64(off)
+		}
+		pos += k
+	}
+	return false
+}
+
+func (n *fileNames) name(off uint32) (string, bool) {
+	if n.w != nil {
+		return n.w.cString(n.off+uint64(off), n.off+n.size)
+	}
+	return n.f.cString(n.off+uint64(off), n.off+n.size)
 }
 
 type symEntry struct {
@@ -25,6 +73,10 @@ type symEntry struct {
 // containScan bounds how far lookup walks back for a large symbol enclosing a smaller one
 // (hand-written assembly sometimes nests them); real tables need at most a step or two.
 const containScan = 4
+
+// maxSymbolName bounds the length of a name read from a file: one that is longer (or not
+// terminated, in a file modified since it was checked) is cut there.
+const maxSymbolName = 64 << 10
 
 // lookup returns the index of the symbol covering addr, or -1.
 func (t *symbolTable) lookup(addr uint64) int {
@@ -43,44 +95,44 @@ func (t *symbolTable) lookup(addr uint64) int {
 	return -1
 }
 
-// name returns the name of symbol i.
+// name returns the name of symbol i, "" if it cannot be read.
 func (t *symbolTable) name(i int) string {
-	s := t.names[t.syms[i].nameOff:]
-	if end := strings.IndexByte(s, 0); end >= 0 {
-		return s[:end]
-	}
+	s, _ := t.names.name(t.syms[i].nameOff)
 	return s
 }
 
 func (t *symbolTable) len() int { return len(t.syms) }
 
-// rawSymbol is a symbol candidate before aliases are merged and ranges computed.
+// rawSymbol is a symbol candidate before aliases are merged and ranges computed. Its name
+// is the NUL-terminated string at nameOff in the names the table is built from.
 type rawSymbol struct {
-	addr  uint64
-	size  uint64 // 0: unknown, covers up to the next symbol
-	limit uint64 // end of the containing section, bounding unknown sizes; 0 if unknown
-	name  string
-	bind  uint8 // 2 global, 1 weak, 0 local: preference among aliases
+	addr    uint64
+	size    uint64 // 0: unknown, covers up to the next symbol
+	limit   uint64 // end of the containing section, bounding unknown sizes; 0 if unknown
+	nameOff uint32
+	bind    uint8 // 2 global, 1 weak, 0 local: preference among aliases
 }
 
 // better reports whether a is the preferred name among aliases at the same address:
 // a symbol with a size, then the public spelling (fewer leading underscores, e.g. getpid
 // over __getpid), then global over weak over local, then the shorter and smaller name,
 // so the choice is deterministic.
-func better(a, b *rawSymbol) bool {
+func better(a, b *rawSymbol, names nameSource) bool {
 	if (a.size > 0) != (b.size > 0) {
 		return a.size > 0
 	}
-	if ua, ub := leadingUnderscores(a.name), leadingUnderscores(b.name); ua != ub {
+	an, _ := names.name(a.nameOff)
+	bn, _ := names.name(b.nameOff)
+	if ua, ub := leadingUnderscores(an), leadingUnderscores(bn); ua != ub {
 		return ua < ub
 	}
 	if a.bind != b.bind {
 		return a.bind > b.bind
 	}
-	if len(a.name) != len(b.name) {
-		return len(a.name) < len(b.name)
+	if len(an) != len(bn) {
+		return len(an) < len(bn)
 	}
-	return a.name < b.name
+	return an < bn
 }
 
 func leadingUnderscores(s string) int {
@@ -93,28 +145,43 @@ func leadingUnderscores(s string) int {
 
 var errArenaFull = errors.New("symbol names exceed 4 GiB")
 
+// tableNames says where the names of a table being built are kept.
+type tableNames int
+
+const (
+	// copyNames copies the chosen names into an arena of the table's own: the names
+	// given to the builder are a transient buffer.
+	copyNames tableNames = iota
+	// keepNames makes the table refer to the given names.
+	keepNames
+)
+
 // buildSymbolTable merges aliases, gives unsized symbols the range up to the next symbol
-// (bounded by their section and by maxGap when non-zero) and copies names into an arena.
-func buildSymbolTable(raw []rawSymbol, maxGap uint64) (symbolTable, error) {
+// (bounded by their section and by maxGap when non-zero) and indexes the names, which are
+// at each symbol's nameOff in names.
+func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tableNames) (symbolTable, error) {
 	slices.SortFunc(raw, func(a, b rawSymbol) int {
 		if c := cmp.Compare(a.addr, b.addr); c != 0 {
 			return c
 		}
-		if better(&a, &b) {
+		if better(&a, &b, names) {
 			return -1
 		}
-		if better(&b, &a) {
+		if better(&b, &a, names) {
 			return 1
 		}
 		return 0
 	})
-	var t symbolTable
-	var arena strings.Builder
-	names := 0
-	for i := range raw {
-		names += len(raw[i].name) + 1
+	t := symbolTable{names: names}
+	var arena []byte
+	if mode == copyNames {
+		size := 0
+		for i := range raw {
+			n, _ := names.name(raw[i].nameOff)
+			size += len(n) + 1
+		}
+		arena = make([]byte, 0, min(size, math.MaxUint32))
 	}
-	arena.Grow(min(names, math.MaxUint32))
 	t.syms = make([]symEntry, 0, len(raw))
 	for i := 0; i < len(raw); {
 		best := raw[i]
@@ -131,14 +198,20 @@ func buildSymbolTable(raw []rawSymbol, maxGap uint64) (symbolTable, error) {
 		if size == 0 {
 			continue
 		}
-		if arena.Len()+len(best.name)+1 > math.MaxUint32 {
-			return symbolTable{}, errArenaFull
+		e := symEntry{addr: best.addr, size: size, nameOff: best.nameOff}
+		if mode == copyNames {
+			n, _ := names.name(best.nameOff)
+			if len(arena)+len(n)+1 > math.MaxUint32 {
+				return symbolTable{}, errArenaFull
+			}
+			e.nameOff = uint32(len(arena))
+			arena = append(append(arena, n...), 0)
 		}
-		t.syms = append(t.syms, symEntry{addr: best.addr, size: size, nameOff: uint32(arena.Len())})
-		arena.WriteString(best.name)
-		arena.WriteByte(0)
+		t.syms = append(t.syms, e)
 	}
-	t.names = arena.String()
+	if mode == copyNames {
+		t.names = arenaNames(bytesString(arena)) // never written again
+	}
 	t.syms = slices.Clip(t.syms)
 	return t, nil
 }
@@ -160,4 +233,26 @@ func symbolSize(s *rawSymbol, next, maxGap uint64) uint32 {
 		return 0
 	}
 	return uint32(min(end-s.addr, math.MaxUint32))
+}
+
+// cString returns the NUL-terminated string at off in strs; ok is false if off is out of
+// range or no NUL follows within maxSymbolName bytes.
+func cString(strs string, off uint32) (string, bool) {
+	if uint64(off) >= uint64(len(strs)) {
+		return "", false
+	}
+	s := strs[off:]
+	if len(s) > maxSymbolName {
+		s = s[:maxSymbolName]
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return s[:i], true
+	}
+	return "", false
+}
+
+// bytesString views b as a string without copying. The caller must not modify b while
+// the string is in use.
+func bytesString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
