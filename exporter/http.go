@@ -36,6 +36,9 @@ type HandlerOptions struct {
 	// SelfProfiling serves Go's net/http/pprof for cgscope itself under
 	// /debug/self/pprof/, for reporting cgscope's own CPU and memory use.
 	SelfProfiling bool
+	// History, when set, serves the web UI at / and /ui/ and the history
+	// API at /api/v1/, replacing the plain landing page.
+	History http.Handler
 }
 
 // NewHandler returns the agent's HTTP handler.
@@ -54,7 +57,13 @@ func NewHandler(opts HandlerOptions) (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building index page: %w", err)
 	}
-	mux.Handle("/{$}", landing)
+	if opts.History != nil {
+		mux.Handle("/{$}", opts.History)
+		mux.Handle("/ui/", opts.History)
+		mux.Handle("/api/v1/", opts.History)
+	} else {
+		mux.Handle("/{$}", landing)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{ErrorLog: slogErrorLogger{}}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

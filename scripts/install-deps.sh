@@ -26,6 +26,7 @@ declare -A want=(
 	[setpriv]=util-linux
 	[ip]=iproute2
 	[prometheus]=prometheus
+	[chromium]=chromium
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -30,6 +30,7 @@ type serveCommand struct {
 	selfProfiling  bool
 	counters       *counterFlags
 	push           *pushFlags
+	history        *historyFlags
 }
 
 func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveCommand {
@@ -44,6 +45,7 @@ func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveComma
 		BoolVar(&c.selfProfiling)
 	c.counters = addCounterFlags(c.cmd)
 	c.push = addPushFlags(c.cmd)
+	c.history = addHistoryFlags(c.cmd)
 	return c
 }
 
@@ -67,6 +69,9 @@ func (c *serveCommand) run() error {
 	}
 	pushCfg, err := c.push.config()
 	if err != nil {
+		return err
+	}
+	if err := c.history.validate(); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -97,6 +102,11 @@ func (c *serveCommand) run() error {
 	if err != nil {
 		return err
 	}
+	history, stopHistory, err := startHistory(c.history, reg, a.pipeline, c.selfProfiling)
+	if err != nil {
+		return err
+	}
+	defer stopHistory() // after the pipeline's last window, so it is stored too
 	handler, err := exporter.NewHandler(exporter.HandlerOptions{
 		Capturer:              a.pipeline,
 		Gatherer:              reg,
@@ -104,6 +114,7 @@ func (c *serveCommand) run() error {
 		MaxCaptureSeconds:     c.maxSeconds,
 		Version:               version,
 		SelfProfiling:         c.selfProfiling,
+		History:               history,
 	})
 	if err != nil {
 		return err

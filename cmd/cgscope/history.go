@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
+	"github.com/google/pprof/profile"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cgscope/cgscope/exporter"
+	"github.com/cgscope/cgscope/exporter/ui"
+	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/internal/store"
+)
+
+// historyFlags configure the profile history: the store behind
+// /api/v1/profile, /api/v1/targets and the web UI.
+type historyFlags struct {
+	path        string
+	memoryLimit units.Base2Bytes
+	sizeLimit   units.Base2Bytes
+	retention   time.Duration
+}
+
+func addHistoryFlags(cmd *kingpin.CmdClause) *historyFlags {
+	f := &historyFlags{}
+	cmd.Flag("storage.path", "Directory of the on-disk profile history; empty keeps the history in memory only.").
+		StringVar(&f.path)
+	cmd.Flag("storage.memory-limit", "Bytes of profile history kept in memory (without --storage.path); the oldest windows are evicted first.").
+		Default("256MiB").BytesVar(&f.memoryLimit)
+	cmd.Flag("storage.retention", "How long the on-disk profile history is kept.").
+		Default("24h").DurationVar(&f.retention)
+	cmd.Flag("storage.size-limit", "Most bytes the on-disk profile history may use; the oldest windows are deleted first.").
+		Default("1GiB").BytesVar(&f.sizeLimit)
+	return f
+}
+
+func (f *historyFlags) validate() error {
+	switch {
+	case f.path == "" && f.memoryLimit < 1<<20:
+		return fmt.Errorf("--storage.memory-limit=%s: want at least 1MiB", f.memoryLimit)
+	case f.path != "" && f.sizeLimit < 1<<20:
+		return fmt.Errorf("--storage.size-limit=%s: want at least 1MiB", f.sizeLimit)
+	case f.retention < time.Minute:
+		return fmt.Errorf("--storage.retention=%s: want at least 1m", f.retention)
+	}
+	return nil
+}
+
+func (f *historyFlags) open() (store.Store, error) {
+	if f.path == "" {
+		return store.NewMemory(int64(f.memoryLimit)), nil
+	}
+	return store.OpenDisk(store.DiskOptions{Dir: f.path, Retention: f.retention, MaxBytes: int64(f.sizeLimit)})
+}
+
+// startHistory opens the store, stores every pipeline window in it and
+// registers its self-metrics. The handler serves the web UI (/ and /ui/)
+// and the history API (/api/v1/). stop stores what is still queued and
+// closes the store; call it after the pipeline's last flush.
+func startHistory(f *historyFlags, reg prometheus.Registerer, p *pipeline.Pipeline, selfProfiling bool) (http.Handler, func(), error) {
+	st, err := f.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	h := exporter.NewHistory(exporter.HistoryOptions{Store: st})
+	reg.MustRegister(exporter.NewHistoryCollector(h))
+	h.Start()
+	cancel := p.Subscribe(h.Offer)
+	slog.Info("profile history on", "path", f.path, "memory_limit", f.memoryLimit, "size_limit", f.sizeLimit, "retention", f.retention)
+
+	api := &exporter.HistoryAPI{H: h}
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", api.Handler())
+	mux.Handle("/", ui.New(ui.Options{
+		Source: func(ctx context.Context, q url.Values) (*profile.Profile, error) {
+			hq, err := exporter.ParseHistoryQuery(q, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			return h.Profile(ctx, hq)
+		},
+		Links:   uiLinks(selfProfiling),
+		Version: version,
+	}))
+	stop := func() {
+		cancel()
+		h.Stop()
+		if err := st.Close(); err != nil {
+			slog.Warn("closing the profile history", "err", err)
+		}
+	}
+	return mux, stop, nil
+}
+
+func uiLinks(selfProfiling bool) []ui.Link {
+	links := []ui.Link{
+		{Address: "/debug/pprof/profile?seconds=10", Text: "Live CPU profile", Description: "gzip pprof of the next N seconds of the whole host (filters: pid=, cgroup=)"},
+		{Address: "/metrics", Text: "Metrics", Description: "the agent's own metrics in Prometheus format"},
+		{Address: "/healthz", Text: "Health", Description: "200 when the agent is serving"},
+	}
+	if selfProfiling {
+		links = append(links, ui.Link{Address: "/debug/self/pprof/", Text: "Self profiling", Description: "Go pprof of cgscope itself"})
+	}
+	return links
+}
