@@ -1,0 +1,182 @@
+// Command overhead measures what cgscope costs the host it profiles and
+// compares it with perf and bpftrace sampling the same CPUs at the same
+// frequency, side by side, while two CPU-burning workloads keep both CPUs busy.
+//
+// For each tool it reports the process's own CPU time (user+sys from rusage)
+// plus the run time of its BPF programs from the kernel's bpf_stats, because
+// the kernel charges a sampler's in-interrupt work to the interrupted tasks:
+// perf's per-sample cost in particular never shows up in perf's own rusage.
+// It also times how long cgscope takes from exec to its first healthy
+// /healthz, runs the symbolizer benchmark when it exists, and writes the
+// results as a Markdown report.
+//
+// It must run as root:
+//
+//	go run ./internal/bench/overhead -cgscope bin/cgscope -out docs/benchmarks.md -duration 30s
+//
+// The tool sets kernel.bpf_stats_enabled=1 for the run and restores the old
+// value on every exit path it controls (normal return, error, panic,
+// SIGINT/SIGTERM/SIGHUP). Every child process is started with a parent-death
+// signal and is killed on exit.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	cgscope    string
+	out        string
+	duration   time.Duration
+	freqs      []int
+	readyRuns  int
+	quietWait  time.Duration
+	retries    int
+	repoDir    string
+	commandRun string
+}
+
+func main() {
+	var opt options
+	var freqs string
+	flag.StringVar(&opt.cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
+	flag.StringVar(&opt.out, "out", "docs/benchmarks.md", "Markdown report to write (overwritten)")
+	flag.DurationVar(&opt.duration, "duration", 30*time.Second, "how long the tools run side by side at each frequency")
+	flag.StringVar(&freqs, "freqs", "19,99", "comma-separated sampling frequencies in Hz")
+	flag.IntVar(&opt.readyRuns, "ready-runs", 5, "how many times to time cgscope's exec-to-healthy")
+	flag.IntVar(&opt.retries, "noisy-retries", 2, "run a frequency again up to this many times when other work crowded out the workloads; the quietest run is kept")
+	flag.DurationVar(&opt.quietWait, "quiet-wait", 5*time.Minute, "wait at most this long for the host to be idle before measuring (0: do not wait)")
+	flag.Parse()
+
+	if err := parseOptions(&opt, freqs); err != nil {
+		fmt.Fprintln(os.Stderr, "overhead:", err)
+		os.Exit(2)
+	}
+
+	// Any signal that would end us: clean up first. Children run in their own
+	// process groups, so a terminal's Ctrl-C reaches only this process.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGXCPU, syscall.SIGXFSZ)
+	// Output piped into `head` must not kill us before cleanup: with SIGPIPE
+	// notified, writes to a closed stdout or stderr fail with EPIPE instead.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	go func() {
+		s := <-sigs
+		logf("got %v: stopping children and restoring sysctl", s)
+		cleanup()
+		os.Exit(130)
+	}()
+
+	code := runGuarded(opt)
+	cleanup()
+	os.Exit(code)
+}
+
+// runGuarded runs the benchmark and turns a panic into cleanup plus a
+// non-zero exit code.
+func runGuarded(opt options) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			cleanup()
+			fmt.Fprintf(os.Stderr, "overhead: panic: %v\n", r)
+			code = 3
+		}
+	}()
+	if err := run(opt); err != nil {
+		fmt.Fprintln(os.Stderr, "overhead:", err)
+		return 1
+	}
+	return 0
+}
+
+func parseOptions(opt *options, freqs string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("must run as root (perf -a, bpftrace, bpftool and cgscope need it)")
+	}
+	if opt.duration < time.Second || opt.duration > time.Hour {
+		return fmt.Errorf("-duration %s: want 1s..1h", opt.duration)
+	}
+	if opt.quietWait < 0 || opt.quietWait > time.Hour {
+		return fmt.Errorf("-quiet-wait %s: want 0..1h", opt.quietWait)
+	}
+	if opt.retries < 0 || opt.retries > 10 {
+		return fmt.Errorf("-noisy-retries %d: want 0..10", opt.retries)
+	}
+	if opt.readyRuns < 1 || opt.readyRuns > 100 {
+		return fmt.Errorf("-ready-runs %d: want 1..100", opt.readyRuns)
+	}
+	for _, f := range strings.Split(freqs, ",") {
+		hz, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || hz < 1 || hz > 1000 {
+			return fmt.Errorf("-freqs: bad frequency %q (want 1..1000)", f)
+		}
+		opt.freqs = append(opt.freqs, hz)
+	}
+	bin, err := filepath.Abs(opt.cgscope)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(bin); err != nil || st.IsDir() {
+		return fmt.Errorf("-cgscope %s: not a file (run `make build` first)", opt.cgscope)
+	}
+	opt.cgscope = bin
+	repo, err := findRepo()
+	if err != nil {
+		return err
+	}
+	opt.repoDir = repo
+	opt.commandRun = fmt.Sprintf("go run ./internal/bench/overhead -cgscope %s -out %s -duration %s",
+		relTo(repo, bin), opt.out, opt.duration)
+	if freqs != "19,99" {
+		opt.commandRun += " -freqs " + freqs
+	}
+	if opt.quietWait != 5*time.Minute {
+		opt.commandRun += fmt.Sprintf(" -quiet-wait %s", opt.quietWait)
+	}
+	if opt.retries != 2 {
+		opt.commandRun += fmt.Sprintf(" -noisy-retries %d", opt.retries)
+	}
+	if opt.readyRuns != 5 {
+		opt.commandRun += fmt.Sprintf(" -ready-runs %d", opt.readyRuns)
+	}
+	return nil
+}
+
+// findRepo walks up from the working directory to the directory holding go.mod.
+func findRepo() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for i := 0; i < 64; i++ {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return "", fmt.Errorf("no go.mod above the working directory: run from the cgscope repository")
+}
+
+func relTo(base, p string) string {
+	if r, err := filepath.Rel(base, p); err == nil && !strings.HasPrefix(r, "..") {
+		return r
+	}
+	return p
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s overhead: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
