@@ -81,7 +81,7 @@ func benchWindow(r *rand.Rand, progs []benchProgram, zipf *rand.Zipf, start time
 	return w
 }
 
-// fillHistory stores d of benchmark windows ending at end, rollups included.
+// fillHistory stores d of benchmark windows ending at end.
 func fillHistory(b *testing.B, st store.Store, end time.Time, d time.Duration) *History {
 	r := rand.New(rand.NewPCG(1, 2))
 	progs := newBenchPrograms(r)
@@ -109,8 +109,10 @@ func benchQueryFill() time.Duration {
 
 var benchEnd = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC).Add(7*time.Minute + 3*time.Second)
 
-// BenchmarkHistoryStorage reports stored bytes per hour (windows plus
-// rollups) on disk for the model host.
+// BenchmarkHistoryStorage reports stored bytes per hour (windows plus the
+// dictionary records of their segments) on disk for the model host. The
+// store's defaults without a retention give 1 h segments, as the daemon's
+// default 24 h retention does, so the dictionary is repeated once an hour.
 func BenchmarkHistoryStorage(b *testing.B) {
 	for range b.N {
 		st, err := store.OpenDisk(store.DiskOptions{Dir: b.TempDir(), MaxBytes: 1 << 40, NoSync: true})
@@ -126,7 +128,7 @@ func BenchmarkHistoryStorage(b *testing.B) {
 }
 
 // BenchmarkHistoryQuery reports the latency of a whole-host profile over
-// the last 1 h and 24 h of a day of history, unaligned to rollup blocks.
+// the last 1 h and 24 h of a day of history, unaligned to segments.
 func BenchmarkHistoryQuery(b *testing.B) {
 	st, err := store.OpenDisk(store.DiskOptions{Dir: b.TempDir(), MaxBytes: 1 << 40, NoSync: true})
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 
 // HistoryAPI serves the history over HTTP:
 //
-//	GET /api/v1/profile?from=&to=&<filters>  merged gzip pprof
+//	GET /api/v1/profile?from=&to=&<filters>  summed gzip pprof
 //	GET /api/v1/targets?from=&to=&<filters>  CPU by cgroup and process, JSON
 type HistoryAPI struct {
 	H *History
@@ -97,9 +97,9 @@ func queryFailed(w http.ResponseWriter, r *http.Request, err error) {
 
 // historyCollector exports the History's and its store's counters.
 type historyCollector struct {
-	h                                                 *History
-	windows, bytes, appended, appendedBytes, evicted  *prometheus.Desc
-	corrupt, writeErrors, dropped, encodeErrs, rollup *prometheus.Desc
+	h                                                *History
+	windows, bytes, appended, appendedBytes, evicted *prometheus.Desc
+	corrupt, writeErrors, dropped, encodeErrs        *prometheus.Desc
 }
 
 // NewHistoryCollector returns the self-metrics of h.
@@ -109,16 +109,15 @@ func NewHistoryCollector(h *History) prometheus.Collector {
 	}
 	return &historyCollector{
 		h:             h,
-		windows:       d("records", "Records (profiling windows and rollups) held in the history store."),
+		windows:       d("records", "Records (profiling windows and their dictionary records) held in the history store."),
 		bytes:         d("bytes", "Bytes the history store holds (files on disk, or data in memory)."),
 		appended:      d("records_written_total", "Records written to the history store."),
 		appendedBytes: d("written_bytes_total", "Record bytes written to the history store."),
 		evicted:       d("records_evicted_total", "Records evicted from the history store, by reason (size, age).", "reason"),
-		corrupt:       d("corrupt_skipped_total", "Torn or corrupted records, and unreadable segment files, skipped.", "kind"),
+		corrupt:       d("corrupt_skipped_total", "Torn or corrupted records, unreadable segment files, and windows undecodable because a dictionary record they use was lost, skipped.", "kind"),
 		writeErrors:   d("write_errors_total", "Failed writes to the history store."),
 		dropped:       d("windows_dropped_total", "Profiling windows dropped because the history writer fell behind."),
 		encodeErrs:    d("encode_errors_total", "Profiling windows that could not be encoded."),
-		rollup:        d("rollups_written_total", "Rollup records (merged blocks for long ranges) written."),
 	}
 }
 
@@ -139,8 +138,8 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 	g(c.evicted, prometheus.CounterValue, float64(st.EvictedAge), "age")
 	g(c.corrupt, prometheus.CounterValue, float64(st.CorruptRecords), "record")
 	g(c.corrupt, prometheus.CounterValue, float64(st.CorruptFiles), "file")
+	g(c.corrupt, prometheus.CounterValue, float64(c.h.undecodable.Load()), "window")
 	g(c.writeErrors, prometheus.CounterValue, float64(st.WriteErrors))
 	g(c.dropped, prometheus.CounterValue, float64(c.h.dropped.Load()))
 	g(c.encodeErrs, prometheus.CounterValue, float64(c.h.encErrs.Load()))
-	g(c.rollup, prometheus.CounterValue, float64(c.h.rollups.Load()))
 }

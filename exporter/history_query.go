@@ -2,7 +2,7 @@ package exporter
 
 import (
 	"context"
-	"errors"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"net/url"
@@ -125,17 +125,16 @@ func parseTime(name, v string) (time.Time, error) {
 	return time.Unix(int64(sec), int64(frac*1e9)), nil
 }
 
-// hasFilter reports whether the query selects a subset of samples.
-func (hq *HistoryQuery) hasFilter() bool {
-	return hq.PID != 0 || hq.Comm != "" || hq.Cgroup != "" || hq.ContainerID != "" || hq.PodUID != ""
-}
-
-// sampleFilter keeps the samples a query selects. It caches the container
-// identity of each cgroup path: a query sees few distinct cgroups.
+// sampleFilter keeps the label sets a query selects. It caches the
+// container identity of each cgroup path: a query sees few distinct cgroups.
 type sampleFilter struct {
 	q          *HistoryQuery
 	mu         sync.Mutex
 	containers map[string]profiler.ContainerIdentity
+}
+
+func newSampleFilter(q *HistoryQuery) *sampleFilter {
+	return &sampleFilter{q: q, containers: map[string]profiler.ContainerIdentity{}}
 }
 
 func (f *sampleFilter) container(cgroup string) profiler.ContainerIdentity {
@@ -149,38 +148,21 @@ func (f *sampleFilter) container(cgroup string) profiler.ContainerIdentity {
 	return id
 }
 
-// apply drops the samples the query does not select and labels the rest
-// with their container, so the pprof UI can filter and group by it.
-func (f *sampleFilter) apply(p *profile.Profile) {
-	keep := p.Sample[:0]
-	for _, s := range p.Sample {
-		cg := label(s, "cgroup")
-		id := f.container(cg)
-		if !f.match(s, cg, id) {
-			continue
-		}
-		if id.ContainerID != "" {
-			s.Label["container_id"] = []string{id.ContainerID}
-		}
-		if id.PodUID != "" {
-			s.Label["pod_uid"] = []string{id.PodUID}
-		}
-		keep = append(keep, s)
-	}
-	p.Sample = keep
-}
-
-func (f *sampleFilter) match(s *profile.Sample, cg string, id profiler.ContainerIdentity) bool {
+func (f *sampleFilter) match(pid uint32, comm, cg string) bool {
 	q := f.q
-	if q.PID != 0 && numLabel(s, "pid") != int64(q.PID) {
+	if q.PID != 0 && pid != q.PID {
 		return false
 	}
-	if q.Comm != "" && label(s, "comm") != q.Comm {
+	if q.Comm != "" && comm != q.Comm {
 		return false
 	}
 	if q.Cgroup != "" && !(Filter{CgroupPrefix: q.Cgroup}).matchCgroup(cg) {
 		return false
 	}
+	if q.ContainerID == "" && q.PodUID == "" {
+		return true
+	}
+	id := f.container(cg)
 	if q.ContainerID != "" && !strings.HasPrefix(id.ContainerID, q.ContainerID) {
 		return false
 	}
@@ -195,184 +177,233 @@ func (f Filter) matchCgroup(cg string) bool {
 	return p == "" || cg == p || strings.HasPrefix(cg, p+"/")
 }
 
-func label(s *profile.Sample, key string) string {
-	if v := s.Label[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
+// rowKey is what a query sums by within one generation. Targets leave
+// stack at noStack: they never look at stacks.
+type rowKey struct{ label, stack uint32 }
+
+const noStack = ^uint32(0)
+
+type rowSum struct{ samples, nanos int64 }
+
+// genSums is the sums of one generation's selected windows.
+type genSums struct {
+	dict   *genDict
+	sums   map[rowKey]rowSum
+	period time.Duration
 }
 
-func numLabel(s *profile.Sample, key string) int64 {
-	if v := s.NumLabel[key]; len(v) > 0 {
-		return v[0]
-	}
-	return 0
+// genWork is the windows of a query in one generation.
+type genWork struct {
+	gen     uint64
+	windows []store.Meta
 }
 
-// plan picks the records that together cover [from, to) exactly once: each
-// rollup block (coarsest first, up to maxLevel) lying wholly inside the
-// range, then the windows whose start is in no chosen block. With startIn,
-// windows must start inside the range (used to build rollups, whose blocks
-// own the windows starting in them); otherwise overlapping is enough.
-func (h *History) plan(from, to time.Time, maxLevel uint8, startIn bool) []store.Meta {
-	var picked []store.Meta
-	covered := map[uint8]map[int64]bool{}
-	for level := int(min(maxLevel, uint8(len(h.levels)))); level >= 1; level-- {
-		d := h.levels[level-1]
-		covered[uint8(level)] = map[int64]bool{}
-		for _, m := range h.st.List(uint8(level), from, to) {
-			if m.Start.Before(from) || m.Start.Add(d).After(to) || isCovered(covered, h.levels, m.Start) {
-				continue
-			}
-			covered[uint8(level)][m.Start.UnixNano()] = true
-			picked = append(picked, m)
-		}
-	}
-	for _, m := range h.st.List(0, from, to) {
-		if (startIn && m.Start.Before(from)) || isCovered(covered, h.levels, m.Start) {
+// scan sums the windows of [from, to) that pass f, by label set and (with
+// byStack) stack, one generation at a time on all CPUs, and calls fn with
+// each generation's sums, one at a time. Memory is bounded by a
+// generation's dictionary and sums per worker (both bounded by what a
+// generation can hold), never by the length of the range.
+func (h *History) scan(ctx context.Context, from, to time.Time, f *sampleFilter, byStack bool, fn func(*genSums) error) error {
+	var work []genWork
+	for _, m := range h.st.List(levelWindow, from, to) {
+		if n := len(work); n > 0 && work[n-1].gen == m.Gen() {
+			work[n-1].windows = append(work[n-1].windows, m)
 			continue
 		}
-		picked = append(picked, m)
+		// A generation's windows are contiguous in time unless the clock
+		// stepped back; a second run of one is just scanned on its own.
+		work = append(work, genWork{gen: m.Gen(), windows: []store.Meta{m}})
 	}
-	return picked
-}
-
-func isCovered(covered map[uint8]map[int64]bool, levels []time.Duration, t time.Time) bool {
-	for level, blocks := range covered {
-		if blocks[t.Truncate(levels[level-1]).UnixNano()] {
-			return true
-		}
-	}
-	return false
-}
-
-// scan decodes the records of metas on all CPUs and calls fn with each
-// profile, one at a time. Channels are small, so at most a few profiles are
-// decoded ahead of fn whatever the range: memory is bounded by the profiles
-// in flight plus what fn keeps.
-func (h *History) scan(ctx context.Context, metas []store.Meta, fn func(*profile.Profile) error) error {
-	workers := max(runtime.GOMAXPROCS(0), 1)
-	raw := make(chan []byte, workers)
-	decoded := make(chan *profile.Profile, workers)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	var loadErr error
-	go func() {
-		defer close(raw)
-		loadErr = h.st.Load(metas, func(_ store.Meta, b []byte) error {
-			select {
-			case raw <- b:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
+	jobs := make(chan genWork)
+	results := make(chan *genSums)
 	var wg sync.WaitGroup
-	var decodeErrs sync.Map
-	for range workers {
+	for range min(max(runtime.GOMAXPROCS(0), 1), len(work)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for b := range raw {
-				p, err := decodeProfile(b)
+			for gw := range jobs {
+				gs, err := h.sumGen(ctx, gw, f, byStack)
 				if err != nil {
-					decodeErrs.Store(err.Error(), true)
-					continue
+					continue // ctx is done: the loop below returns its error
 				}
 				select {
-				case decoded <- p:
+				case results <- gs:
 				case <-ctx.Done():
 				}
 			}
 		}()
 	}
-	go func() { wg.Wait(); close(decoded) }()
-
+	go func() {
+		defer close(jobs)
+		for _, gw := range work {
+			select {
+			case jobs <- gw:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(results) }()
 	var fnErr error
-	for p := range decoded {
-		if fnErr == nil {
-			if fnErr = fn(p); fnErr != nil {
+	for gs := range results {
+		if fnErr == nil && ctx.Err() == nil {
+			if fnErr = fn(gs); fnErr != nil {
 				cancel()
 			}
 		}
 	}
-	decodeErrs.Range(func(k, _ any) bool {
-		h.log.Warn("history: skipping undecodable record", "err", k)
-		return true
-	})
 	if fnErr != nil {
 		return fnErr
-	}
-	if loadErr != nil && !errors.Is(loadErr, context.Canceled) {
-		return loadErr
 	}
 	return ctx.Err()
 }
 
-// mergeBatch is how many profiles are merged at once: merging in batches
-// is much faster than one by one, and bounds what is held meanwhile.
-const mergeBatch = 32
-
-// merger merges profiles in batches into one.
-type merger struct {
-	acc   *profile.Profile
-	batch []*profile.Profile
-}
-
-func (m *merger) add(p *profile.Profile) error {
-	m.batch = append(m.batch, p)
-	if len(m.batch) < mergeBatch {
-		return nil
+// sumGen loads one generation's dictionary, then sums its windows. Windows
+// that cannot be decoded (a lost dictionary record, a malformed record) are
+// skipped and counted.
+func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, byStack bool) (*genSums, error) {
+	d := newGenDict()
+	var dictErrs int
+	// Listed after the windows: a snapshot that covers every dictionary
+	// record the listed windows can depend on.
+	err := h.st.Load(h.st.ListGen(gw.gen, levelDict), func(_ store.Meta, b []byte) error {
+		if err := d.add(b); err != nil {
+			dictErrs++
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, err
 	}
-	return m.flush()
-}
-
-func (m *merger) flush() error {
-	if len(m.batch) == 0 {
-		return nil
+	gs := &genSums{dict: d, sums: map[rowKey]rowSum{}}
+	keep := make([]int8, len(d.labels)) // 0 unknown, 1 keep, -1 drop
+	var rows windowRows
+	var bad int
+	var lastErr error
+	err = h.st.Load(gw.windows, func(_ store.Meta, b []byte) error {
+		if err := decodeWindow(b, d, &rows); err != nil {
+			bad++
+			lastErr = err
+			return ctx.Err()
+		}
+		if rows.period > 0 {
+			gs.period = rows.period
+		}
+		for i, l := range rows.labels {
+			if keep[l] == 0 {
+				lr := d.labels[l]
+				keep[l] = -1
+				if f.match(lr.pid, d.strs[lr.comm], d.strs[lr.cgroup]) {
+					keep[l] = 1
+				}
+			}
+			if keep[l] < 0 {
+				continue
+			}
+			k := rowKey{l, noStack}
+			if byStack {
+				k.stack = rows.stacks[i]
+			}
+			s := gs.sums[k]
+			s.samples += int64(rows.counts[i])
+			s.nanos += int64(rows.counts[i]) * int64(rows.period)
+			gs.sums[k] = s
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, err
 	}
-	if m.acc != nil {
-		m.batch = append(m.batch, m.acc)
+	if bad > 0 {
+		h.undecodable.Add(uint64(bad))
+		h.log.Warn("history: skipping undecodable windows", "windows", bad, "lost_dictionary_records", dictErrs, "err", lastErr)
 	}
-	var err error
-	m.acc, err = profile.Merge(m.batch)
-	m.batch = m.batch[:0]
-	return err
+	return gs, nil
 }
 
-// result returns the merged profile, nil when nothing was added.
-func (m *merger) result() (*profile.Profile, error) {
-	err := m.flush()
-	return m.acc, err
+// profileSink builds the answer of Profile from generation sums: frames
+// become pprof locations as BuildProfile makes them, and equal samples from
+// several generations become one.
+type profileSink struct {
+	b       *profileBuilder
+	f       *sampleFilter
+	samples map[string]*profile.Sample
+	key     []byte
 }
 
-// Profile returns the merged profile of the query's range and filters.
+func (ps *profileSink) add(gs *genSums) error {
+	d := gs.dict
+	if gs.period > 0 {
+		ps.b.p.Period = int64(gs.period)
+	}
+	locs := map[uint32][]*profile.Location{} // this generation's stacks
+	for k, s := range gs.sums {
+		ls, ok := locs[k.stack]
+		if !ok {
+			st := d.stacks[k.stack]
+			ls = make([]*profile.Location, len(st))
+			for i, fid := range st {
+				fr := d.symFrame(fid)
+				ls[i] = ps.b.location(&fr)
+			}
+			locs[k.stack] = ls
+		}
+		lr := d.labels[k.label]
+		comm, cg := d.strs[lr.comm], d.strs[lr.cgroup]
+		key := ps.key[:0]
+		key = binary.AppendUvarint(key, uint64(lr.pid))
+		key = binary.AppendUvarint(key, uint64(lr.tid))
+		key = binary.AppendUvarint(key, uint64(len(comm)))
+		key = append(key, comm...)
+		key = binary.AppendUvarint(key, uint64(len(cg)))
+		key = append(key, cg...)
+		for _, l := range ls {
+			key = binary.AppendUvarint(key, l.ID)
+		}
+		ps.key = key
+		if existing, ok := ps.samples[string(key)]; ok {
+			existing.Value[0] += s.samples
+			existing.Value[1] += s.nanos
+			continue
+		}
+		smp := &profile.Sample{
+			Location: ls,
+			Value:    []int64{s.samples, s.nanos},
+			Label:    map[string][]string{"comm": {comm}, "cgroup": {cg}},
+			NumLabel: map[string][]int64{"pid": {int64(lr.pid)}, "tid": {int64(lr.tid)}},
+		}
+		// The container, so the pprof UI can filter and group by it.
+		id := ps.f.container(cg)
+		if id.ContainerID != "" {
+			smp.Label["container_id"] = []string{id.ContainerID}
+		}
+		if id.PodUID != "" {
+			smp.Label["pod_uid"] = []string{id.PodUID}
+		}
+		ps.samples[string(key)] = smp
+		ps.b.p.Sample = append(ps.b.p.Sample, smp)
+	}
+	return nil
+}
+
+// Profile returns the profile of the query's range and filters: the sum of
+// the windows overlapping it.
 func (h *History) Profile(ctx context.Context, q HistoryQuery) (*profile.Profile, error) {
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer h.release()
-	f := &sampleFilter{q: &q, containers: map[string]profiler.ContainerIdentity{}}
-	var m merger
-	err := h.scan(ctx, h.plan(q.From, q.To, uint8(len(h.levels)), false), func(p *profile.Profile) error {
-		f.apply(p)
-		return m.add(p)
-	})
-	if err != nil {
+	f := newSampleFilter(&q)
+	ps := &profileSink{b: newProfileBuilder(), f: f, samples: map[string]*profile.Sample{}}
+	if err := h.scan(ctx, q.From, q.To, f, true, ps.add); err != nil {
 		return nil, err
 	}
-	acc, err := m.result()
-	if err != nil {
-		return nil, err
-	}
-	if acc == nil {
-		acc = BuildProfile(nil, Filter{})
-	}
-	acc.TimeNanos = q.From.UnixNano()
-	acc.DurationNanos = q.To.Sub(q.From).Nanoseconds()
-	return acc, nil
+	p := ps.b.p
+	p.TimeNanos = q.From.UnixNano()
+	p.DurationNanos = q.To.Sub(q.From).Nanoseconds()
+	return p, nil
 }
 
 func (h *History) acquire(ctx context.Context) error {

@@ -4,10 +4,6 @@ import (
 	"context"
 	"sort"
 	"time"
-
-	"github.com/google/pprof/profile"
-
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // Targets is the answer of /api/v1/targets: who burnt CPU in a range.
@@ -45,25 +41,27 @@ type tally struct{ samples, cpuNanos int64 }
 const MaxTargets = 500
 
 // Targets sums the query's samples by process and by cgroup. It reads the
-// same records as Profile but keeps only the sums, never the stacks.
+// same windows as Profile but sums by label set only, never touching a
+// stack.
 func (h *History) Targets(ctx context.Context, q HistoryQuery) (*Targets, error) {
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer h.release()
-	f := &sampleFilter{q: &q, containers: map[string]profiler.ContainerIdentity{}}
+	f := newSampleFilter(&q)
 	procs := map[processKey]*tally{}
 	cgroups := map[string]*tally{}
 	res := &Targets{From: q.From, To: q.To, Cgroups: []Target{}, Processes: []Target{}}
 	var cpuNanos int64
-	err := h.scan(ctx, h.plan(q.From, q.To, uint8(len(h.levels)), false), func(p *profile.Profile) error {
-		f.apply(p)
-		for _, s := range p.Sample {
-			k := processKey{uint32(numLabel(s, "pid")), label(s, "comm"), label(s, "cgroup")}
-			add(procs, k, s)
-			add(cgroups, k.cgroup, s)
-			res.TotalSamples += s.Value[0]
-			cpuNanos += s.Value[1]
+	err := h.scan(ctx, q.From, q.To, f, false, func(gs *genSums) error {
+		d := gs.dict
+		for k, s := range gs.sums {
+			lr := d.labels[k.label]
+			pk := processKey{lr.pid, d.strs[lr.comm], d.strs[lr.cgroup]}
+			add(procs, pk, s)
+			add(cgroups, pk.cgroup, s)
+			res.TotalSamples += s.samples
+			cpuNanos += s.nanos
 		}
 		return nil
 	})
@@ -82,14 +80,14 @@ func (h *History) Targets(ctx context.Context, q HistoryQuery) (*Targets, error)
 	return res, nil
 }
 
-func add[K comparable](m map[K]*tally, k K, s *profile.Sample) {
+func add[K comparable](m map[K]*tally, k K, s rowSum) {
 	t := m[k]
 	if t == nil {
 		t = &tally{}
 		m[k] = t
 	}
-	t.samples += s.Value[0]
-	t.cpuNanos += s.Value[1]
+	t.samples += s.samples
+	t.cpuNanos += s.nanos
 }
 
 func (f *sampleFilter) target(k processKey, t *tally, total int64) Target {

@@ -20,8 +20,10 @@ type DiskOptions struct {
 	Retention time.Duration // records ending before now-Retention are deleted
 	MaxBytes  int64         // total size of the segment files
 	// SegmentBytes and SegmentSpan bound one segment file: eviction deletes
-	// whole segments, so they set its granularity. Zero picks MaxBytes/16
-	// (at least 64 KiB, at most 64 MiB) and Retention/24 (at least 1 min).
+	// whole segments, so they set its granularity. A segment is also one
+	// generation (see AppendFunc), so the writer repeats per segment what its
+	// records share. Zero picks MaxBytes/16 (at least 64 KiB, at most
+	// 64 MiB) and Retention/24 (at least 1 min; 1 h without a retention).
 	SegmentBytes int64
 	SegmentSpan  time.Duration
 	// NoSync skips fsync after each record (benchmarks only).
@@ -30,11 +32,13 @@ type DiskOptions struct {
 	Logger *slog.Logger
 }
 
-// Disk is an append-only store of segment files in one directory. Records
-// are written with one write and an fsync each, and segments are never
-// rewritten: a crash tears at most the record being written, which the next
-// start skips. An index of every record lives in memory (a few dozen bytes
-// per record) so queries read only the records they need.
+// Disk is an append-only store of segment files in one directory. Each
+// segment is one generation. A group of records (AppendFunc) is written with
+// one write and an fsync, and segments are never rewritten: a crash tears at
+// most the group being written, which the next start skips. After a
+// restart, or a failed write, appends continue in a new segment. An index of
+// every record lives in memory (a few dozen bytes per record) so queries
+// read only the records they need.
 type Disk struct {
 	opts DiskOptions
 	log  *slog.Logger
@@ -42,6 +46,7 @@ type Disk struct {
 	mu       sync.RWMutex
 	segments []*segment // oldest first; the last one may be active
 	active   *os.File   // open for append, belongs to the last segment
+	nextGen  uint64
 	bytes    int64
 	closed   bool
 	c        counters
@@ -49,6 +54,7 @@ type Disk struct {
 
 // segment is one file and the index of its valid records.
 type segment struct {
+	gen     uint64
 	path    string
 	size    int64
 	maxEnd  time.Time
@@ -71,9 +77,12 @@ func OpenDisk(opts DiskOptions) (*Disk, error) {
 		opts.SegmentBytes = min(max(opts.MaxBytes/16, 64<<10), 64<<20)
 	}
 	if opts.SegmentSpan <= 0 {
-		opts.SegmentSpan = max(opts.Retention/24, time.Minute)
+		opts.SegmentSpan = time.Hour
+		if opts.Retention > 0 {
+			opts.SegmentSpan = max(opts.Retention/24, time.Minute)
+		}
 	}
-	d := &Disk{opts: opts, log: opts.Logger}
+	d := &Disk{opts: opts, log: opts.Logger, nextGen: 1}
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -109,6 +118,13 @@ func (d *Disk) loadSegments() error {
 		d.bytes += seg.size
 	}
 	sort.Slice(d.segments, func(i, j int) bool { return segmentID(d.segments[i]) < segmentID(d.segments[j]) })
+	for _, seg := range d.segments {
+		seg.gen = d.nextGen
+		d.nextGen++
+		for i := range seg.records {
+			seg.records[i].loc.gen = seg.gen
+		}
+	}
 	return nil
 }
 
@@ -153,7 +169,7 @@ func (d *Disk) indexSegment(path string) (*segment, error) {
 }
 
 func (s *segment) add(m Meta, off int64, size int) {
-	m.loc = locator{seg: s, off: off, size: size}
+	m.loc = locator{gen: s.gen, seg: s, off: off, size: size}
 	s.records = append(s.records, m)
 	if m.End.After(s.maxEnd) {
 		s.maxEnd = m.End
@@ -162,27 +178,63 @@ func (s *segment) add(m Meta, off int64, size int) {
 
 // Append implements Store: one write and one fsync per record.
 func (d *Disk) Append(r Record) error {
+	return d.AppendFunc(func(uint64) ([]Record, error) { return []Record{r}, nil })
+}
+
+// AppendFunc implements Store: one write and one fsync per group.
+func (d *Disk) AppendFunc(build func(gen uint64) ([]Record, error)) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return ErrClosed
 	}
-	if err := d.appendLocked(r); err != nil {
+	var buf []byte
+	var recs []Record
+	if d.active != nil {
+		seg := d.segments[len(d.segments)-1]
+		var err error
+		if recs, err = build(seg.gen); err != nil {
+			return err
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		buf = encodeRecords(recs)
+		first := seg.records[0].Start
+		if seg.size+int64(len(buf)) > d.opts.SegmentBytes || recs[0].Start.Sub(first) >= d.opts.SegmentSpan {
+			d.closeActiveLocked()
+		}
+	}
+	if d.active == nil {
+		gen := d.nextGen
+		d.nextGen++ // never reused, even if creating the segment fails
+		var err error
+		if recs, err = build(gen); err != nil {
+			return err
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		buf = encodeRecords(recs)
+		if err := d.createSegmentLocked(recs[0].Start, gen); err != nil {
+			d.c.writeErrors.Add(1)
+			return err
+		}
+	}
+	if err := d.writeLocked(recs, buf); err != nil {
 		d.c.writeErrors.Add(1)
 		d.closeActiveLocked() // the tail may be torn: continue in a fresh segment
 		return err
 	}
-	d.c.appended.Add(1)
-	d.c.appendedBytes.Add(uint64(len(r.Data)))
+	d.c.appended.Add(uint64(len(recs)))
+	d.c.appendedBytes.Add(uint64(groupBytes(recs)))
 	d.enforceLocked()
 	return nil
 }
 
-func (d *Disk) appendLocked(r Record) error {
-	buf := encodeRecord(r)
-	if err := d.rollLocked(r, int64(len(buf))); err != nil {
-		return err
-	}
+// writeLocked writes the encoded group buf of recs to the active segment
+// and indexes its records.
+func (d *Disk) writeLocked(recs []Record, buf []byte) error {
 	seg := d.segments[len(d.segments)-1]
 	if _, err := d.active.Write(buf); err != nil {
 		return fmt.Errorf("store: writing %s: %w", seg.path, err)
@@ -192,27 +244,17 @@ func (d *Disk) appendLocked(r Record) error {
 			return fmt.Errorf("store: syncing %s: %w", seg.path, err)
 		}
 	}
-	seg.add(r.Meta, seg.size, len(r.Data))
-	seg.size += int64(len(buf))
-	d.bytes += int64(len(buf))
+	off := seg.size
+	for _, r := range recs {
+		seg.add(r.Meta, off, len(r.Data))
+		off += int64(headerSize + len(r.Data))
+	}
+	d.bytes += off - seg.size
+	seg.size = off
 	return nil
 }
 
-// rollLocked starts a new segment when there is none open or the open one
-// would grow past SegmentBytes or SegmentSpan.
-func (d *Disk) rollLocked(r Record, n int64) error {
-	if d.active != nil {
-		seg := d.segments[len(d.segments)-1]
-		first := seg.records[0].Start
-		if seg.size+n <= d.opts.SegmentBytes && r.Start.Sub(first) < d.opts.SegmentSpan {
-			return nil
-		}
-		d.closeActiveLocked()
-	}
-	return d.createSegmentLocked(r.Start)
-}
-
-func (d *Disk) createSegmentLocked(start time.Time) error {
+func (d *Disk) createSegmentLocked(start time.Time, gen uint64) error {
 	id := start.UnixNano()
 	for {
 		path := filepath.Join(d.opts.Dir, fmt.Sprintf("%s%016x%s", segmentPrefix, id, segmentSuffix))
@@ -231,7 +273,7 @@ func (d *Disk) createSegmentLocked(start time.Time) error {
 		}
 		d.syncDir()
 		d.active = f
-		d.segments = append(d.segments, &segment{path: path, size: int64(len(segmentMagic))})
+		d.segments = append(d.segments, &segment{gen: gen, path: path, size: int64(len(segmentMagic))})
 		d.bytes += int64(len(segmentMagic))
 		return nil
 	}
@@ -298,6 +340,25 @@ func (d *Disk) List(level uint8, from, to time.Time) []Meta {
 	}
 	sortMetas(out)
 	return out
+}
+
+// ListGen implements Store.
+func (d *Disk) ListGen(gen uint64, level uint8) []Meta {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, seg := range d.segments {
+		if seg.gen != gen {
+			continue
+		}
+		var out []Meta
+		for _, r := range seg.records {
+			if r.Level == level {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	return nil
 }
 
 // Load implements Store. It opens each segment once per run of consecutive

@@ -49,6 +49,18 @@ func encodeRecord(r Record) []byte {
 	return buf
 }
 
+// encodeRecords encodes a group of records into one buffer, for one write.
+func encodeRecords(recs []Record) []byte {
+	if len(recs) == 1 {
+		return encodeRecord(recs[0])
+	}
+	var buf []byte
+	for _, r := range recs {
+		buf = append(buf, encodeRecord(r)...)
+	}
+	return buf
+}
+
 // header is a parsed record header.
 type header struct {
 	level      uint8

@@ -1,13 +1,19 @@
 // Package store keeps cgscope's recent profile history: opaque, already
-// encoded records (one per profiling window, plus coarser rollups) indexed
-// by time and level. It knows nothing about pprof; the exporter decides what
-// a record holds.
+// encoded records indexed by time and level. It knows nothing about pprof;
+// the exporter decides what a record holds and what its levels mean.
+//
+// Records live in generations: a segment file on Disk, a run of records of
+// bounded size in Memory. A generation is evicted whole, never in part, so a
+// writer may make records depend on earlier records of the same generation
+// (the exporter keeps a dictionary of stacks per generation). AppendFunc
+// tells the writer which generation its records go into, and ListGen finds
+// the records of one generation.
 //
 // Two implementations share one contract: Memory, bounded by bytes with the
-// oldest records evicted first, and Disk, append-only segment files bounded
-// by age and size. Every record carries a CRC, so a torn or corrupted record
-// on disk is skipped and counted instead of poisoning a query or the
-// daemon's start.
+// oldest generations evicted first, and Disk, append-only segment files
+// bounded by age and size. Every record carries a CRC, so a torn or
+// corrupted record on disk is skipped and counted instead of poisoning a
+// query or the daemon's start.
 package store
 
 import (
@@ -25,8 +31,9 @@ type Record struct {
 
 // Meta describes a record without its data.
 type Meta struct {
-	// Level 0 is a profiling window; higher levels are rollups the caller
-	// builds from lower ones.
+	// Level is the caller's kind of record (the exporter uses one level for
+	// profiling windows, another for dictionary records); the store only
+	// filters by it.
 	Level      uint8
 	Start, End time.Time
 
@@ -34,7 +41,13 @@ type Meta struct {
 	loc locator
 }
 
+// Gen returns the generation the record belongs to. Generation ids are
+// unique within one opened store and never reused; they are not persisted
+// (a restarted Disk numbers its segments afresh).
+func (m Meta) Gen() uint64 { return m.loc.gen }
+
 type locator struct {
+	gen  uint64
 	seg  *segment
 	off  int64
 	size int
@@ -51,6 +64,17 @@ func (m Meta) Overlaps(from, to time.Time) bool {
 type Store interface {
 	// Append stores r. Records of a level are appended in start order.
 	Append(r Record) error
+	// AppendFunc appends the records build returns, in order, to one
+	// generation: the one whose id build is called with. build may be called
+	// twice (when the records do not fit the open generation, again with a
+	// new one), so it must return records meant for exactly the generation
+	// it is given. On Disk the records reach the file in one write and one
+	// fsync: a crash tears at most this group. An error from build is
+	// returned and nothing is written.
+	AppendFunc(build func(gen uint64) ([]Record, error)) error
+	// ListGen returns the metadata of the records of level in generation
+	// gen, in append order (empty once the generation is evicted).
+	ListGen(gen uint64, level uint8) []Meta
 	// List returns the metadata of the records of level overlapping
 	// [from, to), sorted by start.
 	List(level uint8, from, to time.Time) []Meta
@@ -69,7 +93,7 @@ type Stats struct {
 	Records, Bytes int64 // held now
 	Appended       uint64
 	AppendedBytes  uint64
-	EvictedSize    uint64 // records evicted to stay under the size limit
+	EvictedSize    uint64 // records evicted to stay under the size limit (whole generations)
 	EvictedAge     uint64 // records evicted past the retention
 	CorruptRecords uint64 // torn or corrupted records skipped
 	CorruptFiles   uint64 // unreadable segment files skipped
@@ -95,6 +119,15 @@ func (c *counters) fill(s *Stats) {
 	s.CorruptRecords = c.corruptRecords.Load()
 	s.CorruptFiles = c.corruptFiles.Load()
 	s.WriteErrors = c.writeErrors.Load()
+}
+
+// groupBytes is the stored size of a group of records.
+func groupBytes(recs []Record) int64 {
+	var n int64
+	for _, r := range recs {
+		n += int64(len(r.Data))
+	}
+	return n
 }
 
 func sortMetas(ms []Meta) {

@@ -248,3 +248,58 @@ func ExampleMemory() {
 	})
 	// Output: 2026-03-01T03:00:00Z profile
 }
+
+// A group lands whole in one generation, build learns which, and a new
+// generation starts when the group does not fit the open one; Memory evicts
+// whole generations and Disk starts a new one after a restart.
+func TestGenerations(t *testing.T) {
+	dir := t.TempDir()
+	for name, s := range map[string]Store{
+		"memory": NewMemory(6400), // generations of 400 bytes: two groups
+		"disk":   openDisk(t, dir, DiskOptions{SegmentBytes: 8 + 4*(headerSize+100)}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			var gens []uint64
+			for i := 0; i < 80; i += 2 {
+				err := s.AppendFunc(func(gen uint64) ([]Record, error) {
+					gens = append(gens, gen)
+					dict := window(i, 100)
+					dict.Level = 7
+					return []Record{dict, window(i+1, 100)}, nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			from, to := all()
+			ws := s.List(0, from, to)
+			if len(ws) < 2 || ws[0].Gen() == ws[len(ws)-1].Gen() {
+				t.Fatalf("want windows in several generations: %d windows", len(ws))
+			}
+			for _, w := range ws {
+				dicts := s.ListGen(w.Gen(), 7)
+				found := false
+				for _, d := range dicts {
+					found = found || d.Start.Equal(w.Start.Add(-10*time.Second))
+				}
+				if !found {
+					t.Fatalf("window at %v: its group's first record is not in generation %d", w.Start, w.Gen())
+				}
+			}
+			if got := gens[len(gens)-1]; got != ws[len(ws)-1].Gen() {
+				t.Fatalf("last build saw generation %d, records are in %d", got, ws[len(ws)-1].Gen())
+			}
+			if st := s.Stats(); name == "memory" && (st.EvictedSize == 0 || st.EvictedSize%2 != 0 || st.Bytes > 6400) {
+				t.Fatalf("memory evicts whole generations: %+v", st)
+			}
+		})
+	}
+	d := openDisk(t, dir, DiskOptions{SegmentBytes: 1 << 20})
+	from, to := all()
+	before := d.List(0, from, to)
+	d.Append(window(100, 100))
+	after := d.List(0, from, to)
+	if after[len(after)-1].Gen() == before[len(before)-1].Gen() {
+		t.Fatal("append after a restart went into an old generation")
+	}
+}

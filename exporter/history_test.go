@@ -1,0 +1,211 @@
+package exporter
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/google/pprof/profile"
+
+	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/internal/store"
+)
+
+func testWindows(n int, start time.Time) []*pipeline.Window {
+	r := rand.New(rand.NewPCG(3, 4))
+	progs := newBenchPrograms(r)
+	zipf := rand.NewZipf(r, 1.3, 1, benchStacks-1)
+	var ws []*pipeline.Window
+	for i := range n {
+		ws = append(ws, benchWindow(r, progs, zipf, start.Add(time.Duration(i)*benchInterval)))
+	}
+	return ws
+}
+
+func writeAll(t *testing.T, st store.Store, ws []*pipeline.Window) *History {
+	t.Helper()
+	h := NewHistory(HistoryOptions{Store: st, QueueSize: 1})
+	h.Start()
+	for _, w := range ws {
+		h.queue <- w
+	}
+	h.Stop()
+	return h
+}
+
+// canon renders a profile as sorted "labels;frames value" lines, so two
+// profiles with the same samples compare equal whatever their ids.
+func canon(p *profile.Profile, withContainer bool) []string {
+	m := map[string][2]int64{}
+	for _, s := range p.Sample {
+		k := fmt.Sprintf("%d/%d/%s/%s", s.NumLabel["pid"][0], s.NumLabel["tid"][0], s.Label["comm"][0], s.Label["cgroup"][0])
+		if withContainer {
+			k += fmt.Sprint(s.Label["container_id"], s.Label["pod_uid"])
+		}
+		for _, l := range s.Location {
+			k += fmt.Sprintf(";%x", l.Address)
+			if l.Mapping != nil {
+				k += "@" + l.Mapping.File + "#" + l.Mapping.BuildID
+			}
+			for _, ln := range l.Line {
+				k += fmt.Sprintf(":%s:%s:%d", ln.Function.Name, ln.Function.Filename, ln.Line)
+			}
+		}
+		v := m[k]
+		v[0] += s.Value[0]
+		v[1] += s.Value[1]
+		m[k] = v
+	}
+	var out []string
+	for k, v := range m {
+		out = append(out, fmt.Sprintf("%s %d %d", k, v[0], v[1]))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sameLines(t *testing.T, got, want []string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("got %d distinct samples, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("sample %d:\n got %s\nwant %s", i, got[i], want[i])
+		}
+	}
+}
+
+// The stored windows sum back to exactly what BuildProfile makes of them,
+// across generations (small segments force several dictionaries), for the
+// memory and the disk store, with and without filters.
+func TestHistoryRoundTrip(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(30, start)
+	disk, err := store.OpenDisk(store.DiskOptions{Dir: t.TempDir(), MaxBytes: 1 << 30, SegmentBytes: 64 << 10, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	for name, st := range map[string]store.Store{"memory": store.NewMemory(4 << 20), "disk": disk} {
+		t.Run(name, func(t *testing.T) {
+			h := writeAll(t, st, ws)
+			gens := map[uint64]bool{}
+			for _, m := range st.List(levelWindow, start, start.Add(time.Hour)) {
+				gens[m.Gen()] = true
+			}
+			if len(gens) < 2 {
+				t.Fatalf("want several generations, got %d (%+v)", len(gens), st.Stats())
+			}
+			if len(st.List(levelWindow, start, start.Add(time.Hour))) != len(ws) {
+				t.Fatalf("windows were evicted; raise the limit (%d, %+v)", len(st.List(levelWindow, start, start.Add(time.Hour))), st.Stats())
+			}
+			q := HistoryQuery{From: start.Add(25 * time.Second), To: start.Add(255 * time.Second)}
+			got, err := h.Profile(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := BuildProfile(ws[2:26], Filter{})
+			sameLines(t, canon(got, false), canon(want, false))
+			if err := got.CheckValid(); err != nil {
+				t.Fatal(err)
+			}
+
+			q.PID = ws[3].Samples[0].PID
+			got, err = h.Profile(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameLines(t, canon(got, false), canon(BuildProfile(ws[2:26], Filter{PID: q.PID}), false))
+
+			tg, err := h.Targets(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var total int64
+			for _, s := range got.Sample {
+				total += s.Value[0]
+			}
+			if tg.TotalSamples != total || len(tg.Processes) != 1 || tg.Processes[0].PID != q.PID || tg.Processes[0].ContainerID == "" {
+				t.Fatalf("targets %+v, want one process with %d samples", tg, total)
+			}
+		})
+	}
+}
+
+// A corrupt dictionary record makes the windows that use it undecodable:
+// they are skipped and counted, the others still answer, nothing crashes.
+func TestHistoryLostDictionary(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(12, start)
+	dir := t.TempDir()
+	st, err := store.OpenDisk(store.DiskOptions{Dir: dir, MaxBytes: 1 << 30, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAll(t, st, ws)
+	dicts := st.List(levelDict, start, start.Add(time.Hour))
+	if len(dicts) < 2 {
+		t.Fatalf("want several dictionary records, got %d", len(dicts))
+	}
+	st.Close()
+	// Flip a byte in the middle of the second dictionary record's data: it
+	// fails its CRC and is skipped on open.
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.cgs"))
+	b, _ := os.ReadFile(segs[0])
+	off := indexOfRecord(t, b, 1)
+	b[off+40] ^= 0xff
+	os.WriteFile(segs[0], b, 0o600)
+
+	st, err = store.OpenDisk(store.DiskOptions{Dir: dir, MaxBytes: 1 << 30, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h := NewHistory(HistoryOptions{Store: st})
+	p, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckValid(); err != nil {
+		t.Fatal(err)
+	}
+	if h.undecodable.Load() == 0 || len(p.Sample) == 0 {
+		t.Fatalf("undecodable %d, samples %d: want some windows skipped, some kept", h.undecodable.Load(), len(p.Sample))
+	}
+	if st.Stats().CorruptRecords != 1 {
+		t.Fatalf("stats %+v", st.Stats())
+	}
+	// The first window only uses the first dictionary record.
+	first, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(benchInterval)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, canon(first, false), canon(BuildProfile(ws[:1], Filter{}), false))
+}
+
+// indexOfRecord returns the offset of the data of the i-th dictionary
+// record in a segment: records alternate dictionary, window while every
+// window adds something (true for the first few of the bench data).
+func indexOfRecord(t *testing.T, b []byte, i int) int {
+	t.Helper()
+	const headerSize, magic = 32, 8
+	off, dict := magic, 0
+	for off+headerSize <= len(b) {
+		size := int(b[off+24]) | int(b[off+25])<<8 | int(b[off+26])<<16 | int(b[off+27])<<24
+		if b[off+4] == levelDict {
+			if dict == i {
+				return off + headerSize
+			}
+			dict++
+		}
+		off += headerSize + size
+	}
+	t.Fatal("no such record")
+	return 0
+}
