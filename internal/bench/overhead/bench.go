@@ -131,6 +131,11 @@ func run(opt options) error {
 		return fmt.Errorf("bpftool is needed to read BPF run time: %w", err)
 	}
 
+	// Two benchmarks at once would disturb each other's figures and fight
+	// over the sysctl.
+	if err := lockBench(15 * time.Minute); err != nil {
+		return err
+	}
 	rep.quiet = waitQuiet(opt.quietWait)
 
 	logf("building the workload")

@@ -317,3 +317,41 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// benchLock is held for the life of the process (the kernel drops it at
+// exit, however the process ends).
+var benchLock *os.File
+
+// lockBench takes an exclusive lock shared by all runs of this tool on the
+// host, waiting at most maxWait for another run to finish.
+func lockBench(maxWait time.Duration) error {
+	dir := "/run/lock"
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		dir = os.TempDir()
+	}
+	path := dir + "/cgscope-bench.lock"
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	deadline := time.Now().Add(maxWait)
+	for i := 0; ; i++ {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			benchLock = f
+			return nil
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			f.Close()
+			return fmt.Errorf("locking %s: %w", path, err)
+		}
+		if !time.Now().Before(deadline) {
+			f.Close()
+			return fmt.Errorf("another overhead benchmark still holds %s after %v", path, maxWait)
+		}
+		if i == 0 {
+			logf("another overhead benchmark is running (%s): waiting up to %v", path, maxWait)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
