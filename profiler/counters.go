@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/cgscope/cgscope/bpf"
@@ -56,6 +57,8 @@ type CountersConfig struct {
 	Collectors map[string]bool
 	// CgroupRoot is the cgroup2 mount, where cgroup_skb programs attach.
 	CgroupRoot string
+	// BTF, when set, is the parsed kernel BTF shared with other loads.
+	BTF *btf.Cache
 }
 
 // CollectorStatus says whether a collector runs, and why not.
@@ -100,7 +103,10 @@ func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCo
 	spec.Maps[bpf.CgroupStatsMapActiveSockets].MaxEntries = uint32(cfg.MaxSockets)
 
 	c := &CgroupCounters{programs: map[string]*ebpf.Program{}}
-	if err := spec.LoadAndAssign(&c.maps, nil); err != nil {
+	if cfg.BTF == nil {
+		cfg.BTF = btf.NewCache() // one parse of the kernel BTF for every collector
+	}
+	if err := spec.LoadAndAssign(&c.maps, &ebpf.CollectionOptions{Cache: cfg.BTF}); err != nil {
 		return nil, fmt.Errorf("%w: creating per-cgroup counter maps: %v", ErrPreflight, err)
 	}
 	shared := map[string]*ebpf.Map{
@@ -115,7 +121,7 @@ func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCo
 		case !cfg.Collectors[name]:
 			st.Reason = "disabled by flag"
 		default:
-			if err := c.startCollector(spec, shared, name, cfg.CgroupRoot); err != nil {
+			if err := c.startCollector(spec, shared, name, cfg); err != nil {
 				st.Reason = err.Error()
 				slog.Warn("collector disabled: the kernel lacks what it needs; the others keep running",
 					"collector", name, "err", err)
@@ -128,20 +134,20 @@ func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCo
 	return c, nil
 }
 
-func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, name, cgroupRoot string) error {
+func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, name string, cfg CountersConfig) error {
 	only := spec.Copy()
 	for prog := range only.Programs {
 		if !slices.Contains(collectorPrograms[name], prog) {
 			delete(only.Programs, prog)
 		}
 	}
-	coll, err := ebpf.NewCollectionWithOptions(only, ebpf.CollectionOptions{MapReplacements: shared})
+	coll, err := ebpf.NewCollectionWithOptions(only, ebpf.CollectionOptions{MapReplacements: shared, Cache: cfg.BTF})
 	if err != nil {
 		return fmt.Errorf("loading: %w", err)
 	}
 	var links []link.Link
 	for _, prog := range collectorPrograms[name] {
-		l, err := attachCounterProgram(spec.Programs[prog], coll.Programs[prog], cgroupRoot)
+		l, err := attachCounterProgram(spec.Programs[prog], coll.Programs[prog], cfg.CgroupRoot)
 		if err != nil {
 			for _, l := range links {
 				l.Close()

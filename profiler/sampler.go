@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,9 @@ type Config struct {
 	MaxStacks int
 	// MaxProcesses bounds the processes remembered as already announced.
 	MaxProcesses int
+	// BTF, when set, is the parsed kernel BTF shared with other loads;
+	// parsing it is most of a load's CPU time. nil parses it afresh.
+	BTF *btf.Cache
 }
 
 // DefaultConfig returns the sizes cgscope uses unless told otherwise.
@@ -117,7 +121,7 @@ func (s *Sampler) load() error {
 	spec.Maps[bpf.ProfileMapStacks].InnerMap.MaxEntries = uint32(s.cfg.MaxStacks)
 	spec.Maps[bpf.ProfileMapKnownProcs].MaxEntries = uint32(s.cfg.MaxProcesses)
 
-	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&s.objs, &ebpf.CollectionOptions{Cache: s.cfg.BTF}); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			slog.Error("BPF verifier rejected the CPU sampler", "log", fmt.Sprintf("%+v", verr))

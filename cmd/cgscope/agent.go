@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
@@ -78,9 +79,12 @@ var samplerFlagNames = map[string]string{
 
 // agent is the running profiling stack: sampler, symbolizer and pipeline.
 type agent struct {
-	sampler  *profiler.Sampler
-	sym      *symbolizer.Symbolizer
-	cgroups  *profiler.CgroupResolver // nil without a cgroup2 mount
+	sampler *profiler.Sampler
+	sym     *symbolizer.Symbolizer
+	cgroups *profiler.CgroupResolver // nil without a cgroup2 mount
+	// btf is the kernel BTF parsed once for every BPF load at start-up;
+	// releaseBTF drops it once everything is loaded.
+	btf      *btf.Cache
 	pipeline *pipeline.Pipeline
 	closers  []func() error
 }
@@ -88,8 +92,10 @@ type agent struct {
 // startAgent loads and attaches the sampler and starts delivering new-process
 // notices to the symbolizer. The pipeline does not drain until Run is called.
 func startAgent(f *profilingFlags) (*agent, error) {
-	a := &agent{}
-	s, err := profiler.NewSampler(f.sampler)
+	a := &agent{btf: btf.NewCache()}
+	cfg := f.sampler
+	cfg.BTF = a.btf
+	s, err := profiler.NewSampler(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +127,10 @@ func startAgent(f *profilingFlags) (*agent, error) {
 
 // runPipeline drains on the interval until ctx ends.
 func (a *agent) runPipeline(ctx context.Context) { a.pipeline.Run(ctx) }
+
+// releaseBTF lets the parsed kernel BTF be garbage collected: it is only
+// needed while programs load, and it is several MiB of heap.
+func (a *agent) releaseBTF() { a.btf = nil }
 
 // addCloser runs c when the agent closes, before the sampler.
 func (a *agent) addCloser(c func() error) { a.closers = append(a.closers, c) }

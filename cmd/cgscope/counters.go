@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/cgscope/cgscope/exporter"
 	"github.com/cgscope/cgscope/profiler"
@@ -111,7 +112,7 @@ func (f *counterFlags) anyBPFCollector() bool {
 
 // startCounters attaches the enabled counter collectors. It returns nil
 // counters (and no error) when every BPF collector is switched off.
-func (f *counterFlags) startCounters(cgroupRoot string) (*profiler.CgroupCounters, error) {
+func (f *counterFlags) startCounters(cgroupRoot string, kernelBTF *btf.Cache) (*profiler.CgroupCounters, error) {
 	if !f.anyBPFCollector() {
 		return nil, nil
 	}
@@ -121,7 +122,7 @@ func (f *counterFlags) startCounters(cgroupRoot string) (*profiler.CgroupCounter
 	}
 	c, err := profiler.NewCgroupCounters(profiler.CountersConfig{
 		MaxCgroups: f.maxTracked, MaxTasks: f.maxTasks, MaxSockets: f.maxSockets,
-		Collectors: enabled, CgroupRoot: cgroupRoot,
+		Collectors: enabled, CgroupRoot: cgroupRoot, BTF: kernelBTF,
 	})
 	if err != nil {
 		return nil, err

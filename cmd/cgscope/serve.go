@@ -98,6 +98,7 @@ func (c *serveCommand) run() error {
 		programs = append(programs, counters)
 	}
 	reg.MustRegister(exporter.NewBPFProgramCollector(programs...))
+	a.releaseBTF()
 	stopPush, err := startPushExporters(ctx, pushCfg, reg, a.pipeline)
 	if err != nil {
 		return err
@@ -156,7 +157,7 @@ func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheu
 		slog.Warn("no cgroup2 hierarchy: per-cgroup metrics are off")
 		return nil, nil
 	}
-	counters, err := c.counters.startCounters(a.cgroups.Root())
+	counters, err := c.counters.startCounters(a.cgroups.Root(), a.btf)
 	if err != nil {
 		return nil, err
 	}
