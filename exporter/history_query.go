@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"net/url"
@@ -172,11 +171,6 @@ func (f *sampleFilter) match(pid uint32, comm, cg string) bool {
 	return true
 }
 
-func (f Filter) matchCgroup(cg string) bool {
-	p := strings.TrimSuffix(f.CgroupPrefix, "/")
-	return p == "" || cg == p || strings.HasPrefix(cg, p+"/")
-}
-
 // rowKey is what a query sums by within one generation. Targets leave
 // stack at noStack: they never look at stacks.
 type rowKey struct{ label, stack uint32 }
@@ -324,13 +318,11 @@ func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, bySta
 }
 
 // profileSink builds the answer of Profile from generation sums: frames
-// become pprof locations as BuildProfile makes them, and equal samples from
-// several generations become one.
+// become pprof locations and samples as BuildProfile makes them, and equal
+// samples from several generations become one.
 type profileSink struct {
-	b       *profileBuilder
-	f       *sampleFilter
-	samples map[string]*profile.Sample
-	key     []byte
+	b *profileBuilder
+	f *sampleFilter
 }
 
 func (ps *profileSink) add(gs *genSums) error {
@@ -351,28 +343,11 @@ func (ps *profileSink) add(gs *genSums) error {
 			locs[k.stack] = ls
 		}
 		lr := d.labels[k.label]
-		comm, cg := d.strs[lr.comm], d.strs[lr.cgroup]
-		key := ps.key[:0]
-		key = binary.AppendUvarint(key, uint64(lr.pid))
-		key = binary.AppendUvarint(key, uint64(lr.tid))
-		key = binary.AppendUvarint(key, uint64(len(comm)))
-		key = append(key, comm...)
-		key = binary.AppendUvarint(key, uint64(len(cg)))
-		key = append(key, cg...)
-		for _, l := range ls {
-			key = binary.AppendUvarint(key, l.ID)
-		}
-		ps.key = key
-		if existing, ok := ps.samples[string(key)]; ok {
-			existing.Value[0] += s.samples
-			existing.Value[1] += s.nanos
+		cg := d.strs[lr.cgroup]
+		smp := ps.b.addRow(sampleRow{pid: lr.pid, tid: lr.tid, comm: d.strs[lr.comm], cgroup: cg,
+			samples: s.samples, nanos: s.nanos}, ls)
+		if smp == nil {
 			continue
-		}
-		smp := &profile.Sample{
-			Location: ls,
-			Value:    []int64{s.samples, s.nanos},
-			Label:    map[string][]string{"comm": {comm}, "cgroup": {cg}},
-			NumLabel: map[string][]int64{"pid": {int64(lr.pid)}, "tid": {int64(lr.tid)}},
 		}
 		// The container, so the pprof UI can filter and group by it.
 		id := ps.f.container(cg)
@@ -382,8 +357,6 @@ func (ps *profileSink) add(gs *genSums) error {
 		if id.PodUID != "" {
 			smp.Label["pod_uid"] = []string{id.PodUID}
 		}
-		ps.samples[string(key)] = smp
-		ps.b.p.Sample = append(ps.b.p.Sample, smp)
 	}
 	return nil
 }
@@ -396,7 +369,7 @@ func (h *History) Profile(ctx context.Context, q HistoryQuery) (*profile.Profile
 	}
 	defer h.release()
 	f := newSampleFilter(&q)
-	ps := &profileSink{b: newProfileBuilder(), f: f, samples: map[string]*profile.Sample{}}
+	ps := &profileSink{b: newProfileBuilder(), f: f}
 	if err := h.scan(ctx, q.From, q.To, f, true, ps.add); err != nil {
 		return nil, err
 	}

@@ -1,7 +1,7 @@
 package exporter
 
 import (
-	"strconv"
+	"encoding/binary"
 	"strings"
 	"time"
 
@@ -23,13 +23,13 @@ func (f Filter) Match(s *pipeline.Sample) bool {
 	if f.PID != 0 && s.PID != f.PID {
 		return false
 	}
-	if f.CgroupPrefix != "" && f.CgroupPrefix != "/" {
-		p := strings.TrimSuffix(f.CgroupPrefix, "/")
-		if s.Cgroup != p && !strings.HasPrefix(s.Cgroup, p+"/") {
-			return false
-		}
-	}
-	return true
+	return f.matchCgroup(s.Cgroup)
+}
+
+// matchCgroup reports whether cg is the prefix's cgroup or below it.
+func (f Filter) matchCgroup(cg string) bool {
+	p := strings.TrimSuffix(f.CgroupPrefix, "/")
+	return p == "" || cg == p || strings.HasPrefix(cg, p+"/")
 }
 
 // kernelMappingName is how perf and pprof name the kernel image.
@@ -43,6 +43,7 @@ type profileBuilder struct {
 	functions map[functionKey]*profile.Function
 	locations map[locationKey]*profile.Location
 	samples   map[string]*profile.Sample
+	key       []byte // scratch for sample keys
 }
 
 type mappingKey struct{ path, buildID string }
@@ -111,45 +112,50 @@ func (b *profileBuilder) addSample(s *pipeline.Sample, period int64) {
 	for i := range s.Frames {
 		locs[i] = b.location(&s.Frames[i])
 	}
-	key := sampleKey(s, locs)
-	if existing, ok := b.samples[key]; ok {
-		existing.Value[0] += int64(s.Count)
-		existing.Value[1] += int64(s.Count) * period
-		return
+	b.addRow(sampleRow{pid: s.PID, tid: s.TID, comm: s.Comm, cgroup: s.Cgroup,
+		samples: int64(s.Count), nanos: int64(s.Count) * period}, locs)
+}
+
+// sampleRow is one sample's labels and values, however it was stored.
+type sampleRow struct {
+	pid, tid       uint32
+	comm, cgroup   string
+	samples, nanos int64
+}
+
+// addRow adds a row's values to the sample with the same labels and
+// locations, so the same stack from several windows becomes one sample. It
+// returns the sample when the row created it, nil when it merged.
+func (b *profileBuilder) addRow(r sampleRow, locs []*profile.Location) *profile.Sample {
+	b.key = appendSampleKey(b.key[:0], &r, locs)
+	if existing, ok := b.samples[string(b.key)]; ok {
+		existing.Value[0] += r.samples
+		existing.Value[1] += r.nanos
+		return nil
 	}
 	ps := &profile.Sample{
 		Location: locs,
-		Value:    []int64{int64(s.Count), int64(s.Count) * period},
-		Label: map[string][]string{
-			"comm":   {s.Comm},
-			"cgroup": {s.Cgroup},
-		},
-		NumLabel: map[string][]int64{
-			"pid": {int64(s.PID)},
-			"tid": {int64(s.TID)},
-		},
+		Value:    []int64{r.samples, r.nanos},
+		Label:    map[string][]string{"comm": {r.comm}, "cgroup": {r.cgroup}},
+		NumLabel: map[string][]int64{"pid": {int64(r.pid)}, "tid": {int64(r.tid)}},
 	}
-	b.samples[key] = ps
+	b.samples[string(b.key)] = ps
 	b.p.Sample = append(b.p.Sample, ps)
+	return ps
 }
 
-// sampleKey identifies a sample by its labels and location ids, so the same
-// stack from several windows becomes one sample.
-func sampleKey(s *pipeline.Sample, locs []*profile.Location) string {
-	var sb strings.Builder
-	sb.Grow(32 + 8*len(locs))
-	sb.WriteString(strconv.FormatUint(uint64(s.PID), 10))
-	sb.WriteByte('/')
-	sb.WriteString(strconv.FormatUint(uint64(s.TID), 10))
-	sb.WriteByte('/')
-	sb.WriteString(s.Comm)
-	sb.WriteByte('/')
-	sb.WriteString(s.Cgroup)
+// appendSampleKey identifies a sample by its labels and location ids.
+func appendSampleKey(key []byte, r *sampleRow, locs []*profile.Location) []byte {
+	key = binary.AppendUvarint(key, uint64(r.pid))
+	key = binary.AppendUvarint(key, uint64(r.tid))
+	key = binary.AppendUvarint(key, uint64(len(r.comm)))
+	key = append(key, r.comm...)
+	key = binary.AppendUvarint(key, uint64(len(r.cgroup)))
+	key = append(key, r.cgroup...)
 	for _, l := range locs {
-		sb.WriteByte(',')
-		sb.WriteString(strconv.FormatUint(l.ID, 36))
+		key = binary.AppendUvarint(key, l.ID)
 	}
-	return sb.String()
+	return key
 }
 
 func (b *profileBuilder) location(fr *symbolizer.Frame) *profile.Location {
