@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cgscope/cgscope/internal/every"
 	"github.com/cgscope/cgscope/profiler"
 )
 
@@ -67,16 +68,7 @@ func (c *FileStatsCache) store(path string, st profiler.CgroupFileStats, err err
 
 // Run refreshes every cached cgroup each interval until ctx ends.
 func (c *FileStatsCache) Run(ctx context.Context) {
-	t := time.NewTicker(c.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			c.refresh()
-		}
-	}
+	every.Run(ctx, c.interval, c.refresh)
 }
 
 func (c *FileStatsCache) refresh() {

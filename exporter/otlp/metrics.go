@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/semconv/v1.43.0/containerconv"
 
 	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/every"
 )
 
 // promPrefix is what the per-cgroup families on /metrics start with.
@@ -256,16 +257,7 @@ func newMeterProvider(hostName, version string) (*sdkmetric.MeterProvider, *sdkm
 }
 
 func (e *metricsExporter) run(ctx context.Context) {
-	t := time.NewTicker(e.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.collect(ctx)
-		}
-	}
+	every.Run(ctx, e.interval, func() { e.collect(ctx) })
 }
 
 func (e *metricsExporter) collect(ctx context.Context) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/every"
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
@@ -52,16 +53,7 @@ func (e *profilesExporter) take() ([]*pipeline.Window, int) {
 
 // run converts on every tick until ctx ends; the queue sends.
 func (e *profilesExporter) run(ctx context.Context) {
-	t := time.NewTicker(e.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.tick()
-		}
-	}
+	every.Run(ctx, e.interval, e.tick)
 }
 
 // tick turns the windows collected since the last tick into one batch.

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/every"
 )
 
 // Protocol versions.
@@ -136,16 +137,7 @@ func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // Run gathers every interval and sends until ctx ends.
 func (e *Exporter) Run(ctx context.Context) {
 	go e.q.Run(ctx)
-	t := time.NewTicker(e.cfg.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.collect()
-		}
-	}
+	every.Run(ctx, e.cfg.Interval, e.collect)
 }
 
 // Stop pushes one last time within timeout (after Run's ctx ended).
