@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
 )
@@ -23,6 +24,9 @@ type Sample struct {
 	Comm     string
 	CgroupID uint64
 	Cgroup   string // cgroup2 path, "" when the cgroup is gone
+	// Workload names the container or pod of the cgroup; nil when the
+	// cgroup is not a container's. Shared: do not modify.
+	Workload *attribution.Workload
 	// Frames are leaf first: kernel frames, then user frames.
 	Frames []symbolizer.Frame
 	Count  uint64
@@ -45,10 +49,11 @@ type Sampler interface {
 
 // Pipeline turns drained batches into Windows for its subscribers.
 type Pipeline struct {
-	sampler  Sampler
-	sym      *symbolizer.Symbolizer
-	cgroups  *profiler.CgroupResolver
-	interval time.Duration
+	sampler   Sampler
+	sym       *symbolizer.Symbolizer
+	cgroups   *profiler.CgroupResolver
+	workloads WorkloadResolver
+	interval  time.Duration
 
 	flushMu sync.Mutex // one drain at a time, delivered in order
 
@@ -60,6 +65,16 @@ type Pipeline struct {
 	windows          atomic.Uint64
 	drainErrors      atomic.Uint64
 }
+
+// WorkloadResolver names the container or pod of a cgroup path without
+// blocking (attribution.Resolver).
+type WorkloadResolver interface {
+	Lookup(cgroupPath string) *attribution.Workload
+}
+
+// SetWorkloads makes every sample carry its cgroup's workload. Call it
+// before Run.
+func (p *Pipeline) SetWorkloads(r WorkloadResolver) { p.workloads = r }
 
 // New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
 func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver, interval time.Duration) *Pipeline {

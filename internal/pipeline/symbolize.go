@@ -3,6 +3,7 @@ package pipeline
 import (
 	"time"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
 )
@@ -46,17 +47,26 @@ func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
 		user := bs.userFrames(rs)
 		frames := make([]symbolizer.Frame, 0, len(kernel)+len(user))
 		frames = append(append(frames, kernel...), user...)
+		cgroup := p.cgroupPath(rs.CgroupID)
 		w.Samples = append(w.Samples, Sample{
 			PID:      rs.PID,
 			TID:      rs.TID,
 			Comm:     rs.Comm,
 			CgroupID: rs.CgroupID,
-			Cgroup:   p.cgroupPath(rs.CgroupID),
+			Cgroup:   cgroup,
+			Workload: p.workloadOf(cgroup),
 			Frames:   frames,
 			Count:    rs.Count,
 		})
 	}
 	return w
+}
+
+func (p *Pipeline) workloadOf(cgroup string) *attribution.Workload {
+	if p.workloads == nil || cgroup == "" {
+		return nil
+	}
+	return p.workloads.Lookup(cgroup)
 }
 
 func (p *Pipeline) cgroupPath(id uint64) string {
