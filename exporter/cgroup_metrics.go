@@ -9,7 +9,10 @@ import (
 	"github.com/cgscope/cgscope/profiler"
 )
 
-var cgroupLabels = []string{"cgroup", "container_id", "pod_uid"}
+// cgroupLabels label every per-cgroup series: the cgroup2 path and its
+// workload (empty outside containers; namespace, pod and container need
+// the CRI runtime).
+var cgroupLabels = append([]string{"cgroup"}, workloadLabelNames[:]...)
 
 func cgroupDesc(name, help string, extra ...string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, append(append([]string(nil), cgroupLabels...), extra...), nil)

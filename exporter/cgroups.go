@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
 )
 
@@ -43,6 +44,9 @@ type CgroupOptions struct {
 	// Collectors names the running BPF collectors (profiler.CounterCollectors);
 	// series of the others are not exported rather than exported as zeros.
 	Collectors map[string]bool
+	// Workloads names containers and pods (namespace, pod, container
+	// labels); nil takes container_id and pod_uid from the cgroup path.
+	Workloads WorkloadResolver
 }
 
 // OtherCgroup is the cgroup label of everything beyond MaxCgroups.
@@ -59,7 +63,7 @@ type CgroupCollector struct {
 
 	mu       sync.Mutex // serializes scrapes; guards the fields below
 	known    map[uint64]*cgroupEntry
-	admitted map[string][]string // exported paths and their labels, bounded by MaxCgroups
+	admitted map[string]*admission // exported paths and their labels, bounded by MaxCgroups
 	lastFold foldStats
 }
 
@@ -77,13 +81,21 @@ type foldStats struct {
 func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *FileStatsCache, opts CgroupOptions) *CgroupCollector {
 	return &CgroupCollector{
 		counters: c, paths: p, files: files, opts: opts, now: time.Now,
-		known: map[uint64]*cgroupEntry{}, admitted: map[string][]string{},
+		known: map[uint64]*cgroupEntry{}, admitted: map[string]*admission{},
 	}
+}
+
+// admission is an exported cgroup's label values, kept while its workload
+// stays the same (the runtime may name a container a moment after its
+// cgroup appears: its series then move to the full label set).
+type admission struct {
+	workload *attribution.Workload
+	labels   []string
 }
 
 // cgroupSeries is one exported cgroup: a label set and what it sums.
 type cgroupSeries struct {
-	labels []string // cgroup, container_id, pod_uid
+	labels []string // cgroupLabels' values
 	path   string   // the cgroup path whose files describe it; "" for other
 	usage  profiler.CgroupUsage
 }
@@ -232,26 +244,49 @@ func (c *CgroupCollector) selected(path string) bool {
 	return c.opts.Exclude == nil || !c.opts.Exclude.MatchString(path)
 }
 
-var otherLabels = []string{OtherCgroup, "", ""}
+var otherLabels = []string{OtherCgroup, "", "", "", "", ""}
 
-// admit returns the labels a path is exported under: its own (cgroup,
-// container_id, pod_uid) while fewer than MaxCgroups are admitted (first
-// come, first kept, so series do not flap between scrapes), else those of
+// admit returns the labels a path is exported under: its own (cgroup and
+// its workload's) while fewer than MaxCgroups are admitted (first come,
+// first kept, so series do not flap between scrapes), else those of
 // "other". Unresolved cgroups are "other".
 func (c *CgroupCollector) admit(path string) []string {
 	if path == "" {
 		return otherLabels
 	}
-	if labels, ok := c.admitted[path]; ok {
-		return labels
+	a, ok := c.admitted[path]
+	if !ok {
+		if len(c.admitted) >= c.opts.MaxCgroups {
+			return otherLabels
+		}
+		a = &admission{}
+		c.admitted[path] = a
 	}
-	if len(c.admitted) < c.opts.MaxCgroups {
+	w := c.workloadOf(path)
+	if a.labels == nil || w != a.workload {
+		a.workload = w
+		a.labels = append([]string{path}, labelValues(w, path)...)
+	}
+	return a.labels
+}
+
+func (c *CgroupCollector) workloadOf(path string) *attribution.Workload {
+	if c.opts.Workloads == nil {
+		return nil
+	}
+	return c.opts.Workloads.Lookup(path)
+}
+
+// labelValues are a cgroup's workload labels; without a resolver, the ids
+// its path gives.
+func labelValues(w *attribution.Workload, path string) []string {
+	l := labelsOfWorkload(w)
+	if w == nil {
 		id := profiler.ParseContainerPath(path)
-		labels := []string{path, id.ContainerID, id.PodUID}
-		c.admitted[path] = labels
-		return labels
+		l.containerID, l.podUID = id.ContainerID, id.PodUID
 	}
-	return otherLabels
+	v := l.values()
+	return v[:]
 }
 
 // pruneAdmitted frees the slots of cgroups that are gone.

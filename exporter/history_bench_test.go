@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -74,11 +75,24 @@ func benchWindow(r *rand.Rand, progs []benchProgram, zipf *rand.Zipf, start time
 		pid := uint32(10000 + k.proc)
 		w.Samples = append(w.Samples, pipeline.Sample{
 			PID: pid, TID: pid + uint32(k.tid), Comm: fmt.Sprintf("service-%d", prog), CgroupID: uint64(k.proc),
-			Cgroup: fmt.Sprintf("/kubepods.slice/kubepods-pod%08d.slice/cri-containerd-%064x.scope", k.proc, k.proc),
-			Frames: progs[prog].stacks[k.stack], Count: c,
+			Cgroup:   fmt.Sprintf("/kubepods.slice/kubepods-pod%08d.slice/cri-containerd-%064x.scope", k.proc, k.proc),
+			Workload: benchWorkload(k.proc, prog),
+			Frames:   progs[prog].stacks[k.stack], Count: c,
 		})
 	}
 	return w
+}
+
+// benchWorkload names process proc's container as the CRI runtime would:
+// a few namespaces, one pod per process. Each call returns a new value, as
+// a resolver's listings do.
+func benchWorkload(proc, prog int) *attribution.Workload {
+	return &attribution.Workload{
+		ContainerID: fmt.Sprintf("%064x", proc),
+		Namespace:   fmt.Sprintf("team-%d", prog%3),
+		Pod:         fmt.Sprintf("service-%d-%d", prog, proc),
+		Container:   "app",
+	}
 }
 
 // fillHistory stores d of benchmark windows ending at end.

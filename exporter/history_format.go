@@ -40,7 +40,10 @@ import (
 //	  frame     uvarint function, file, mapping path, build id (string ids),
 //	            uvarint line, uvarint address, byte flags (frameMapped,
 //	            frameKernel)
-//	  label set uvarint pid, tid, comm (string id), cgroup (string id)
+//	  label set uvarint pid, tid, comm (string id), cgroup (string id),
+//	            then (format 3 on) namespace, pod, container (string ids;
+//	            the Kubernetes names at the time, which a cgroup path
+//	            alone does not give)
 //	  stack     uvarint depth, then uvarint frame ids, leaf first
 //	window:     uvarint period (ns), uvarint rows, then three columns of
 //	            uvarints: label set ids (delta from the previous row), stack
@@ -51,7 +54,8 @@ import (
 const (
 	levelWindow   = 0
 	levelDict     = 16
-	formatVersion = 2 // zstd pprof (format 1) began with the zstd magic 0x28
+	formatVersion = 3 // 3 added Kubernetes names to label sets; 2 is still read
+	formatV2      = 2 // zstd pprof (format 1) began with the zstd magic 0x28
 
 	frameMapped = 1 << 0
 	frameKernel = 1 << 1
@@ -83,13 +87,15 @@ type frameRec struct {
 }
 
 type labelKey struct {
-	pid, tid     uint32
-	comm, cgroup string
+	pid, tid                 uint32
+	comm, cgroup             string
+	namespace, pod, container string
 }
 
 type labelRec struct {
-	pid, tid     uint32
-	comm, cgroup uint32
+	pid, tid                 uint32
+	comm, cgroup             uint32
+	namespace, pod, container uint32
 }
 
 // windowEncoder is the writer's side: the dictionary of the generation it
@@ -205,14 +211,16 @@ func (e *windowEncoder) str(s string) uint32 {
 }
 
 func (e *windowEncoder) label(s *pipeline.Sample) uint32 {
-	k := labelKey{s.PID, s.TID, s.Comm, s.Cgroup}
+	l := labelsOfWorkload(s.Workload)
+	k := labelKey{s.PID, s.TID, s.Comm, s.Cgroup, l.namespace, l.pod, l.container}
 	if id, ok := e.labels[k]; ok {
 		return id
 	}
 	id := e.nLabel
 	e.nLabel++
 	e.labels[k] = id
-	e.pLabel = append(e.pLabel, labelRec{s.PID, s.TID, e.str(s.Comm), e.str(s.Cgroup)})
+	e.pLabel = append(e.pLabel, labelRec{s.PID, s.TID, e.str(s.Comm), e.str(s.Cgroup),
+		e.str(l.namespace), e.str(l.pod), e.str(l.container)})
 	return id
 }
 
@@ -278,6 +286,7 @@ func (e *windowEncoder) flushDict() []byte {
 	b = u(u(b, uint64(e.fLabel)), uint64(len(e.pLabel)))
 	for _, l := range e.pLabel {
 		b = u(u(u(u(b, uint64(l.pid)), uint64(l.tid)), uint64(l.comm)), uint64(l.cgroup))
+		b = u(u(u(b, uint64(l.namespace)), uint64(l.pod)), uint64(l.container))
 	}
 	b = u(u(b, uint64(e.fStack)), uint64(len(e.pStack)))
 	for _, st := range e.pStack {
@@ -365,11 +374,13 @@ func (r *reader) span() (first, n uint32) {
 	return first, n
 }
 
-func decompress(data []byte) ([]byte, error) {
-	if len(data) == 0 || data[0] != formatVersion {
-		return nil, errBadRecord
+// decompress returns a record's content and its format version.
+func decompress(data []byte) ([]byte, byte, error) {
+	if len(data) == 0 || (data[0] != formatVersion && data[0] != formatV2) {
+		return nil, 0, errBadRecord
 	}
-	return zstdDecoder.DecodeAll(data[1:], nil)
+	raw, err := zstdDecoder.DecodeAll(data[1:], nil)
+	return raw, data[0], err
 }
 
 // grow extends a table so that ids below n exist (as missing).
@@ -389,7 +400,7 @@ func (d *genDict) frameDefined(id uint32) bool {
 // add decodes one dictionary record into d. A malformed record adds
 // nothing: its ids stay missing.
 func (d *genDict) add(data []byte) error {
-	raw, err := decompress(data)
+	raw, version, err := decompress(data)
 	if err != nil {
 		return err
 	}
@@ -412,7 +423,11 @@ func (d *genDict) add(data []byte) error {
 	labels := make([]labelRec, 0, lN)
 	for range lN {
 		pid, tid := r.uvarint(), r.uvarint()
-		labels = append(labels, labelRec{uint32(pid), uint32(tid), r.id(), r.id()})
+		l := labelRec{pid: uint32(pid), tid: uint32(tid), comm: r.id(), cgroup: r.id()}
+		if version >= 3 {
+			l.namespace, l.pod, l.container = r.id(), r.id(), r.id()
+		}
+		labels = append(labels, l)
 	}
 	kFirst, kN := r.span()
 	stacks := make([][]uint32, 0, kN)
@@ -443,7 +458,8 @@ func (d *genDict) add(data []byte) error {
 	d.labels, d.labelOK = grow(d.labels, d.labelOK, lFirst+lN)
 	for i, l := range labels {
 		d.labels[lFirst+uint32(i)] = l
-		d.labelOK[lFirst+uint32(i)] = d.str(l.comm) && d.str(l.cgroup)
+		d.labelOK[lFirst+uint32(i)] = d.str(l.comm) && d.str(l.cgroup) &&
+			d.str(l.namespace) && d.str(l.pod) && d.str(l.container)
 	}
 	if n := int(kFirst + kN); n > len(d.stacks) {
 		d.stacks = append(d.stacks, make([][]uint32, n-len(d.stacks))...)
@@ -478,7 +494,7 @@ type windowRows struct {
 // decodeWindow decodes a window record and checks every id it uses against
 // d: a window that refers to a missing entry is an error, never a guess.
 func decodeWindow(data []byte, d *genDict, w *windowRows) error {
-	raw, err := decompress(data)
+	raw, _, err := decompress(data)
 	if err != nil {
 		return err
 	}

@@ -23,8 +23,7 @@ type HistoryQuery struct {
 	PID         uint32
 	Comm        string
 	Cgroup      string // path prefix by whole components, like Filter
-	ContainerID string // full id or a prefix of at least 12 characters
-	PodUID      string
+	Workload    WorkloadFilter
 }
 
 // QueryError is a malformed query: HTTP handlers answer 400 with it.
@@ -93,20 +92,14 @@ func (hq *HistoryQuery) parseFilter(name, v string) error {
 			return queryErrorf("cgroup=%q: want a cgroup2 path starting with /", v)
 		}
 		hq.Cgroup = v
-	case "container_id":
-		if len(v) < 12 || len(v) > 64 || strings.Trim(v, "0123456789abcdef") != "" {
-			return queryErrorf("container_id=%q: want 12 to 64 lowercase hex digits", v)
-		}
-		hq.ContainerID = v
-	case "pod_uid":
-		if len(v) != 36 {
-			return queryErrorf("pod_uid=%q: want a UUID like 01234567-89ab-cdef-0123-456789abcdef", v)
-		}
-		hq.PodUID = v
-	case "namespace", "pod", "container":
-		return queryErrorf("%s=: Kubernetes attribution is not available yet; filter by pod_uid or container_id", name)
 	default:
-		return queryErrorf("unknown parameter %q (known: from, to, pid, comm, cgroup, container_id, pod_uid)", name)
+		known, err := hq.Workload.parseParam(name, v)
+		if err != nil {
+			return &QueryError{msg: err.Error()}
+		}
+		if !known {
+			return queryErrorf("unknown parameter %q (known: from, to, pid, comm, cgroup, %s)", name, workloadParams)
+		}
 	}
 	return nil
 }
@@ -125,7 +118,9 @@ func parseTime(name, v string) (time.Time, error) {
 }
 
 // sampleFilter keeps the label sets a query selects. It caches the
-// container identity of each cgroup path: a query sees few distinct cgroups.
+// container identity of each cgroup path (stored label sets have the
+// Kubernetes names but not the ids, which the path gives): a query sees few
+// distinct cgroups.
 type sampleFilter struct {
 	q          *HistoryQuery
 	mu         sync.Mutex
@@ -147,28 +142,24 @@ func (f *sampleFilter) container(cgroup string) profiler.ContainerIdentity {
 	return id
 }
 
-func (f *sampleFilter) match(pid uint32, comm, cg string) bool {
+// workload returns the Kubernetes labels of a stored label set.
+func (f *sampleFilter) workload(d *genDict, lr labelRec) workloadLabels {
+	id := f.container(d.strs[lr.cgroup])
+	return workloadLabels{id.ContainerID, id.PodUID, d.strs[lr.namespace], d.strs[lr.pod], d.strs[lr.container]}
+}
+
+func (f *sampleFilter) match(d *genDict, lr labelRec) bool {
 	q := f.q
-	if q.PID != 0 && pid != q.PID {
+	if q.PID != 0 && lr.pid != q.PID {
 		return false
 	}
-	if q.Comm != "" && comm != q.Comm {
+	if q.Comm != "" && d.strs[lr.comm] != q.Comm {
 		return false
 	}
-	if q.Cgroup != "" && !(Filter{CgroupPrefix: q.Cgroup}).matchCgroup(cg) {
+	if q.Cgroup != "" && !(Filter{CgroupPrefix: q.Cgroup}).matchCgroup(d.strs[lr.cgroup]) {
 		return false
 	}
-	if q.ContainerID == "" && q.PodUID == "" {
-		return true
-	}
-	id := f.container(cg)
-	if q.ContainerID != "" && !strings.HasPrefix(id.ContainerID, q.ContainerID) {
-		return false
-	}
-	if q.PodUID != "" && id.PodUID != q.PodUID {
-		return false
-	}
-	return true
+	return q.Workload.IsZero() || q.Workload.match(f.workload(d, lr))
 }
 
 // rowKey is what a query sums by within one generation. Targets leave
@@ -287,9 +278,8 @@ func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, bySta
 		}
 		for i, l := range rows.labels {
 			if keep[l] == 0 {
-				lr := d.labels[l]
 				keep[l] = -1
-				if f.match(lr.pid, d.strs[lr.comm], d.strs[lr.cgroup]) {
+				if f.match(d, d.labels[l]) {
 					keep[l] = 1
 				}
 			}
@@ -343,20 +333,8 @@ func (ps *profileSink) add(gs *genSums) error {
 			locs[k.stack] = ls
 		}
 		lr := d.labels[k.label]
-		cg := d.strs[lr.cgroup]
-		smp := ps.b.addRow(sampleRow{pid: lr.pid, tid: lr.tid, comm: d.strs[lr.comm], cgroup: cg,
-			samples: s.samples, nanos: s.nanos}, ls)
-		if smp == nil {
-			continue
-		}
-		// The container, so the pprof UI can filter and group by it.
-		id := ps.f.container(cg)
-		if id.ContainerID != "" {
-			smp.Label["container_id"] = []string{id.ContainerID}
-		}
-		if id.PodUID != "" {
-			smp.Label["pod_uid"] = []string{id.PodUID}
-		}
+		ps.b.addRow(sampleRow{pid: lr.pid, tid: lr.tid, comm: d.strs[lr.comm], cgroup: d.strs[lr.cgroup],
+			workload: ps.f.workload(d, lr), samples: s.samples, nanos: s.nanos}, ls)
 	}
 	return nil
 }

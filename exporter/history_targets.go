@@ -24,6 +24,9 @@ type Target struct {
 	Cgroup      string  `json:"cgroup"`
 	ContainerID string  `json:"container_id,omitempty"`
 	PodUID      string  `json:"pod_uid,omitempty"`
+	Namespace   string  `json:"namespace,omitempty"`
+	Pod         string  `json:"pod,omitempty"`
+	Container   string  `json:"container,omitempty"`
 	Samples     int64   `json:"samples"`
 	CPU         float64 `json:"cpu_seconds"`
 	Share       float64 `json:"share"`
@@ -32,6 +35,7 @@ type Target struct {
 type processKey struct {
 	pid          uint32
 	comm, cgroup string
+	workload     workloadLabels
 }
 
 type tally struct{ samples, cpuNanos int64 }
@@ -50,16 +54,16 @@ func (h *History) Targets(ctx context.Context, q HistoryQuery) (*Targets, error)
 	defer h.release()
 	f := newSampleFilter(&q)
 	procs := map[processKey]*tally{}
-	cgroups := map[string]*tally{}
+	cgroups := map[processKey]*tally{}
 	res := &Targets{From: q.From, To: q.To, Cgroups: []Target{}, Processes: []Target{}}
 	var cpuNanos int64
 	err := h.scan(ctx, q.From, q.To, f, false, func(gs *genSums) error {
 		d := gs.dict
 		for k, s := range gs.sums {
 			lr := d.labels[k.label]
-			pk := processKey{lr.pid, d.strs[lr.comm], d.strs[lr.cgroup]}
+			pk := processKey{lr.pid, d.strs[lr.comm], d.strs[lr.cgroup], f.workload(d, lr)}
 			add(procs, pk, s)
-			add(cgroups, pk.cgroup, s)
+			add(cgroups, processKey{cgroup: pk.cgroup, workload: pk.workload}, s)
 			res.TotalSamples += s.samples
 			cpuNanos += s.nanos
 		}
@@ -72,8 +76,8 @@ func (h *History) Targets(ctx context.Context, q HistoryQuery) (*Targets, error)
 	for k, t := range procs {
 		res.Processes = append(res.Processes, f.target(k, t, res.TotalSamples))
 	}
-	for cg, t := range cgroups {
-		res.Cgroups = append(res.Cgroups, f.target(processKey{cgroup: cg}, t, res.TotalSamples))
+	for k, t := range cgroups {
+		res.Cgroups = append(res.Cgroups, f.target(k, t, res.TotalSamples))
 	}
 	res.Processes = topTargets(res.Processes)
 	res.Cgroups = topTargets(res.Cgroups)
@@ -91,8 +95,9 @@ func add[K comparable](m map[K]*tally, k K, s rowSum) {
 }
 
 func (f *sampleFilter) target(k processKey, t *tally, total int64) Target {
-	id := f.container(k.cgroup)
-	tg := Target{PID: k.pid, Comm: k.comm, Cgroup: k.cgroup, ContainerID: id.ContainerID, PodUID: id.PodUID,
+	w := k.workload
+	tg := Target{PID: k.pid, Comm: k.comm, Cgroup: k.cgroup,
+		ContainerID: w.containerID, PodUID: w.podUID, Namespace: w.namespace, Pod: w.pod, Container: w.container,
 		Samples: t.samples, CPU: float64(t.cpuNanos) / 1e9}
 	if total > 0 {
 		tg.Share = float64(t.samples) / float64(total)

@@ -45,7 +45,7 @@ func canon(p *profile.Profile, withContainer bool) []string {
 	for _, s := range p.Sample {
 		k := fmt.Sprintf("%d/%d/%s/%s", s.NumLabel["pid"][0], s.NumLabel["tid"][0], s.Label["comm"][0], s.Label["cgroup"][0])
 		if withContainer {
-			k += fmt.Sprint(s.Label["container_id"], s.Label["pod_uid"])
+			k += fmt.Sprint(s.Label["container_id"], s.Label["pod_uid"], s.Label["namespace"], s.Label["pod"], s.Label["container"])
 		}
 		for _, l := range s.Location {
 			k += fmt.Sprintf(";%x", l.Address)
@@ -111,10 +111,24 @@ func TestHistoryRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := BuildProfile(ws[2:26], Filter{})
-			sameLines(t, canon(got, false), canon(want, false))
+			sameLines(t, canon(got, true), canon(want, true))
 			if err := got.CheckValid(); err != nil {
 				t.Fatal(err)
 			}
+
+			// Kubernetes names are stored, so a filter on them selects
+			// what the same filter selects live.
+			byNS := q
+			byNS.Workload = WorkloadFilter{Namespace: "team-1", Container: "app"}
+			got, err = h.Profile(context.Background(), byNS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = BuildProfile(ws[2:26], Filter{Workload: byNS.Workload})
+			if len(want.Sample) == 0 || len(want.Sample) == len(ws[2].Samples) {
+				t.Fatalf("the namespace filter selects %d samples: not a test", len(want.Sample))
+			}
+			sameLines(t, canon(got, true), canon(want, true))
 
 			q.PID = ws[3].Samples[0].PID
 			got, err = h.Profile(context.Background(), q)
@@ -135,6 +149,48 @@ func TestHistoryRoundTrip(t *testing.T) {
 				t.Fatalf("targets %+v, want one process with %d samples", tg, total)
 			}
 		})
+	}
+}
+
+// Records of format 2 (before Kubernetes names were stored), written by the
+// previous release into testdata, still answer queries: ids from the cgroup
+// path, no names.
+func TestHistoryReadsFormat2(t *testing.T) {
+	dir := t.TempDir()
+	src := "testdata/history-v2"
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	disk, err := store.OpenDisk(store.DiskOptions{Dir: dir, MaxBytes: 1 << 30, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	h := NewHistory(HistoryOptions{Store: disk, QueueSize: 1})
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	got, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := testWindows(1, start) // what the golden file was written from
+	sameLines(t, canon(got, false), canon(BuildProfile(ws, Filter{}), false))
+	if h.undecodable.Load() != 0 {
+		t.Fatalf("%d windows undecodable", h.undecodable.Load())
+	}
+	for _, s := range got.Sample {
+		if len(s.Label["container_id"]) != 1 || s.Label["namespace"] != nil {
+			t.Fatalf("format 2 sample labels %v: want container_id from the path and no names", s.Label)
+		}
 	}
 }
 

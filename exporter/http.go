@@ -49,7 +49,7 @@ func NewHandler(opts HandlerOptions) (http.Handler, error) {
 		Description: "eBPF CPU profiler and per-cgroup resource exporter",
 		Version:     opts.Version,
 		Links: []web.LandingLinks{
-			{Address: "/debug/pprof/profile?seconds=10", Text: "CPU profile", Description: "gzip pprof of the next N seconds of the whole host (filters: pid=, cgroup=)"},
+			{Address: "/debug/pprof/profile?seconds=10", Text: "CPU profile", Description: "gzip pprof of the next N seconds of the whole host (filters: pid=, cgroup=, namespace=, pod=, container=, container_id=, pod_uid=)"},
 			{Address: "/metrics", Text: "Metrics", Description: "the agent's own metrics in Prometheus format"},
 			{Address: "/healthz", Text: "Health", Description: "200 when the agent is serving"},
 		},
@@ -138,7 +138,11 @@ func parseCaptureQuery(q url.Values, defaultSeconds, maxSeconds int) (captureReq
 			}
 			req.filter.CgroupPrefix = v
 		default:
-			return req, fmt.Errorf("unknown parameter %q (known: seconds, pid, cgroup)", name)
+			if known, err := req.filter.Workload.parseParam(name, v); err != nil {
+				return req, err
+			} else if !known {
+				return req, fmt.Errorf("unknown parameter %q (known: seconds, pid, cgroup, %s)", name, workloadParams)
+			}
 		}
 	}
 	return req, nil

@@ -15,6 +15,7 @@ import (
 type Filter struct {
 	PID          uint32 // 0 = any process
 	CgroupPrefix string // cgroup2 path prefix, "" = any cgroup
+	Workload     WorkloadFilter
 }
 
 // Match reports whether a sample passes the filter. A cgroup prefix matches
@@ -23,7 +24,7 @@ func (f Filter) Match(s *pipeline.Sample) bool {
 	if f.PID != 0 && s.PID != f.PID {
 		return false
 	}
-	return f.matchCgroup(s.Cgroup)
+	return f.matchCgroup(s.Cgroup) && (f.Workload.IsZero() || f.Workload.match(labelsOfWorkload(s.Workload)))
 }
 
 // matchCgroup reports whether cg is the prefix's cgroup or below it.
@@ -56,7 +57,8 @@ type locationKey struct {
 
 // BuildProfile merges windows into one CPU profile in pprof conventions:
 // sample types samples/count and cpu/nanoseconds, period from the sampling
-// frequency, labels pid, tid, comm and cgroup on every sample.
+// frequency, labels pid, tid, comm and cgroup on every sample, and
+// container_id, pod_uid, namespace, pod and container where known.
 func BuildProfile(windows []*pipeline.Window, f Filter) *profile.Profile {
 	b := newProfileBuilder()
 	for _, w := range windows {
@@ -112,7 +114,7 @@ func (b *profileBuilder) addSample(s *pipeline.Sample, period int64) {
 	for i := range s.Frames {
 		locs[i] = b.location(&s.Frames[i])
 	}
-	b.addRow(sampleRow{pid: s.PID, tid: s.TID, comm: s.Comm, cgroup: s.Cgroup,
+	b.addRow(sampleRow{pid: s.PID, tid: s.TID, comm: s.Comm, cgroup: s.Cgroup, workload: labelsOfWorkload(s.Workload),
 		samples: int64(s.Count), nanos: int64(s.Count) * period}, locs)
 }
 
@@ -120,6 +122,7 @@ func (b *profileBuilder) addSample(s *pipeline.Sample, period int64) {
 type sampleRow struct {
 	pid, tid       uint32
 	comm, cgroup   string
+	workload       workloadLabels
 	samples, nanos int64
 }
 
@@ -139,6 +142,7 @@ func (b *profileBuilder) addRow(r sampleRow, locs []*profile.Location) *profile.
 		Label:    map[string][]string{"comm": {r.comm}, "cgroup": {r.cgroup}},
 		NumLabel: map[string][]int64{"pid": {int64(r.pid)}, "tid": {int64(r.tid)}},
 	}
+	r.workload.addTo(ps.Label)
 	b.samples[string(b.key)] = ps
 	b.p.Sample = append(b.p.Sample, ps)
 	return ps
@@ -152,6 +156,10 @@ func appendSampleKey(key []byte, r *sampleRow, locs []*profile.Location) []byte 
 	key = append(key, r.comm...)
 	key = binary.AppendUvarint(key, uint64(len(r.cgroup)))
 	key = append(key, r.cgroup...)
+	for _, v := range r.workload.values() {
+		key = binary.AppendUvarint(key, uint64(len(v)))
+		key = append(key, v...)
+	}
 	for _, l := range locs {
 		key = binary.AppendUvarint(key, l.ID)
 	}

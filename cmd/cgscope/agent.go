@@ -10,6 +10,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -23,6 +24,7 @@ type profilingFlags struct {
 	maxProcesses  int
 	maxCgroups    int
 	bpfStatsOnOff bool
+	kube          *kubernetesFlags
 }
 
 func addProfilingFlags(app *kingpin.Application) *profilingFlags {
@@ -46,6 +48,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default("65536").IntVar(&f.maxCgroups)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
 		Default("true").BoolVar(&f.bpfStatsOnOff)
+	f.kube = addKubernetesFlags(app)
 	return f
 }
 
@@ -66,7 +69,7 @@ func (f *profilingFlags) validate() error {
 	case f.maxCgroups < 1:
 		return fmt.Errorf("--cgroup.max-paths=%d: want at least 1", f.maxCgroups)
 	}
-	return nil
+	return f.kube.validate()
 }
 
 // samplerFlagNames names the flag behind each profiler.Config field.
@@ -82,6 +85,8 @@ type agent struct {
 	sampler *profiler.Sampler
 	sym     *symbolizer.Symbolizer
 	cgroups *profiler.CgroupResolver // nil without a cgroup2 mount
+	// workloads names the containers and pods of cgroups.
+	workloads *attribution.Resolver
 	// btf is the kernel BTF parsed once for every BPF load at start-up;
 	// releaseBTF drops it once everything is loaded.
 	btf      *btf.Cache
@@ -115,6 +120,14 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}
 	a.cgroups = cgroups
 	a.pipeline = pipeline.New(s, a.sym, cgroups, f.interval)
+	workloads, stopWorkloads, err := f.kube.startWorkloads()
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.workloads = workloads
+	a.closers = append(a.closers, stopWorkloads)
+	a.pipeline.SetWorkloads(workloads)
 	go s.RunProcessEvents(a.pipeline.ProcessStarted)
 	go func() {
 		if err := a.sym.ReloadKallsyms(); err != nil {

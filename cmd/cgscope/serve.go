@@ -88,7 +88,9 @@ func (c *serveCommand) run() error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		exporter.NewSelfCollector(a.sampler, a.sym.Stats, a.pipeline.Stats),
+		a.workloads,
 	)
+	cgroupOpts.Workloads = a.workloads
 	counters, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
 	if err != nil {
 		return err

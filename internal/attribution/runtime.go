@@ -39,7 +39,7 @@ func newRuntimeClient(endpoint string, timeout time.Duration, logger *slog.Logge
 // list returns every pod sandbox and container the runtime knows.
 func (c *runtimeClient) list(ctx context.Context) ([]*runtimeapi.PodSandbox, []*runtimeapi.Container, error) {
 	if err := c.connect(ctx); err != nil {
-		c.report(err)
+		c.report(ctx, err)
 		return nil, nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -49,12 +49,12 @@ func (c *runtimeClient) list(ctx context.Context) ([]*runtimeapi.PodSandbox, []*
 		var containers []*runtimeapi.Container
 		containers, err = c.svc.ListContainers(cctx, nil)
 		if err == nil {
-			c.report(nil)
+			c.report(ctx, nil)
 			return pods, containers, nil
 		}
 	}
 	err = fmt.Errorf("CRI runtime %s: %w", c.connected, err)
-	c.report(err)
+	c.report(ctx, err)
 	c.close()
 	return nil, nil, err
 }
@@ -98,15 +98,19 @@ func probeEndpoints(endpoints []string) string {
 }
 
 // report logs the runtime's state when it changes: connected, failing (with
-// the error) or absent. An unreachable runtime is one log line, not one per
-// attempt.
-func (c *runtimeClient) report(err error) {
+// the first error) or absent. An unreachable runtime is one log line, not
+// one per attempt, whatever each attempt's error; shutting down is not a
+// failure.
+func (c *runtimeClient) report(ctx context.Context, err error) {
+	if ctx.Err() != nil {
+		return
+	}
 	state := "connected"
 	switch {
 	case errors.Is(err, errNoRuntime):
 		state = "absent"
 	case err != nil:
-		state = "failing: " + err.Error()
+		state = "failing"
 	}
 	if state == c.state {
 		return

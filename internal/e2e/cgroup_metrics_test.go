@@ -24,6 +24,15 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+// cgroupSeries is the /metrics key of a cgroup outside any container: its
+// path, the workload labels empty, and any extra labels, sorted by name as
+// the exposition format does.
+func cgroupSeries(name, cgroup string, extra ...string) string {
+	labels := append([]string{`cgroup="` + cgroup + `"`, `container=""`, `container_id=""`, `namespace=""`, `pod=""`, `pod_uid=""`}, extra...)
+	sort.Strings(labels)
+	return name + "{" + strings.Join(labels, ",") + "}"
+}
+
 // The per-cgroup series appear on /metrics with the cgroup's path and
 // container labels, and match the kernel's own accounting.
 func TestCgroupSeriesOnMetrics(t *testing.T) {
@@ -35,11 +44,7 @@ func TestCgroupSeriesOnMetrics(t *testing.T) {
 
 	body, _ := httpGet(t, d.url("/metrics"))
 	values := parseMetrics(t, string(body))
-	key := func(name string, extra ...string) string {
-		labels := append([]string{`cgroup="` + rel + `"`, `container_id=""`, `pod_uid=""`}, extra...)
-		sort.Strings(labels) // the exposition format sorts labels by name
-		return name + "{" + strings.Join(labels, ",") + "}"
-	}
+	key := func(name string, extra ...string) string { return cgroupSeries(name, rel, extra...) }
 	cpu, ok := values[key("cgscope_cgroup_cpu_seconds_total")]
 	if !ok {
 		t.Fatalf("no cpu series for %s:\n%s", rel, grepLines(string(body), rel))
@@ -59,7 +64,7 @@ func TestCgroupSeriesOnMetrics(t *testing.T) {
 		}
 	}
 	// cgroup files: the root cgroup has memory accounting on every layout.
-	if v := values[`cgscope_cgroup_memory_usage_bytes{cgroup="/",container_id="",pod_uid=""}`]; v <= 0 {
+	if v := values[cgroupSeries("cgscope_cgroup_memory_usage_bytes", "/")]; v <= 0 {
 		t.Errorf("root cgroup memory usage %v, want > 0:\n%s", v, grepLines(string(body), "memory_usage"))
 	}
 	for _, collector := range []string{"sched", "faults", "oom", "network", "tcp"} {
@@ -117,7 +122,7 @@ func TestCgroupCapFoldsIntoOther(t *testing.T) {
 	if values[`cgscope_cgroups_folded{reason="over_limit"}`] == 0 {
 		t.Errorf("nothing folded into other on a host with more than 3 cgroups:\n%s", grepLines(string(body), "cgscope_cgroups"))
 	}
-	if _, ok := values[`cgscope_cgroup_cpu_seconds_total{cgroup="other",container_id="",pod_uid=""}`]; !ok {
+	if _, ok := values[cgroupSeries("cgscope_cgroup_cpu_seconds_total", "other")]; !ok {
 		t.Errorf("no cgroup=\"other\" series")
 	}
 }
@@ -238,7 +243,7 @@ func TestDeletedCgroupSeriesExpire(t *testing.T) {
 	w := workload(t, filepath.Join(artifacts(t), "gosplit"), "-duration=200ms")
 	joinCgroup(t, abs, w.Process.Pid)
 	w.Wait()
-	series := `cgscope_cgroup_cpu_seconds_total{cgroup="` + rel + `",container_id="",pod_uid=""}`
+	series := cgroupSeries("cgscope_cgroup_cpu_seconds_total", rel)
 	scrape := func() map[string]float64 {
 		body, _ := httpGet(t, d.url("/metrics"))
 		return parseMetrics(t, string(body))

@@ -174,7 +174,7 @@ func TestRemoteWriteToPrometheus(t *testing.T) {
 	w.Wait()
 
 	for _, name := range []string{"cgscope_cgroup_cpu_seconds_total", "cgscope_cgroup_network_transmit_bytes_total"} {
-		series := name + `{cgroup="` + rel + `",container_id="",pod_uid=""}`
+		series := cgroupSeries(name, rel)
 		var pushed, scraped float64
 		deadline := time.Now().Add(30 * time.Second)
 		for {

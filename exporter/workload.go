@@ -1,0 +1,113 @@
+package exporter
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/cgscope/cgscope/internal/attribution"
+)
+
+// WorkloadResolver names the container or pod of a cgroup path without
+// blocking (attribution.Resolver). A nil WorkloadResolver is allowed where
+// one is optional: cgroups then carry no Kubernetes labels.
+type WorkloadResolver interface {
+	Lookup(cgroupPath string) *attribution.Workload
+}
+
+// workloadLabels are the Kubernetes identity of a sample or a cgroup as
+// cgscope exports it everywhere: pprof sample labels, /metrics labels,
+// history filters. "" is unknown.
+type workloadLabels struct {
+	containerID, podUID, namespace, pod, container string
+}
+
+func labelsOfWorkload(w *attribution.Workload) workloadLabels {
+	if w == nil {
+		return workloadLabels{}
+	}
+	return workloadLabels{w.ContainerID, w.PodUID, w.Namespace, w.Pod, w.Container}
+}
+
+// workloadLabelNames are the label names, in the order of values().
+var workloadLabelNames = [...]string{"container_id", "pod_uid", "namespace", "pod", "container"}
+
+func (l workloadLabels) values() [5]string {
+	return [5]string{l.containerID, l.podUID, l.namespace, l.pod, l.container}
+}
+
+// addTo sets the known labels on a pprof sample's string labels.
+func (l workloadLabels) addTo(labels map[string][]string) {
+	for i, v := range l.values() {
+		if v != "" {
+			labels[workloadLabelNames[i]] = []string{v}
+		}
+	}
+}
+
+// WorkloadFilter selects samples by container and pod. Zero values match
+// all; set fields must all match.
+type WorkloadFilter struct {
+	ContainerID string // full id or a prefix of at least 12 hex digits
+	PodUID      string
+	Namespace   string
+	Pod         string
+	Container   string
+}
+
+// IsZero reports whether the filter selects everything.
+func (f WorkloadFilter) IsZero() bool { return f == WorkloadFilter{} }
+
+func (f WorkloadFilter) match(l workloadLabels) bool {
+	return (f.ContainerID == "" || strings.HasPrefix(l.containerID, f.ContainerID)) &&
+		(f.PodUID == "" || l.podUID == f.PodUID) &&
+		(f.Namespace == "" || l.namespace == f.Namespace) &&
+		(f.Pod == "" || l.pod == f.Pod) &&
+		(f.Container == "" || l.container == f.Container)
+}
+
+// workloadParams names the query parameters WorkloadFilter understands.
+const workloadParams = "container_id, pod_uid, namespace, pod, container"
+
+// Kubernetes' own name rules (RFC 1123 label for namespaces and containers,
+// subdomain for pods), so a typo is a 400 rather than an empty profile.
+var (
+	reDNSLabel     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	reDNSSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+	rePodUID       = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$|^[0-9a-f]{32}$`)
+)
+
+// parseParam sets the field named by a query parameter. known is false for
+// a parameter that is not a workload filter.
+func (f *WorkloadFilter) parseParam(name, v string) (known bool, err error) {
+	switch name {
+	case "container_id":
+		if len(v) < 12 || len(v) > 64 || strings.Trim(v, "0123456789abcdef") != "" {
+			return true, fmt.Errorf("container_id=%q: want 12 to 64 lowercase hex digits", v)
+		}
+		f.ContainerID = v
+	case "pod_uid":
+		if !rePodUID.MatchString(v) {
+			return true, fmt.Errorf("pod_uid=%q: want a UID like 01234567-89ab-cdef-0123-456789abcdef", v)
+		}
+		f.PodUID = v
+	case "namespace":
+		if !reDNSLabel.MatchString(v) {
+			return true, fmt.Errorf("namespace=%q: want a Kubernetes namespace name (lowercase letters, digits, '-', at most 63)", v)
+		}
+		f.Namespace = v
+	case "pod":
+		if !reDNSSubdomain.MatchString(v) {
+			return true, fmt.Errorf("pod=%q: want a Kubernetes pod name (lowercase letters, digits, '-', '.', at most 253)", v)
+		}
+		f.Pod = v
+	case "container":
+		if !reDNSLabel.MatchString(v) {
+			return true, fmt.Errorf("container=%q: want a Kubernetes container name (lowercase letters, digits, '-', at most 63)", v)
+		}
+		f.Container = v
+	default:
+		return false, nil
+	}
+	return true, nil
+}
