@@ -5,6 +5,13 @@
 
 #define MAX_STACK_DEPTH 127
 
+/* Kernel addresses named per run of kernel_symbols: bpf_snprintf takes at
+ * most 12 arguments. */
+#define KSYM_BATCH 12
+/* Room for KSYM_BATCH lines of the longest names (KSYM_NAME_LEN is 512) and
+ * module suffixes, so the output is never cut short. */
+#define KSYM_NAMES_SIZE 8192
+
 enum control_index {
 	CONTROL_GENERATION = 0,
 	CONTROL_MAX,

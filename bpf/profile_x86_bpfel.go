@@ -71,7 +71,9 @@ const (
 	ProfileMapStacks0               = "stacks0"
 	ProfileMapStacks1               = "stacks1"
 	ProfileMapStats                 = "stats"
+	ProfileProgKernelSymbols        = "kernel_symbols"
 	ProfileProgSampleCpu            = "sample_cpu"
+	ProfileVarKsymNames             = "ksym_names"
 	ProfileVarUnusedNewProcessEvent = "unused_new_process_event"
 	ProfileVarUnusedStatIndex       = "unused_stat_index"
 )
@@ -118,7 +120,8 @@ type ProfileSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileProgramSpecs struct {
-	SampleCpu *ebpf.ProgramSpec `ebpf:"sample_cpu"`
+	KernelSymbols *ebpf.ProgramSpec `ebpf:"kernel_symbols"`
+	SampleCpu     *ebpf.ProgramSpec `ebpf:"sample_cpu"`
 }
 
 // ProfileMapSpecs contains maps before they are loaded into the kernel.
@@ -142,6 +145,7 @@ type ProfileMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileVariableSpecs struct {
+	KsymNames             *ebpf.VariableSpec `ebpf:"ksym_names"`
 	UnusedNewProcessEvent *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
 	UnusedStatIndex       *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
@@ -199,6 +203,7 @@ func (m *ProfileMaps) Close() error {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileVariables struct {
+	KsymNames             *ebpf.Variable `ebpf:"ksym_names"`
 	UnusedNewProcessEvent *ebpf.Variable `ebpf:"unused_new_process_event"`
 	UnusedStatIndex       *ebpf.Variable `ebpf:"unused_stat_index"`
 }
@@ -207,11 +212,13 @@ type ProfileVariables struct {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfilePrograms struct {
-	SampleCpu *ebpf.Program `ebpf:"sample_cpu"`
+	KernelSymbols *ebpf.Program `ebpf:"kernel_symbols"`
+	SampleCpu     *ebpf.Program `ebpf:"sample_cpu"`
 }
 
 func (p *ProfilePrograms) Close() error {
 	return _ProfileClose(
+		p.KernelSymbols,
 		p.SampleCpu,
 	)
 }

@@ -66,7 +66,8 @@ func (c Config) Validate() error {
 // Sampler owns the loaded CPU-sampling programs, their maps and perf events.
 type Sampler struct {
 	cfg     Config
-	objs    bpf.ProfileObjects
+	objs    samplerObjects
+	namer   *kernelNamer // nil when the kernel refused it
 	links   []link.Link
 	perfFDs []int
 	events  *ringbuf.Reader
@@ -106,6 +107,17 @@ func NewSampler(cfg Config) (*Sampler, error) {
 	return s, nil
 }
 
+// samplerObjects are the Profile object's maps and its sampling program;
+// kernel_symbols loads on its own (see kernelNamer).
+type samplerObjects struct {
+	bpf.ProfileMaps
+	SampleCpu *ebpf.Program `ebpf:"sample_cpu"`
+}
+
+func (o *samplerObjects) Close() error {
+	return errors.Join(o.SampleCpu.Close(), o.ProfileMaps.Close())
+}
+
 func (s *Sampler) load() error {
 	spec, err := bpf.LoadProfile()
 	if err != nil {
@@ -127,6 +139,9 @@ func (s *Sampler) load() error {
 			slog.Error("BPF verifier rejected the CPU sampler", "log", fmt.Sprintf("%+v", verr))
 		}
 		return fmt.Errorf("%w: loading the CPU sampler BPF program: %v", ErrPreflight, err)
+	}
+	if s.namer, err = loadKernelNamer(spec, s.cfg.BTF); err != nil {
+		slog.Warn("kernel frames will be named from /proc/kallsyms", "err", err)
 	}
 	return nil
 }
@@ -154,6 +169,16 @@ func (s *Sampler) attach() error {
 		s.links = append(s.links, l)
 	}
 	return nil
+}
+
+// KernelNamer returns a function that names kernel addresses by asking the
+// running kernel, one name per address ("" where no symbol covers it), or nil
+// when the kernel refused the program that does it.
+func (s *Sampler) KernelNamer() func(addrs []uint64) ([]string, error) {
+	if s.namer == nil {
+		return nil
+	}
+	return s.namer.Names
 }
 
 // CPUs returns the number of CPUs being sampled.
@@ -209,7 +234,7 @@ func (s *Sampler) Close() error {
 			errs = append(errs, s.events.Close())
 			s.eventsWG.Wait()
 		}
-		errs = append(errs, s.objs.Close())
+		errs = append(errs, s.objs.Close(), s.namer.close())
 	})
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package symbolizer
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -122,6 +123,61 @@ func TestKallsymsRestricted(t *testing.T) {
 		t.Errorf("ReloadKallsyms = %v, want ErrKallsymsRestricted", err)
 	}
 	if st := s.Stats(); st.FramesUnsymbolized != 1 || st.Errors == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// With a KernelNamer, Kernel asks it once per new lookup address (return
+// addresses one byte back), never reads kallsyms, and falls back to kallsyms
+// when the namer fails.
+func TestKernelNamer(t *testing.T) {
+	root := t.TempDir()
+	kallsyms := "ffffffff81000000 T from_kallsyms\nffffffff81001000 T _etext\n"
+	if err := os.WriteFile(filepath.Join(root, "kallsyms"), []byte(kallsyms), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{ProcRoot: root})
+	var asked []uint64
+	fail := false
+	s.SetKernelNamer(func(addrs []uint64) ([]string, error) {
+		if fail {
+			return nil, errors.New("namer broken")
+		}
+		asked = append(asked, addrs...)
+		names := make([]string, len(addrs))
+		for i, a := range addrs {
+			if a != 0xffffffff81000fff {
+				names[i] = fmt.Sprintf("fn_%x", a)
+			}
+		}
+		return names, nil
+	})
+	if err := s.ReloadKallsyms(); err != nil {
+		t.Fatalf("ReloadKallsyms with a namer: %v", err)
+	}
+	stack := []uint64{0xffffffff81000010, 0xffffffff81000100, 0xffffffff81001000}
+	frames := s.Kernel(stack)
+	want := []string{"fn_ffffffff81000010", "fn_ffffffff810000ff", ""}
+	for i, f := range frames {
+		if f.Function != want[i] || !f.Kernel || f.Address != stack[i] || f.ObjAddress != stack[i] {
+			t.Errorf("frame %d: %+v, want %q", i, f, want[i])
+		}
+	}
+	if len(asked) != 3 {
+		t.Errorf("namer asked for %#x, want the 3 lookup addresses", asked)
+	}
+	s.Kernel(stack) // all known now, the unnamed one included
+	if len(asked) != 3 {
+		t.Errorf("namer asked again: %#x", asked[3:])
+	}
+	if s.kernel.Load() != nil {
+		t.Error("kallsyms was read although the namer works")
+	}
+	fail = true
+	if f := s.Kernel([]uint64{0xffffffff81000020}); f[0].Function != "from_kallsyms" {
+		t.Errorf("namer failing: frame %+v, want from_kallsyms", f[0])
+	}
+	if st := s.Stats(); st.Errors == 0 || st.FramesSymbolized != 5 || st.FramesUnsymbolized != 2 {
 		t.Errorf("stats %+v", st)
 	}
 }

@@ -60,7 +60,8 @@ type Symbolizer struct {
 	maxVDSOs   int
 	seed       maphash.Seed // for vDSO content hashes
 
-	kernelLoader sync.Mutex // serializes kallsyms loads
+	knames       kernelNames // names from the kernel itself, when a KernelNamer is set
+	kernelLoader sync.Mutex  // serializes kallsyms loads
 	kernel       atomic.Pointer[symbolTable]
 
 	ownVDSOOnce  sync.Once
@@ -146,17 +147,22 @@ func lookupAddress(addr uint64, leaf bool) uint64 {
 	return addr - 1
 }
 
-// Kernel symbolizes kernel addresses from /proc/kallsyms (loaded lazily once, reloadable via
-// ReloadKallsyms; module symbols get Function "name" and Mapping nil, Kernel true). If
-// kallsyms shows zero addresses (kptr_restrict / missing CAP_SYSLOG), it returns an error once
-// from ReloadKallsyms and frames stay unnamed.
+// Kernel symbolizes kernel addresses (Kernel true, Mapping nil; module functions are named
+// without their module). With a KernelNamer (SetKernelNamer) the running kernel names them;
+// otherwise, or if it fails, /proc/kallsyms does (loaded lazily once, reloadable via
+// ReloadKallsyms). If kallsyms shows zero addresses (kptr_restrict / missing CAP_SYSLOG),
+// ReloadKallsyms returns an error once and frames stay unnamed.
 func (s *Symbolizer) Kernel(addrs []uint64) []Frame {
-	table := s.kernelTable()
 	frames := make([]Frame, len(addrs))
 	for i, addr := range addrs {
 		frames[i] = Frame{Address: addr, ObjAddress: addr, Kernel: true}
-		if j := table.lookup(lookupAddress(addr, i == 0)); j >= 0 {
-			frames[i].Function = table.name(j)
+	}
+	if !s.nameKernelFrames(frames) {
+		table := s.kernelTable()
+		for i, addr := range addrs {
+			if j := table.lookup(lookupAddress(addr, i == 0)); j >= 0 {
+				frames[i].Function = table.name(j)
+			}
 		}
 	}
 	s.countFrames(frames)
@@ -179,7 +185,12 @@ func (s *Symbolizer) kernelTable() *symbolTable {
 
 // ReloadKallsyms re-reads /proc/kallsyms, e.g. after modules were loaded. It returns
 // ErrKallsymsRestricted if the kernel hides the addresses; kernel frames then stay unnamed.
+// With a KernelNamer it does nothing: the kernel names every new address itself, modules
+// loaded since included.
 func (s *Symbolizer) ReloadKallsyms() error {
+	if s.hasKernelNamer() {
+		return nil
+	}
 	s.kernelLoader.Lock()
 	defer s.kernelLoader.Unlock()
 	return s.loadKallsyms()

@@ -76,8 +76,21 @@ type WorkloadResolver interface {
 // before Run.
 func (p *Pipeline) SetWorkloads(r WorkloadResolver) { p.workloads = r }
 
-// New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
+// kernelNamer is implemented by a Sampler that names kernel addresses by
+// asking the running kernel (profiler.Sampler does, through BPF); the
+// symbolizer then never reads /proc/kallsyms.
+type kernelNamer interface {
+	KernelNamer() func(addrs []uint64) ([]string, error)
+}
+
+// New builds a pipeline. cgroups may be nil (no cgroup2 mounted). When the
+// sampler can name kernel addresses, sym is told to ask it.
 func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver, interval time.Duration) *Pipeline {
+	if kn, ok := s.(kernelNamer); ok {
+		if namer := kn.KernelNamer(); namer != nil {
+			sym.SetKernelNamer(namer)
+		}
+	}
 	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){}}
 }
 
