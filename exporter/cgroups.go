@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
@@ -61,10 +61,11 @@ type CgroupCollector struct {
 	opts     CgroupOptions
 	now      func() time.Time
 
-	mu       sync.Mutex // serializes scrapes; guards the fields below
-	known    map[uint64]*cgroupEntry
-	admitted map[string]*admission // exported paths and their labels, bounded by MaxCgroups
-	lastFold foldStats
+	mu         sync.Mutex // serializes scrapes; guards the fields below
+	known      map[uint64]*cgroupEntry
+	admitted   map[string]*admission // exported paths and their labels, bounded by MaxCgroups
+	lastFold   foldStats
+	otherPairs []*dto.LabelPair
 }
 
 type cgroupEntry struct {
@@ -91,49 +92,43 @@ func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *File
 type admission struct {
 	workload *attribution.Workload
 	labels   []string
+	pairs    []*dto.LabelPair // labels as sorted pairs, built on first use
 }
 
 // cgroupSeries is one exported cgroup: a label set and what it sums.
 type cgroupSeries struct {
-	labels []string // cgroupLabels' values
-	path   string   // the cgroup path whose files describe it; "" for other
+	labels []string         // cgroupLabels' values
+	pairs  []*dto.LabelPair // the same as label pairs, sorted by name
+	path   string           // the cgroup path whose files describe it; "" for other
 	usage  profiler.CgroupUsage
 }
 
-// Describe implements prometheus.Collector.
-func (c *CgroupCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range cgroupDescs() {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (c *CgroupCollector) Collect(ch chan<- prometheus.Metric) {
+// Gather returns the per-cgroup families and the collector's own (folded,
+// filtered and exported cgroups, scrape duration and success). A failure
+// to read the counters is returned with the families that could be built.
+func (c *CgroupCollector) Gather() ([]*dto.MetricFamily, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	start := c.now()
 	series, err := c.gather()
-	ok := err == nil
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(descCgroupCPU, err)
-	}
+	out := newFamilySink()
 	for _, s := range series {
-		emitUsage(ch, s, c.opts.Collectors)
+		emitUsage(out, s, c.opts.Collectors)
 		faultsFromFiles := false
 		if c.files != nil && s.path != "" {
-			faultsFromFiles = c.emitFiles(ch, s, start)
+			faultsFromFiles = c.emitFiles(out, s, start)
 		}
 		if !faultsFromFiles && c.opts.Collectors["faults"] {
-			ch <- prometheus.MustNewConstMetric(descCgroupFaults, prometheus.CounterValue,
-				float64(s.usage.PageFaults), append(s.labels, "minor")...)
+			out.add(descCgroupFaults, s.pairs, float64(s.usage.PageFaults), "minor")
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(descCgroupsFolded, prometheus.GaugeValue, float64(c.lastFold.other), "over_limit")
-	ch <- prometheus.MustNewConstMetric(descCgroupsFolded, prometheus.GaugeValue, float64(c.lastFold.unresolved), "unresolved")
-	ch <- prometheus.MustNewConstMetric(descCgroupsFiltered, prometheus.GaugeValue, float64(c.lastFold.filtered))
-	ch <- prometheus.MustNewConstMetric(descCgroupsExported, prometheus.GaugeValue, float64(len(series)))
-	ch <- prometheus.MustNewConstMetric(descScrapeDuration, prometheus.GaugeValue, c.now().Sub(start).Seconds(), "cgroup")
-	ch <- prometheus.MustNewConstMetric(descScrapeSuccess, prometheus.GaugeValue, boolFloat(ok), "cgroup")
+	out.add(descCgroupsFolded, nil, float64(c.lastFold.other), "over_limit")
+	out.add(descCgroupsFolded, nil, float64(c.lastFold.unresolved), "unresolved")
+	out.add(descCgroupsFiltered, nil, float64(c.lastFold.filtered))
+	out.add(descCgroupsExported, nil, float64(len(series)))
+	out.add(descScrapeDuration, nil, c.now().Sub(start).Seconds(), "cgroup")
+	out.add(descScrapeSuccess, nil, boolFloat(err == nil), "cgroup")
+	return out.order, err
 }
 
 // gather reads the counters and groups them into series: filtered, folded
@@ -170,7 +165,7 @@ func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
 		}
 		s := byLabel[labels[0]]
 		if s == nil {
-			s = &cgroupSeries{labels: labels}
+			s = &cgroupSeries{labels: labels, pairs: c.pairsOf(labels)}
 			if labels[0] != OtherCgroup {
 				s.path = path
 			}
@@ -266,6 +261,7 @@ func (c *CgroupCollector) admit(path string) []string {
 	if a.labels == nil || w != a.workload {
 		a.workload = w
 		a.labels = append([]string{path}, labelValues(w, path)...)
+		a.pairs = nil
 	}
 	return a.labels
 }
@@ -287,6 +283,22 @@ func labelValues(w *attribution.Workload, path string) []string {
 	}
 	v := l.values()
 	return v[:]
+}
+
+// pairsOf returns the label pairs of an admitted label set, built once per
+// label set and shared by all its series.
+func (c *CgroupCollector) pairsOf(labels []string) []*dto.LabelPair {
+	if labels[0] == OtherCgroup {
+		if c.otherPairs == nil {
+			c.otherPairs = labelPairs(cgroupLabels, otherLabels)
+		}
+		return c.otherPairs
+	}
+	a := c.admitted[labels[0]]
+	if a.pairs == nil {
+		a.pairs = labelPairs(cgroupLabels, a.labels)
+	}
+	return a.pairs
 }
 
 // pruneAdmitted frees the slots of cgroups that are gone.

@@ -1,23 +1,35 @@
 package exporter
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cgscope/cgscope/internal/attribution"
+	"github.com/cgscope/cgscope/internal/attribution/critest"
 	"github.com/cgscope/cgscope/profiler"
 )
 
-// BenchmarkCgroupScrape1000 scrapes the per-cgroup metrics of 1,000 real
-// cgroups, each of which ran a process so the kernel counters know it, with
-// the real BPF collectors, resolver and cgroup file cache.
-func BenchmarkCgroupScrape1000(b *testing.B) {
+// scrapeBench is a registry with the cgroup collector over real cgroups,
+// each of which ran a process so the kernel counters know it, with the real
+// BPF collectors, resolver and cgroup file cache.
+type scrapeBench struct {
+	reg     prometheus.Gatherer
+	cleanup []func()
+}
+
+// newScrapeBench creates the cgroups dirs (relative paths, parents first)
+// below a fresh parent and registers a collector over them.
+func newScrapeBench(b *testing.B, dirs []string, workloads WorkloadResolver) *scrapeBench {
 	if os.Geteuid() != 0 {
 		b.Skip("SKIPPED: not root; the benchmark loads eBPF and creates cgroups")
 	}
@@ -35,18 +47,23 @@ func BenchmarkCgroupScrape1000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer counters.Close()
-
+	sb := &scrapeBench{cleanup: []func(){func() { counters.Close() }}}
+	b.Cleanup(func() {
+		for i := len(sb.cleanup) - 1; i >= 0; i-- {
+			sb.cleanup[i]()
+		}
+	})
 	parent := filepath.Join(root, fmt.Sprintf("cgscope-bench-%d", os.Getpid()))
 	if err := os.Mkdir(parent, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	defer removeTree(parent)
-	for i := 0; i < 1000; i++ {
-		dir := filepath.Join(parent, fmt.Sprintf("c%04d", i))
+	sb.cleanup = append(sb.cleanup, func() { os.Remove(parent) })
+	for _, d := range dirs {
+		dir := filepath.Join(parent, d)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			b.Fatal(err)
 		}
+		sb.cleanup = append(sb.cleanup, func() { os.Remove(dir) })
 		runIn(b, dir)
 	}
 
@@ -59,18 +76,21 @@ func BenchmarkCgroupScrape1000(b *testing.B) {
 		b.Fatal(err)
 	}
 	files := NewFileStatsCache(reader, 10*time.Second, 20*time.Millisecond)
-	opts := CgroupOptions{MaxCgroups: 2000, GracePeriod: time.Minute, Collectors: all}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCgroupCollector(counters, resolver, files, opts))
-	if _, err := reg.Gather(); err != nil { // first scrape fills the file cache
+	opts := CgroupOptions{MaxCgroups: 4000, GracePeriod: time.Minute, Collectors: all, Workloads: workloads}
+	sb.reg = CombineGatherers(prometheus.NewRegistry(), NewCgroupCollector(counters, resolver, files, opts))
+	if _, err := sb.reg.Gather(); err != nil { // first scrape fills the file cache
 		b.Fatal(err)
 	}
 	files.refresh()
+	return sb
+}
 
+// scrape gathers b.N times and reports series and ms/scrape.
+func (sb *scrapeBench) scrape(b *testing.B, check func(mfs []*dto.MetricFamily)) {
 	b.ResetTimer()
 	var series int
 	for b.Loop() {
-		mfs, err := reg.Gather()
+		mfs, err := sb.reg.Gather()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -78,9 +98,83 @@ func BenchmarkCgroupScrape1000(b *testing.B) {
 		for _, mf := range mfs {
 			series += len(mf.Metric)
 		}
+		if check != nil {
+			check(mfs)
+			check = nil
+		}
 	}
 	b.ReportMetric(float64(series), "series")
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/scrape")
+}
+
+// BenchmarkCgroupScrape1000 scrapes 1,000 plain cgroups.
+func BenchmarkCgroupScrape1000(b *testing.B) {
+	var dirs []string
+	for i := range 1000 {
+		dirs = append(dirs, fmt.Sprintf("c%04d", i))
+	}
+	newScrapeBench(b, dirs, nil).scrape(b, nil)
+}
+
+// BenchmarkCgroupScrape500Pods scrapes 500 pods laid out as the kubelet
+// and containerd lay them out (a pod cgroup with its sandbox's and one
+// container's cgroup: 1,500 cgroups), named by a CRI runtime on a real
+// socket whose 500 pods and 1,000 containers are cached. extra-MiB is how
+// much the heap grew from before the resolver started to after its first
+// listing and the first scrape: the names cache plus the collector's own
+// state for 1,500 cgroups, an upper bound of what Kubernetes names cost.
+func BenchmarkCgroupScrape500Pods(b *testing.B) {
+	cri := critest.Start(b)
+	var dirs []string
+	dirs = append(dirs, "kubepods", "kubepods/burstable")
+	for i := range 500 {
+		pod := critest.Pod{SandboxID: critest.HexID(10000 + i), UID: critest.UID(i), Namespace: fmt.Sprintf("ns-%d", i%20), Name: fmt.Sprintf("pod-%d", i)}
+		ctr := critest.Container{ID: critest.HexID(20000 + i), Name: "app", Pod: pod}
+		cri.AddPod(pod)
+		cri.AddContainer(ctr)
+		podDir := "kubepods/burstable/pod" + pod.UID
+		dirs = append(dirs, podDir, podDir+"/"+pod.SandboxID, podDir+"/"+ctr.ID)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	workloads, err := attribution.NewResolver(attribution.Config{Endpoint: cri.Endpoint})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go workloads.Run(ctx)
+	probe := "/x/kubepods/burstable/pod" + critest.UID(499) + "/" + critest.HexID(20499)
+	for deadline := time.Now().Add(10 * time.Second); !workloads.Lookup(probe).Named(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("the CRI runtime's listing never arrived")
+		}
+	}
+	sb := newScrapeBench(b, dirs, workloads)
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	named := func(mfs []*dto.MetricFamily) {
+		for _, mf := range mfs {
+			if mf.GetName() != "cgscope_cgroup_cpu_seconds_total" {
+				continue
+			}
+			n := 0
+			for _, m := range mf.Metric {
+				for _, l := range m.Label {
+					if l.GetName() == "container" && l.GetValue() == "app" {
+						n++
+					}
+				}
+			}
+			if n != 500 {
+				b.Fatalf("%d cpu series named container=app, want 500", n)
+			}
+		}
+	}
+	sb.scrape(b, named)
+	b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/(1<<20), "extra-MiB")
 }
 
 // runIn runs one short process born inside the cgroup dir.
@@ -95,12 +189,4 @@ func runIn(b *testing.B, dir string) {
 	if err := cmd.Run(); err != nil {
 		b.Fatal(err)
 	}
-}
-
-func removeTree(parent string) {
-	entries, _ := os.ReadDir(parent)
-	for _, e := range entries {
-		os.Remove(filepath.Join(parent, e.Name()))
-	}
-	os.Remove(parent)
 }

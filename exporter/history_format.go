@@ -87,14 +87,14 @@ type frameRec struct {
 }
 
 type labelKey struct {
-	pid, tid                 uint32
-	comm, cgroup             string
+	pid, tid                  uint32
+	comm, cgroup              string
 	namespace, pod, container string
 }
 
 type labelRec struct {
-	pid, tid                 uint32
-	comm, cgroup             uint32
+	pid, tid                  uint32
+	comm, cgroup              uint32
 	namespace, pod, container uint32
 }
 

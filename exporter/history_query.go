@@ -19,11 +19,11 @@ import (
 
 // HistoryQuery selects a time range of the history and the samples in it.
 type HistoryQuery struct {
-	From, To    time.Time
-	PID         uint32
-	Comm        string
-	Cgroup      string // path prefix by whole components, like Filter
-	Workload    WorkloadFilter
+	From, To time.Time
+	PID      uint32
+	Comm     string
+	Cgroup   string // path prefix by whole components, like Filter
+	Workload WorkloadFilter
 }
 
 // QueryError is a malformed query: HTTP handlers answer 400 with it.

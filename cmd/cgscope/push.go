@@ -148,16 +148,17 @@ func (t tlsFlags) load(prefix string) (*tls.Config, error) {
 }
 
 // startPushExporters registers the exporter self-metrics on reg and starts
-// the configured exporters; none of them waits for its backend. The
+// the configured exporters, which push what g gathers (the /metrics
+// families); none of them waits for its backend. The
 // returned stop ends them and makes one last bounded send; call it after
 // the pipeline's last flush.
-func startPushExporters(ctx context.Context, c *pushConfig, reg *prometheus.Registry, p *pipeline.Pipeline) (stop func(), err error) {
+func startPushExporters(ctx context.Context, c *pushConfig, reg *prometheus.Registry, g prometheus.Gatherer, p *pipeline.Pipeline) (stop func(), err error) {
 	m := queue.NewMetrics(reg)
 	ctx, cancel := context.WithCancel(ctx)
 	var stops []func()
 	var wg sync.WaitGroup
 	if c.otlp.Enabled() {
-		e, err := otlp.New(c.otlp, otlp.Sources{Subscribe: p.Subscribe, Gatherer: reg}, m, version)
+		e, err := otlp.New(c.otlp, otlp.Sources{Subscribe: p.Subscribe, Gatherer: g}, m, version)
 		if err != nil {
 			cancel()
 			return nil, err
@@ -168,7 +169,7 @@ func startPushExporters(ctx context.Context, c *pushConfig, reg *prometheus.Regi
 			"profiles", c.otlp.Profiles, "metrics", c.otlp.Metrics, "interval", c.otlp.Interval)
 	}
 	if c.rw.Enabled() {
-		e, err := remotewrite.New(c.rw, reg, m)
+		e, err := remotewrite.New(c.rw, g, m)
 		if err != nil {
 			cancel()
 			return nil, err

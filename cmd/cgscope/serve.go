@@ -91,9 +91,13 @@ func (c *serveCommand) run() error {
 		a.workloads,
 	)
 	cgroupOpts.Workloads = a.workloads
-	counters, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
+	counters, cgroupMetrics, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
 	if err != nil {
 		return err
+	}
+	gatherer := prometheus.Gatherer(reg)
+	if cgroupMetrics != nil {
+		gatherer = exporter.CombineGatherers(reg, cgroupMetrics)
 	}
 	programs := []exporter.ProgramStatsSource{a.sampler}
 	if counters != nil {
@@ -101,7 +105,7 @@ func (c *serveCommand) run() error {
 	}
 	reg.MustRegister(exporter.NewBPFProgramCollector(programs...))
 	a.releaseBTF()
-	stopPush, err := startPushExporters(ctx, pushCfg, reg, a.pipeline)
+	stopPush, err := startPushExporters(ctx, pushCfg, reg, gatherer, a.pipeline)
 	if err != nil {
 		return err
 	}
@@ -112,7 +116,7 @@ func (c *serveCommand) run() error {
 	defer stopHistory() // after the pipeline's last window, so it is stored too
 	handler, err := exporter.NewHandler(exporter.HandlerOptions{
 		Capturer:              a.pipeline,
-		Gatherer:              reg,
+		Gatherer:              gatherer,
 		DefaultCaptureSeconds: c.defaultSeconds,
 		MaxCaptureSeconds:     c.maxSeconds,
 		Version:               version,
@@ -152,16 +156,17 @@ func (c *serveCommand) run() error {
 }
 
 // registerCgroupMetrics starts the per-cgroup collectors and registers their
-// metrics; it returns the counter programs (nil when none run). A host
-// without cgroup2 gets no per-cgroup metrics, with a warning.
-func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, error) {
+// health metrics; it returns the counter programs (nil when none run) and
+// the per-cgroup collector, which is gathered beside the registry (nil
+// without cgroup2: such a host gets no per-cgroup metrics, with a warning).
+func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, *exporter.CgroupCollector, error) {
 	if a.cgroups == nil {
 		slog.Warn("no cgroup2 hierarchy: per-cgroup metrics are off")
-		return nil, nil
+		return nil, nil, nil
 	}
 	counters, err := c.counters.startCounters(a.cgroups.Root(), a.btf)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	opts.Collectors = map[string]bool{}
 	var source exporter.CgroupCounterSource
@@ -182,6 +187,5 @@ func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheu
 			go files.Run(ctx)
 		}
 	}
-	reg.MustRegister(exporter.NewCgroupCollector(source, a.cgroups, files, opts))
-	return counters, nil
+	return counters, exporter.NewCgroupCollector(source, a.cgroups, files, opts), nil
 }

@@ -1,0 +1,113 @@
+package exporter
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/cgscope/cgscope/internal/attribution"
+	"github.com/cgscope/cgscope/profiler"
+)
+
+// fixedCounters and fixedPaths stand in for the kernel maps and the cgroup
+// tree; the e2e tests drive the collector with the real ones.
+type fixedCounters map[uint64]*profiler.CgroupUsage
+
+func (f fixedCounters) Read() (map[uint64]*profiler.CgroupUsage, error) {
+	out := map[uint64]*profiler.CgroupUsage{}
+	for id, u := range f {
+		c := *u
+		out[id] = &c
+	}
+	return out, nil
+}
+func (fixedCounters) Forget([]uint64) error { return nil }
+
+type fixedPaths map[uint64]string
+
+func (f fixedPaths) Path(id uint64) string                     { return f[id] }
+func (f fixedPaths) All() map[uint64]string                    { return f }
+func (f fixedWorkloads) Lookup(p string) *attribution.Workload { return f[p] }
+
+type fixedWorkloads map[string]*attribution.Workload
+
+// The families written directly pass every check client_golang's own
+// gathering makes (label names sorted and unique, values valid UTF-8, no
+// duplicate series, types consistent), and each series has exactly its
+// family's label names.
+func TestCgroupFamiliesAreWellFormed(t *testing.T) {
+	usage := func(cpu float64) *profiler.CgroupUsage {
+		u := &profiler.CgroupUsage{CPUSeconds: cpu, RunqWaitSeconds: cpu / 10, SwitchesVoluntary: 3, RxBytes: 100, TCPActive: -1}
+		u.RunqHistogram[0], u.RunqHistogram[5], u.RunqHistogram[profiler.RunqBuckets-1] = 4, 2, 1
+		return u
+	}
+	pod := "/kubepods/burstable/pod01234567-89ab-cdef-0123-456789abcdef/0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0"
+	counters := fixedCounters{1: usage(1), 2: usage(2), 3: usage(3), 4: usage(4)}
+	paths := fixedPaths{1: "/system.slice/a.service", 2: pod, 3: "/bad\xffname", 4: "/overflow"}
+	all := map[string]bool{}
+	for _, c := range profiler.CounterCollectors {
+		all[c] = true
+	}
+	c := NewCgroupCollector(counters, paths, nil, CgroupOptions{MaxCgroups: 3, GracePeriod: time.Minute, Collectors: all,
+		Workloads: fixedWorkloads{pod: {ContainerID: "0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0",
+			PodUID: "01234567-89ab-cdef-0123-456789abcdef", Namespace: "shop", Pod: "cart", Container: "app"}}})
+
+	direct, err := c.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// prometheus.Gatherers re-checks and normalizes every series.
+	checked, err := prometheus.Gatherers{prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return direct, nil })}.Gather()
+	if err != nil {
+		t.Fatalf("client_golang rejects the families: %v", err)
+	}
+	want := map[string][]string{}
+	for _, m := range cgroupDescs() {
+		names := slices.Clone(m.extra)
+		if m.perCgroup {
+			names = append(names, cgroupLabels...)
+		}
+		slices.Sort(names)
+		want[m.name] = names
+	}
+	series, named := 0, false
+	for _, mf := range checked {
+		names, ok := want[mf.GetName()]
+		if !ok {
+			t.Errorf("family %s has no description in cgroupDescs", mf.GetName())
+			continue
+		}
+		for _, m := range mf.Metric {
+			series++
+			var got []string
+			for _, l := range m.Label {
+				got = append(got, l.GetName())
+				if l.GetName() == "pod" && l.GetValue() == "cart" {
+					named = true
+				}
+			}
+			if !slices.Equal(got, names) {
+				t.Errorf("%s series labelled %v, want %v", mf.GetName(), got, names)
+			}
+		}
+	}
+	if series < 4*15 || !named {
+		t.Errorf("%d series, pod label seen: %v; want every cgroup's series and the pod's names", series, named)
+	}
+	// The fourth cgroup went to "other" (MaxCgroups 3).
+	if fam := familyNamed(direct, "cgscope_cgroups_folded"); fam == nil || fam.Metric[0].GetGauge().GetValue() != 1 {
+		t.Errorf("cgscope_cgroups_folded: %v, want over_limit 1", fam)
+	}
+}
+
+func familyNamed(mfs []*dto.MetricFamily, name string) *dto.MetricFamily {
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf
+		}
+	}
+	return nil
+}
