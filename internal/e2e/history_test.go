@@ -87,7 +87,7 @@ func TestHistoryPhases(t *testing.T) {
 	check("second", second, "phaseTwo", "phaseOne")
 
 	// Bad input is a clear 400.
-	for _, q := range []string{"from=yesterday", "from=20&to=10", "pid=abc", "cgroup=relative", "bogus=1", "pod=x"} {
+	for _, q := range []string{"from=yesterday", "from=20&to=10", "pid=abc", "cgroup=relative", "bogus=1", "pod=Not_A_Pod", "namespace=-x"} {
 		if body, status := httpGet(t, d.url("/api/v1/profile?"+q)); status != 400 || len(body) < 10 {
 			t.Errorf("GET /api/v1/profile?%s: %d %q, want 400 with a reason", q, status, body)
 		}
