@@ -95,6 +95,12 @@ func startNetWorkload(t *testing.T, abs string, d time.Duration) *exec.Cmd {
 // it and removes the directory afterwards.
 func startPrometheus(t *testing.T) string {
 	t.Helper()
+	return startPrometheusWithConfig(t, "global:\n  scrape_interval: 1m\n")
+}
+
+// startPrometheusWithConfig is startPrometheus with the given prometheus.yml.
+func startPrometheusWithConfig(t *testing.T, promConfig string) string {
+	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		if os.Getenv("CI") != "" {
@@ -107,7 +113,7 @@ func startPrometheus(t *testing.T) string {
 		t.Fatal(err)
 	}
 	config := filepath.Join(dir, "prometheus.yml")
-	os.WriteFile(config, []byte("global:\n  scrape_interval: 1m\n"), 0o644)
+	os.WriteFile(config, []byte(promConfig), 0o644)
 	addr := freeAddr(t)
 	var log lockedWriter
 	log.w = &strings.Builder{}
