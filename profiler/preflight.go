@@ -16,6 +16,11 @@ const (
 	capBPF      = 39
 )
 
+// LeastCapabilities are the Linux capabilities cgscope needs when it does not
+// run as full root, named as Kubernetes and setpriv name them (no CAP_
+// prefix). The README, the Helm chart and TestLeastPrivilege use this list.
+var LeastCapabilities = []string{"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "SYSLOG", "DAC_READ_SEARCH"}
+
 // ErrPreflight wraps every reason the sampler cannot start on this host.
 var ErrPreflight = errors.New("cgscope cannot profile on this host")
 

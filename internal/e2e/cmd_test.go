@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+
+	"github.com/cgscope/cgscope/profiler"
 )
 
 // Without the capabilities, cgscope exits non-zero with one error naming
@@ -187,8 +189,9 @@ func parseMetrics(t *testing.T, text string) map[string]float64 {
 	return out
 }
 
-// leastCaps is the documented capability set (README, Privileges).
-const leastCaps = "+bpf,+perfmon,+sys_ptrace,+syslog,+dac_read_search,+net_admin"
+// leastCaps is the documented capability set (README, Privileges), as
+// setpriv takes it: "+bpf,+perfmon,...".
+var leastCaps = "+" + strings.ToLower(strings.Join(profiler.LeastCapabilities, ",+"))
 
 // As an unprivileged user holding only the documented capabilities,
 // cgscope profiles with symbols and runs every collector.
