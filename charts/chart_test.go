@@ -710,11 +710,17 @@ func TestAllFeatures(t *testing.T) {
 		relabel      []monitoringv1.RelabelConfig
 		basicAuth    *monitoringv1.BasicAuth
 		skipVerify   *bool
+		honorLabels  bool
 	}
 	for name, e := range map[string]endpoint{
-		"ServiceMonitor": {se.Port, schemeString(se.Scheme), se.RelabelConfigs, se.BasicAuth, skipVerify(safeTLS(se.TLSConfig))},
-		"PodMonitor":     {ptrString(pe.Port), schemeString(pe.Scheme), pe.RelabelConfigs, pe.BasicAuth, skipVerify(pe.TLSConfig)},
+		"ServiceMonitor": {se.Port, schemeString(se.Scheme), se.RelabelConfigs, se.BasicAuth, skipVerify(safeTLS(se.TLSConfig)), se.HonorLabels},
+		"PodMonitor":     {ptrString(pe.Port), schemeString(pe.Scheme), pe.RelabelConfigs, pe.BasicAuth, skipVerify(pe.TLSConfig), pe.HonorLabels},
 	} {
+		// Without honor_labels, the target's namespace/pod/container
+		// (cgscope's own pod) overwrite the workload labels of every cgroup.
+		if !e.honorLabels {
+			t.Errorf("%s: honorLabels is off, so cgscope's namespace/pod/container labels would be overwritten", name)
+		}
 		if e.port != "http-metrics" || e.scheme != "https" {
 			t.Errorf("%s endpoint: port %q scheme %q, want http-metrics https", name, e.port, e.scheme)
 		}

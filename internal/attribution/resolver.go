@@ -102,7 +102,7 @@ func NormalizeEndpoint(e string) (string, error) {
 // Resolver maps cgroup paths to workloads. Lookup is safe for concurrent
 // use; Run keeps the runtime's names fresh.
 type Resolver struct {
-	cfg   Config
+	cfg     Config
 	runtime *runtimeClient // nil when the CRI is off
 
 	names   atomic.Pointer[snapshot] // the runtime's latest listing

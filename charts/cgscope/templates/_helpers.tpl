@@ -119,6 +119,9 @@ with (dict "root" $ "m" .Values.serviceMonitor).
 port: http-metrics
 path: /metrics
 scheme: {{ include "cgscope.scheme" .root }}
+# cgscope's own namespace/pod/container labels name the workload of each
+# cgroup; the target's labels (cgscope's pod) must not overwrite them.
+honorLabels: true
 {{- with $m.interval }}
 interval: {{ . }}
 {{- end }}
