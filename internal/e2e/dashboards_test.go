@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
 
+	"github.com/cgscope/cgscope/internal/attribution/critest"
 	"github.com/cgscope/cgscope/internal/grafana"
 )
 
@@ -74,21 +75,28 @@ scrape_configs:
       - files: [%q]
 `, targets))
 	otlp := startOTLPReceiver(t, "")
+	// The workload's cgroup is a Kubernetes container's, named by a CRI
+	// runtime, so the namespace, pod and container variables have values.
+	cri := critest.Start(t)
+	pod := critest.Pod{SandboxID: critest.HexID(900), UID: critest.UID(900), Namespace: "dashboards", Name: "load-6f7c"}
+	ctr := critest.Container{ID: critest.HexID(901), Name: "burner", Pod: pod}
+	cri.AddPod(pod)
+	cri.AddContainer(ctr)
 	// Both push exporters run, so that their queue metrics exist and move;
 	// cgroup files are re-read at the scrape interval, so that their
 	// counters move within a $__rate_interval of the test's length.
 	d := startCgscope(t, t.Cleanup, "--profiling.bpf-stats", "--profiling.frequency=99", "--profiling.interval=1s",
-		"--collector.cgroupfs.interval=1s",
+		"--collector.cgroupfs.interval=1s", "--kubernetes.cri-endpoint="+cri.Endpoint,
 		"--remote-write.url=http://"+prom+"/api/v1/write", "--remote-write.interval=1s",
 		"--otlp.endpoint="+otlp.addr, "--otlp.insecure", "--otlp.interval=1s")
 	// The chart's ServiceMonitor relabels the node name into node; here a
 	// static label does it.
 	writeScrapeTarget(t, targets, d.addr, node)
 
-	cg := limitedCgroup(t)
+	cg := limitedCgroup(t, "kubepods", "burstable", "pod"+pod.UID, ctr.ID)
 	w := startNetWorkload(t, cg.abs, time.Minute)
 	cg.join(t, w.Process.Pid)
-	cgroupSel := fmt.Sprintf(`{cgroup=%q, node=%q}`, cg.rel, node)
+	cgroupSel := fmt.Sprintf(`{cgroup=%q, node=%q, namespace=%q, pod=%q, container=%q}`, cg.rel, node, pod.Namespace, pod.Name, ctr.Name)
 	waitForProm(t, prom, d, 20*time.Second, "count_over_time(cgscope_cgroup_cpu_seconds_total"+cgroupSel+"[1m]) >= 2")
 
 	// The rare events, made on purpose so that their panels show them.
@@ -115,6 +123,15 @@ scrape_configs:
 			t.Run("node and cgroup", func(t *testing.T) {
 				checkDashboardVariables(t, prom, db, selected, at, map[string]string{"node": node, "cgroup": cg.rel})
 				checkDashboardQueries(t, prom, db, selected, at, dashboardPositive[db.UID])
+			})
+			t.Run("namespace, pod and container", func(t *testing.T) {
+				named := map[string]string{"node": node, "namespace": pod.Namespace, "pod": pod.Name, "container": ctr.Name}
+				sel := map[string]string{}
+				for k, v := range named {
+					sel[k] = grafana.RegexValue(v)
+				}
+				checkDashboardVariables(t, prom, db, sel, at, named)
+				checkDashboardQueries(t, prom, db, sel, at, dashboardPositive[db.UID])
 			})
 		})
 	}
@@ -167,17 +184,24 @@ const (
 	dashboardCPUQuota    = "1000 10000" // a tenth of a CPU in 10 ms periods: throttled even on a busy machine
 )
 
-func limitedCgroup(t *testing.T) *dashboardCgroup {
+// limitedCgroup makes the test's cgroup, with segments nested below it
+// (a container's path), limited in memory and CPU.
+func limitedCgroup(t *testing.T, segments ...string) *dashboardCgroup {
 	t.Helper()
-	rel, abs := cgroup2(t)
+	rootRel, rootAbs := cgroup2(t)
+	rel, abs := containerCgroups(t, rootRel, rootAbs, segments...)
 	cg := &dashboardCgroup{rel: rel, abs: abs}
-	if filepath.Dir(abs) != "/sys/fs/cgroup" {
+	if filepath.Dir(rootAbs) != "/sys/fs/cgroup" {
 		cg.mirrorV1(t)
 		return cg
 	}
 	sub, _ := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control")
 	if !strings.Contains(string(sub), "memory") || !strings.Contains(string(sub), "cpu") {
 		t.Fatalf("the cgroup2 root does not enable memory and cpu for children (%q): the memory-limit, OOM and throttling panels cannot be tested", strings.TrimSpace(string(sub)))
+	}
+	// Every level above the leaf passes the controllers down.
+	for dir := filepath.Dir(abs); len(dir) >= len(rootAbs); dir = filepath.Dir(dir) {
+		writeCgroupFile(t, dir, "cgroup.subtree_control", "+memory +cpu")
 	}
 	writeCgroupFile(t, abs, "memory.max", strconv.Itoa(dashboardMemoryLimit))
 	writeCgroupFile(t, abs, "cpu.max", dashboardCPUQuota)
@@ -193,12 +217,17 @@ func (cg *dashboardCgroup) mirrorV1(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
 			t.Fatalf("hybrid host without a v1 %s hierarchy at %s: the memory-limit, OOM and throttling panels cannot be tested", ctrl, root)
 		}
-		dir := filepath.Join(root, cg.rel)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
+		// Each level of a nested path, removed leaf first after the test.
+		dir := root
+		for _, seg := range strings.Split(strings.Trim(cg.rel, "/"), "/") {
+			dir = filepath.Join(dir, seg)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			level := dir
+			t.Cleanup(func() { removeCgroupDir(t, root, level) })
 		}
 		cg.v1 = append(cg.v1, dir)
-		t.Cleanup(func() { removeCgroupDir(t, root, dir) })
 	}
 	writeCgroupFile(t, cg.v1[0], "memory.limit_in_bytes", strconv.Itoa(dashboardMemoryLimit))
 	quota, period, _ := strings.Cut(dashboardCPUQuota, " ") // cpu.max order
