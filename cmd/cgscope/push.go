@@ -36,6 +36,23 @@ type tlsFlags struct {
 	skipVerify    bool
 }
 
+// tlsFiles are PEM file names, each with the flag or variable it came
+// from, for messages.
+type tlsFiles struct {
+	ca, cert, key otlp.Setting
+	skipVerify    bool
+}
+
+// files names the flags of t, which start with prefix.
+func (t tlsFlags) files(prefix string) tlsFiles {
+	return tlsFiles{
+		ca:         otlp.Setting{Value: t.ca, From: "--" + prefix + ".tls.ca-file"},
+		cert:       otlp.Setting{Value: t.cert, From: "--" + prefix + ".tls.cert-file"},
+		key:        otlp.Setting{Value: t.key, From: "--" + prefix + ".tls.key-file"},
+		skipVerify: t.skipVerify,
+	}
+}
+
 // pushConfig is the validated configuration, TLS files loaded.
 type pushConfig struct {
 	otlp otlp.Config
@@ -45,18 +62,18 @@ type pushConfig struct {
 func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 	f := &pushFlags{}
 	o := &f.otlp
-	cmd.Flag("otlp.endpoint", "OTLP backend, host:port or http(s):// URL; turns OTLP export on (also OTEL_EXPORTER_OTLP_ENDPOINT).").StringVar(&o.Endpoint)
-	cmd.Flag("otlp.protocol", "OTLP transport: grpc or http/protobuf (also OTEL_EXPORTER_OTLP_PROTOCOL; default grpc).").StringVar(&o.Protocol)
-	cmd.Flag("otlp.insecure", "Send OTLP in plaintext, without TLS (also OTEL_EXPORTER_OTLP_INSECURE).").BoolVar(&o.Insecure)
-	cmd.Flag("otlp.header", "Header to send with every OTLP request, KEY=VALUE; repeatable (also OTEL_EXPORTER_OTLP_HEADERS).").StringMapVar(&o.Headers)
-	cmd.Flag("otlp.tls.ca-file", "CA certificates (PEM) to verify the OTLP backend (also OTEL_EXPORTER_OTLP_CERTIFICATE).").StringVar(&o.CAFile)
-	cmd.Flag("otlp.tls.cert-file", "Client certificate (PEM) for OTLP (also OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).").StringVar(&o.CertFile)
-	cmd.Flag("otlp.tls.key-file", "Client key (PEM) for OTLP (also OTEL_EXPORTER_OTLP_CLIENT_KEY).").StringVar(&o.KeyFile)
+	cmd.Flag("otlp.endpoint", "OTLP backend, host:port or http(s):// URL (for http/protobuf a base URL: /v1/metrics and /v1development/profiles are appended); turns OTLP export on. Also OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_{METRICS,PROFILES}_ENDPOINT (a full URL) per signal.").StringVar(&o.Endpoint)
+	cmd.Flag("otlp.protocol", "OTLP transport: grpc or http/protobuf (default grpc; also OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL).").StringVar(&o.Protocol)
+	cmd.Flag("otlp.insecure", "Send OTLP in plaintext to a host:port endpoint (a URL's scheme decides for itself; also OTEL_EXPORTER_OTLP_[SIGNAL_]INSECURE).").BoolVar(&o.Insecure)
+	cmd.Flag("otlp.header", "Header to send with every OTLP request, KEY=VALUE; repeatable (also OTEL_EXPORTER_OTLP_[SIGNAL_]HEADERS).").StringMapVar(&o.Headers)
+	cmd.Flag("otlp.tls.ca-file", "CA certificates (PEM) to verify the OTLP backend (also OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE).").StringVar(&o.CAFile)
+	cmd.Flag("otlp.tls.cert-file", "Client certificate (PEM) for OTLP (also OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_CERTIFICATE).").StringVar(&o.CertFile)
+	cmd.Flag("otlp.tls.key-file", "Client key (PEM) for OTLP (also OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_KEY).").StringVar(&o.KeyFile)
 	cmd.Flag("otlp.tls.insecure-skip-verify", "Do not verify the OTLP backend's certificate.").BoolVar(&f.otlpSkipTLS)
-	cmd.Flag("otlp.signals", "Signals to send over OTLP: profiles, metrics, or both comma-separated.").Default("profiles,metrics").StringVar(&f.otlpSignals)
+	cmd.Flag("otlp.signals", "Signals to send over OTLP: profiles, metrics, or both comma-separated (a signal without an endpoint is not sent).").Default("profiles,metrics").StringVar(&f.otlpSignals)
 	cmd.Flag("otlp.interval", "How often OTLP profiles and metrics are sent.").Default("10s").DurationVar(&o.Interval)
 	cmd.Flag("otlp.queue-size", "Batches each OTLP signal keeps while the backend is unreachable; the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
-	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt.").Default("10s").DurationVar(&o.Timeout)
+	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)
 
 	r := &f.rw
 	cmd.Flag("remote-write.url", "Prometheus remote-write receiver URL; turns remote write on.").StringVar(&r.URL)
@@ -76,19 +93,18 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 // and loads the TLS files; it runs before anything is attached.
 func (f *pushFlags) config() (*pushConfig, error) {
 	c := &pushConfig{otlp: f.otlp, rw: f.rw}
-	if err := c.otlp.ApplyEnv(os.Getenv); err != nil {
+	if err := f.otlpSignalSet(&c.otlp); err != nil {
 		return nil, err
 	}
-	if c.otlp.Enabled() {
-		if err := f.otlpSignalSet(&c.otlp); err != nil {
-			return nil, err
+	if err := c.otlp.Resolve(os.Getenv); err != nil {
+		return nil, err
+	}
+	for _, t := range []*otlp.Transport{c.otlp.ProfilesTransport, c.otlp.MetricsTransport} {
+		if t == nil {
+			continue
 		}
-		if err := c.otlp.Validate(); err != nil {
-			return nil, err
-		}
-		t := tlsFlags{ca: c.otlp.CAFile, cert: c.otlp.CertFile, key: c.otlp.KeyFile, skipVerify: f.otlpSkipTLS}
 		var err error
-		if c.otlp.TLSConfig, err = t.load("otlp"); err != nil {
+		if t.TLSConfig, err = (tlsFiles{ca: t.CA, cert: t.Cert, key: t.Key, skipVerify: f.otlpSkipTLS}).load(); err != nil {
 			return nil, err
 		}
 	}
@@ -97,7 +113,7 @@ func (f *pushFlags) config() (*pushConfig, error) {
 			return nil, err
 		}
 		var err error
-		if c.rw.TLSConfig, err = f.rwTLS.load("remote-write"); err != nil {
+		if c.rw.TLSConfig, err = f.rwTLS.files("remote-write").load(); err != nil {
 			return nil, err
 		}
 	}
@@ -119,28 +135,28 @@ func (f *pushFlags) otlpSignalSet(c *otlp.Config) error {
 	return nil
 }
 
-// load reads the files into a client TLS configuration; prefix names the
-// flags in errors.
-func (t tlsFlags) load(prefix string) (*tls.Config, error) {
+// load reads the files into a client TLS configuration; errors name the
+// flag or variable of the file at fault.
+func (t tlsFiles) load() (*tls.Config, error) {
 	cfg := &tls.Config{InsecureSkipVerify: t.skipVerify} //nolint:gosec // asked for by flag
-	if t.ca != "" {
-		pem, err := os.ReadFile(t.ca)
+	if t.ca.Value != "" {
+		pem, err := os.ReadFile(t.ca.Value)
 		if err != nil {
-			return nil, fmt.Errorf("--%s.tls.ca-file: %w", prefix, err)
+			return nil, fmt.Errorf("%s: %w", t.ca.From, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--%s.tls.ca-file=%s: no PEM certificate in it", prefix, t.ca)
+			return nil, fmt.Errorf("%s=%s: no PEM certificate in it", t.ca.From, t.ca.Value)
 		}
 		cfg.RootCAs = pool
 	}
-	if (t.cert == "") != (t.key == "") {
-		return nil, fmt.Errorf("--%s.tls.cert-file and --%s.tls.key-file: give both or neither", prefix, prefix)
+	if (t.cert.Value == "") != (t.key.Value == "") {
+		return nil, fmt.Errorf("%s and %s: give both a client certificate and its key, or neither", t.cert.From, t.key.From)
 	}
-	if t.cert != "" {
-		cert, err := tls.LoadX509KeyPair(t.cert, t.key)
+	if t.cert.Value != "" {
+		cert, err := tls.LoadX509KeyPair(t.cert.Value, t.key.Value)
 		if err != nil {
-			return nil, fmt.Errorf("--%s.tls.cert-file/key-file: %w", prefix, err)
+			return nil, fmt.Errorf("%s=%s, %s=%s: %w", t.cert.From, t.cert.Value, t.key.From, t.key.Value, err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
@@ -165,8 +181,12 @@ func startPushExporters(ctx context.Context, c *pushConfig, reg *prometheus.Regi
 		}
 		e.Start(ctx)
 		stops = append(stops, func() { e.Stop(5 * time.Second) })
-		slog.Info("OTLP export on", "endpoint", c.otlp.Endpoint, "protocol", c.otlp.Protocol,
-			"profiles", c.otlp.Profiles, "metrics", c.otlp.Metrics, "interval", c.otlp.Interval)
+		for _, t := range []*otlp.Transport{c.otlp.ProfilesTransport, c.otlp.MetricsTransport} {
+			if t != nil {
+				slog.Info("OTLP export on", "signal", t.Signal, "endpoint", redactURL(t.Endpoint.Value), "from", t.Endpoint.From,
+					"protocol", t.Protocol, "compression", t.Compression, "interval", c.otlp.Interval)
+			}
+		}
 	}
 	if c.rw.Enabled() {
 		e, err := remotewrite.New(c.rw, g, m)

@@ -1,10 +1,11 @@
 // Package otlp pushes cgscope's data to an OpenTelemetry backend over OTLP
-// (gRPC with gzip, or HTTP/protobuf with gzip).
+// (gRPC or HTTP/protobuf, gzip unless configured off).
 //
 // Profiles: every reporting interval the symbolized windows the pipeline
-// delivered are converted into one pprofile request: a single shared
-// dictionary (strings, mappings, locations, functions, stacks,
-// attributes) and one ResourceProfiles per process, with container.id,
+// delivered are converted into one pprofile request, encoded at once and
+// queued as bytes: a single shared dictionary (strings, mappings,
+// locations, functions, stacks, attributes) and one ResourceProfiles per
+// process, with container.id,
 // k8s.pod.uid, process.pid, process.executable.name/path and host.name
 // as resource attributes. Mappings carry their build ID
 // (process.executable.build_id.gnu or .go); locations carry the
@@ -20,11 +21,15 @@
 // OpenTelemetry container semantic conventions v1.43 (container.cpu.time,
 // container.memory.usage, .working_set, .rss, container.memory.paging.faults,
 // container.network.io with network.io.direction) and cgscope.cgroup.*
-// for the rest.
+// for the rest; the run-queue latency histogram, which no observable
+// instrument can carry, is added to each collection as
+// cgscope.cgroup.schedule.duration.
 //
-// Both signals share one gRPC connection and each has its own bounded
-// queue (package queue): retries, drop counting and state-change logging
-// live there. Nothing here waits for the backend at start-up.
+// Each signal has its own transport (endpoint, protocol, TLS, headers,
+// timeout, compression: flags, then the signal's OTEL_EXPORTER_OTLP_*
+// variables, then the general ones), its own connection and its own
+// bounded queue (package queue): retries, drop counting and state-change
+// logging live there. Nothing here waits for the backend at start-up.
 package otlp
 
 import (
@@ -55,7 +60,7 @@ type Sources struct {
 // Exporter runs the configured OTLP signals.
 type Exporter struct {
 	cfg      Config
-	conn     *grpc.ClientConn // nil for HTTP
+	conns    []*grpc.ClientConn // one per gRPC signal
 	profiles *profilesExporter
 	metrics  *metricsExporter
 	sdkExp   sdkmetric.Exporter
@@ -63,38 +68,26 @@ type Exporter struct {
 	wg       sync.WaitGroup
 }
 
-// New builds the exporters for a validated cfg without contacting the
+// New builds the exporters of cfg (resolved with cfg.Resolve; a config
+// that was not is resolved from its flags alone) without contacting a
 // backend; Start starts them.
 func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	if !cfg.resolved {
+		if err := cfg.Resolve(nil); err != nil {
+			return nil, err
+		}
 	}
-	ep, _ := cfg.target()
 	e := &Exporter{cfg: cfg}
-	var h *httpClient
-	if cfg.Protocol == ProtocolGRPC {
-		conn, err := dialGRPC(&cfg, ep)
-		if err != nil {
-			return nil, fmt.Errorf("--otlp.endpoint=%q: %w", cfg.Endpoint, err)
-		}
-		e.conn = conn
-	} else {
-		h = newHTTPClient(&cfg, cfg.Timeout)
-	}
-	qopts := func(signal string) queue.Options {
-		return queue.Options{Exporter: "otlp", Signal: signal, Size: cfg.QueueSize, Timeout: cfg.Timeout, Metrics: m}
-	}
 	conv := NewConverter(version)
-	if cfg.Profiles {
-		send := httpProfilesSender(h, ep.base)
-		if e.conn != nil {
-			send = grpcProfilesSender(e.conn)
+	if t := cfg.ProfilesTransport; t != nil {
+		send, err := e.profilesSender(t)
+		if err != nil {
+			return nil, err
 		}
-		e.profiles = &profilesExporter{interval: cfg.Interval, conv: conv,
-			q: queue.New(qopts("profiles"), send)}
+		e.profiles = &profilesExporter{interval: cfg.Interval, conv: conv, q: queue.New(e.queueOptions(t, m), send)}
 	}
-	if cfg.Metrics {
-		if err := e.newMetrics(src.Gatherer, h, ep, conv.HostName, version, qopts("metrics")); err != nil {
+	if t := cfg.MetricsTransport; t != nil {
+		if err := e.newMetrics(src.Gatherer, t, conv.HostName, version, e.queueOptions(t, m)); err != nil {
 			e.close()
 			return nil, err
 		}
@@ -105,36 +98,75 @@ func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, 
 	return e, nil
 }
 
-func (e *Exporter) newMetrics(g prometheus.Gatherer, h *httpClient, ep endpoint, host, version string, qo queue.Options) error {
+func (e *Exporter) queueOptions(t *Transport, m *queue.Metrics) queue.Options {
+	return queue.Options{Exporter: "otlp", Signal: t.Signal, Size: e.cfg.QueueSize, Timeout: t.Timeout, Metrics: m}
+}
+
+// dial makes a gRPC connection for t, closed with the exporter.
+func (e *Exporter) dial(t *Transport) (*grpc.ClientConn, error) {
+	conn, err := dialGRPC(t)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%q: %w", t.Endpoint.From, t.Endpoint.Value, err)
+	}
+	e.conns = append(e.conns, conn)
+	return conn, nil
+}
+
+func (e *Exporter) profilesSender(t *Transport) (queue.SendFunc[[]byte], error) {
+	if t.Protocol == ProtocolHTTP {
+		return httpProfilesSender(newHTTPClient(t), t.URL()), nil
+	}
+	conn, err := e.dial(t)
+	if err != nil {
+		return nil, err
+	}
+	return grpcProfilesSender(conn), nil
+}
+
+func (e *Exporter) newMetrics(g prometheus.Gatherer, t *Transport, host, version string, qo queue.Options) error {
 	provider, reader := newMeterProvider(host, version)
-	if _, err := newMetricsSource(provider.Meter(scopeName), g); err != nil {
+	source, err := newMetricsSource(provider.Meter(scopeName), g)
+	if err != nil {
 		return fmt.Errorf("OTLP metrics: %w", err)
 	}
-	exp, classify, err := e.newSDKExporter(h, ep)
+	exp, classify, err := e.newSDKExporter(t)
 	if err != nil {
 		return fmt.Errorf("OTLP metrics: %w", err)
 	}
 	e.sdkExp = exp
-	e.metrics = &metricsExporter{interval: e.cfg.Interval, provider: provider, reader: reader,
+	e.metrics = &metricsExporter{interval: e.cfg.Interval, provider: provider, reader: reader, source: source,
 		q: queue.New(qo, sdkSender(exp, classify))}
 	return nil
 }
 
 // newSDKExporter builds the SDK's OTLP exporter on our connection or HTTP
-// client, with its retries off (the queue retries).
-func (e *Exporter) newSDKExporter(h *httpClient, ep endpoint) (sdkmetric.Exporter, func(error) error, error) {
+// client, with its retries off (the queue retries). Every setting is
+// passed, so that the SDK's own reading of the OTEL_EXPORTER_OTLP_*
+// variables changes nothing.
+func (e *Exporter) newSDKExporter(t *Transport) (sdkmetric.Exporter, func(error) error, error) {
 	ctx := context.Background()
-	if e.conn != nil {
-		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithGRPCConn(e.conn),
+	if t.Protocol == ProtocolGRPC {
+		conn, err := e.dial(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithGRPCConn(conn),
+			otlpmetricgrpc.WithHeaders(map[string]string{}), // the connection sends them
 			otlpmetricgrpc.WithRetry(otlpmetricgrpc.RetryConfig{Enabled: false}),
-			otlpmetricgrpc.WithTimeout(e.cfg.Timeout))
+			otlpmetricgrpc.WithTimeout(t.Timeout))
 		return exp, classifyGRPC, err
 	}
-	exp, err := otlpmetrichttp.New(ctx, otlpmetrichttp.WithEndpointURL(ep.base+"/v1/metrics"),
+	h := newHTTPClient(t)
+	compression := otlpmetrichttp.NoCompression
+	if t.Compression == CompressionGzip {
+		compression = otlpmetrichttp.GzipCompression
+	}
+	exp, err := otlpmetrichttp.New(ctx, otlpmetrichttp.WithEndpointURL(t.URL()),
 		otlpmetrichttp.WithHTTPClient(h.client),
-		otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression),
+		otlpmetrichttp.WithHeaders(t.Headers),
+		otlpmetrichttp.WithCompression(compression),
 		otlpmetrichttp.WithRetry(otlpmetrichttp.RetryConfig{Enabled: false}),
-		otlpmetrichttp.WithTimeout(e.cfg.Timeout))
+		otlpmetrichttp.WithTimeout(t.Timeout))
 	classify := func(err error) error {
 		st := h.lastStatus
 		h.lastStatus = 0
@@ -190,8 +222,8 @@ func (e *Exporter) close() {
 	if e.metrics != nil {
 		errs = append(errs, e.metrics.provider.Shutdown(context.Background()))
 	}
-	if e.conn != nil {
-		errs = append(errs, e.conn.Close())
+	for _, conn := range e.conns {
+		errs = append(errs, conn.Close())
 	}
 	_ = errors.Join(errs...) // nothing useful to do with them at exit
 }

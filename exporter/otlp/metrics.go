@@ -3,13 +3,16 @@ package otlp
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -42,17 +45,39 @@ type instrument struct {
 	rename map[string]string
 }
 
+// histogram is a Prometheus histogram family sent as an OTLP
+// explicit-bucket histogram. The SDK has no asynchronous histogram
+// instrument, so its points are built from the family gathered for the
+// instruments and added to the collected data (addHistograms).
+type histogram struct {
+	family, name, unit, description string
+	rename                          map[string]string
+}
+
+// histograms: the run-queue latency is named after the semantic
+// conventions' go.schedule.duration ("time spent in a runnable state
+// before actually running"), for the cgroup's threads.
+var histograms = []histogram{
+	{family: "cgscope_cgroup_cpu_runqueue_latency_seconds", name: "cgscope.cgroup.schedule.duration", unit: "s",
+		description: "Time single wakeups of the cgroup's threads waited in a CPU run queue before running (eBPF)."},
+}
+
 // metricsSource observes the per-cgroup families of the daemon's registry
-// into SDK instruments on every collection.
+// into SDK instruments on every collection, and keeps the histogram
+// families' points of that collection.
 type metricsSource struct {
 	gatherer prometheus.Gatherer
 	byFamily map[string][]*instrument
+	start    time.Time // of every cumulative series
+
+	mu         sync.Mutex
+	histograms []metricdata.Metrics // of the last collection
 }
 
 // newMetricsSource creates the instruments on meter and registers the one
 // callback that feeds them all from a single Gather.
 func newMetricsSource(meter metric.Meter, g prometheus.Gatherer) (*metricsSource, error) {
-	s := &metricsSource{gatherer: g, byFamily: map[string][]*instrument{}}
+	s := &metricsSource{gatherer: g, byFamily: map[string][]*instrument{}, start: time.Now()}
 	insts, err := s.instruments(meter)
 	if err != nil {
 		return nil, err
@@ -74,8 +99,7 @@ func newMetricsSource(meter metric.Meter, g prometheus.Gatherer) (*metricsSource
 
 // instruments lists the mapping: OpenTelemetry container semantic
 // conventions (v1.43) where one exists, cgscope.cgroup.* otherwise. The
-// run-queue latency histogram has no observable equivalent and is left to
-// /metrics and remote write.
+// run-queue latency histogram is not an instrument (see histograms).
 func (s *metricsSource) instruments(m metric.Meter) ([]*instrument, error) {
 	b := &instrumentBuilder{m: m}
 	cpu := b.semconvF(containerconv.NewCPUTimeObservable(m))
@@ -169,12 +193,15 @@ func (b *instrumentBuilder) gaugeI(name, unit, desc string) metric.Int64Observab
 	return i
 }
 
-// observe gathers the registry once and reports every mapped series.
+// observe gathers the registry once and reports every mapped series; the
+// histogram families become points for addHistograms.
 func (s *metricsSource) observe(_ context.Context, o metric.Observer) error {
 	families, err := s.gatherer.Gather()
 	if err != nil && len(families) == 0 {
 		return err
 	}
+	now := time.Now()
+	var hists []metricdata.Metrics
 	for _, fam := range families {
 		if !strings.HasPrefix(fam.GetName(), promPrefix) {
 			continue
@@ -184,8 +211,65 @@ func (s *metricsSource) observe(_ context.Context, o metric.Observer) error {
 				observeOne(o, in, m)
 			}
 		}
+		for _, h := range histograms {
+			if h.family == fam.GetName() {
+				hists = append(hists, h.metrics(fam, s.start, now))
+			}
+		}
 	}
+	s.mu.Lock()
+	s.histograms = hists
+	s.mu.Unlock()
 	return nil
+}
+
+// addHistograms appends the histograms of the last collection to rm, in
+// the scope of the instruments.
+func (s *metricsSource) addHistograms(rm *metricdata.ResourceMetrics) {
+	s.mu.Lock()
+	hists := s.histograms
+	s.histograms = nil
+	s.mu.Unlock()
+	if len(hists) == 0 {
+		return
+	}
+	for i := range rm.ScopeMetrics {
+		if rm.ScopeMetrics[i].Scope.Name == scopeName {
+			rm.ScopeMetrics[i].Metrics = append(rm.ScopeMetrics[i].Metrics, hists...)
+			return
+		}
+	}
+	rm.ScopeMetrics = append(rm.ScopeMetrics, metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: scopeName}, Metrics: hists})
+}
+
+// metrics converts a gathered histogram family: cumulative, with the
+// family's finite upper bounds as explicit bounds (both are inclusive
+// upper bounds) and per-bucket counts from Prometheus' cumulative ones.
+func (h histogram) metrics(fam *dto.MetricFamily, start, now time.Time) metricdata.Metrics {
+	data := metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality}
+	in := &instrument{rename: h.rename}
+	for _, m := range fam.GetMetric() {
+		if ph := m.GetHistogram(); ph != nil {
+			data.DataPoints = append(data.DataPoints, histogramPoint(ph, attributes(in, m.GetLabel()), start, now))
+		}
+	}
+	return metricdata.Metrics{Name: h.name, Description: h.description, Unit: h.unit, Data: data}
+}
+
+func histogramPoint(ph *dto.Histogram, set attribute.Set, start, now time.Time) metricdata.HistogramDataPoint[float64] {
+	p := metricdata.HistogramDataPoint[float64]{Attributes: set, StartTime: start, Time: now,
+		Count: ph.GetSampleCount(), Sum: ph.GetSampleSum()}
+	var below uint64 // cumulative count up to the previous bound
+	for _, b := range ph.GetBucket() {
+		if math.IsInf(b.GetUpperBound(), +1) {
+			continue // the overflow bucket is implied
+		}
+		p.Bounds = append(p.Bounds, b.GetUpperBound())
+		p.BucketCounts = append(p.BucketCounts, b.GetCumulativeCount()-min(below, b.GetCumulativeCount()))
+		below = max(below, b.GetCumulativeCount())
+	}
+	p.BucketCounts = append(p.BucketCounts, p.Count-min(below, p.Count))
+	return p
 }
 
 func observeOne(o metric.Observer, in *instrument, m *dto.Metric) {
@@ -206,24 +290,33 @@ func observeOne(o metric.Observer, in *instrument, m *dto.Metric) {
 	}
 }
 
-// attributes turns a series' labels into attributes: the cgroup path,
-// container.id and k8s.pod.uid where known, renamed extra labels.
+// workloadAttributes are the semantic-convention names of the labels that
+// identify a cgroup's container and pod; a label with an empty value (not
+// known) is left out.
+var workloadAttributes = map[string]attribute.Key{
+	"container_id": semconv.ContainerIDKey,
+	"pod_uid":      semconv.K8SPodUIDKey,
+	"namespace":    semconv.K8SNamespaceNameKey,
+	"pod":          semconv.K8SPodNameKey,
+	"container":    semconv.K8SContainerNameKey,
+}
+
+// attributes turns a series' labels into attributes: the cgroup path, the
+// workload's container and pod where known, renamed extra labels.
 func attributes(in *instrument, labels []*dto.LabelPair) attribute.Set {
 	kvs := make([]attribute.KeyValue, 0, len(labels)+len(in.fixed))
 	kvs = append(kvs, in.fixed...)
 	for _, l := range labels {
 		name, val := l.GetName(), l.GetValue()
+		if key, ok := workloadAttributes[name]; ok {
+			if val != "" {
+				kvs = append(kvs, key.String(val))
+			}
+			continue
+		}
 		switch name {
 		case "cgroup":
 			kvs = append(kvs, attribute.String(attrCgroupPath, val))
-		case "container_id":
-			if val != "" {
-				kvs = append(kvs, semconv.ContainerID(val))
-			}
-		case "pod_uid":
-			if val != "" {
-				kvs = append(kvs, semconv.K8SPodUID(val))
-			}
 		default:
 			if k, ok := in.rename[name]; ok {
 				name = k
@@ -241,6 +334,7 @@ type metricsExporter struct {
 	interval time.Duration
 	provider *sdkmetric.MeterProvider
 	reader   *sdkmetric.ManualReader
+	source   *metricsSource
 	q        *queue.Queue[*metricdata.ResourceMetrics]
 }
 
@@ -267,6 +361,7 @@ func (e *metricsExporter) collect(ctx context.Context) {
 		// all, which the scrape endpoint reports too.
 		return
 	}
+	e.source.addHistograms(rm)
 	if len(rm.ScopeMetrics) > 0 {
 		e.q.Push(rm)
 	}

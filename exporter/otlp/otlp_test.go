@@ -214,9 +214,16 @@ func testConfig(addr string) Config {
 func TestExportToReceiver(t *testing.T) {
 	r := startReceiver(t, nil)
 	reg := prometheus.NewRegistry()
-	cpu := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cgscope_cgroup_cpu_seconds_total", Help: "cpu"}, []string{"cgroup", "container_id", "pod_uid"})
-	cpu.WithLabelValues("/docker/abc", "abc", "").Add(1.5)
-	reg.MustRegister(cpu)
+	labels := []string{"cgroup", "container_id", "pod_uid", "namespace", "pod", "container"}
+	cpu := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cgscope_cgroup_cpu_seconds_total", Help: "cpu"}, labels)
+	cpu.WithLabelValues("/docker/abc", "abc", "", "", "", "").Add(1.5)
+	cpu.WithLabelValues("/kubepods/pod1/def", "def", "uid-1", "shop", "cart-7d9", "app").Add(2)
+	runq := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cgscope_cgroup_cpu_runqueue_latency_seconds", Help: "runq",
+		Buckets: []float64{0.001, 0.002, 0.004}}, labels)
+	for _, v := range []float64{0.0005, 0.0015, 0.0015, 0.003, 0.5} {
+		runq.WithLabelValues("/docker/abc", "abc", "", "", "", "").Observe(v)
+	}
+	reg.MustRegister(cpu, runq)
 	f := &feed{}
 	e, err := New(testConfig(r.addr), Sources{Subscribe: f.subscribe, Gatherer: reg}, queue.NewMetrics(nil), "test")
 	if err != nil {
@@ -250,9 +257,50 @@ func TestExportToReceiver(t *testing.T) {
 	if m.Unit() != "s" || !m.Sum().IsMonotonic() || m.Sum().AggregationTemporality() != pmetric.AggregationTemporalityCumulative {
 		t.Errorf("container.cpu.time: unit %q monotonic %v temporality %v", m.Unit(), m.Sum().IsMonotonic(), m.Sum().AggregationTemporality())
 	}
-	dp := m.Sum().DataPoints().At(0)
-	if v, _ := dp.Attributes().Get("container.id"); v.Str() != "abc" || dp.DoubleValue() != 1.5 {
-		t.Errorf("data point %v container.id %q", dp.DoubleValue(), v.Str())
+	for i := 0; i < m.Sum().DataPoints().Len(); i++ {
+		dp := m.Sum().DataPoints().At(i)
+		got := dp.Attributes().AsRaw()
+		switch got["container.id"] {
+		case "abc":
+			if dp.DoubleValue() != 1.5 || len(got) != 2 { // cgroup path, container.id: empty labels left out
+				t.Errorf("container abc: %v %v", dp.DoubleValue(), got)
+			}
+		case "def":
+			want := map[string]any{"cgscope.cgroup.path": "/kubepods/pod1/def", "container.id": "def", "k8s.pod.uid": "uid-1",
+				"k8s.namespace.name": "shop", "k8s.pod.name": "cart-7d9", "k8s.container.name": "app"}
+			if dp.DoubleValue() != 2 || fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("container def: %v %v, want %v", dp.DoubleValue(), got, want)
+			}
+		default:
+			t.Errorf("unexpected data point %v", got)
+		}
+	}
+	checkRunqueueHistogram(t, r.metrics[0])
+}
+
+// The run-queue latency histogram arrives as a cumulative explicit-bucket
+// histogram with per-bucket counts.
+func checkRunqueueHistogram(t *testing.T, md pmetric.Metrics) {
+	t.Helper()
+	m := findMetric(md, "cgscope.cgroup.schedule.duration")
+	if m == nil {
+		t.Fatal("no cgscope.cgroup.schedule.duration")
+	}
+	if m.Type() != pmetric.MetricTypeHistogram || m.Unit() != "s" || m.Histogram().AggregationTemporality() != pmetric.AggregationTemporalityCumulative {
+		t.Fatalf("%s: type %v unit %q", m.Name(), m.Type(), m.Unit())
+	}
+	dp := m.Histogram().DataPoints().At(0)
+	if v, _ := dp.Attributes().Get("container.id"); v.Str() != "abc" {
+		t.Errorf("container.id %q", v.Str())
+	}
+	if got := dp.ExplicitBounds().AsRaw(); fmt.Sprint(got) != "[0.001 0.002 0.004]" {
+		t.Errorf("bounds %v", got)
+	}
+	if got := dp.BucketCounts().AsRaw(); fmt.Sprint(got) != "[1 2 1 1]" {
+		t.Errorf("bucket counts %v, want [1 2 1 1]", got)
+	}
+	if dp.Count() != 5 || dp.Sum() < 0.5064 || dp.Sum() > 0.5066 || dp.StartTimestamp() == 0 || dp.StartTimestamp() >= dp.Timestamp() {
+		t.Errorf("count %d sum %v start %v time %v", dp.Count(), dp.Sum(), dp.StartTimestamp(), dp.Timestamp())
 	}
 }
 
@@ -290,43 +338,6 @@ func TestPermanentRejectionNotRetried(t *testing.T) {
 	e.Stop(time.Second)
 	if n := r.calls.Load(); n != 1 {
 		t.Errorf("%d attempts at one rejected batch, want 1", n)
-	}
-}
-
-func TestConfigErrors(t *testing.T) {
-	for _, c := range []Config{
-		{Endpoint: "http://[bad", Profiles: true},
-		{Endpoint: "localhost", Profiles: true},
-		{Endpoint: "ftp://x:1", Profiles: true},
-		{Endpoint: "x:1", Protocol: "udp", Profiles: true},
-		{Endpoint: "x:1"},
-	} {
-		c.Interval, c.QueueSize, c.Timeout = time.Second, 1, time.Second
-		if err := c.Validate(); err == nil {
-			t.Errorf("%+v: no error", c)
-		}
-	}
-	good := Config{Endpoint: "https://otel.example:4318/prefix/", Protocol: ProtocolHTTP, Metrics: true, Interval: time.Second, QueueSize: 1, Timeout: time.Second}
-	if err := good.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	if ep, _ := good.target(); ep.base != "https://otel.example:4318/prefix" || !ep.secure {
-		t.Errorf("target %+v", ep)
-	}
-}
-
-func TestApplyEnv(t *testing.T) {
-	env := map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
-		"OTEL_EXPORTER_OTLP_HEADERS":  "authorization=Bearer%20tok,x-a=1",
-		"OTEL_EXPORTER_OTLP_INSECURE": "true",
-	}
-	c := Config{Headers: map[string]string{"x-a": "flag"}}
-	if err := c.ApplyEnv(func(k string) string { return env[k] }); err != nil {
-		t.Fatal(err)
-	}
-	if c.Endpoint != "http://collector:4317" || !c.Insecure || c.Headers["authorization"] != "Bearer tok" || c.Headers["x-a"] != "flag" {
-		t.Errorf("%+v", c)
 	}
 }
 

@@ -1,21 +1,19 @@
 package otlp
 
 import (
+	"cmp"
 	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pprofile"
 
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
-	"github.com/cgscope/cgscope/symbolizer"
 )
 
 // Attribute keys from the OpenTelemetry semantic conventions.
@@ -36,14 +34,18 @@ const (
 	maxExeCacheEntries = 65536
 )
 
-// Converter turns pipeline windows into OTLP profiles requests. It keeps a
-// small cache of executable paths across calls; it is not safe for
-// concurrent use.
+// Converter turns pipeline windows into OTLP profiles requests. Between
+// calls it keeps a cache of executable paths and its interning tables
+// (emptied, their capacity kept within bounds: the next interval is about
+// as large as the last); it is not safe for concurrent use.
 type Converter struct {
 	HostName string
 	Version  string
 	exes     map[uint32]string // pid → /proc/PID/exe target ("" when unreadable)
 	procRoot string
+
+	dict dictBuilder
+	agg  aggregator
 }
 
 // NewConverter returns a converter that names this host.
@@ -53,112 +55,206 @@ func NewConverter(version string) *Converter {
 }
 
 // Convert builds one request from windows: one shared dictionary, and one
-// ResourceProfiles per process with a single CPU profile (sample type
-// samples/count, period type cpu/nanoseconds). Identical (thread, stack)
-// samples of several windows are merged.
+// ResourceProfiles per process (in pid order) with a single CPU profile
+// (sample type samples/count, period type cpu/nanoseconds). Identical
+// (thread, stack) samples of several windows are merged.
 func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 	pd := pprofile.NewProfiles()
 	n := 0
 	for _, w := range windows {
 		n += len(w.Samples)
 	}
-	b := newDictBuilder(pd.Dictionary(), n)
-	procs := map[uint32]*procSamples{}
-	var order []uint32
-	var start, end time.Time
-	var period time.Duration
+	b := &c.dict
+	b.reset(pd.Dictionary(), n)
+	a := &c.agg
+	a.reset(n)
 	for _, w := range windows {
-		if start.IsZero() || w.Start.Before(start) {
-			start = w.Start
-		}
-		if w.End.After(end) {
-			end = w.End
-		}
-		if w.Period > 0 {
-			period = w.Period
-		}
 		for i := range w.Samples {
 			s := &w.Samples[i]
-			p := procs[s.PID]
-			if p == nil {
-				p = &procSamples{cgroup: s.Cgroup, comm: s.Comm, index: map[uint64]int{}}
-				procs[s.PID] = p
-				order = append(order, s.PID)
-			}
-			p.add(s.TID, b.stack(s.Frames), s.Comm, int64(s.Count))
+			a.add(s, b.stack(s.Frames))
 		}
 	}
-	slices.Sort(order)
-	for _, pid := range order {
-		c.addProcess(pd, b, pid, procs[pid], start, end, period)
+	span := spanOf(windows)
+	profileType := profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
+	ids := make([]byte, 16*len(a.procs))
+	rand.Read(ids) // unique per profile; one read for the whole request
+	cgroupAttrs := map[string][]keyValue{}
+	rps := pd.ResourceProfiles()
+	rps.EnsureCapacity(len(a.procs))
+	for i, p := range a.byPID() {
+		rp := rps.AppendEmpty()
+		attrs, ok := cgroupAttrs[p.cgroup]
+		if !ok {
+			attrs = cgroupAttributes(p.cgroup)
+			cgroupAttrs[p.cgroup] = attrs
+		}
+		c.resourceAttributes(rp.Resource().Attributes(), p, attrs)
+		sp := rp.ScopeProfiles().AppendEmpty()
+		sp.Scope().SetName(scopeName)
+		sp.Scope().SetVersion(c.Version)
+		prof := sp.Profiles().AppendEmpty()
+		profileType.set(prof, span)
+		prof.SetProfileID(pprofile.ProfileID(ids[16*i : 16*i+16]))
+		a.addSamples(prof.Samples(), p, b)
 	}
-	c.pruneExes(procs)
+	c.pruneExes(a)
 	return pd
 }
 
-// procSamples are one process's aggregated samples, in first-seen order.
+// timeSpan is what the windows of a request cover.
+type timeSpan struct {
+	start, end time.Time
+	period     time.Duration
+}
+
+func spanOf(windows []*pipeline.Window) timeSpan {
+	var s timeSpan
+	for _, w := range windows {
+		if s.start.IsZero() || w.Start.Before(s.start) {
+			s.start = w.Start
+		}
+		if w.End.After(s.end) {
+			s.end = w.End
+		}
+		if w.Period > 0 {
+			s.period = w.Period
+		}
+	}
+	return s
+}
+
+// profileType is the string indices every profile of a request shares.
+type profileType struct{ samples, count, cpu, nanoseconds int32 }
+
+func (t profileType) set(prof pprofile.Profile, s timeSpan) {
+	prof.SampleType().SetTypeStrindex(t.samples)
+	prof.SampleType().SetUnitStrindex(t.count)
+	prof.PeriodType().SetTypeStrindex(t.cpu)
+	prof.PeriodType().SetUnitStrindex(t.nanoseconds)
+	prof.SetPeriod(int64(s.period))
+	prof.SetTime(pcommon.NewTimestampFromTime(s.start))
+	if s.end.After(s.start) {
+		prof.SetDurationNano(uint64(s.end.Sub(s.start)))
+	}
+}
+
+// aggregator merges a request's samples by (process, thread, stack) and
+// groups them by process, keeping first-seen order within a process.
+type aggregator struct {
+	procs     []procSamples
+	procIndex map[uint32]int32 // pid → procs
+	rows      []threadStack
+	byThread  indexTable       // tid<<32 | stack → rows
+	reused    map[rowKey]int32 // rows whose (tid, stack) a row of another process holds: a tid reused within the request
+	order     []int32          // rows grouped by process, in pid order (byPID)
+}
+
+// procSamples is one process of the request.
 type procSamples struct {
-	cgroup, comm string
-	samples      []threadStack
-	index        map[uint64]int // tid<<32 | stack → position in samples
+	pid          uint32
+	cgroup, comm string // of the first sample seen
+	rows         int    // how many rows
+	first        int    // where its rows start in order
 }
 
 // threadStack is one sample of the request: a thread's stack and count.
-// A thread renamed within the interval keeps its first name.
 type threadStack struct {
-	tid   uint32
-	stack int32
-	comm  string
-	count int64
+	pid, tid uint32
+	proc     int32
+	stack    int32
+	comm     string
+	count    int64
 }
 
-func (p *procSamples) add(tid uint32, stack int32, comm string, n int64) {
-	k := uint64(tid)<<32 | uint64(uint32(stack))
-	if i, ok := p.index[k]; ok {
-		p.samples[i].count += n
+type rowKey struct {
+	pid, tid uint32
+	stack    int32
+}
+
+func (a *aggregator) reset(samples int) {
+	a.procs = a.procs[:0]
+	if cap(a.rows) > maxRetained {
+		a.rows, a.order = nil, nil
+	}
+	a.rows = a.rows[:0]
+	a.procIndex = reuseMap(a.procIndex, samples/8)
+	a.byThread.reset()
+	a.reused = reuseMap(a.reused, 0)
+}
+
+func (a *aggregator) add(s *pipeline.Sample, stack int32) {
+	k := uint64(s.TID)<<32 | uint64(uint32(stack))
+	i, ok := a.byThread.get(k)
+	switch {
+	case ok && a.rows[i].pid == s.PID:
+		a.rows[i].count += int64(s.Count)
 		return
+	case ok:
+		rk := rowKey{pid: s.PID, tid: s.TID, stack: stack}
+		if i, ok := a.reused[rk]; ok {
+			a.rows[i].count += int64(s.Count)
+			return
+		}
+		a.reused[rk] = int32(len(a.rows))
+	default:
+		a.byThread.put(k, int32(len(a.rows)))
 	}
-	p.index[k] = len(p.samples)
-	p.samples = append(p.samples, threadStack{tid: tid, stack: stack, comm: comm, count: n})
+	p, ok := a.procIndex[s.PID]
+	if !ok {
+		p = int32(len(a.procs))
+		a.procIndex[s.PID] = p
+		a.procs = append(a.procs, procSamples{pid: s.PID, cgroup: s.Cgroup, comm: s.Comm})
+	}
+	a.procs[p].rows++
+	a.rows = append(a.rows, threadStack{pid: s.PID, tid: s.TID, proc: p, stack: stack, comm: s.Comm, count: int64(s.Count)})
 }
 
-func (c *Converter) addProcess(pd pprofile.Profiles, b *dictBuilder, pid uint32, p *procSamples, start, end time.Time, period time.Duration) {
-	rp := pd.ResourceProfiles().AppendEmpty()
-	c.resourceAttributes(rp.Resource().Attributes(), pid, p)
-	sp := rp.ScopeProfiles().AppendEmpty()
-	sp.Scope().SetName(scopeName)
-	sp.Scope().SetVersion(c.Version)
-	prof := sp.Profiles().AppendEmpty()
-	prof.SampleType().SetTypeStrindex(b.str("samples"))
-	prof.SampleType().SetUnitStrindex(b.str("count"))
-	prof.PeriodType().SetTypeStrindex(b.str("cpu"))
-	prof.PeriodType().SetUnitStrindex(b.str("nanoseconds"))
-	prof.SetPeriod(int64(period))
-	prof.SetTime(pcommon.NewTimestampFromTime(start))
-	if end.After(start) {
-		prof.SetDurationNano(uint64(end.Sub(start)))
+// byPID sorts the processes by pid and lays out order so that each
+// process's rows are contiguous (a counting sort: rows stay in first-seen
+// order within their process).
+func (a *aggregator) byPID() []procSamples {
+	rank := make([]int32, len(a.procs)) // original index → position by pid
+	slices.SortFunc(a.procs, func(x, y procSamples) int { return cmp.Compare(x.pid, y.pid) })
+	next := 0
+	for i := range a.procs {
+		p := &a.procs[i]
+		p.first = next
+		next += p.rows
+		rank[a.procIndex[p.pid]] = int32(i)
 	}
-	var id pprofile.ProfileID
-	rand.Read(id[:])
-	prof.SetProfileID(id)
-	samples := prof.Samples()
-	samples.EnsureCapacity(len(p.samples))
-	for _, k := range p.samples {
+	a.order = slices.Grow(a.order[:0], len(a.rows))[:len(a.rows)]
+	fill := make([]int, len(a.procs))
+	for i := range a.rows {
+		r := &a.rows[i]
+		r.proc = rank[r.proc]
+		p := &a.procs[r.proc]
+		a.order[p.first+fill[r.proc]] = int32(i)
+		fill[r.proc]++
+	}
+	return a.procs
+}
+
+// addSamples writes one process's rows, each with its thread's id and name.
+func (a *aggregator) addSamples(samples pprofile.SampleSlice, p procSamples, b *dictBuilder) {
+	samples.EnsureCapacity(p.rows)
+	for _, i := range a.order[p.first : p.first+p.rows] {
+		r := &a.rows[i]
 		s := samples.AppendEmpty()
-		s.SetStackIndex(k.stack)
-		s.Values().Append(k.count)
-		s.AttributeIndices().Append(b.intAttr(attrThreadID, int64(k.tid)), b.strAttr(attrThreadName, k.comm))
+		s.SetStackIndex(r.stack)
+		s.Values().Append(r.count)
+		t := b.thread(r.pid, r.tid, r.comm)
+		s.AttributeIndices().Append(t.id, t.name)
 	}
 }
 
 // resourceAttributes describe the process: who it is, where it runs.
-func (c *Converter) resourceAttributes(m pcommon.Map, pid uint32, p *procSamples) {
-	m.EnsureCapacity(6)
-	m.PutInt(attrPID, int64(pid))
+func (c *Converter) resourceAttributes(m pcommon.Map, p procSamples, cgroupAttrs []keyValue) {
+	m.EnsureCapacity(4 + len(cgroupAttrs))
+	m.PutInt(attrPID, int64(p.pid))
 	if c.HostName != "" {
 		m.PutStr(attrHostName, c.HostName)
 	}
-	exe := c.exe(pid)
+	exe := c.exe(p.pid)
 	name := p.comm // the kernel's name of the thread first seen, when the executable is unknown
 	if exe != "" {
 		m.PutStr(attrExePath, exe)
@@ -167,15 +263,30 @@ func (c *Converter) resourceAttributes(m pcommon.Map, pid uint32, p *procSamples
 	if name != "" {
 		m.PutStr(attrExeName, name)
 	}
-	if p.cgroup != "" {
-		id := profiler.ParseContainerPath(p.cgroup)
-		if id.ContainerID != "" {
-			m.PutStr(attrContainerID, id.ContainerID)
-		}
-		if id.PodUID != "" {
-			m.PutStr(attrPodUID, id.PodUID)
-		}
+	for _, kv := range cgroupAttrs {
+		m.PutStr(kv.key, kv.value)
 	}
+}
+
+// keyValue is one string resource attribute.
+type keyValue struct{ key, value string }
+
+// cgroupAttributes are the resource attributes a cgroup path tells: the
+// container and pod it belongs to, where known. Convert asks once per
+// cgroup and request.
+func cgroupAttributes(cgroup string) []keyValue {
+	if cgroup == "" {
+		return nil
+	}
+	var attrs []keyValue
+	id := profiler.ParseContainerPath(cgroup)
+	if id.ContainerID != "" {
+		attrs = append(attrs, keyValue{attrContainerID, id.ContainerID})
+	}
+	if id.PodUID != "" {
+		attrs = append(attrs, keyValue{attrPodUID, id.PodUID})
+	}
+	return attrs
 }
 
 // exe returns the process's executable path, cached: a process that has
@@ -198,9 +309,9 @@ func (c *Converter) exe(pid uint32) string {
 
 // pruneExes forgets processes absent from this request, so a reused pid
 // is looked up afresh.
-func (c *Converter) pruneExes(seen map[uint32]*procSamples) {
+func (c *Converter) pruneExes(a *aggregator) {
 	for pid := range c.exes {
-		if seen[pid] == nil {
+		if _, ok := a.procIndex[pid]; !ok {
 			delete(c.exes, pid)
 		}
 	}
@@ -212,234 +323,4 @@ func trimDeleted(p string) string {
 		return p[:len(p)-len(suffix)]
 	}
 	return p
-}
-
-// dictBuilder interns strings, mappings, functions, locations, stacks and
-// attributes into the request's one dictionary. Every table starts with
-// its zero entry at index 0, as the OTLP profiles format requires.
-type dictBuilder struct {
-	d         pprofile.ProfilesDictionary
-	strs      map[string]int32
-	mapByPtr  map[*symbolizer.Mapping]int32
-	mappings  map[mappingKey]int32
-	functions map[functionKey]int32
-	locations map[locationKey]int32
-	locByPtr  map[frameKey]int32
-	stacks    map[string]int32
-	attrs     map[attrKey]int32
-	kernelMap int32
-	locBuf    []int32
-}
-
-type mappingKey struct{ path, buildID string }
-type functionKey struct{ name, file string }
-
-// locationKey identifies a frame by its object and address in it; frames
-// outside any mapping are told apart by name.
-type locationKey struct {
-	mapping int32
-	addr    uint64
-	fn      string // only when mapping == 0
-	line    int
-}
-
-// frameKey is the fast path of location: a frame of a mapping already seen
-// is found by the mapping's pointer, without hashing strings.
-type frameKey struct {
-	m    *symbolizer.Mapping // nil for kernel frames
-	addr uint64
-}
-
-type attrKey struct {
-	key  string
-	str  string
-	num  int64
-	isIn bool
-}
-
-// newDictBuilder sizes its maps for samples samples: growing them while
-// interning was the largest cost of a conversion.
-func newDictBuilder(d pprofile.ProfilesDictionary, samples int) *dictBuilder {
-	b := &dictBuilder{
-		d: d, strs: make(map[string]int32, samples), mapByPtr: map[*symbolizer.Mapping]int32{},
-		mappings: map[mappingKey]int32{}, functions: make(map[functionKey]int32, samples),
-		locations: make(map[locationKey]int32, samples), locByPtr: make(map[frameKey]int32, 2*samples),
-		stacks: make(map[string]int32, samples), attrs: make(map[attrKey]int32, samples/4),
-		kernelMap: -1,
-	}
-	b.str("")
-	d.MappingTable().AppendEmpty()
-	d.FunctionTable().AppendEmpty()
-	d.LocationTable().AppendEmpty()
-	d.StackTable().AppendEmpty()
-	d.AttributeTable().AppendEmpty()
-	d.LinkTable().AppendEmpty()
-	b.stacks[""] = 0
-	return b
-}
-
-func (b *dictBuilder) str(s string) int32 {
-	if i, ok := b.strs[s]; ok {
-		return i
-	}
-	i := int32(b.d.StringTable().Len())
-	b.d.StringTable().Append(s)
-	b.strs[s] = i
-	return i
-}
-
-func (b *dictBuilder) strAttr(key, val string) int32 {
-	k := attrKey{key: key, str: val}
-	if i, ok := b.attrs[k]; ok {
-		return i
-	}
-	return b.newAttr(k, func(v pcommon.Value) { v.SetStr(val) })
-}
-
-func (b *dictBuilder) intAttr(key string, val int64) int32 {
-	k := attrKey{key: key, num: val, isIn: true}
-	if i, ok := b.attrs[k]; ok {
-		return i
-	}
-	return b.newAttr(k, func(v pcommon.Value) { v.SetInt(val) })
-}
-
-func (b *dictBuilder) newAttr(k attrKey, set func(pcommon.Value)) int32 {
-	t := b.d.AttributeTable()
-	i := int32(t.Len())
-	a := t.AppendEmpty()
-	a.SetKeyStrindex(b.str(k.key))
-	set(a.Value())
-	b.attrs[k] = i
-	return i
-}
-
-// stack interns a leaf-first frame list. The key is the location indices'
-// bytes, so a stack seen again costs one map lookup without allocating.
-func (b *dictBuilder) stack(frames []symbolizer.Frame) int32 {
-	b.locBuf = b.locBuf[:0]
-	for i := range frames {
-		b.locBuf = append(b.locBuf, b.location(&frames[i]))
-	}
-	var key string
-	if len(b.locBuf) > 0 {
-		key = unsafe.String((*byte)(unsafe.Pointer(&b.locBuf[0])), 4*len(b.locBuf))
-	}
-	if i, ok := b.stacks[key]; ok {
-		return i
-	}
-	t := b.d.StackTable()
-	i := int32(t.Len())
-	t.AppendEmpty().LocationIndices().FromRaw(b.locBuf)
-	b.stacks[string([]byte(key))] = i // copy: locBuf is reused
-	return i
-}
-
-func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
-	if fr.Mapping == nil && !fr.Kernel {
-		return b.newLocation(fr)
-	}
-	fk := frameKey{m: fr.Mapping, addr: fr.ObjAddress}
-	if i, ok := b.locByPtr[fk]; ok {
-		return i
-	}
-	i := b.newLocation(fr)
-	b.locByPtr[fk] = i
-	return i
-}
-
-// newLocation interns a frame by object and address, so the same code in
-// two processes (two Mapping values) is one location.
-func (b *dictBuilder) newLocation(fr *symbolizer.Frame) int32 {
-	k := locationKey{mapping: b.mapping(fr), addr: fr.ObjAddress, line: fr.Line}
-	if k.mapping == 0 {
-		k.fn = fr.Function
-	}
-	if i, ok := b.locations[k]; ok {
-		return i
-	}
-	t := b.d.LocationTable()
-	i := int32(t.Len())
-	l := t.AppendEmpty()
-	l.SetMappingIndex(k.mapping)
-	l.SetAddress(fr.ObjAddress)
-	if fr.Function != "" {
-		ln := l.Lines().AppendEmpty()
-		ln.SetFunctionIndex(b.function(fr))
-		ln.SetLine(int64(fr.Line))
-	}
-	if fr.Kernel {
-		l.AttributeIndices().Append(b.strAttr(attrFrameType, "kernel"))
-	}
-	b.locations[k] = i
-	return i
-}
-
-// mapping returns the index of the object a frame belongs to, 0 for none.
-// Addresses are object-relative (Frame.ObjAddress), so one mapping per
-// object serves every process; MemoryStart/Limit stay 0.
-func (b *dictBuilder) mapping(fr *symbolizer.Frame) int32 {
-	switch {
-	case fr.Kernel:
-		if b.kernelMap < 0 {
-			b.kernelMap = b.newMapping(mappingKey{path: kernelMappingName})
-		}
-		return b.kernelMap
-	case fr.Mapping == nil:
-		return 0
-	}
-	if i, ok := b.mapByPtr[fr.Mapping]; ok {
-		return i
-	}
-	k := mappingKey{path: fr.Mapping.FilePath(), buildID: fr.Mapping.BuildID}
-	i, ok := b.mappings[k]
-	if !ok {
-		i = b.newMapping(k)
-	}
-	b.mapByPtr[fr.Mapping] = i
-	return i
-}
-
-func (b *dictBuilder) newMapping(k mappingKey) int32 {
-	t := b.d.MappingTable()
-	i := int32(t.Len())
-	m := t.AppendEmpty()
-	m.SetFilenameStrindex(b.str(k.path))
-	if key, val := buildIDAttr(k.buildID); key != "" {
-		m.AttributeIndices().Append(b.strAttr(key, val))
-	}
-	b.mappings[k] = i
-	return i
-}
-
-// buildIDAttr names a symbolizer build ID by its kind: a GNU build ID is
-// short hex (8..32 bytes); anything longer is the hex of a Go build ID,
-// which is given in its own text form ("actionID/.../contentID").
-func buildIDAttr(id string) (key, val string) {
-	switch {
-	case id == "":
-		return "", ""
-	case len(id) <= 64:
-		return attrBuildIDGNU, id
-	}
-	if raw, err := hex.DecodeString(id); err == nil {
-		return attrBuildIDGo, string(raw)
-	}
-	return attrBuildIDGNU, id
-}
-
-func (b *dictBuilder) function(fr *symbolizer.Frame) int32 {
-	k := functionKey{name: fr.Function, file: fr.File}
-	if i, ok := b.functions[k]; ok {
-		return i
-	}
-	t := b.d.FunctionTable()
-	i := int32(t.Len())
-	f := t.AppendEmpty()
-	name := b.str(fr.Function)
-	f.SetNameStrindex(name)
-	f.SetSystemNameStrindex(name)
-	f.SetFilenameStrindex(b.str(fr.File))
-	b.functions[k] = i
-	return i
 }

@@ -2,10 +2,8 @@ package otlp
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,21 +15,20 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	grpcgzip "google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/cgscope/cgscope/exporter/queue"
 )
 
-// dialGRPC makes the one client connection both signals share. It does not
-// connect yet (start-up never waits for a backend). Its reconnect backoff is
-// capped at 5 s, rather than gRPC's 120 s, so that a backend that comes back
-// is used within seconds.
-func dialGRPC(cfg *Config, ep endpoint) (*grpc.ClientConn, error) {
+// dialGRPC makes a signal's client connection. It does not connect yet
+// (start-up never waits for a backend). Its reconnect backoff is capped at
+// 5 s, rather than gRPC's 120 s, so that a backend that comes back is used
+// within seconds.
+func dialGRPC(t *Transport) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
-	if ep.secure {
-		tc := cfg.TLSConfig
+	if t.target.secure {
+		tc := t.TLSConfig
 		if tc == nil {
 			tc = &tls.Config{}
 		}
@@ -43,16 +40,22 @@ func dialGRPC(cfg *Config, ep endpoint) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: 5 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.UseCompressor(grpcgzip.Name)),
 		grpc.WithUserAgent("cgscope"),
 	}
-	if len(cfg.Headers) > 0 {
-		md := metadata.New(cfg.Headers)
+	if t.Compression == CompressionGzip {
+		opts = append(opts, grpc.WithDefaultCallOptions(grpc.UseCompressor(gzipName)))
+	}
+	if len(t.Headers) > 0 {
+		headers := metadata.New(t.Headers)
 		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
+			md := headers
+			if own, ok := metadata.FromOutgoingContext(ctx); ok { // e.g. the profiles version
+				md = metadata.Join(own, headers)
+			}
 			return invoker(metadata.NewOutgoingContext(ctx, md), method, req, reply, cc, callOpts...)
 		}))
 	}
-	return grpc.NewClient(ep.hostport, opts...)
+	return grpc.NewClient(t.target.hostport, opts...)
 }
 
 // classifyGRPC marks the status codes the OTLP specification calls not
@@ -74,21 +77,22 @@ func classifyGRPC(err error) error {
 	return queue.Permanent(err)
 }
 
-// httpClient posts OTLP/HTTP requests with the configured TLS and headers,
-// and remembers the status of the last response so that errors can be
-// classified (the SDK's HTTP exporter does not expose it).
+// httpClient posts a signal's OTLP/HTTP requests with its TLS, headers and
+// compression, and remembers the status of the last response so that
+// errors can be classified (the SDK's HTTP exporter does not expose it).
 type httpClient struct {
 	client     *http.Client
 	headers    map[string]string
+	gzip       bool
 	lastStatus int // written by RoundTrip; sends are sequential per queue
 }
 
-func newHTTPClient(cfg *Config, timeout time.Duration) *httpClient {
+func newHTTPClient(t *Transport) *httpClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if cfg.TLSConfig != nil {
-		tr.TLSClientConfig = cfg.TLSConfig.Clone()
+	if t.TLSConfig != nil {
+		tr.TLSClientConfig = t.TLSConfig.Clone()
 	}
-	h := &httpClient{headers: cfg.Headers}
+	h := &httpClient{headers: t.Headers, gzip: t.Compression == CompressionGzip}
 	h.client = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		for k, v := range h.headers {
 			r.Header.Set(k, v)
@@ -99,7 +103,7 @@ func newHTTPClient(cfg *Config, timeout time.Duration) *httpClient {
 			h.lastStatus = resp.StatusCode
 		}
 		return resp, err
-	}), Timeout: timeout}
+	}), Timeout: t.Timeout}
 	return h
 }
 
@@ -124,20 +128,28 @@ func classifyHTTP(err error, status int) error {
 	return err
 }
 
-// postProto sends one gzip-compressed protobuf body.
-func (h *httpClient) postProto(ctx context.Context, url string, body []byte) error {
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(body)
-	if err := zw.Close(); err != nil {
-		return err
+// postProto sends one protobuf body, gzip-compressed unless the
+// transport says none, with the extra headers given.
+func (h *httpClient) postProto(ctx context.Context, url string, body []byte, extra map[string]string) error {
+	var r io.Reader = bytes.NewReader(body)
+	if h.gzip {
+		buf, err := gzipBody(body)
+		if err != nil {
+			return queue.Permanent(err)
+		}
+		r = buf
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, &buf)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, r)
 	if err != nil {
 		return queue.Permanent(err)
 	}
 	req.Header.Set("Content-Type", "application/x-protobuf")
-	req.Header.Set("Content-Encoding", "gzip")
+	if h.gzip {
+		req.Header.Set("Content-Encoding", "gzip")
+	}
+	for k, v := range extra {
+		req.Header.Set(k, v)
+	}
 	h.lastStatus = 0
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -151,5 +163,3 @@ func (h *httpClient) postProto(ctx context.Context, url string, body []byte) err
 	err = fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
 	return classifyHTTP(err, resp.StatusCode)
 }
-
-var errNoData = errors.New("nothing to send")
