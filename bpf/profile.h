@@ -3,7 +3,9 @@
 #ifndef CGSCOPE_PROFILE_H
 #define CGSCOPE_PROFILE_H
 
-#define MAX_STACK_DEPTH 127
+/* Frames kept per stack; a multiple of four (see hash_stack). The kernel
+ * walks at most kernel.perf_event_max_stack (127) of them. */
+#define MAX_STACK_DEPTH 128
 
 /* Kernel addresses named per run of kernel_symbols: bpf_snprintf takes at
  * most 12 arguments. */

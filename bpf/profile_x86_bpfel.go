@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ProfileLastProc struct {
+	_   structs.HostLayout
+	Pid uint32
+	Pad uint32
+	Id  ProfileProcIdentity
+}
+
 type ProfileNewProcessEvent struct {
 	_   structs.HostLayout
 	Pid uint32
@@ -42,7 +49,7 @@ type ProfileStackTrace struct {
 	_     structs.HostLayout
 	Len   uint32
 	Check uint32
-	Ips   [127]uint64
+	Ips   [128]uint64
 }
 
 type ProfileStatIndex uint32
@@ -65,6 +72,7 @@ const (
 	ProfileMapCounts0               = "counts0"
 	ProfileMapCounts1               = "counts1"
 	ProfileMapKnownProcs            = "known_procs"
+	ProfileMapLastProc              = "last_proc"
 	ProfileMapProcEvents            = "proc_events"
 	ProfileMapScratch               = "scratch"
 	ProfileMapStacks                = "stacks"
@@ -133,6 +141,7 @@ type ProfileMapSpecs struct {
 	Counts0    *ebpf.MapSpec `ebpf:"counts0"`
 	Counts1    *ebpf.MapSpec `ebpf:"counts1"`
 	KnownProcs *ebpf.MapSpec `ebpf:"known_procs"`
+	LastProc   *ebpf.MapSpec `ebpf:"last_proc"`
 	ProcEvents *ebpf.MapSpec `ebpf:"proc_events"`
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Stacks     *ebpf.MapSpec `ebpf:"stacks"`
@@ -175,6 +184,7 @@ type ProfileMaps struct {
 	Counts0    *ebpf.Map `ebpf:"counts0"`
 	Counts1    *ebpf.Map `ebpf:"counts1"`
 	KnownProcs *ebpf.Map `ebpf:"known_procs"`
+	LastProc   *ebpf.Map `ebpf:"last_proc"`
 	ProcEvents *ebpf.Map `ebpf:"proc_events"`
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Stacks     *ebpf.Map `ebpf:"stacks"`
@@ -190,6 +200,7 @@ func (m *ProfileMaps) Close() error {
 		m.Counts0,
 		m.Counts1,
 		m.KnownProcs,
+		m.LastProc,
 		m.ProcEvents,
 		m.Scratch,
 		m.Stacks,
