@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/symbolizer"
 )
@@ -349,5 +351,51 @@ func waitFor(t testing.TB, cond func() bool) {
 			t.Fatal("condition not met within 15 s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A process in a named Kubernetes container carries the workload's ids and
+// names as resource attributes, the same values /metrics and pprof labels
+// carry; one outside any container carries none of them.
+func TestConvertKubernetesAttributes(t *testing.T) {
+	w := synthWindow(2, 10, 3, 7)
+	pod := &attribution.Workload{ContainerID: strings.Repeat("cd", 32), PodUID: "01234567-89ab-cdef-0123-456789abcdef",
+		Namespace: "shop", Pod: "cart-7d9f", Container: "app"}
+	for i := range w.Samples {
+		if w.Samples[i].PID == 1000 {
+			w.Samples[i].Cgroup = "/kubepods/burstable/pod" + pod.PodUID + "/" + pod.ContainerID
+			w.Samples[i].Workload = pod
+		} else {
+			w.Samples[i].Cgroup = "/system.slice/cron.service"
+		}
+	}
+	pd := NewConverter("test").Convert([]*pipeline.Window{w})
+	want := map[string]string{attrContainerID: pod.ContainerID, attrPodUID: pod.PodUID,
+		attrNamespace: "shop", attrPodName: "cart-7d9f", attrContainerName: "app"}
+	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+		attrs := pd.ResourceProfiles().At(i).Resource().Attributes()
+		pid, _ := attrs.Get(attrPID)
+		for k, v := range want {
+			got, ok := attrs.Get(k)
+			switch {
+			case pid.Int() == 1000 && got.Str() != v:
+				t.Errorf("pid 1000: %s = %q, want %q", k, got.Str(), v)
+			case pid.Int() != 1000 && ok:
+				t.Errorf("pid %d outside containers has %s = %q", pid.Int(), k, got.Str())
+			}
+		}
+	}
+}
+
+// In a pod the hostname is the pod's name: the node's name comes from
+// NODE_NAME, which the Helm chart sets from the downward API.
+func TestHostNameFromNodeName(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-a7")
+	if got := NewConverter("test").HostName; got != "node-a7" {
+		t.Errorf("host.name = %q with NODE_NAME=node-a7", got)
+	}
+	t.Setenv("NODE_NAME", "")
+	if h, _ := os.Hostname(); HostName() != h {
+		t.Errorf("without NODE_NAME host.name = %q, want the hostname %q", HostName(), h)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pprofile"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 )
@@ -20,6 +21,9 @@ import (
 const (
 	attrContainerID    = "container.id"
 	attrPodUID         = "k8s.pod.uid"
+	attrNamespace      = "k8s.namespace.name"
+	attrPodName        = "k8s.pod.name"
+	attrContainerName  = "k8s.container.name"
 	attrPID            = "process.pid"
 	attrExeName        = "process.executable.name"
 	attrExePath        = "process.executable.path"
@@ -50,8 +54,18 @@ type Converter struct {
 
 // NewConverter returns a converter that names this host.
 func NewConverter(version string) *Converter {
-	host, _ := os.Hostname()
-	return &Converter{HostName: host, Version: version, exes: map[uint32]string{}, procRoot: "/proc"}
+	return &Converter{HostName: HostName(), Version: version, exes: map[uint32]string{}, procRoot: "/proc"}
+}
+
+// HostName is the host.name cgscope reports: $NODE_NAME when set (the Helm
+// chart sets it from the downward API, because in a pod the hostname is the
+// pod's name), else the hostname.
+func HostName() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // Convert builds one request from windows: one shared dictionary, and one
@@ -78,15 +92,20 @@ func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 	profileType := profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
 	ids := make([]byte, 16*len(a.procs))
 	rand.Read(ids) // unique per profile; one read for the whole request
-	cgroupAttrs := map[string][]keyValue{}
+	type cgroupKey struct {
+		path     string
+		workload *attribution.Workload
+	}
+	cgroupAttrs := map[cgroupKey][]keyValue{}
 	rps := pd.ResourceProfiles()
 	rps.EnsureCapacity(len(a.procs))
 	for i, p := range a.byPID() {
 		rp := rps.AppendEmpty()
-		attrs, ok := cgroupAttrs[p.cgroup]
+		key := cgroupKey{p.cgroup, p.workload}
+		attrs, ok := cgroupAttrs[key]
 		if !ok {
-			attrs = cgroupAttributes(p.cgroup)
-			cgroupAttrs[p.cgroup] = attrs
+			attrs = cgroupAttributes(p.cgroup, p.workload)
+			cgroupAttrs[key] = attrs
 		}
 		c.resourceAttributes(rp.Resource().Attributes(), p, attrs)
 		sp := rp.ScopeProfiles().AppendEmpty()
@@ -152,9 +171,10 @@ type aggregator struct {
 // procSamples is one process of the request.
 type procSamples struct {
 	pid          uint32
-	cgroup, comm string // of the first sample seen
-	rows         int    // how many rows
-	first        int    // where its rows start in order
+	cgroup, comm string                // of the first sample seen
+	workload     *attribution.Workload // of the first sample seen; nil outside containers
+	rows         int                   // how many rows
+	first        int                   // where its rows start in order
 }
 
 // threadStack is one sample of the request: a thread's stack and count.
@@ -203,7 +223,7 @@ func (a *aggregator) add(s *pipeline.Sample, stack int32) {
 	if !ok {
 		p = int32(len(a.procs))
 		a.procIndex[s.PID] = p
-		a.procs = append(a.procs, procSamples{pid: s.PID, cgroup: s.Cgroup, comm: s.Comm})
+		a.procs = append(a.procs, procSamples{pid: s.PID, cgroup: s.Cgroup, comm: s.Comm, workload: s.Workload})
 	}
 	a.procs[p].rows++
 	a.rows = append(a.rows, threadStack{pid: s.PID, tid: s.TID, proc: p, stack: stack, comm: s.Comm, count: int64(s.Count)})
@@ -271,20 +291,26 @@ func (c *Converter) resourceAttributes(m pcommon.Map, p procSamples, cgroupAttrs
 // keyValue is one string resource attribute.
 type keyValue struct{ key, value string }
 
-// cgroupAttributes are the resource attributes a cgroup path tells: the
-// container and pod it belongs to, where known. Convert asks once per
-// cgroup and request.
-func cgroupAttributes(cgroup string) []keyValue {
-	if cgroup == "" {
-		return nil
+// cgroupAttributes are the resource attributes of the container and pod a
+// process runs in, where known: from the samples' workload (the same names
+// /metrics and pprof labels carry), else from the cgroup path alone.
+// Convert asks once per cgroup and request.
+func cgroupAttributes(cgroup string, w *attribution.Workload) []keyValue {
+	if w == nil {
+		if cgroup == "" {
+			return nil
+		}
+		id := profiler.ParseContainerPath(cgroup)
+		w = &attribution.Workload{ContainerID: id.ContainerID, PodUID: id.PodUID}
 	}
 	var attrs []keyValue
-	id := profiler.ParseContainerPath(cgroup)
-	if id.ContainerID != "" {
-		attrs = append(attrs, keyValue{attrContainerID, id.ContainerID})
-	}
-	if id.PodUID != "" {
-		attrs = append(attrs, keyValue{attrPodUID, id.PodUID})
+	for _, kv := range []keyValue{
+		{attrContainerID, w.ContainerID}, {attrPodUID, w.PodUID},
+		{attrNamespace, w.Namespace}, {attrPodName, w.Pod}, {attrContainerName, w.Container},
+	} {
+		if kv.value != "" {
+			attrs = append(attrs, kv)
+		}
 	}
 	return attrs
 }
