@@ -127,3 +127,37 @@ func BenchmarkLoadKallsyms(b *testing.B) {
 	}
 	b.ReportMetric(float64(s.kernel.Load().len()), "symbols")
 }
+
+// BenchmarkELFSymbolTable measures indexing the function symbols of the largest shared
+// library at hand (libLLVM's 36k .dynsym functions where installed): what the first
+// sample in a big C++ library costs.
+func BenchmarkELFSymbolTable(b *testing.B) {
+	var path string
+	for _, pattern := range []string{"/usr/lib/*/libLLVM*.so*", "/usr/lib/*/libstdc++.so.6", "/usr/lib/*/libc.so.6"} {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 {
+			path = m[0]
+			break
+		}
+	}
+	if path == "" {
+		b.Skip("no large shared library found")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for b.Loop() {
+		obj, err := parseObject(newObjFile(f, uint64(fi.Size()), newBlockCache(blockCacheBytes)), "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = obj.NumSymbols()
+	}
+	b.ReportMetric(float64(n), "symbols")
+}

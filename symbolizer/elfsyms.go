@@ -66,13 +66,19 @@ func (s *symbolSection) count() uint64 {
 // funcTable builds the table of the section's defined functions, leaving out those for
 // which skip (if not nil) is true. It also returns the number of functions before that
 // filter. The table reads names from the string table in the file.
+//
+// Building it reads the symbol entries in one sequential pass and no names, except those
+// of aliases (symbols at the same address) to choose among them: a string table is not in
+// symbol order (.dynsym is in hash order), so reading every name meant a random read per
+// symbol, which made the 36k functions of libLLVM cost 150-200 ms.
 func (s *symbolSection) funcTable(skip func(addr uint64) bool) (symbolTable, int, error) {
 	if s == nil {
 		return symbolTable{}, 0, nil
 	}
-	syms, strs := newWindow(s.f), newWindow(s.f)
-	names := &fileNames{f: s.f, off: s.strOff, size: s.strSize, w: strs}
-	var raw []rawSymbol
+	syms := newWindow(s.f)
+	// Sized for the usual share of functions among symbols, so that a big table is not
+	// copied over and over while it grows.
+	raw := make([]rawSymbol, 0, min(s.count(), 1<<16))
 	funcs := 0
 	for i := uint64(1); i < s.count(); i++ {
 		b := syms.at(s.off+i*s.entSize, s.entSize)
@@ -80,7 +86,7 @@ func (s *symbolSection) funcTable(skip func(addr uint64) bool) (symbolTable, int
 			break // the file is shorter than when it was checked
 		}
 		sym := s.decode(s.bo, b)
-		r, ok := s.funcSymbol(&sym, names)
+		r, ok := s.funcSymbol(&sym)
 		if !ok {
 			continue
 		}
@@ -92,10 +98,18 @@ func (s *symbolSection) funcTable(skip func(addr uint64) bool) (symbolTable, int
 	if len(raw) == 0 {
 		return symbolTable{}, funcs, nil
 	}
-	t, err := buildSymbolTable(raw, names, 0, keepNames)
-	names.w = nil // lookups read names through the block cache
+	// Alias names are read through a small cache of the build's own, not the shared
+	// block cache, which the lookups of every object use.
+	build := *s.f
+	build.cache, build.id = newBlockCache(aliasNameCacheBytes), objFileIDs.Add(1)
+	t, err := buildSymbolTable(raw, &fileNames{f: &build, off: s.strOff, size: s.strSize}, 0, keepNames)
+	t.names = &fileNames{f: s.f, off: s.strOff, size: s.strSize} // lookups read through the block cache
 	return t, funcs, err
 }
+
+// aliasNameCacheBytes bounds the cache of string table blocks read to choose among the
+// aliases of one symbol table.
+const aliasNameCacheBytes = 256 << 10
 
 // value returns the value of the defined symbol called name.
 func (s *symbolSection) value(name string) (v uint64, ok bool) {
@@ -187,8 +201,11 @@ func decodeSym32(bo binary.ByteOrder, b []byte) elfSym {
 }
 
 // funcSymbol turns a defined function symbol into a table candidate; imports (undefined),
-// absolute and unnamed symbols and all non-functions are dropped.
-func (s *symbolSection) funcSymbol(sym *elfSym, names *fileNames) (rawSymbol, bool) {
+// absolute and unnamed symbols (name offset 0, the empty string, or outside the string
+// table) and all non-functions are dropped. The name itself is not read: a non-zero offset
+// naming an empty string only happens in hand-made files, and its symbol then names
+// nothing.
+func (s *symbolSection) funcSymbol(sym *elfSym) (rawSymbol, bool) {
 	typ := elf.SymType(sym.info & 0xf)
 	if typ != elf.STT_FUNC && typ != elf.STT_GNU_IFUNC {
 		return rawSymbol{}, false
@@ -196,7 +213,7 @@ func (s *symbolSection) funcSymbol(sym *elfSym, names *fileNames) (rawSymbol, bo
 	if sym.value == 0 || sym.shndx == uint16(elf.SHN_UNDEF) || sym.shndx >= uint16(elf.SHN_LORESERVE) {
 		return rawSymbol{}, false
 	}
-	if !names.named(sym.name) {
+	if sym.name == 0 || uint64(sym.name) >= s.strSize {
 		return rawSymbol{}, false
 	}
 	r := rawSymbol{addr: sym.value, size: sym.size, nameOff: sym.name, bind: bindRank(elf.SymBind(sym.info >> 4))}

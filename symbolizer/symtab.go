@@ -1,7 +1,6 @@
 package symbolizer
 
 import (
-	"bytes"
 	"cmp"
 	"errors"
 	"math"
@@ -34,33 +33,9 @@ func (a arenaNames) name(off uint32) (string, bool) { return cString(string(a), 
 type fileNames struct {
 	f         *objFile
 	off, size uint64 // the string table in the file
-	w         *window
-}
-
-// named reports whether a non-empty name is at off, without copying it.
-func (n *fileNames) named(off uint32) bool {
-	at, end := n.f.at, min(n.off+n.size, n.f.size)
-	if n.w != nil {
-		at = n.w.at
-	}
-	for pos := n.off + uint64(off); pos < end && pos-n.off-uint64(off) <= maxSymbolName; {
-		k := min(end-pos, blockSize-pos%blockSize)
-		b := at(pos, k)
-		if b == nil {
-			return false
-		}
-		if i := bytes.IndexByte(b, 0); i >= 0 {
-			return i > 0 || pos > n.off+uint64(off)
-		}
-		pos += k
-	}
-	return false
 }
 
 func (n *fileNames) name(off uint32) (string, bool) {
-	if n.w != nil {
-		return n.w.cString(n.off+uint64(off), n.off+n.size)
-	}
 	return n.f.cString(n.off+uint64(off), n.off+n.size)
 }
 
@@ -114,15 +89,23 @@ type rawSymbol struct {
 }
 
 // better reports whether a is the preferred name among aliases at the same address:
-// a symbol with a size, then the public spelling (fewer leading underscores, e.g. getpid
-// over __getpid), then global over weak over local, then the shorter and smaller name,
-// so the choice is deterministic.
+// a named symbol, then one with a size, then the public spelling (fewer leading
+// underscores, e.g. getpid over __getpid), then global over weak over local, then the
+// shorter and smaller name, so the choice is deterministic.
 func better(a, b *rawSymbol, names nameSource) bool {
+	an, _ := names.name(a.nameOff)
+	bn, _ := names.name(b.nameOff)
+	return betterNamed(a, b, an, bn)
+}
+
+// betterNamed is better for symbols whose names are an and bn.
+func betterNamed(a, b *rawSymbol, an, bn string) bool {
+	if (an != "") != (bn != "") {
+		return an != ""
+	}
 	if (a.size > 0) != (b.size > 0) {
 		return a.size > 0
 	}
-	an, _ := names.name(a.nameOff)
-	bn, _ := names.name(b.nameOff)
 	if ua, ub := leadingUnderscores(an), leadingUnderscores(bn); ua != ub {
 		return ua < ub
 	}
@@ -160,18 +143,8 @@ const (
 // (bounded by their section and by maxGap when non-zero) and indexes the names, which are
 // at each symbol's nameOff in names.
 func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tableNames) (symbolTable, error) {
-	slices.SortFunc(raw, func(a, b rawSymbol) int {
-		if c := cmp.Compare(a.addr, b.addr); c != 0 {
-			return c
-		}
-		if better(&a, &b, names) {
-			return -1
-		}
-		if better(&b, &a, names) {
-			return 1
-		}
-		return 0
-	})
+	// By address only: names are read for aliases alone, once each (see bestAlias).
+	slices.SortFunc(raw, func(a, b rawSymbol) int { return cmp.Compare(a.addr, b.addr) })
 	t := symbolTable{names: names}
 	var arena []byte
 	if mode == copyNames {
@@ -183,11 +156,15 @@ func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tab
 		arena = make([]byte, 0, min(size, math.MaxUint32))
 	}
 	t.syms = make([]symEntry, 0, len(raw))
+	var aliasNames []string
 	for i := 0; i < len(raw); {
-		best := raw[i]
 		j := i + 1
-		for ; j < len(raw) && raw[j].addr == best.addr; j++ {
-			best.size = max(best.size, raw[j].size)
+		for j < len(raw) && raw[j].addr == raw[i].addr {
+			j++
+		}
+		best := bestAlias(raw[i:j], names, &aliasNames)
+		for k := i; k < j; k++ {
+			best.size = max(best.size, raw[k].size)
 		}
 		next := uint64(0)
 		if j < len(raw) {
@@ -214,6 +191,27 @@ func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tab
 	}
 	t.syms = slices.Clip(t.syms)
 	return t, nil
+}
+
+// bestAlias returns the preferred one of symbols at the same address (see better),
+// reading each name once; buf is scratch space for the names.
+func bestAlias(run []rawSymbol, names nameSource, buf *[]string) rawSymbol {
+	if len(run) == 1 {
+		return run[0]
+	}
+	ns := (*buf)[:0]
+	for i := range run {
+		n, _ := names.name(run[i].nameOff)
+		ns = append(ns, n)
+	}
+	*buf = ns
+	best := 0
+	for i := 1; i < len(run); i++ {
+		if betterNamed(&run[i], &run[best], ns[i], ns[best]) {
+			best = i
+		}
+	}
+	return run[best]
 }
 
 // symbolSize is the number of bytes s covers given the address of the next symbol (0 if
