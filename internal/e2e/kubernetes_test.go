@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 
 	"github.com/cgscope/cgscope/internal/attribution/critest"
 )
@@ -73,8 +74,10 @@ func TestKubernetesAttribution(t *testing.T) {
 		cri.AddContainer(critest.Container{ID: p.id, Name: p.container, Pod: pod})
 	}
 
+	otlp := startOTLPReceiver(t, "")
 	d := startCgscope(t, t.Cleanup, "--profiling.frequency=99", "--profiling.interval=1s",
-		"--kubernetes.cri-endpoint="+cri.Endpoint)
+		"--kubernetes.cri-endpoint="+cri.Endpoint,
+		"--otlp.endpoint="+otlp.addr, "--otlp.insecure", "--otlp.interval=1s")
 	dir := artifacts(t)
 	for _, p := range pods {
 		w := workload(t, filepath.Join(dir, "gosplit"))
@@ -149,6 +152,71 @@ func TestKubernetesAttribution(t *testing.T) {
 	if v := parseMetrics(t, string(body))["cgscope_kubernetes_cri_up"]; v != 1 {
 		t.Errorf("cgscope_kubernetes_cri_up = %v, want 1", v)
 	}
+
+	// OTLP carries the same names: profiles as resource attributes,
+	// metrics as data point attributes.
+	for _, p := range pods {
+		want := map[string]string{"k8s.namespace.name": p.ns, "k8s.pod.name": p.name, "k8s.container.name": p.container,
+			"container.id": p.id, "k8s.pod.uid": p.uid}
+		if !otlp.hasProfileResource(want) {
+			t.Errorf("no OTLP profile resource with %v", want)
+		}
+		if !otlp.hasMetricPoint("container.cpu.time", want) {
+			t.Errorf("no OTLP container.cpu.time point with %v", want)
+		}
+	}
+}
+
+// hasProfileResource reports whether a received profile's resource has
+// every attribute of want.
+func (r *otlpReceiver) hasProfileResource(want map[string]string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, pd := range r.profiles {
+		for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+			if hasAttrs(pd.ResourceProfiles().At(i).Resource().Attributes(), want) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasMetricPoint reports whether a received sum data point of the named
+// metric has every attribute of want.
+func (r *otlpReceiver) hasMetricPoint(name string, want map[string]string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, md := range r.metrics {
+		rms := md.ResourceMetrics()
+		for i := 0; i < rms.Len(); i++ {
+			sms := rms.At(i).ScopeMetrics()
+			for j := 0; j < sms.Len(); j++ {
+				ms := sms.At(j).Metrics()
+				for k := 0; k < ms.Len(); k++ {
+					if ms.At(k).Name() != name {
+						continue
+					}
+					dps := ms.At(k).Sum().DataPoints()
+					for l := 0; l < dps.Len(); l++ {
+						if hasAttrs(dps.At(l).Attributes(), want) {
+							return true
+						}
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+func hasAttrs(m pcommon.Map, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := m.Get(k); !ok || got.Str() != v {
+			return false
+		}
+	}
+	return true
 }
 
 // A runtime socket that accepts and never answers: cgscope still starts,
