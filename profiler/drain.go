@@ -43,8 +43,30 @@ type RawBatch struct {
 	Samples    []RawSample
 }
 
-// drainBatchSize is how many map entries one batch syscall moves.
-const drainBatchSize = 512
+// Entries one batch syscall moves: a batch of stacks takes 1 KiB per entry,
+// so it is kept small (the buffers live as long as the Sampler).
+const (
+	drainCountsBatch = 512
+	drainStacksBatch = 64
+)
+
+// drainBuffers are the batch buffers Drain reuses, rather than allocating
+// ~0.6 MiB for every drain.
+type drainBuffers struct {
+	stackKeys   []uint64
+	stackValues []bpf.ProfileStackTrace
+	countKeys   []bpf.ProfileSampleKey
+	countValues []uint64
+}
+
+func newDrainBuffers() *drainBuffers {
+	return &drainBuffers{
+		stackKeys:   make([]uint64, drainStacksBatch),
+		stackValues: make([]bpf.ProfileStackTrace, drainStacksBatch),
+		countKeys:   make([]bpf.ProfileSampleKey, drainCountsBatch),
+		countValues: make([]uint64, drainCountsBatch),
+	}
+}
 
 // Drain returns every sample taken since the previous Drain.
 //
@@ -72,11 +94,14 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	batch := &RawBatch{Start: s.lastDrain, End: time.Now()}
 	s.lastDrain = batch.End
 
-	stacks, err := drainStacks(stacksMap)
+	if s.bufs == nil {
+		s.bufs = newDrainBuffers()
+	}
+	stacks, err := drainStacks(stacksMap, s.bufs)
 	if err != nil {
 		return nil, err
 	}
-	if err := drainCounts(countsMap, func(k *bpf.ProfileSampleKey, count uint64) {
+	if err := drainCounts(countsMap, s.bufs, func(k *bpf.ProfileSampleKey, count uint64) {
 		batch.Samples = append(batch.Samples, rawSample(k, count, stacks))
 	}); err != nil {
 		return nil, err
@@ -103,10 +128,9 @@ func (s *Sampler) waitForWriters(gen uint32, counts, stacks *ebpf.Map) error {
 	return nil
 }
 
-func drainStacks(m *ebpf.Map) (map[uint64][]uint64, error) {
+func drainStacks(m *ebpf.Map, bufs *drainBuffers) (map[uint64][]uint64, error) {
 	stacks := make(map[uint64][]uint64)
-	keys := make([]uint64, drainBatchSize)
-	values := make([]bpf.ProfileStackTrace, drainBatchSize)
+	keys, values := bufs.stackKeys, bufs.stackValues
 	err := lookupAndDeleteAll(m, keys, values, func(n int) {
 		for i := range n {
 			v := &values[i]
@@ -120,9 +144,8 @@ func drainStacks(m *ebpf.Map) (map[uint64][]uint64, error) {
 	return stacks, nil
 }
 
-func drainCounts(m *ebpf.Map, each func(*bpf.ProfileSampleKey, uint64)) error {
-	keys := make([]bpf.ProfileSampleKey, drainBatchSize)
-	values := make([]uint64, drainBatchSize)
+func drainCounts(m *ebpf.Map, bufs *drainBuffers, each func(*bpf.ProfileSampleKey, uint64)) error {
+	keys, values := bufs.countKeys, bufs.countValues
 	err := lookupAndDeleteAll(m, keys, values, func(n int) {
 		for i := range n {
 			each(&keys[i], values[i])

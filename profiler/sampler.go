@@ -72,9 +72,10 @@ type Sampler struct {
 	perfFDs []int
 	events  *ringbuf.Reader
 
-	drainMu    sync.Mutex // serializes Drain; guards generation and lastDrain
+	drainMu    sync.Mutex // serializes Drain; guards generation, lastDrain and bufs
 	generation uint32
 	lastDrain  time.Time
+	bufs       *drainBuffers // allocated by the first Drain
 
 	stopOnce  sync.Once
 	closeOnce sync.Once
