@@ -277,18 +277,10 @@ func runDashboardEvent(t *testing.T, cg *dashboardCgroup, event, addr string) {
 		"CGSCOPE_DASHBOARD_CLOSED="+freeAddr(t))
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	cg.join(t, cmd.Process.Pid)
-	stdin.Write([]byte("go\n"))
+	startHeld(t, cmd, func(pid int) { cg.join(t, pid) })
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var err error
 	select {
 	case err = <-done:
 	case <-time.After(20 * time.Second):

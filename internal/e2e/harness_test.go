@@ -239,6 +239,23 @@ func cgroup2(t *testing.T) (rel, abs string) {
 	return rel, abs
 }
 
+// startHeld starts cmd, which waits for a line on its stdin before doing
+// anything, lets join move it (into its cgroups), then releases it: all it
+// does is charged there. It is killed when the test ends.
+func startHeld(t *testing.T, cmd *exec.Cmd, join func(pid int)) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	join(cmd.Process.Pid)
+	stdin.Write([]byte("go\n"))
+}
+
 func joinCgroup(t *testing.T, abs string, pid int) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(abs, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0); err != nil {

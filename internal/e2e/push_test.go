@@ -76,16 +76,7 @@ func startNetWorkload(t *testing.T, abs string, d time.Duration) *exec.Cmd {
 	}()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "CGSCOPE_PUSH_HELPER_SINK="+l.Addr().String(), "CGSCOPE_PUSH_HELPER_DURATION="+d.String())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	joinCgroup(t, abs, cmd.Process.Pid)
-	stdin.Write([]byte("go\n"))
+	startHeld(t, cmd, func(pid int) { joinCgroup(t, abs, pid) })
 	return cmd
 }
 
