@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -125,16 +126,7 @@ func BenchmarkCgroupScrape1000(b *testing.B) {
 // state for 1,500 cgroups, an upper bound of what Kubernetes names cost.
 func BenchmarkCgroupScrape500Pods(b *testing.B) {
 	cri := critest.Start(b)
-	var dirs []string
-	dirs = append(dirs, "kubepods", "kubepods/burstable")
-	for i := range 500 {
-		pod := critest.Pod{SandboxID: critest.HexID(10000 + i), UID: critest.UID(i), Namespace: fmt.Sprintf("ns-%d", i%20), Name: fmt.Sprintf("pod-%d", i)}
-		ctr := critest.Container{ID: critest.HexID(20000 + i), Name: "app", Pod: pod}
-		cri.AddPod(pod)
-		cri.AddContainer(ctr)
-		podDir := "kubepods/burstable/pod" + pod.UID
-		dirs = append(dirs, podDir, podDir+"/"+pod.SandboxID, podDir+"/"+ctr.ID)
-	}
+	dirs := kubeletPods(500, cri)
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -175,6 +167,54 @@ func BenchmarkCgroupScrape500Pods(b *testing.B) {
 	}
 	sb.scrape(b, named)
 	b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/(1<<20), "extra-MiB")
+}
+
+// kubeletPods lays out n pods as the kubelet and containerd do with the
+// cgroupfs driver (pod cgroup, sandbox and one container below it) and,
+// with a CRI server, declares them to it.
+func kubeletPods(n int, cri *critest.Server) []string {
+	dirs := []string{"kubepods", "kubepods/burstable"}
+	for i := range n {
+		pod := critest.Pod{SandboxID: critest.HexID(10000 + i), UID: critest.UID(i), Namespace: fmt.Sprintf("ns-%d", i%20), Name: fmt.Sprintf("pod-%d", i)}
+		ctr := critest.Container{ID: critest.HexID(20000 + i), Name: "app", Pod: pod}
+		if cri != nil {
+			cri.AddPod(pod)
+			cri.AddContainer(ctr)
+		}
+		podDir := "kubepods/burstable/pod" + pod.UID
+		dirs = append(dirs, podDir, podDir+"/"+pod.SandboxID, podDir+"/"+ctr.ID)
+	}
+	return dirs
+}
+
+// BenchmarkCgroupScrape500PodsUnreachableRuntime is the same scrape while
+// the CRI socket accepts connections and never answers: the scrape must
+// cost what it costs without names (ids from the paths only), never the
+// runtime's timeouts.
+func BenchmarkCgroupScrape500PodsUnreachableRuntime(b *testing.B) {
+	sock := filepath.Join(b.TempDir(), "hang.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	workloads, err := attribution.NewResolver(attribution.Config{Endpoint: "unix://" + sock, Resync: time.Second, MinRefresh: 100 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go workloads.Run(ctx)
+	newScrapeBench(b, kubeletPods(500, nil), workloads).scrape(b, nil)
 }
 
 // runIn runs one short process born inside the cgroup dir.
