@@ -245,15 +245,15 @@ static __always_inline bool sampled_in_user(struct bpf_perf_event_data *ctx)
 static __always_inline __u64 leaf_caller(struct bpf_perf_event_data *ctx,
 					 struct task_struct *task, bool in_user)
 {
-	__u64 sp, ret = 0;
+	// Read before the branch: were the two loads merged into one through a
+	// chosen pointer, the verifier would refuse the modified ctx pointer.
+	__u64 sp = ctx->regs.sp, ret = 0;
 
-	if (in_user) {
-		sp = ctx->regs.sp;
-	} else {
+	if (!in_user) {
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 		if (!regs)
 			return 0;
-		sp = BPF_CORE_READ(regs, sp);
+		sp = regs->sp;
 	}
 	if (bpf_probe_read_user(&ret, sizeof(ret), (void *)sp))
 		return 0;
@@ -261,12 +261,13 @@ static __always_inline __u64 leaf_caller(struct bpf_perf_event_data *ctx,
 }
 
 // announce_process emits a ring-buffer event the first time a process image
-// is sampled.
-static __always_inline void announce_process(struct task_struct *task, __u32 pid)
+// is sampled. task is trusted (bpf_get_current_task_btf), so its fields are
+// plain loads rather than probe-read helper calls.
+static __always_inline void announce_process(struct task_struct *task, __u32 pid, __u64 mm)
 {
 	struct proc_identity id = {
-		.start_time = BPF_CORE_READ(task, group_leader, start_time),
-		.mm = (__u64)BPF_CORE_READ(task, mm),
+		.start_time = task->group_leader->start_time,
+		.mm = mm,
 	};
 	__u32 zero = 0;
 	struct last_proc *last = bpf_map_lookup_elem(&last_proc, &zero);
@@ -343,12 +344,13 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
 		key.kernel_stack = store_stack(ctx, stack_map, 0, &key.flags, FLAG_KERNEL_STACK_LOST);
-	if (BPF_CORE_READ(task, mm)) { // kernel threads have no user stack
+	__u64 mm = (__u64)task->mm;
+	if (mm) { // kernel threads have no user stack
 		key.user_stack = store_stack(ctx, stack_map, BPF_F_USER_STACK, &key.flags,
 					     FLAG_USER_STACK_LOST);
 		if (key.user_stack)
 			key.leaf_caller = leaf_caller(ctx, task, in_user);
-		announce_process(task, pid);
+		announce_process(task, pid, mm);
 	}
 
 	count_sample(counts_map, &key);
