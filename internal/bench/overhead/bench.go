@@ -32,6 +32,17 @@ type toolResult struct {
 	steadyCPU  time.Duration // user+sys during the measured window
 	steadyWall time.Duration
 
+	// The window's last two thirds, once what the tools started with has
+	// been sampled, drained and symbolized (cgscope drains every 10 s).
+	haveLate bool
+	lateCPU  time.Duration
+	lateWall time.Duration
+
+	// Where the whole-life user+sys went: start-up (exec to the first
+	// healthy /healthz; cgscope only), and shutdown (the stop signal to the
+	// exit). Zero when not measured.
+	startCPU, stopCPU time.Duration
+
 	samples float64 // cgscope_samples_total during the window (cgscope only)
 }
 
@@ -69,6 +80,13 @@ func (t *toolResult) steadyPct() float64 {
 		return 0
 	}
 	return 100 * t.steadyCPU.Seconds() / t.steadyWall.Seconds()
+}
+
+func (t *toolResult) latePct() float64 {
+	if !t.haveLate || t.lateWall <= 0 {
+		return 0
+	}
+	return 100 * t.lateCPU.Seconds() / t.lateWall.Seconds()
 }
 
 // freqResult is one side-by-side run at one frequency.
@@ -269,6 +287,8 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 		cg, cgPort = c, port
 		if _, err := waitHealthy(cg, cgPort, 30*time.Second); err != nil {
 			fr.cgscope.abort("%v", err)
+		} else if fr.cgscope.startCPU, _, err = procCPU(cg.cmd.Process.Pid); err != nil {
+			fr.cgscope.abort("CPU time at start-up: %v", err)
 		} else if m0, err = scrape(cgPort); err != nil {
 			fr.cgscope.abort("first /metrics scrape: %v", err)
 		} else {
@@ -343,7 +363,17 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 			}
 		}
 	}
-	time.Sleep(opt.duration)
+	time.Sleep(opt.duration / 3)
+	lateStart := time.Now()
+	late0 := map[*toolResult]time.Duration{}
+	for t, c := range live {
+		if _, ok := cpu0[t]; ok && !c.exited() {
+			if d, src, err := procCPU(c.cmd.Process.Pid); err == nil && src == cpuSrc[t] {
+				late0[t] = d
+			}
+		}
+	}
+	time.Sleep(time.Until(winStart.Add(opt.duration)))
 	winEnd := time.Now()
 	fr.window = winEnd.Sub(winStart)
 	if load1, ok := workloadCPU(loads); ok && load0OK {
@@ -359,6 +389,9 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 		}
 		if d1, src, err := procCPU(c.cmd.Process.Pid); err == nil && src == cpuSrc[t] {
 			t.haveSteady, t.steadyCPU, t.steadyWall = true, max(d1-d0, 0), winEnd.Sub(winStart)
+			if l0, ok := late0[t]; ok {
+				t.haveLate, t.lateCPU, t.lateWall = true, max(d1-l0, 0), winEnd.Sub(lateStart)
+			}
 			if src != "schedstat" {
 				t.note = append(t.note, "steady figure from /proc/PID/stat (10 ms ticks)")
 			}
@@ -427,6 +460,13 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 			continue
 		}
 		wasRunning := !s.c.exited()
+		var beforeStop time.Duration
+		haveBefore := false
+		if wasRunning {
+			if d, _, err := procCPU(s.c.cmd.Process.Pid); err == nil {
+				beforeStop, haveBefore = d, true
+			}
+		}
 		clean := s.c.stop(s.sig, 60*time.Second)
 		if wasRunning && !clean {
 			s.t.fail("did not exit on %v within 60 s; killed", s.sig)
@@ -437,6 +477,9 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 			continue
 		}
 		s.t.haveUsage, s.t.usage = true, u
+		if haveBefore && clean {
+			s.t.stopCPU = max(u.user+u.sys-beforeStop, 0)
+		}
 		if wasRunning && clean && !s.c.cmd.ProcessState.Success() && !diedOf(s.c, s.sig) {
 			s.t.note = append(s.t.note, fmt.Sprintf("exit status after %v: %v", s.sig, s.c.cmd.ProcessState))
 		}
