@@ -92,7 +92,11 @@ func NewSampler(cfg Config) (*Sampler, error) {
 		return nil, err
 	}
 	s := &Sampler{cfg: cfg, lastDrain: time.Now()}
-	if err := s.load(); err != nil {
+	err := s.load()
+	// The parsed kernel BTF (~3 MiB of heap) is needed only to load; keeping
+	// it in cfg would keep it for the Sampler's life.
+	s.cfg.BTF = nil
+	if err != nil {
 		return nil, err
 	}
 	if err := s.attach(); err != nil {
