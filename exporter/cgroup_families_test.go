@@ -51,14 +51,31 @@ func TestCgroupFamiliesAreWellFormed(t *testing.T) {
 	for _, c := range profiler.CounterCollectors {
 		all[c] = true
 	}
-	c := NewCgroupCollector(counters, paths, nil, CgroupOptions{MaxCgroups: 3, GracePeriod: time.Minute, Collectors: all,
+	opts := CgroupOptions{MaxCgroups: 10, GracePeriod: time.Minute, Collectors: all,
 		Workloads: fixedWorkloads{pod: {ContainerID: "0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0",
-			PodUID: "01234567-89ab-cdef-0123-456789abcdef", Namespace: "shop", Pod: "cart", Container: "app"}}})
-
-	direct, err := c.Gather()
+			PodUID: "01234567-89ab-cdef-0123-456789abcdef", Namespace: "shop", Pod: "cart", Container: "app"}}}
+	direct, err := NewCgroupCollector(counters, paths, nil, opts).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkCgroupFamilies(t, direct, true)
+
+	// Beyond MaxCgroups one cgroup (whichever came last) is "other".
+	opts.MaxCgroups = 3
+	capped, err := NewCgroupCollector(counters, paths, nil, opts).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCgroupFamilies(t, capped, false)
+	if fam := familyNamed(capped, "cgscope_cgroups_folded"); fam == nil || fam.Metric[0].GetGauge().GetValue() != 1 {
+		t.Errorf("cgscope_cgroups_folded: %v, want over_limit 1", fam)
+	}
+}
+
+// checkCgroupFamilies passes the families through client_golang's checks
+// and compares every series' label names with its family's description.
+func checkCgroupFamilies(t *testing.T, direct []*dto.MetricFamily, wantPod bool) {
+	t.Helper()
 	// prometheus.Gatherers re-checks and normalizes every series.
 	checked, err := prometheus.Gatherers{prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return direct, nil })}.Gather()
 	if err != nil {
@@ -94,12 +111,8 @@ func TestCgroupFamiliesAreWellFormed(t *testing.T) {
 			}
 		}
 	}
-	if series < 4*15 || !named {
+	if series < 4*15 || (wantPod && !named) {
 		t.Errorf("%d series, pod label seen: %v; want every cgroup's series and the pod's names", series, named)
-	}
-	// The fourth cgroup went to "other" (MaxCgroups 3).
-	if fam := familyNamed(direct, "cgscope_cgroups_folded"); fam == nil || fam.Metric[0].GetGauge().GetValue() != 1 {
-		t.Errorf("cgscope_cgroups_folded: %v, want over_limit 1", fam)
 	}
 }
 
