@@ -140,6 +140,9 @@ func (q *Queue[T]) pop() (T, bool) {
 // for Flush.
 func (q *Queue[T]) Run(ctx context.Context) {
 	for {
+		if ctx.Err() != nil { // deliver put its batch back: it is Flush's now
+			return
+		}
 		b, ok := q.pop()
 		if !ok {
 			select {

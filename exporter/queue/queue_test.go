@@ -97,6 +97,33 @@ func TestRetriesAreBounded(t *testing.T) {
 	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 1 })
 }
 
+// Run returns when its context ends while a batch is being retried, and
+// leaves the batch for Flush. It used to take the requeued batch again at
+// once, fail it at once on the ended context, and spin for good.
+func TestRunEndsWhileRetrying(t *testing.T) {
+	m := NewMetrics(nil)
+	var calls atomic.Int32
+	q := New(Options{Exporter: "test", Signal: "s", Size: 4, Backoff: fastBackoff, Metrics: m},
+		func(ctx context.Context, b int) error {
+			calls.Add(1)
+			return errors.New("unavailable")
+		})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	q.Push(1)
+	waitFor(t, func() bool { return calls.Load() >= 2 }) // retrying
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Run still running 5 s after its context ended (%d attempts)", calls.Load())
+	}
+	if q.Len() != 1 {
+		t.Errorf("%d batches left for Flush, want 1", q.Len())
+	}
+}
+
 func TestJitterRange(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		if d := jitter(time.Second); d < 500*time.Millisecond || d >= time.Second {
