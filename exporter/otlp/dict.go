@@ -6,6 +6,7 @@ import (
 	"slices"
 	"unsafe"
 
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pprofile"
 
 	"github.com/cgscope/cgscope/symbolizer"
@@ -45,6 +46,14 @@ type dictBuilder struct {
 	d    pprofile.ProfilesDictionary
 	strs map[string]int32
 
+	// The dictionary's tables, written over from their start (reuse.go).
+	mappingT  overwrite[pprofile.MappingSlice, pprofile.Mapping]
+	functionT overwrite[pprofile.FunctionSlice, pprofile.Function]
+	locationT overwrite[pprofile.LocationSlice, pprofile.Location]
+	stackT    overwrite[pprofile.StackSlice, pprofile.Stack]
+	attrT     overwrite[pprofile.KeyValueAndUnitSlice, pprofile.KeyValueAndUnit]
+	linkT     overwrite[pprofile.LinkSlice, pprofile.Link]
+
 	mapByPtr indexTable // the Mapping's address → mapping index
 
 	lastMap    *symbolizer.Mapping // the previous frame's mapping, and its index
@@ -56,17 +65,22 @@ type dictBuilder struct {
 	kernelLocs indexTable // kernel address
 	otherLocs  map[otherLocKey]int32
 
-	functions  map[functionKey]int32
+	functions  indexTable // name<<32 | file (string indices)
 	stacks     stackSet
 	attrs      map[attrKey]int32
 	threads    map[uint64]threadAttrs // pid<<32 | tid
-	kernelAttr int32                  // profile.frame.type=kernel; -1 until used
+	lastThread struct {               // the thread asked for last: consecutive rows of a process are often of one thread
+		key   uint64
+		attrs threadAttrs
+		ok    bool
+	}
+	kernelAttr int32 // profile.frame.type=kernel; -1 until used
 
 	locBuf []int32
+	one    [1]int32 // the backing array of one-element index lists
 }
 
 type mappingKey struct{ path, buildID string }
-type functionKey struct{ name, file string }
 type attrKey struct{ key, value string }
 
 // otherLocKey identifies a frame outside the userLocs encoding: by mapping
@@ -77,29 +91,73 @@ type otherLocKey struct {
 	fn      string
 }
 
-// reset starts a new request's dictionary d, sized for samples samples.
+// reset starts a new request's dictionary d, sized for samples samples. d
+// may hold an earlier request's dictionary: it is written over, and
+// finish drops what is left of it.
 func (b *dictBuilder) reset(d pprofile.ProfilesDictionary, samples int) {
 	b.d = d
+	d.StringTable().FromRaw(nil) // empties it, keeping its capacity
+	b.mappingT = overwriteOf(d.MappingTable())
+	b.functionT = overwriteOf(d.FunctionTable())
+	b.locationT = overwriteOf(d.LocationTable())
+	b.stackT = overwriteOf(d.StackTable())
+	b.attrT = overwriteOf(d.AttributeTable())
+	b.linkT = overwriteOf(d.LinkTable())
 	b.strs = reuseMap(b.strs, samples)
 	b.mapByPtr.reset()
 	b.mappings = reuseMap(b.mappings, 64)
 	b.userLocs.reset()
 	b.kernelLocs.reset()
 	b.otherLocs = reuseMap(b.otherLocs, 16)
-	b.functions = reuseMap(b.functions, samples)
+	b.functions.reset()
 	b.stacks.reset()
 	b.attrs = reuseMap(b.attrs, 64)
 	b.threads = reuseMap(b.threads, samples/4)
+	b.lastThread.ok = false
 	b.lastMap, b.lastMapIdx = nil, 0
 	b.kernelMap, b.kernelAttr = -1, -1
 
+	b.zeroEntries()
+}
+
+// zeroEntries writes every table's zero entry, which the OTLP profiles
+// format requires at index 0. Nothing else writes index 0, so a reused
+// zero entry is still empty; it is emptied again all the same.
+func (b *dictBuilder) zeroEntries() {
 	b.str("")
-	d.MappingTable().AppendEmpty()
-	d.FunctionTable().AppendEmpty()
-	d.LocationTable().AppendEmpty()
-	d.StackTable().AppendEmpty()
-	d.AttributeTable().AppendEmpty()
-	d.LinkTable().AppendEmpty()
+	setMapping(b.mappingT.next(), 0, nil)
+	setFunction(b.functionT.next(), 0, 0)
+	l := b.locationT.next()
+	l.SetMappingIndex(0)
+	l.SetAddress(0)
+	l.AttributeIndices().FromRaw(nil)
+	lines := overwriteOf(l.Lines())
+	lines.trim()
+	b.stackT.next().LocationIndices().FromRaw(nil)
+	a := b.attrT.next()
+	a.SetKeyStrindex(0)
+	pcommon.NewValueEmpty().CopyTo(a.Value())
+	b.linkT.next() // links are never set
+}
+
+// finish drops the entries an earlier request left beyond this one's.
+func (b *dictBuilder) finish() {
+	b.mappingT.trim()
+	b.functionT.trim()
+	b.locationT.trim()
+	b.stackT.trim()
+	b.attrT.trim()
+	b.linkT.trim()
+}
+
+// indices is i as a one-element index list, or none when i < 0. The list
+// is only good until the next call: pdata copies it (FromRaw).
+func (b *dictBuilder) indices(i int32) []int32 {
+	if i < 0 {
+		return nil
+	}
+	b.one[0] = i
+	return b.one[:]
 }
 
 func (b *dictBuilder) str(s string) int32 {
@@ -112,11 +170,12 @@ func (b *dictBuilder) str(s string) int32 {
 	return i
 }
 
-// stack interns a leaf-first frame list. A stack seen before costs its
-// frames' lookups and one hash lookup, without allocating.
-func (b *dictBuilder) stack(frames []symbolizer.Frame) int32 {
+// stack interns a leaf-first frame list, and reports whether the request
+// had it already. A stack seen before costs its frames' lookups and one
+// hash lookup, without allocating.
+func (b *dictBuilder) stack(frames []symbolizer.Frame) (int32, bool) {
 	if len(frames) == 0 {
-		return 0
+		return 0, true
 	}
 	b.locBuf = b.locBuf[:0]
 	for i := range frames {
@@ -124,13 +183,12 @@ func (b *dictBuilder) stack(frames []symbolizer.Frame) int32 {
 	}
 	h := hashLocations(b.locBuf)
 	if i, ok := b.stacks.find(h, b.locBuf); ok {
-		return i
+		return i, true
 	}
-	t := b.d.StackTable()
-	i := int32(t.Len())
-	t.AppendEmpty().LocationIndices().FromRaw(b.locBuf)
+	i := int32(b.stackT.n)
+	b.stackT.next().LocationIndices().FromRaw(b.locBuf)
 	b.stacks.add(h, b.locBuf, i)
-	return i
+	return i, false
 }
 
 // location returns the index of a frame's location. Locations are keyed by
@@ -172,22 +230,25 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 }
 
 func (b *dictBuilder) newLocation(fr *symbolizer.Frame, mapping int32) int32 {
-	t := b.d.LocationTable()
-	i := int32(t.Len())
-	l := t.AppendEmpty()
+	i := int32(b.locationT.n)
+	l := b.locationT.next()
 	l.SetMappingIndex(mapping)
 	l.SetAddress(fr.ObjAddress)
+	lines := overwriteOf(l.Lines())
 	if fr.Function != "" {
-		ln := l.Lines().AppendEmpty()
+		ln := lines.next()
 		ln.SetFunctionIndex(b.function(fr))
 		ln.SetLine(int64(fr.Line))
 	}
+	lines.trim()
+	attr := int32(-1)
 	if fr.Kernel {
 		if b.kernelAttr < 0 {
 			b.kernelAttr = b.strAttr(attrFrameType, "kernel")
 		}
-		l.AttributeIndices().Append(b.kernelAttr)
+		attr = b.kernelAttr
 	}
+	l.AttributeIndices().FromRaw(b.indices(attr))
 	return i
 }
 
@@ -221,15 +282,21 @@ func (b *dictBuilder) kernelMapping() int32 {
 }
 
 func (b *dictBuilder) newMapping(k mappingKey) int32 {
-	t := b.d.MappingTable()
-	i := int32(t.Len())
-	m := t.AppendEmpty()
-	m.SetFilenameStrindex(b.str(k.path))
+	path, attr := b.str(k.path), int32(-1)
 	if key, val := buildIDAttr(k.buildID); key != "" {
-		m.AttributeIndices().Append(b.strAttr(key, val))
+		attr = b.strAttr(key, val)
 	}
+	i := int32(b.mappingT.n)
+	setMapping(b.mappingT.next(), path, b.indices(attr))
 	b.mappings[k] = i
 	return i
+}
+
+// setMapping writes the fields of m this package sets (addresses are
+// object-relative: MemoryStart, MemoryLimit and FileOffset stay 0).
+func setMapping(m pprofile.Mapping, filename int32, attrs []int32) {
+	m.SetFilenameStrindex(filename)
+	m.AttributeIndices().FromRaw(attrs)
 }
 
 // buildIDAttr names a symbolizer build ID by its kind: a GNU build ID is
@@ -248,20 +315,27 @@ func buildIDAttr(id string) (key, val string) {
 	return attrBuildIDGNU, id
 }
 
+// function returns the index of a frame's function, keyed by the indices
+// of its two strings (which a new function needs anyway) in an indexTable:
+// cheaper than a Go map keyed by the strings themselves.
 func (b *dictBuilder) function(fr *symbolizer.Frame) int32 {
-	k := functionKey{name: fr.Function, file: fr.File}
-	if i, ok := b.functions[k]; ok {
+	name, file := b.str(fr.Function), b.str(fr.File)
+	k := uint64(uint32(name))<<32 | uint64(uint32(file))
+	if i, ok := b.functions.get(k); ok {
 		return i
 	}
-	t := b.d.FunctionTable()
-	i := int32(t.Len())
-	f := t.AppendEmpty()
-	name := b.str(fr.Function)
+	i := int32(b.functionT.n)
+	setFunction(b.functionT.next(), name, file)
+	b.functions.put(k, i)
+	return i
+}
+
+// setFunction writes the fields of f this package sets: its name (also
+// the system name) and source file.
+func setFunction(f pprofile.Function, name, file int32) {
 	f.SetNameStrindex(name)
 	f.SetSystemNameStrindex(name)
-	f.SetFilenameStrindex(b.str(fr.File))
-	b.functions[k] = i
-	return i
+	f.SetFilenameStrindex(file)
 }
 
 func (b *dictBuilder) strAttr(key, val string) int32 {
@@ -282,21 +356,26 @@ type threadAttrs struct{ id, name int32 }
 // thread renamed within the interval keeps the name first seen.
 func (b *dictBuilder) thread(pid, tid uint32, comm string) threadAttrs {
 	k := uint64(pid)<<32 | uint64(tid)
-	if a, ok := b.threads[k]; ok {
-		return a
+	if last := &b.lastThread; last.ok && last.key == k {
+		return last.attrs
 	}
-	id, v := b.newAttr(attrThreadID)
-	v.Value().SetInt(int64(tid))
-	a := threadAttrs{id: id, name: b.strAttr(attrThreadName, comm)}
-	b.threads[k] = a
+	a, ok := b.threads[k]
+	if !ok {
+		id, v := b.newAttr(attrThreadID)
+		v.Value().SetInt(int64(tid))
+		a = threadAttrs{id: id, name: b.strAttr(attrThreadName, comm)}
+		b.threads[k] = a
+	}
+	b.lastThread.key, b.lastThread.attrs, b.lastThread.ok = k, a, true
 	return a
 }
 
+// newAttr adds an attribute with key; the caller sets its value.
 func (b *dictBuilder) newAttr(key string) (int32, pprofile.KeyValueAndUnit) {
-	t := b.d.AttributeTable()
-	i := int32(t.Len())
-	a := t.AppendEmpty()
-	a.SetKeyStrindex(b.str(key))
+	k := b.str(key)
+	i := int32(b.attrT.n)
+	a := b.attrT.next()
+	a.SetKeyStrindex(k)
 	return i, a
 }
 

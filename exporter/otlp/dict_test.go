@@ -132,6 +132,51 @@ func TestConvertReuse(t *testing.T) {
 	}
 }
 
+// Encode writes each request over the last one's pdata objects: a
+// request written over a larger, a smaller, or a differently shaped one
+// (kernel frames, frames without a name, several windows) is the request
+// a new converter makes.
+func TestEncodeReuse(t *testing.T) {
+	big, small := synthWindow(50, 2000, 16, 8), synthWindow(10, 200, 6, 9)
+	odd := synthWindow(5, 60, 4, 10)
+	for i := range odd.Samples {
+		if i%3 == 0 {
+			s := &odd.Samples[i]
+			s.Frames = append([]symbolizer.Frame{
+				{ObjAddress: 0xffffffff81000000 + uint64(i), Function: "do_syscall_64", Kernel: true},
+				{ObjAddress: 0xffffffff82000000 + uint64(i), Kernel: true},
+			}, s.Frames...)
+			s.Frames = append(s.Frames, symbolizer.Frame{ObjAddress: 0x700 + uint64(i)})
+		}
+	}
+	c := NewConverter("test")
+	for i, w := range [][]*pipeline.Window{{big}, {small}, {odd}, {big, odd}, {small}, {odd}, {big}} {
+		reused, err := c.Encode(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.spare == (pprofile.Profiles{}) {
+			t.Fatalf("request %d: not kept for the next", i)
+		}
+		if got, want := withoutIDs(t, reused), encodeNoIDs(t, NewConverter("test").Convert(w)); string(got) != string(want) {
+			t.Errorf("request %d: written over the last request, it differs from a new one", i)
+		}
+	}
+	if body, err := c.Encode([]*pipeline.Window{{}}); body != nil || err != nil {
+		t.Errorf("no samples: %d bytes, %v; want nothing", len(body), err)
+	}
+}
+
+// withoutIDs decodes a request and encodes it again without profile IDs.
+func withoutIDs(t *testing.T, body []byte) []byte {
+	t.Helper()
+	pd, err := (&pprofile.ProtoUnmarshaler{}).UnmarshalProfiles(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return encodeNoIDs(t, pd)
+}
+
 func encodeNoIDs(t *testing.T, pd pprofile.Profiles) []byte {
 	t.Helper()
 	for i := 0; i < pd.ResourceProfiles().Len(); i++ {

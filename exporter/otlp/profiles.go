@@ -48,8 +48,9 @@ type Converter struct {
 	exes     map[uint32]string // pid → /proc/PID/exe target ("" when unreadable)
 	procRoot string
 
-	dict dictBuilder
-	agg  aggregator
+	dict  dictBuilder
+	agg   aggregator
+	spare pprofile.Profiles // the last request Encode made, to be written over; zero when none
 }
 
 // NewConverter returns a converter that names this host.
@@ -71,9 +72,38 @@ func HostName() string {
 // Convert builds one request from windows: one shared dictionary, and one
 // ResourceProfiles per process (in pid order) with a single CPU profile
 // (sample type samples/count, period type cpu/nanoseconds). Identical
-// (thread, stack) samples of several windows are merged.
+// (thread, stack) samples of several windows are merged. The request is
+// the caller's; Encode is the cheaper way to get its protobuf.
 func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 	pd := pprofile.NewProfiles()
+	c.convert(pd, windows)
+	return pd
+}
+
+// Encode is Convert's request in protobuf (an ExportProfilesServiceRequest,
+// as pdata writes it), or nil when the windows hold no samples. The
+// request's pdata objects are kept and written over by the next call
+// (reuse.go): most of what a request allocates is not allocated again.
+func (c *Converter) Encode(windows []*pipeline.Window) ([]byte, error) {
+	pd := c.spare
+	if pd == (pprofile.Profiles{}) {
+		pd = pprofile.NewProfiles()
+	}
+	c.spare = pprofile.Profiles{} // not reused if encoding fails midway
+	c.convert(pd, windows)
+	if pd.ResourceProfiles().Len() == 0 {
+		c.spare = pd
+		return nil, nil
+	}
+	body, err := encodeProfiles(pd)
+	if err == nil && reusable(pd) {
+		c.spare = pd
+	}
+	return body, err
+}
+
+// convert writes the request over pd, which is new or an earlier request.
+func (c *Converter) convert(pd pprofile.Profiles, windows []*pipeline.Window) {
 	n := 0
 	for _, w := range windows {
 		n += len(w.Samples)
@@ -85,7 +115,8 @@ func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 	for _, w := range windows {
 		for i := range w.Samples {
 			s := &w.Samples[i]
-			a.add(s, b.stack(s.Frames))
+			stack, seen := b.stack(s.Frames)
+			a.add(s, stack, seen)
 		}
 	}
 	span := spanOf(windows)
@@ -97,10 +128,10 @@ func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 		workload *attribution.Workload
 	}
 	cgroupAttrs := map[cgroupKey][]keyValue{}
-	rps := pd.ResourceProfiles()
-	rps.EnsureCapacity(len(a.procs))
+	rps := overwriteOf(pd.ResourceProfiles())
+	pd.ResourceProfiles().EnsureCapacity(len(a.procs))
 	for i, p := range a.byPID() {
-		rp := rps.AppendEmpty()
+		rp := rps.next()
 		key := cgroupKey{p.cgroup, p.workload}
 		attrs, ok := cgroupAttrs[key]
 		if !ok {
@@ -108,16 +139,21 @@ func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
 			cgroupAttrs[key] = attrs
 		}
 		c.resourceAttributes(rp.Resource().Attributes(), p, attrs)
-		sp := rp.ScopeProfiles().AppendEmpty()
+		sps := overwriteOf(rp.ScopeProfiles())
+		sp := sps.next()
+		sps.trim()
 		sp.Scope().SetName(scopeName)
 		sp.Scope().SetVersion(c.Version)
-		prof := sp.Profiles().AppendEmpty()
+		profs := overwriteOf(sp.Profiles())
+		prof := profs.next()
+		profs.trim()
 		profileType.set(prof, span)
 		prof.SetProfileID(pprofile.ProfileID(ids[16*i : 16*i+16]))
 		a.addSamples(prof.Samples(), p, b)
 	}
+	rps.trim()
+	b.finish()
 	c.pruneExes(a)
-	return pd
 }
 
 // timeSpan is what the windows of a request cover.
@@ -152,18 +188,26 @@ func (t profileType) set(prof pprofile.Profile, s timeSpan) {
 	prof.PeriodType().SetUnitStrindex(t.nanoseconds)
 	prof.SetPeriod(int64(s.period))
 	prof.SetTime(pcommon.NewTimestampFromTime(s.start))
+	var d uint64
 	if s.end.After(s.start) {
-		prof.SetDurationNano(uint64(s.end.Sub(s.start)))
+		d = uint64(s.end.Sub(s.start))
 	}
+	prof.SetDurationNano(d)
 }
 
 // aggregator merges a request's samples by (process, thread, stack) and
 // groups them by process, keeping first-seen order within a process.
+//
+// Most stacks are sampled in one thread only, so a stack's first row is
+// found by the stack's index (firstRow, a small array) and only the rows
+// of further threads by hash (byThread): 5,000 stacks sampled once each
+// fill no hash table at all.
 type aggregator struct {
 	procs     []procSamples
-	procIndex map[uint32]int32 // pid → procs
+	procIndex indexTable // pid → procs
 	rows      []threadStack
-	byThread  indexTable       // tid<<32 | stack → rows
+	firstRow  []int32          // stack index → its first row; -1 for none
+	byThread  indexTable       // tid<<32 | stack → rows of a stack after its first
 	reused    map[rowKey]int32 // rows whose (tid, stack) a row of another process holds: a tid reused within the request
 	order     []int32          // rows grouped by process, in pid order (byPID)
 }
@@ -194,39 +238,58 @@ type rowKey struct {
 func (a *aggregator) reset(samples int) {
 	a.procs = a.procs[:0]
 	if cap(a.rows) > maxRetained {
-		a.rows, a.order = nil, nil
+		a.rows, a.order, a.firstRow = nil, nil, nil
 	}
 	a.rows = a.rows[:0]
-	a.procIndex = reuseMap(a.procIndex, samples/8)
+	a.firstRow = a.firstRow[:0]
+	a.procIndex.reset()
 	a.byThread.reset()
 	a.reused = reuseMap(a.reused, 0)
 }
 
-func (a *aggregator) add(s *pipeline.Sample, stack int32) {
+// add counts a sample of stack; seen is false when the stack is new to the
+// request, so that no thread can have a row of it yet.
+func (a *aggregator) add(s *pipeline.Sample, stack int32, seen bool) {
+	for int(stack) >= len(a.firstRow) {
+		a.firstRow = append(a.firstRow, -1)
+	}
+	first := &a.firstRow[stack]
+	if !seen || *first < 0 {
+		*first = a.newRow(s, stack)
+		return
+	}
+	if r := &a.rows[*first]; r.tid == s.TID && r.pid == s.PID {
+		r.count += int64(s.Count)
+		return
+	}
 	k := uint64(s.TID)<<32 | uint64(uint32(stack))
 	i, ok := a.byThread.get(k)
 	switch {
 	case ok && a.rows[i].pid == s.PID:
 		a.rows[i].count += int64(s.Count)
-		return
 	case ok:
 		rk := rowKey{pid: s.PID, tid: s.TID, stack: stack}
 		if i, ok := a.reused[rk]; ok {
 			a.rows[i].count += int64(s.Count)
 			return
 		}
-		a.reused[rk] = int32(len(a.rows))
+		a.reused[rk] = a.newRow(s, stack)
 	default:
-		a.byThread.put(k, int32(len(a.rows)))
+		a.byThread.put(k, a.newRow(s, stack))
 	}
-	p, ok := a.procIndex[s.PID]
+}
+
+// newRow adds a row for the sample's process, thread and stack.
+func (a *aggregator) newRow(s *pipeline.Sample, stack int32) int32 {
+	p, ok := a.procIndex.get(uint64(s.PID))
 	if !ok {
 		p = int32(len(a.procs))
-		a.procIndex[s.PID] = p
+		a.procIndex.put(uint64(s.PID), p)
 		a.procs = append(a.procs, procSamples{pid: s.PID, cgroup: s.Cgroup, comm: s.Comm, workload: s.Workload})
 	}
 	a.procs[p].rows++
 	a.rows = append(a.rows, threadStack{pid: s.PID, tid: s.TID, proc: p, stack: stack, comm: s.Comm, count: int64(s.Count)})
+	return int32(len(a.rows) - 1)
 }
 
 // byPID sorts the processes by pid and lays out order so that each
@@ -240,7 +303,8 @@ func (a *aggregator) byPID() []procSamples {
 		p := &a.procs[i]
 		p.first = next
 		next += p.rows
-		rank[a.procIndex[p.pid]] = int32(i)
+		orig, _ := a.procIndex.get(uint64(p.pid))
+		rank[orig] = int32(i)
 	}
 	a.order = slices.Grow(a.order[:0], len(a.rows))[:len(a.rows)]
 	fill := make([]int, len(a.procs))
@@ -254,21 +318,30 @@ func (a *aggregator) byPID() []procSamples {
 	return a.procs
 }
 
-// addSamples writes one process's rows, each with its thread's id and name.
+// addSamples writes one process's rows over samples, each with its
+// thread's id and name.
 func (a *aggregator) addSamples(samples pprofile.SampleSlice, p procSamples, b *dictBuilder) {
 	samples.EnsureCapacity(p.rows)
+	w := overwriteOf(samples)
+	var value [1]int64
+	var attrs [2]int32
 	for _, i := range a.order[p.first : p.first+p.rows] {
 		r := &a.rows[i]
-		s := samples.AppendEmpty()
+		s := w.next()
 		s.SetStackIndex(r.stack)
-		s.Values().Append(r.count)
+		value[0] = r.count
+		s.Values().FromRaw(value[:]) // copied into the sample's own slice, reused if it has one
 		t := b.thread(r.pid, r.tid, r.comm)
-		s.AttributeIndices().Append(t.id, t.name)
+		attrs[0], attrs[1] = t.id, t.name
+		s.AttributeIndices().FromRaw(attrs[:])
 	}
+	w.trim()
 }
 
-// resourceAttributes describe the process: who it is, where it runs.
+// resourceAttributes describe the process: who it is, where it runs. They
+// replace whatever m held (an earlier request's attributes).
 func (c *Converter) resourceAttributes(m pcommon.Map, p procSamples, cgroupAttrs []keyValue) {
+	m.RemoveIf(func(string, pcommon.Value) bool { return true }) // keeps its capacity
 	m.EnsureCapacity(4 + len(cgroupAttrs))
 	m.PutInt(attrPID, int64(p.pid))
 	if c.HostName != "" {
@@ -337,7 +410,7 @@ func (c *Converter) exe(pid uint32) string {
 // is looked up afresh.
 func (c *Converter) pruneExes(a *aggregator) {
 	for pid := range c.exes {
-		if _, ok := a.procIndex[pid]; !ok {
+		if _, ok := a.procIndex.get(uint64(pid)); !ok {
 			delete(c.exes, pid)
 		}
 	}

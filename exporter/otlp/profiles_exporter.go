@@ -70,16 +70,14 @@ func (e *profilesExporter) tick() {
 	if len(windows) == 0 {
 		return
 	}
-	pd := e.conv.Convert(windows)
-	if pd.ResourceProfiles().Len() == 0 {
-		return
-	}
-	body, err := encodeProfiles(pd)
+	body, err := e.conv.Encode(windows)
 	if err != nil {
 		slog.Error("OTLP profiles: encoding a request failed; interval left out", "err", err)
 		return
 	}
-	e.q.Push(body)
+	if body != nil {
+		e.q.Push(body)
+	}
 }
 
 // encodeProfiles is an ExportProfilesServiceRequest in protobuf, as pdata
