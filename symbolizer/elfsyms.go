@@ -98,18 +98,23 @@ func (s *symbolSection) funcTable(skip func(addr uint64) bool) (symbolTable, int
 	if len(raw) == 0 {
 		return symbolTable{}, funcs, nil
 	}
-	// Alias names are read through a small cache of the build's own, not the shared
-	// block cache, which the lookups of every object use.
-	build := *s.f
-	build.cache, build.id = newBlockCache(aliasNameCacheBytes), objFileIDs.Add(1)
-	t, err := buildSymbolTable(raw, &fileNames{f: &build, off: s.strOff, size: s.strSize}, 0, keepNames)
+	// Alias names are read through a block-sized window of the build's own: the shared
+	// block cache serves the lookups of every object, and its blocks are allocated.
+	aliases := &windowNames{w: newBlockWindow(s.f), off: s.strOff, size: s.strSize}
+	t, err := buildSymbolTable(raw, aliases, 0, keepNames)
 	t.names = &fileNames{f: s.f, off: s.strOff, size: s.strSize} // lookups read through the block cache
 	return t, funcs, err
 }
 
-// aliasNameCacheBytes bounds the cache of string table blocks read to choose among the
-// aliases of one symbol table.
-const aliasNameCacheBytes = 256 << 10
+// windowNames are the names of an ELF string table, read through a window.
+type windowNames struct {
+	w         *window
+	off, size uint64 // the string table in the file
+}
+
+func (n *windowNames) name(off uint32) (string, bool) {
+	return n.w.cString(n.off+uint64(off), n.off+n.size)
+}
 
 // value returns the value of the defined symbol called name.
 func (s *symbolSection) value(name string) (v uint64, ok bool) {

@@ -172,12 +172,17 @@ func readCString(at func(off, n uint64) []byte, off, end uint64) (string, bool) 
 // sections) that read much once and would only churn the block cache. A slice it returns
 // is valid until its next read.
 type window struct {
-	f   *objFile
-	off uint64
-	buf []byte
+	f    *objFile
+	off  uint64
+	buf  []byte
+	size uint64 // of a read
 }
 
-func newWindow(f *objFile) *window { return &window{f: f} }
+func newWindow(f *objFile) *window { return &window{f: f, size: windowSize} }
+
+// newBlockWindow returns a window that reads one whole block at a time, for scattered
+// small reads (names) that should neither allocate nor churn the block cache.
+func newBlockWindow(f *objFile) *window { return &window{f: f, size: blockSize} }
 
 // at returns the n bytes at off, nil if they do not all lie in the file or cannot be read.
 func (w *window) at(off, n uint64) []byte {
@@ -190,20 +195,24 @@ func (w *window) at(off, n uint64) []byte {
 	if w.f.mem != nil {
 		return w.f.mem[off : off+n]
 	}
-	if n > windowSize {
+	if n > w.size {
 		return w.f.read(off, n)
 	}
-	size := min(windowSize, w.f.size-off)
+	start := off
+	if w.size == blockSize && off%blockSize+n <= blockSize {
+		start = off &^ (blockSize - 1) // the whole block, for the names around off
+	}
+	size := min(w.size, w.f.size-start)
 	if uint64(cap(w.buf)) < size {
-		w.buf = make([]byte, windowSize)
+		w.buf = make([]byte, w.size)
 	}
 	w.buf = w.buf[:size]
-	if _, err := w.f.r.ReadAt(w.buf, int64(off)); err != nil {
+	if _, err := w.f.r.ReadAt(w.buf, int64(start)); err != nil {
 		w.buf = w.buf[:0]
 		return nil
 	}
-	w.off = off
-	return w.buf[:n]
+	w.off = start
+	return w.buf[off-start : off-start+n]
 }
 
 // cString returns a copy of the NUL-terminated string at off, which must end before end.
