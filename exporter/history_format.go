@@ -66,7 +66,10 @@ const (
 )
 
 var (
-	zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
+	zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1),
+		// A record is one window, well under 1 MiB; the default 8 MiB window kept
+		// 16 MiB of match history live for the life of the daemon.
+		zstd.WithWindowSize(1<<20))
 	zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<28))
 
 	errBadRecord = errors.New("malformed history record")
