@@ -138,6 +138,10 @@ static __always_inline void mix_frame(__u64 *h, __u32 *check, __u64 ip)
 	*check ^= *check >> 15;
 }
 
+// STACK_LOST is what store_stack returns for a stack that exists but could
+// not be stored; hash_stack never returns it.
+#define STACK_LOST (~0ULL)
+
 struct hash_state {
 	struct stack_trace *trace;
 	__u64 h;
@@ -161,7 +165,7 @@ static long hash_block(__u64 i, void *data)
 }
 
 // hash_stack fills trace->check and returns the stack's id: a 64-bit FNV-1a
-// style hash of the frames, never 0 (0 means "no stack"). bpf_get_stack
+// style hash of the frames, never 0 (0 means "no stack") nor STACK_LOST. bpf_get_stack
 // zeroes the buffer past the stack, so hashing whole blocks of four frames
 // gives the same result for the same stack.
 static __always_inline __u64 hash_stack(struct stack_trace *trace)
@@ -170,18 +174,20 @@ static __always_inline __u64 hash_stack(struct stack_trace *trace)
 
 	bpf_loop((trace->len + 3) / 4, hash_block, &st, 0);
 	trace->check = st.check;
-	return st.h ? st.h : 1;
+	return st.h && st.h != STACK_LOST ? st.h : 1;
 }
 
-// store_stack captures one stack (user or kernel, by flags) into the current
-// generation's stack map and returns its id, or 0 with *lost set when the
-// stack exists but could not be stored.
-static __always_inline __u64 store_stack(void *ctx, void *stack_map, __u64 flags,
-					 __u32 *lost, __u32 lost_flag)
+// store_stack captures one stack (user or kernel, by flags) into generation
+// g's stack map and returns its id, 0 when there is no such stack, or
+// STACK_LOST. It is a global function, so the verifier checks it once rather
+// than once for each kind of stack: verification is most of the sampler's
+// load time.
+__noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 flags)
 {
 	__u32 zero = 0;
 	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
-	if (!trace)
+	void *stack_map = bpf_map_lookup_elem(&stacks, &g);
+	if (!trace || !stack_map)
 		return 0;
 
 	long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), flags);
@@ -195,14 +201,22 @@ static __always_inline __u64 store_stack(void *ctx, void *stack_map, __u64 flags
 		if (existing->check == trace->check)
 			return id;
 		count_stat(STAT_DROP_STACK_COLLISION);
-		*lost |= lost_flag;
-		return 0;
+		return STACK_LOST;
 	}
 	long err = bpf_map_update_elem(stack_map, &id, trace, BPF_NOEXIST);
 	if (err == 0 || err == -17 /* EEXIST: another CPU stored it first */)
 		return id;
 	count_stat(STAT_DROP_STACKS_FULL);
-	*lost |= lost_flag;
+	return STACK_LOST;
+}
+
+// stack_id turns what store_stack returned into a key's stack id, flagging a
+// lost stack.
+static __always_inline __u64 stack_id(__u64 ret, __u32 *flags, __u32 lost_flag)
+{
+	if (ret != STACK_LOST)
+		return ret;
+	*flags |= lost_flag;
 	return 0;
 }
 
@@ -328,8 +342,7 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 		return 0;
 	__u32 g = *gen & 1;
 	void *counts_map = bpf_map_lookup_elem(&counts, &g);
-	void *stack_map = bpf_map_lookup_elem(&stacks, &g);
-	if (!counts_map || !stack_map)
+	if (!counts_map)
 		return 0;
 
 	count_stat(STAT_SAMPLES);
@@ -343,11 +356,11 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
-		key.kernel_stack = store_stack(ctx, stack_map, 0, &key.flags, FLAG_KERNEL_STACK_LOST);
+		key.kernel_stack = stack_id(store_stack(ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
 	__u64 mm = (__u64)task->mm;
 	if (mm) { // kernel threads have no user stack
-		key.user_stack = store_stack(ctx, stack_map, BPF_F_USER_STACK, &key.flags,
-					     FLAG_USER_STACK_LOST);
+		key.user_stack = stack_id(store_stack(ctx, g, BPF_F_USER_STACK), &key.flags,
+					  FLAG_USER_STACK_LOST);
 		if (key.user_stack)
 			key.leaf_caller = leaf_caller(ctx, task, in_user);
 		announce_process(task, pid, mm);
