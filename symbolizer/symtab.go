@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"math"
+	"math/bits"
 	"slices"
 	"strings"
 	"unsafe"
@@ -17,6 +18,9 @@ import (
 type symbolTable struct {
 	syms  []symEntry
 	names nameSource
+	// aliases holds the symbols an entry stands for when there are several at its
+	// address, by entry index; its name is chosen among theirs when asked for.
+	aliases map[int32][]rawSymbol
 }
 
 // nameSource holds the NUL-terminated names of symbols, by offset.
@@ -70,8 +74,15 @@ func (t *symbolTable) lookup(addr uint64) int {
 	return -1
 }
 
-// name returns the name of symbol i, "" if it cannot be read.
+// name returns the name of symbol i, "" if it cannot be read. For an entry that stands
+// for aliases, it is the preferred one's (see better), which reads all their names: callers
+// that look up the same symbol often remember names (Object.symbolName does).
 func (t *symbolTable) name(i int) string {
+	if run, ok := t.aliases[int32(i)]; ok {
+		var buf []string
+		s, _ := t.names.name(bestAlias(run, t.names, &buf).nameOff)
+		return s
+	}
 	s, _ := t.names.name(t.syms[i].nameOff)
 	return s
 }
@@ -126,7 +137,10 @@ func leadingUnderscores(s string) int {
 	return n
 }
 
-var errArenaFull = errors.New("symbol names exceed 4 GiB")
+var (
+	errArenaFull      = errors.New("symbol names exceed 4 GiB")
+	errTooManySymbols = errors.New("more than 2^31 symbols")
+)
 
 // tableNames says where the names of a table being built are kept.
 type tableNames int
@@ -141,10 +155,15 @@ const (
 
 // buildSymbolTable merges aliases, gives unsized symbols the range up to the next symbol
 // (bounded by their section and by maxGap when non-zero) and indexes the names, which are
-// at each symbol's nameOff in names.
+// at each symbol's nameOff in names. With keepNames, names stay where they are and the
+// name of a merged alias is chosen when first asked for (see name): most symbols are never
+// looked up, and reading the names of every alias of a big C++ library costs more than
+// indexing it.
 func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tableNames) (symbolTable, error) {
-	// By address only: names are read for aliases alone, once each (see bestAlias).
-	slices.SortFunc(raw, func(a, b rawSymbol) int { return cmp.Compare(a.addr, b.addr) })
+	if len(raw) > math.MaxInt32 {
+		return symbolTable{}, errTooManySymbols
+	}
+	order := addressOrder(raw)
 	t := symbolTable{names: names}
 	var arena []byte
 	if mode == copyNames {
@@ -157,18 +176,24 @@ func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tab
 	}
 	t.syms = make([]symEntry, 0, len(raw))
 	var aliasNames []string
-	for i := 0; i < len(raw); {
+	run := make([]rawSymbol, 0, 8)
+	for i := 0; i < len(order); {
+		first := &raw[order[i]]
+		run = append(run[:0], *first)
 		j := i + 1
-		for j < len(raw) && raw[j].addr == raw[i].addr {
-			j++
+		for ; j < len(order) && raw[order[j]].addr == first.addr; j++ {
+			run = append(run, raw[order[j]])
 		}
-		best := bestAlias(raw[i:j], names, &aliasNames)
-		for k := i; k < j; k++ {
-			best.size = max(best.size, raw[k].size)
+		best := run[0]
+		if len(run) > 1 && mode == copyNames {
+			best = bestAlias(run, names, &aliasNames)
+		}
+		for k := range run {
+			best.size = max(best.size, run[k].size)
 		}
 		next := uint64(0)
-		if j < len(raw) {
-			next = raw[j].addr
+		if j < len(order) {
+			next = raw[order[j]].addr
 		}
 		i = j
 		size := symbolSize(&best, next, maxGap)
@@ -183,6 +208,11 @@ func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tab
 			}
 			e.nameOff = uint32(len(arena))
 			arena = append(append(arena, n...), 0)
+		} else if len(run) > 1 {
+			if t.aliases == nil {
+				t.aliases = make(map[int32][]rawSymbol)
+			}
+			t.aliases[int32(len(t.syms))] = slices.Clone(run)
 		}
 		t.syms = append(t.syms, e)
 	}
@@ -191,6 +221,30 @@ func buildSymbolTable(raw []rawSymbol, names nameSource, maxGap uint64, mode tab
 	}
 	t.syms = slices.Clip(t.syms)
 	return t, nil
+}
+
+// addressOrder returns the indices of raw in address order. Addresses and indices are
+// packed into one word where they fit, as in all real files, so that the sort compares
+// integers rather than calling a function per comparison.
+func addressOrder(raw []rawSymbol) []int32 {
+	order := make([]int32, len(raw))
+	shift := uint(bits.Len(uint(len(raw))))
+	keys := make([]uint64, len(raw))
+	for i := range raw {
+		if raw[i].addr>>(64-shift) != 0 {
+			slices.SortStableFunc(raw, func(a, b rawSymbol) int { return cmp.Compare(a.addr, b.addr) })
+			for i := range order {
+				order[i] = int32(i)
+			}
+			return order
+		}
+		keys[i] = raw[i].addr<<shift | uint64(i)
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		order[i] = int32(k & (1<<shift - 1))
+	}
+	return order
 }
 
 // bestAlias returns the preferred one of symbols at the same address (see better),
