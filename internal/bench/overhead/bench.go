@@ -99,6 +99,7 @@ type freqResult struct {
 	loadShare float64
 	loadavg   string // /proc/loadavg at the end of the window
 	attempts  int    // runs at this frequency; the quietest is kept
+	variant   string // "" for cgscope as it starts by default, else what is different
 	cgscope   *toolResult
 	perf      *toolResult
 	bpftrace  *toolResult
@@ -190,20 +191,28 @@ func run(opt options) error {
 	if err := enableBPFStats(); err != nil {
 		return err
 	}
+	runs := make([]variantRun, 0, len(opt.freqs)+1)
 	for _, hz := range opt.freqs {
-		logf("=== %d Hz: cgscope, perf and bpftrace side by side for %v", hz, opt.duration)
-		best := runFrequency(opt, hz, tmp, loads)
+		runs = append(runs, variantRun{hz: hz})
+	}
+	// perf and bpftrace only profile; cgscope by default also runs the
+	// per-cgroup collectors, whose programs fire on every context switch of
+	// the host. The like-for-like comparison runs cgscope profiling only.
+	runs = append(runs, variantRun{hz: targetFreqHz, variant: "profiling only", args: profilingOnlyArgs})
+	for _, v := range runs {
+		logf("=== %d Hz: cgscope%s, perf and bpftrace side by side for %v", v.hz, v.suffix(), opt.duration)
+		best := runFrequency(opt, v, tmp, loads)
 		attempts := 1
 		for ; attempts <= opt.retries && best.loadShare < noisyShare && !loadsDead(loads); attempts++ {
 			logf("%d Hz: other work took %.1f%% of the workloads' CPUs: running it again (%d of at most %d more)",
-				hz, 100*(1-best.loadShare), attempts, opt.retries)
-			if fr := runFrequency(opt, hz, tmp, loads); fr.loadShare > best.loadShare || best.cgscope.failed {
+				v.hz, 100*(1-best.loadShare), attempts, opt.retries)
+			if fr := runFrequency(opt, v, tmp, loads); fr.loadShare > best.loadShare || best.cgscope.failed {
 				best = fr
 			}
 		}
 		best.attempts = attempts
 		rep.freqs = append(rep.freqs, best)
-		checkLoads(fmt.Sprintf("the %d Hz run", hz))
+		checkLoads(fmt.Sprintf("the %d Hz%s run", v.hz, v.suffix()))
 	}
 	restoreBPFStats()
 
@@ -262,11 +271,32 @@ func run(opt options) error {
 	return nil
 }
 
-// runFrequency runs cgscope, perf and bpftrace at hz side by side.
-func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
+// variantRun is one side-by-side run to make: a frequency, and how cgscope
+// is started beyond its defaults.
+type variantRun struct {
+	hz      int
+	variant string   // "" for the defaults
+	args    []string // extra cgscope flags
+}
+
+func (v variantRun) suffix() string {
+	if v.variant == "" {
+		return ""
+	}
+	return " (" + v.variant + ")"
+}
+
+// profilingOnlyArgs turn every per-cgroup collector off.
+var profilingOnlyArgs = []string{"--no-collector.sched", "--no-collector.faults", "--no-collector.oom",
+	"--no-collector.network", "--no-collector.tcp", "--no-collector.cgroupfs"}
+
+// runFrequency runs cgscope, perf and bpftrace at v.hz side by side.
+func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqResult {
+	hz := v.hz
 	fr := &freqResult{
 		hz:       hz,
-		cgscope:  &toolResult{name: "cgscope"},
+		variant:  v.variant,
+		cgscope:  &toolResult{name: "cgscope" + v.suffix()},
 		perf:     &toolResult{name: "perf"},
 		bpftrace: &toolResult{name: "bpftrace"},
 	}
@@ -280,8 +310,8 @@ func runFrequency(opt options, hz int, tmp string, loads []*child) *freqResult {
 	cgOK := false
 	if port, err := freePort(); err != nil {
 		fr.cgscope.abort("no free port: %v", err)
-	} else if c, err := startChild("cgscope", filepath.Join(tmp, "cgscope-"+hzs+".log"), opt.cgscope,
-		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency="+hzs); err != nil {
+	} else if c, err := startChild("cgscope", filepath.Join(tmp, "cgscope-"+hzs+strings.ReplaceAll(v.variant, " ", "-")+".log"),
+		append([]string{opt.cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency=" + hzs}, v.args...)...); err != nil {
 		fr.cgscope.abort("%v", err)
 	} else {
 		cg, cgPort = c, port

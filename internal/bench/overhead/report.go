@@ -58,7 +58,11 @@ func (r *report) markdown() string {
 		"Percentages are of one CPU core.\n\n")
 
 	for _, f := range r.freqs {
-		w("## %d Hz (window %s)\n\n", f.hz, f.window.Round(100*time.Millisecond))
+		w("## %d Hz%s (window %s)\n\n", f.hz, variantRun{variant: f.variant}.suffix(), f.window.Round(100*time.Millisecond))
+		if f.variant == "profiling only" {
+			w("cgscope with every per-cgroup collector off (`%s`): what it costs to do what perf and bpftrace do. "+
+				"The defaults above also count every context switch, fault and packet of the host per cgroup.\n\n", strings.Join(profilingOnlyArgs, " "))
+		}
 		if f.attempts > 1 {
 			w("Quietest of %d runs: the others were disturbed by other work on the host.\n\n", f.attempts)
 		}
@@ -178,7 +182,7 @@ func (r *report) markdown() string {
 	}
 	if _, cpus, _ := r.readyStats(); len(cpus) > 0 {
 		for _, f := range r.freqs {
-			if cg := f.cgscope; f.hz == targetFreqHz && cg.haveUsage && !cg.failed && cg.usage.wall > 0 {
+			if cg := f.cgscope; f.hz == targetFreqHz && f.variant == "" && cg.haveUsage && !cg.failed && cg.usage.wall > 0 {
 				w("The whole-life figures include cgscope's start-up and shutdown: a start with no profiling window "+
 					"(above) costs %s of CPU, which alone is %.2f%% of one core over the %.0f s life of the %d Hz run; "+
 					"a daemon that runs for hours pays it once.\n\n",
@@ -211,7 +215,7 @@ func (r *report) targets() []targetRow {
 		cgOK := cg.haveUsage && cg.haveBPF && !cg.failed
 		if f.hz == targetFreqHz {
 			if cgOK {
-				rows = append(rows, targetRow{fmt.Sprintf("cgscope under %.1f%% of one core at %d Hz (user+sys+BPF)", targetPct19Hz, targetFreqHz),
+				rows = append(rows, targetRow{fmt.Sprintf("%s under %.1f%% of one core at %d Hz (user+sys+BPF)", cg.name, targetPct19Hz, targetFreqHz),
 					fmt.Sprintf("%.3f%%", cg.totalPct()), yes(cg.totalPct() < targetPct19Hz)})
 				if cg.haveSteady {
 					w := cg.steadyPct() + cg.bpfPct()
@@ -224,11 +228,11 @@ func (r *report) targets() []targetRow {
 						fmt.Sprintf("%.3f%%", w), yes(w < targetPct19Hz)})
 				}
 			} else {
-				rows = append(rows, targetRow{fmt.Sprintf("cgscope under %.1f%% of one core at %d Hz", targetPct19Hz, targetFreqHz), "not measured", "**no**"})
+				rows = append(rows, targetRow{fmt.Sprintf("%s under %.1f%% of one core at %d Hz", cg.name, targetPct19Hz, targetFreqHz), "not measured", "**no**"})
 			}
 		}
 		for _, other := range []*toolResult{f.bpftrace, f.perf} {
-			what := fmt.Sprintf("cgscope below %s at %d Hz (total %% of one core)", other.name, f.hz)
+			what := fmt.Sprintf("%s below %s at %d Hz (total %% of one core)", cg.name, other.name, f.hz)
 			if other.name == "perf" {
 				what += "; perf's kernel cost invisible"
 			}
