@@ -3,8 +3,8 @@ package exporter
 import (
 	"context"
 	"fmt"
-	"os"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
