@@ -3,7 +3,6 @@ package exporter
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,22 +191,8 @@ func kubeletPods(n int, cri *critest.Server) []string {
 // cost what it costs without names (ids from the paths only), never the
 // runtime's timeouts.
 func BenchmarkCgroupScrape500PodsUnreachableRuntime(b *testing.B) {
-	sock := filepath.Join(b.TempDir(), "hang.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, never answered
-		}
-	}()
-	workloads, err := attribution.NewResolver(attribution.Config{Endpoint: "unix://" + sock, Resync: time.Second, MinRefresh: 100 * time.Millisecond})
+	endpoint, _ := critest.Hanging(b)
+	workloads, err := attribution.NewResolver(attribution.Config{Endpoint: endpoint, Resync: time.Second, MinRefresh: 100 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
 	}

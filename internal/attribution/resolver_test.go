@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -179,45 +178,8 @@ func TestCacheIsBounded(t *testing.T) {
 	}
 }
 
-// A runtime socket that accepts connections and never answers: the worst
-// case for a scrape that would wait on it.
-func hangingSocket(t *testing.T) (endpoint string, accepted <-chan struct{}) {
-	path := filepath.Join(t.TempDir(), "hang.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan struct{}, 1)
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return "unix://" + path, ch
-}
-
 func TestUnreachableRuntimeNeverBlocksAndIsReportedOnce(t *testing.T) {
-	endpoint, accepted := hangingSocket(t)
+	endpoint, accepted := critest.Hanging(t)
 	var logs syncBuffer
 	r, _ := NewResolver(Config{Endpoint: endpoint, Timeout: 100 * time.Millisecond, MinRefresh: 20 * time.Millisecond,
 		Resync: 60 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -223,25 +222,11 @@ func hasAttrs(m pcommon.Map, want map[string]string) bool {
 // serves /metrics with ids from cgroup paths, reports the runtime down, and
 // says so once in its log, not once per retry.
 func TestKubernetesUnreachableRuntime(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "hang.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, never answered
-		}
-	}()
+	endpoint, _ := critest.Hanging(t)
 	rootRel, rootAbs := cgroup2(t)
 	uid, id := critest.UID(21), critest.HexID(211)
 	rel, abs := containerCgroups(t, rootRel, rootAbs, "kubepods", "pod"+uid, id)
-	d := startCgscope(t, t.Cleanup, "--kubernetes.cri-endpoint=unix://"+sock, "--kubernetes.cri-resync-interval=1s")
+	d := startCgscope(t, t.Cleanup, "--kubernetes.cri-endpoint="+endpoint, "--kubernetes.cri-resync-interval=1s")
 	w := workload(t, filepath.Join(artifacts(t), "gosplit"), "-duration=1s")
 	joinCgroup(t, abs, w.Process.Pid)
 	w.Wait()

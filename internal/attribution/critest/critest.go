@@ -7,6 +7,7 @@ package critest
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -123,3 +124,43 @@ func HexID(n int) string { return fmt.Sprintf("%064x", 0xc0ffee0000+n) }
 
 // UID returns a pod UID derived from n.
 func UID(n int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", n, n) }
+
+// Hanging listens on a unix socket that accepts connections and never
+// answers: the worst runtime for a caller that would wait on it. accepted
+// receives (without blocking the listener) each time a client connects.
+// Everything is closed when the test ends.
+func Hanging(t testing.TB) (endpoint string, accepted <-chan struct{}) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hang.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan struct{}, 1)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "unix://" + path, ch
+}
