@@ -80,6 +80,9 @@ type foldStats struct {
 // NewCgroupCollector builds the collector. counters may be nil (every BPF
 // collector off) and files may be nil (cgroupfs collector off).
 func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *FileStatsCache, opts CgroupOptions) *CgroupCollector {
+	if opts.Workloads == nil {
+		opts.Workloads = attribution.PathOnly()
+	}
 	return &CgroupCollector{
 		counters: c, paths: p, files: files, opts: opts, now: time.Now,
 		known: map[uint64]*cgroupEntry{}, admitted: map[string]*admission{},
@@ -257,32 +260,14 @@ func (c *CgroupCollector) admit(path string) []string {
 		a = &admission{}
 		c.admitted[path] = a
 	}
-	w := c.workloadOf(path)
+	w := c.opts.Workloads.Lookup(path)
 	if a.labels == nil || w != a.workload {
 		a.workload = w
-		a.labels = append([]string{path}, labelValues(w, path)...)
+		v := labelsOfWorkload(w).values()
+		a.labels = append([]string{path}, v[:]...)
 		a.pairs = nil
 	}
 	return a.labels
-}
-
-func (c *CgroupCollector) workloadOf(path string) *attribution.Workload {
-	if c.opts.Workloads == nil {
-		return nil
-	}
-	return c.opts.Workloads.Lookup(path)
-}
-
-// labelValues are a cgroup's workload labels; without a resolver, the ids
-// its path gives.
-func labelValues(w *attribution.Workload, path string) []string {
-	l := labelsOfWorkload(w)
-	if w == nil {
-		id := profiler.ParseContainerPath(path)
-		l.containerID, l.podUID = id.ContainerID, id.PodUID
-	}
-	v := l.values()
-	return v[:]
 }
 
 // pairsOf returns the label pairs of an admitted label set, built once per

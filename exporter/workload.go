@@ -77,37 +77,41 @@ var (
 	rePodUID       = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$|^[0-9a-f]{32}$`)
 )
 
+// workloadParam is one filter parameter: the field it sets and what it
+// accepts.
+type workloadParam struct {
+	field func(*WorkloadFilter) *string
+	valid func(string) bool
+	want  string
+}
+
+var workloadParamsByName = map[string]workloadParam{
+	"container_id": {func(f *WorkloadFilter) *string { return &f.ContainerID }, isContainerIDPrefix,
+		"12 to 64 lowercase hex digits"},
+	"pod_uid": {func(f *WorkloadFilter) *string { return &f.PodUID }, rePodUID.MatchString,
+		"a UID like 01234567-89ab-cdef-0123-456789abcdef"},
+	"namespace": {func(f *WorkloadFilter) *string { return &f.Namespace }, reDNSLabel.MatchString,
+		"a Kubernetes namespace name (lowercase letters, digits, '-', at most 63)"},
+	"pod": {func(f *WorkloadFilter) *string { return &f.Pod }, reDNSSubdomain.MatchString,
+		"a Kubernetes pod name (lowercase letters, digits, '-', '.', at most 253)"},
+	"container": {func(f *WorkloadFilter) *string { return &f.Container }, reDNSLabel.MatchString,
+		"a Kubernetes container name (lowercase letters, digits, '-', at most 63)"},
+}
+
+func isContainerIDPrefix(v string) bool {
+	return len(v) >= 12 && len(v) <= 64 && strings.Trim(v, "0123456789abcdef") == ""
+}
+
 // parseParam sets the field named by a query parameter. known is false for
 // a parameter that is not a workload filter.
 func (f *WorkloadFilter) parseParam(name, v string) (known bool, err error) {
-	switch name {
-	case "container_id":
-		if len(v) < 12 || len(v) > 64 || strings.Trim(v, "0123456789abcdef") != "" {
-			return true, fmt.Errorf("container_id=%q: want 12 to 64 lowercase hex digits", v)
-		}
-		f.ContainerID = v
-	case "pod_uid":
-		if !rePodUID.MatchString(v) {
-			return true, fmt.Errorf("pod_uid=%q: want a UID like 01234567-89ab-cdef-0123-456789abcdef", v)
-		}
-		f.PodUID = v
-	case "namespace":
-		if !reDNSLabel.MatchString(v) {
-			return true, fmt.Errorf("namespace=%q: want a Kubernetes namespace name (lowercase letters, digits, '-', at most 63)", v)
-		}
-		f.Namespace = v
-	case "pod":
-		if !reDNSSubdomain.MatchString(v) {
-			return true, fmt.Errorf("pod=%q: want a Kubernetes pod name (lowercase letters, digits, '-', '.', at most 253)", v)
-		}
-		f.Pod = v
-	case "container":
-		if !reDNSLabel.MatchString(v) {
-			return true, fmt.Errorf("container=%q: want a Kubernetes container name (lowercase letters, digits, '-', at most 63)", v)
-		}
-		f.Container = v
-	default:
+	p, ok := workloadParamsByName[name]
+	if !ok {
 		return false, nil
 	}
+	if !p.valid(v) {
+		return true, fmt.Errorf("%s=%q: want %s", name, v, p.want)
+	}
+	*p.field(f) = v
 	return true, nil
 }

@@ -180,17 +180,21 @@ func (r resolver) transport() (*Transport, error) {
 	return t, nil
 }
 
-func (r resolver) protocol(t *Transport) error {
-	p := r.pick(r.c.Protocol, "--otlp.protocol", "PROTOCOL")
-	switch p.Value {
+func (r resolver) protocol(t *Transport) (err error) {
+	t.Protocol, err = oneOf(r.pick(r.c.Protocol, "--otlp.protocol", "PROTOCOL"), ProtocolGRPC, ProtocolHTTP)
+	return err
+}
+
+// oneOf returns s's value, or def (the first allowed value) when s is
+// unset; any other value is an error naming where it came from.
+func oneOf(s Setting, def, other string) (string, error) {
+	switch s.Value {
 	case "":
-		t.Protocol = ProtocolGRPC
-	case ProtocolGRPC, ProtocolHTTP:
-		t.Protocol = p.Value
-	default:
-		return fmt.Errorf("%s=%q: want %s or %s", p.From, p.Value, ProtocolGRPC, ProtocolHTTP)
+		return def, nil
+	case def, other:
+		return s.Value, nil
 	}
-	return nil
+	return "", fmt.Errorf("%s=%q: want %s or %s", s.From, s.Value, def, other)
 }
 
 func (r resolver) insecure(t *Transport) error {
@@ -246,17 +250,9 @@ func (r resolver) timeout(t *Transport) error {
 	return nil
 }
 
-func (r resolver) compression(t *Transport) error {
-	v := r.pick("", "", "COMPRESSION")
-	switch v.Value {
-	case "":
-		t.Compression = CompressionGzip
-	case CompressionGzip, CompressionNone:
-		t.Compression = v.Value
-	default:
-		return fmt.Errorf("%s=%q: want %s or %s", v.From, v.Value, CompressionGzip, CompressionNone)
-	}
-	return nil
+func (r resolver) compression(t *Transport) (err error) {
+	t.Compression, err = oneOf(r.pick("", "", "COMPRESSION"), CompressionGzip, CompressionNone)
+	return err
 }
 
 func (r resolver) target(t *Transport) error {

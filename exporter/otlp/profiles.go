@@ -14,7 +14,6 @@ import (
 
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // Attribute keys from the OpenTelemetry semantic conventions.
@@ -47,6 +46,7 @@ type Converter struct {
 	Version  string
 	exes     map[uint32]string // pid → /proc/PID/exe target ("" when unreadable)
 	procRoot string
+	paths    *attribution.Resolver // ids from cgroup paths, for samples without a workload
 
 	dict  dictBuilder
 	agg   aggregator
@@ -55,7 +55,8 @@ type Converter struct {
 
 // NewConverter returns a converter that names this host.
 func NewConverter(version string) *Converter {
-	return &Converter{HostName: HostName(), Version: version, exes: map[uint32]string{}, procRoot: "/proc"}
+	return &Converter{HostName: HostName(), Version: version, exes: map[uint32]string{}, procRoot: "/proc",
+		paths: attribution.PathOnly()}
 }
 
 // HostName is the host.name cgscope reports: $NODE_NAME when set (the Helm
@@ -135,7 +136,11 @@ func (c *Converter) convert(pd pprofile.Profiles, windows []*pipeline.Window) {
 		key := cgroupKey{p.cgroup, p.workload}
 		attrs, ok := cgroupAttrs[key]
 		if !ok {
-			attrs = cgroupAttributes(p.cgroup, p.workload)
+			w := p.workload
+			if w == nil && p.cgroup != "" { // windows not from a pipeline with a resolver
+				w = c.paths.Lookup(p.cgroup)
+			}
+			attrs = cgroupAttributes(w)
 			cgroupAttrs[key] = attrs
 		}
 		c.resourceAttributes(rp.Resource().Attributes(), p, attrs)
@@ -365,16 +370,11 @@ func (c *Converter) resourceAttributes(m pcommon.Map, p procSamples, cgroupAttrs
 type keyValue struct{ key, value string }
 
 // cgroupAttributes are the resource attributes of the container and pod a
-// process runs in, where known: from the samples' workload (the same names
-// /metrics and pprof labels carry), else from the cgroup path alone.
-// Convert asks once per cgroup and request.
-func cgroupAttributes(cgroup string, w *attribution.Workload) []keyValue {
+// process runs in, where known: the same names /metrics and pprof labels
+// carry. Convert asks once per cgroup and request.
+func cgroupAttributes(w *attribution.Workload) []keyValue {
 	if w == nil {
-		if cgroup == "" {
-			return nil
-		}
-		id := profiler.ParseContainerPath(cgroup)
-		w = &attribution.Workload{ContainerID: id.ContainerID, PodUID: id.PodUID}
+		return nil
 	}
 	var attrs []keyValue
 	for _, kv := range []keyValue{

@@ -151,6 +151,13 @@ func NewResolver(cfg Config) (*Resolver, error) {
 	return r, nil
 }
 
+// PathOnly returns a resolver that never asks a runtime: its workloads have
+// only the container id and pod UID the cgroup path gives.
+func PathOnly() *Resolver {
+	r, _ := NewResolver(Config{Endpoint: endpointNone}) // "none" is always valid
+	return r
+}
+
 // Lookup returns the workload of a cgroup path, or nil when the path is not
 // a container's or a pod's. It never blocks on the runtime.
 func (r *Resolver) Lookup(path string) *Workload {
