@@ -25,6 +25,25 @@
 
 #include "profile.h"
 
+// The register frame of the interrupted task: x86-64's struct pt_regs as the
+// UAPI (asm/ptrace.h) lays it out, which is also what a perf_event program's
+// context starts with. It is declared here, not taken from vmlinux.h, whose
+// types carry CO-RE relocations: a program without any needs no kernel BTF
+// parsed in userspace to load, which was the largest part of cgscope's
+// start-up CPU time. Its layout is ABI, so a fixed one is right on every
+// kernel.
+struct user_regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	__u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+// sample_ctx is struct bpf_perf_event_data (linux/bpf_perf_event.h) on x86-64.
+struct sample_ctx {
+	struct user_regs regs;
+	__u64 sample_period;
+	__u64 addr;
+};
+
 char LICENSE[] SEC("license") = "GPL";
 
 // The maps' max_entries below are defaults; userspace sets them from flags.
@@ -84,22 +103,27 @@ struct {
 
 // known_procs remembers which processes userspace has been told about, so
 // it can snapshot /proc/PID/maps on the first sample of a process, while a
-// short-lived process is still alive. The value identifies the process image:
-// a reused pid or an exec changes it.
+// short-lived process is still alive. An exec or the exit of a process
+// removes its entry (forget_process), so a new image or a reused pid is
+// announced again.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u32);
-	__type(value, struct proc_identity);
+	__type(value, __u8);
 } known_procs SEC(".maps");
 
-// last_proc is, per CPU, the process announced or found in known_procs last:
-// a CPU mostly samples the same process over and over, and this one cache
-// line spares the hash lookup then.
+// proc_epoch counts the entries forget_process removed: a last_proc entry
+// from an earlier epoch may name a forgotten process.
+__u64 proc_epoch;
+
+// last_proc is, per CPU, the process announced or found in known_procs last,
+// in the epoch it was: a CPU mostly samples the same process over and over,
+// and this one cache line spares the hash lookup then.
 struct last_proc {
 	__u32 pid;
 	__u32 pad;
-	struct proc_identity id;
+	__u64 epoch;
 };
 
 struct {
@@ -181,7 +205,8 @@ static __always_inline __u64 hash_stack(struct stack_trace *trace)
 // g's stack map and returns its id, 0 when there is no such stack, or
 // STACK_LOST. It is a global function, so the verifier checks it once rather
 // than once for each kind of stack: verification is most of the sampler's
-// load time.
+// load time. The verifier knows a global function's context argument by its
+// type, so ctx has the kernel's name for it here; no field of it is read.
 __noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 flags)
 {
 	__u32 zero = 0;
@@ -242,7 +267,7 @@ static __always_inline bool is_return_address(__u64 addr)
 
 // sampled_in_user reports whether the sample interrupted user mode: then
 // there is no kernel stack to walk, and ctx holds the user registers.
-static __always_inline bool sampled_in_user(struct bpf_perf_event_data *ctx)
+static __always_inline bool sampled_in_user(struct sample_ctx *ctx)
 {
 #if defined(__TARGET_ARCH_x86)
 	return (*(volatile __u64 *)&ctx->regs.cs & 3) == 3; // CPL 3
@@ -256,15 +281,14 @@ static __always_inline bool sampled_in_user(struct bpf_perf_event_data *ctx)
 // frame of its own (Go and optimized C leaves, or a PC in a prologue); that
 // caller's return address is then exactly at [sp]. Userspace decides whether
 // to insert it, since only it knows if the leaf function is frameless.
-static __always_inline __u64 leaf_caller(struct bpf_perf_event_data *ctx,
-					 struct task_struct *task, bool in_user)
+static __always_inline __u64 leaf_caller(struct sample_ctx *ctx, bool in_user)
 {
 	// Read before the branch: were the two loads merged into one through a
 	// chosen pointer, the verifier would refuse the modified ctx pointer.
 	__u64 sp = ctx->regs.sp, ret = 0;
 
 	if (!in_user) {
-		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		struct user_regs *regs = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 		if (!regs)
 			return 0;
 		sp = regs->sp;
@@ -275,26 +299,22 @@ static __always_inline __u64 leaf_caller(struct bpf_perf_event_data *ctx,
 }
 
 // announce_process emits a ring-buffer event the first time a process image
-// is sampled. task is trusted (bpf_get_current_task_btf), so its fields are
-// plain loads rather than probe-read helper calls.
-static __always_inline void announce_process(struct task_struct *task, __u32 pid, __u64 mm)
+// is sampled.
+static __always_inline void announce_process(__u32 pid)
 {
-	struct proc_identity id = {
-		.start_time = task->group_leader->start_time,
-		.mm = mm,
-	};
+	__u64 epoch = proc_epoch;
 	__u32 zero = 0;
 	struct last_proc *last = bpf_map_lookup_elem(&last_proc, &zero);
-	if (last && last->pid == pid && last->id.start_time == id.start_time && last->id.mm == id.mm)
+	if (last && last->pid == pid && last->epoch == epoch)
 		return;
 	if (last) {
 		last->pid = pid;
-		last->id = id;
+		last->epoch = epoch;
 	}
-	struct proc_identity *seen = bpf_map_lookup_elem(&known_procs, &pid);
-	if (seen && seen->start_time == id.start_time && seen->mm == id.mm)
+	if (bpf_map_lookup_elem(&known_procs, &pid))
 		return;
-	bpf_map_update_elem(&known_procs, &pid, &id, BPF_ANY);
+	__u8 one = 1;
+	bpf_map_update_elem(&known_procs, &pid, &one, BPF_ANY);
 
 	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	if (!ev) {
@@ -303,6 +323,37 @@ static __always_inline void announce_process(struct task_struct *task, __u32 pid
 	}
 	ev->pid = pid;
 	bpf_ringbuf_submit(ev, 0);
+}
+
+// forget_process drops the calling process from known_procs, so that its
+// next sample announces it again: after an exec it is a new image, and after
+// its exit the pid may come back as another process. Only the thread group
+// leader's exit counts; another thread's leaves the process running.
+static __always_inline void forget_process(bool leader_only)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+
+	if (leader_only && (__u32)pid_tgid != pid)
+		return;
+	if (bpf_map_delete_elem(&known_procs, &pid) == 0)
+		__sync_fetch_and_add(&proc_epoch, 1);
+}
+
+// The raw tracepoints need neither tracefs nor kernel BTF, and their
+// arguments are not read: the current task is the one that execs or exits.
+SEC("raw_tp/sched_process_exec")
+int process_exec(void *ctx)
+{
+	forget_process(false);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exit")
+int process_exit(void *ctx)
+{
+	forget_process(true);
+	return 0;
 }
 
 static __always_inline void count_sample(void *counts_map, struct sample_key *key)
@@ -327,7 +378,7 @@ static __always_inline void count_sample(void *counts_map, struct sample_key *ke
 }
 
 SEC("perf_event")
-int sample_cpu(struct bpf_perf_event_data *ctx)
+int sample_cpu(struct sample_ctx *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
@@ -347,7 +398,6 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 
 	count_stat(STAT_SAMPLES);
 
-	struct task_struct *task = bpf_get_current_task_btf();
 	struct sample_key key = {};
 	key.pid = pid;
 	key.tid = tid;
@@ -356,15 +406,13 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
-		key.kernel_stack = stack_id(store_stack(ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
-	__u64 mm = (__u64)task->mm;
-	if (mm) { // kernel threads have no user stack
-		key.user_stack = stack_id(store_stack(ctx, g, BPF_F_USER_STACK), &key.flags,
-					  FLAG_USER_STACK_LOST);
-		if (key.user_stack)
-			key.leaf_caller = leaf_caller(ctx, task, in_user);
-		announce_process(task, pid, mm);
-	}
+		key.kernel_stack = stack_id(store_stack((void *)ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
+	// A kernel thread has no user stack: bpf_get_stack finds none.
+	key.user_stack = stack_id(store_stack((void *)ctx, g, BPF_F_USER_STACK), &key.flags, FLAG_USER_STACK_LOST);
+	if (key.user_stack)
+		key.leaf_caller = leaf_caller(ctx, in_user);
+	if (key.user_stack || (key.flags & FLAG_USER_STACK_LOST))
+		announce_process(pid);
 
 	count_sample(counts_map, &key);
 	return 0;

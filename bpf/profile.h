@@ -52,11 +52,6 @@ struct stack_trace {
 	__u64 ips[MAX_STACK_DEPTH];
 };
 
-struct proc_identity {
-	__u64 start_time;
-	__u64 mm;
-};
-
 struct new_process_event {
 	__u32 pid;
 	__u32 pad;

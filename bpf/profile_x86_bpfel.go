@@ -14,22 +14,16 @@ import (
 )
 
 type ProfileLastProc struct {
-	_   structs.HostLayout
-	Pid uint32
-	Pad uint32
-	Id  ProfileProcIdentity
+	_     structs.HostLayout
+	Pid   uint32
+	Pad   uint32
+	Epoch uint64
 }
 
 type ProfileNewProcessEvent struct {
 	_   structs.HostLayout
 	Pid uint32
 	Pad uint32
-}
-
-type ProfileProcIdentity struct {
-	_         structs.HostLayout
-	StartTime uint64
-	Mm        uint64
 }
 
 type ProfileSampleKey struct {
@@ -80,8 +74,11 @@ const (
 	ProfileMapStacks1               = "stacks1"
 	ProfileMapStats                 = "stats"
 	ProfileProgKernelSymbols        = "kernel_symbols"
+	ProfileProgProcessExec          = "process_exec"
+	ProfileProgProcessExit          = "process_exit"
 	ProfileProgSampleCpu            = "sample_cpu"
 	ProfileVarKsymNames             = "ksym_names"
+	ProfileVarProcEpoch             = "proc_epoch"
 	ProfileVarUnusedNewProcessEvent = "unused_new_process_event"
 	ProfileVarUnusedStatIndex       = "unused_stat_index"
 )
@@ -129,6 +126,8 @@ type ProfileSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileProgramSpecs struct {
 	KernelSymbols *ebpf.ProgramSpec `ebpf:"kernel_symbols"`
+	ProcessExec   *ebpf.ProgramSpec `ebpf:"process_exec"`
+	ProcessExit   *ebpf.ProgramSpec `ebpf:"process_exit"`
 	SampleCpu     *ebpf.ProgramSpec `ebpf:"sample_cpu"`
 }
 
@@ -155,6 +154,7 @@ type ProfileMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileVariableSpecs struct {
 	KsymNames             *ebpf.VariableSpec `ebpf:"ksym_names"`
+	ProcEpoch             *ebpf.VariableSpec `ebpf:"proc_epoch"`
 	UnusedNewProcessEvent *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
 	UnusedStatIndex       *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
@@ -215,6 +215,7 @@ func (m *ProfileMaps) Close() error {
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileVariables struct {
 	KsymNames             *ebpf.Variable `ebpf:"ksym_names"`
+	ProcEpoch             *ebpf.Variable `ebpf:"proc_epoch"`
 	UnusedNewProcessEvent *ebpf.Variable `ebpf:"unused_new_process_event"`
 	UnusedStatIndex       *ebpf.Variable `ebpf:"unused_stat_index"`
 }
@@ -224,12 +225,16 @@ type ProfileVariables struct {
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfilePrograms struct {
 	KernelSymbols *ebpf.Program `ebpf:"kernel_symbols"`
+	ProcessExec   *ebpf.Program `ebpf:"process_exec"`
+	ProcessExit   *ebpf.Program `ebpf:"process_exit"`
 	SampleCpu     *ebpf.Program `ebpf:"sample_cpu"`
 }
 
 func (p *ProfilePrograms) Close() error {
 	return _ProfileClose(
 		p.KernelSymbols,
+		p.ProcessExec,
+		p.ProcessExit,
 		p.SampleCpu,
 	)
 }

@@ -112,15 +112,18 @@ func NewSampler(cfg Config) (*Sampler, error) {
 	return s, nil
 }
 
-// samplerObjects are the Profile object's maps and its sampling program;
+// samplerObjects are the Profile object's maps, its sampling program and
+// the two programs that keep known_procs true across exec and exit;
 // kernel_symbols loads on its own (see kernelNamer).
 type samplerObjects struct {
 	bpf.ProfileMaps
-	SampleCpu *ebpf.Program `ebpf:"sample_cpu"`
+	SampleCpu   *ebpf.Program `ebpf:"sample_cpu"`
+	ProcessExec *ebpf.Program `ebpf:"process_exec"`
+	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 }
 
 func (o *samplerObjects) Close() error {
-	return errors.Join(o.SampleCpu.Close(), o.ProfileMaps.Close())
+	return errors.Join(o.SampleCpu.Close(), o.ProcessExec.Close(), o.ProcessExit.Close(), o.ProfileMaps.Close())
 }
 
 func (s *Sampler) load() error {
@@ -151,8 +154,20 @@ func (s *Sampler) load() error {
 	return nil
 }
 
-// attach opens one cpu-clock event per online CPU and attaches the program.
+// attach opens one cpu-clock event per online CPU and attaches the program,
+// after the exec and exit hooks, so that no process image is announced
+// before its exec can be seen.
 func (s *Sampler) attach() error {
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"sched_process_exec", s.objs.ProcessExec}, {"sched_process_exit", s.objs.ProcessExit}} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
+		if err != nil {
+			return fmt.Errorf("%w: attaching to the %s raw tracepoint: %v", ErrPreflight, tp.name, err)
+		}
+		s.links = append(s.links, l)
+	}
 	cpus, err := onlineCPUs()
 	if err != nil {
 		return fmt.Errorf("listing online CPUs: %w", err)

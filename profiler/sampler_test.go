@@ -1,13 +1,17 @@
 package profiler
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 func requireRoot(t *testing.T) {
@@ -134,6 +138,45 @@ func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
 	}
 	if drained+lost != st.Samples {
 		t.Errorf("drained %d + lost %d != taken %d over %d drains", drained, lost, st.Samples, drains+1)
+	}
+}
+
+// A process is announced on its first sample, once per image: again after
+// an exec, but not when one of its threads exits; once it has exited the
+// kernel side forgets it, so a reused pid is announced afresh.
+func TestProcessImagesAnnounced(t *testing.T) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Frequency = 499
+	s, err := NewSampler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	events := map[uint32]int{}
+	go s.RunProcessEvents(func(pid uint32) {
+		mu.Lock()
+		events[pid]++
+		mu.Unlock()
+	})
+
+	cg := newTestCgroup(t, "announce")
+	cmd := cg.command(t, nil, "burnexec", "300ms")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("burnexec workload: %v", err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	time.Sleep(200 * time.Millisecond) // the ring buffer reader catches up
+	mu.Lock()
+	got := events[pid]
+	mu.Unlock()
+	if got != 2 {
+		t.Errorf("pid %d announced %d times, want 2: on its first sample and again after its exec (a thread's exit must not count)", pid, got)
+	}
+	var one uint8
+	if err := s.objs.KnownProcs.Lookup(pid, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("pid %d still in known_procs after it exited (lookup: %v)", pid, err)
 	}
 }
 

@@ -18,6 +18,15 @@ import (
 // The test binary doubles as the workload: re-executed with
 // CGSCOPE_WORKLOAD set, it runs that workload instead of the tests, so a
 // workload can be started directly inside a test cgroup.
+// A workload runs on the process's main thread (the thread group leader):
+// locking the main goroutine in an init function keeps it there, so what a
+// workload does (exec, exit) is the leader's doing.
+func init() {
+	if os.Getenv("CGSCOPE_WORKLOAD") != "" {
+		runtime.LockOSThread()
+	}
+}
+
 func TestMain(m *testing.M) {
 	if w := os.Getenv("CGSCOPE_WORKLOAD"); w != "" {
 		os.Exit(runWorkload(strings.Fields(w)))
@@ -57,6 +66,31 @@ func runWorkload(args []string) int {
 		}
 		fmt.Println(processRunDelay())
 		close(release)
+	case "burnexec": // burnexec DURATION: burn, let a thread exit, burn, then exec "burn 1 DURATION"
+		d, _ := time.ParseDuration(args[1])
+		spin(d)
+		done := make(chan struct{})
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+			spin(d / 2)
+			close(done)
+		}()
+		<-done
+		spin(d)
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		env := []string{"CGSCOPE_WORKLOAD=burn 1 " + args[1]}
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "CGSCOPE_WORKLOAD=") {
+				env = append(env, kv)
+			}
+		}
+		err = syscall.Exec(self, []string{self}, env)
+		fmt.Fprintln(os.Stderr, "exec:", err)
+		return 1
 	case "touch": // touch MiB: fault in fresh anonymous memory page by page
 		mib, _ := strconv.Atoi(args[1])
 		mem, err := syscall.Mmap(-1, 0, mib<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
@@ -125,6 +159,16 @@ func runWorkload(args []string) int {
 		return 2
 	}
 	return 0
+}
+
+// spin keeps the calling thread busy for d.
+func spin(d time.Duration) {
+	x := 0
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		for j := 0; j < 100000; j++ {
+			x += j
+		}
+	}
 }
 
 // processRunDelay sums the time every thread of this process spent waiting
