@@ -67,6 +67,7 @@ type dictBuilder struct {
 	mappings  table
 
 	strIndex map[string]int32
+	strCache [strCacheSize]strCacheEntry // string → index, direct-mapped by address; see str
 
 	mapCache     [mapCacheSize]mapCacheEntry // Mapping → mapping index, direct-mapped by address
 	mapByPtr     indexTable                  // the Mapping's address → mapping index
@@ -79,8 +80,9 @@ type dictBuilder struct {
 
 	functionIndex indexTable // name<<32 | file (string indices)
 	attrIndex     map[attrKey]int32
-	threads       map[uint64]threadAttrs // pid<<32 | tid
-	lastThread    struct {               // the thread asked for last: consecutive rows are often of one thread
+	threadIndex   indexTable    // pid<<32 | tid → threads
+	threads       []threadAttrs // of each thread of the request
+	lastThread    struct {      // the thread asked for last: consecutive rows are often of one thread
 		key   uint64
 		attrs threadAttrs
 		ok    bool
@@ -145,6 +147,7 @@ func (b *dictBuilder) reset(samples int) {
 		t.reset()
 	}
 	b.strIndex = reuseMap(b.strIndex, samples)
+	clear(b.strCache[:])
 	clear(b.mapCache[:])
 	b.mapByPtr.reset()
 	b.mappingIndex = reuseMap(b.mappingIndex, 64)
@@ -154,7 +157,8 @@ func (b *dictBuilder) reset(samples int) {
 	b.functionIndex.reset()
 	b.stacks.reset()
 	b.attrIndex = reuseMap(b.attrIndex, 64)
-	b.threads = reuseMap(b.threads, samples/4)
+	b.threadIndex.reset()
+	b.threads = reuseSlice(b.threads)
 	b.lastThread.ok = false
 	b.kernelMap, b.kernelAttr = 0, 0
 
@@ -171,15 +175,40 @@ func (b *dictBuilder) reset(samples int) {
 	b.attrs.added()
 }
 
-// str returns the index of s in the string table.
+// str returns the index of s in the string table. The frames of a
+// function share its name and file (the symbolizer's strings), so a
+// string is first looked up by its address, in a small direct-mapped
+// cache: that reads none of its bytes, which are rarely in the CPU's
+// caches. The same address and length are the same string until reset,
+// for the request's frames keep their strings alive; strings at other
+// addresses are found by content.
 func (b *dictBuilder) str(s string) int32 {
-	if i, ok := b.strIndex[s]; ok {
-		return i
+	p := unsafe.StringData(s)
+	e := &b.strCache[uint64(uintptr(unsafe.Pointer(p)))*0x9e3779b97f4a7c15>>(64-strCacheBits)]
+	if unsafe.StringData(e.s) == p && len(e.s) == len(s) && e.ok {
+		return e.idx
 	}
-	b.strings.bytes(fieldDictionaryStringTable, s)
-	i := b.strings.added()
-	b.strIndex[s] = i
+	i, ok := b.strIndex[s]
+	if !ok {
+		b.strings.bytes(fieldDictionaryStringTable, s)
+		i = b.strings.added()
+		b.strIndex[s] = i
+	}
+	*e = strCacheEntry{s: s, idx: i, ok: true}
 	return i
+}
+
+// strCacheBits sizes str's cache: a request's frames name a few thousand
+// functions in a few hundred files.
+const (
+	strCacheBits = 10
+	strCacheSize = 1 << strCacheBits
+)
+
+type strCacheEntry struct {
+	s   string
+	idx int32
+	ok  bool
 }
 
 // stack interns a leaf-first frame list, and reports whether the request
@@ -364,12 +393,15 @@ func (b *dictBuilder) thread(pid, tid uint32, comm string) threadAttrs {
 	if last := &b.lastThread; last.ok && last.key == k {
 		return last.attrs
 	}
-	a, ok := b.threads[k]
-	if !ok {
+	var a threadAttrs
+	if i, ok := b.threadIndex.get(k); ok {
+		a = b.threads[i]
+	} else {
 		encodeAttr(&b.attrs.protoWriter, b.str(attrThreadID), anyValue{kind: attrInt, num: int64(tid)})
 		id := b.attrs.added()
 		a = threadAttrs{id: id, name: b.strAttr(attrThreadName, comm)}
-		b.threads[k] = a
+		b.threadIndex.put(k, int32(len(b.threads)))
+		b.threads = append(b.threads, a)
 	}
 	b.lastThread.key, b.lastThread.attrs, b.lastThread.ok = k, a, true
 	return a
