@@ -149,7 +149,6 @@ func (c *Converter) convert(windows []*pipeline.Window) {
 	}
 	b := &c.dict
 	b.reset(n)
-	c.internKeys()
 	a := &c.agg
 	a.reset(n)
 	for _, w := range windows {
@@ -160,24 +159,11 @@ func (c *Converter) convert(windows []*pipeline.Window) {
 		}
 	}
 	a.byPID()
-	a.threadAttributes(b)
 	c.span = spanOf(windows)
+	c.types = profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
+	a.threadAttributes(b)
 	c.resourceAttributes()
 	c.pruneExes(a)
-}
-
-// internKeys puts the strings every request uses first in its string
-// table: the smallest indices take the fewest bytes, and these are
-// referred to once per thread or process.
-func (c *Converter) internKeys() {
-	b := &c.dict
-	b.str(attrThreadID)
-	b.str(attrThreadName)
-	b.str(attrPID)
-	if c.HostName != "" {
-		b.str(attrHostName)
-	}
-	c.types = profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
 }
 
 // resourceAttributes describe each process: who it is, where it runs.
@@ -385,11 +371,12 @@ func (a *aggregator) byPID() []procSamples {
 }
 
 // threadAttributes interns the attributes of each row's thread, in the
-// order the rows were first seen: the busiest threads tend to come first,
-// and the attributes of those most samples refer to get the smallest
-// indices, which take fewer bytes.
+// order the rows are sent (a process's rows one after another, often of
+// one thread). With the strings interned in the same order too, the
+// dictionary is the one the pdata-based converter made before: a request
+// is the same bytes as then, but for its random profile ids.
 func (a *aggregator) threadAttributes(b *dictBuilder) {
-	for i := range a.rows {
+	for _, i := range a.order {
 		r := &a.rows[i]
 		r.thread = b.thread(r.pid, r.tid, r.comm)
 	}
