@@ -78,7 +78,8 @@ type dictBuilder struct {
 	kernelLocs indexTable // kernel address
 	otherLocs  map[otherLocKey]int32
 
-	functionIndex indexTable // name<<32 | file (string indices)
+	funcByName    []nameFunction // name's string index → the first function of that name
+	functionIndex indexTable     // name<<32 | file (string indices), for the other functions of a name
 	attrIndex     map[attrKey]int32
 	threadIndex   indexTable    // pid<<32 | tid → threads
 	threads       []threadAttrs // of each thread of the request
@@ -154,6 +155,7 @@ func (b *dictBuilder) reset(samples int) {
 	b.userLocs.reset()
 	b.kernelLocs.reset()
 	b.otherLocs = reuseMap(b.otherLocs, 16)
+	b.funcByName = reuseSlice(b.funcByName)
 	b.functionIndex.reset()
 	b.stacks.reset()
 	b.attrIndex = reuseMap(b.attrIndex, 64)
@@ -358,19 +360,37 @@ func buildIDAttr(id string) (key, val string) {
 }
 
 // function returns the index of a frame's function, keyed by the indices
-// of its two strings (which a new function needs anyway) in an indexTable:
-// cheaper than a Go map keyed by the strings themselves.
+// of its two strings (which a new function needs anyway). A name is
+// nearly always one function, found by the name's index in funcByName;
+// only another file's function of the same name takes a hash lookup.
 func (b *dictBuilder) function(fr *symbolizer.Frame) int32 {
 	name, file := b.str(fr.Function), b.str(fr.File)
+	if int(name) >= len(b.funcByName) {
+		b.funcByName = append(b.funcByName, make([]nameFunction, int(name)+1-len(b.funcByName))...)
+	}
+	first := &b.funcByName[name]
+	if first.index != 0 && first.file == file {
+		return first.index
+	}
 	k := uint64(uint32(name))<<32 | uint64(uint32(file))
-	if i, ok := b.functionIndex.get(k); ok {
-		return i
+	if first.index != 0 {
+		if i, ok := b.functionIndex.get(k); ok {
+			return i
+		}
 	}
 	encodeFunction(&b.functions.protoWriter, name, file)
 	i := b.functions.added()
-	b.functionIndex.put(k, i)
+	if first.index == 0 {
+		*first = nameFunction{file: file, index: i}
+	} else {
+		b.functionIndex.put(k, i)
+	}
 	return i
 }
+
+// nameFunction is a function of a name: its file and index; index 0 for
+// none yet.
+type nameFunction struct{ file, index int32 }
 
 func (b *dictBuilder) strAttr(key, val string) int32 {
 	k := attrKey{key: key, value: val}
