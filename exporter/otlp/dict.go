@@ -45,6 +45,11 @@ func reuseSlice[E any](s []E) []E {
 // are far below 2^40; the rare frame beyond goes to otherLocs.
 const userAddrBits = 40
 
+// userLocKey is the userLocs key of an address in mapping m.
+func userLocKey(m int32, addr uint64) uint64 {
+	return uint64(m)<<userAddrBits | addr
+}
+
 // dictBuilder interns strings, mappings, functions, locations, stacks and
 // attributes into one request's dictionary. Each table is kept as the
 // request will carry it: a new entry is encoded at once, as its field of
@@ -227,7 +232,7 @@ func (b *dictBuilder) stack(frames []symbolizer.Frame) (int32, bool) {
 		// whose location the request has.
 		if m := fr.Mapping; m != nil && !fr.Kernel && fr.ObjAddress < 1<<userAddrBits {
 			if e := &b.mapCache[mapCacheSlot(m)]; e.m == m {
-				if l, ok := b.userLocs.get(uint64(e.idx)<<userAddrBits | fr.ObjAddress); ok {
+				if l, ok := b.userLocs.get(userLocKey(e.idx, fr.ObjAddress)); ok {
 					locs[i] = l
 					continue
 				}
@@ -253,8 +258,8 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 	}
 	if fr.Mapping != nil && fr.ObjAddress < 1<<userAddrBits {
 		m := b.mapping(fr.Mapping)
-		if m < 1<<(64-userAddrBits) { // the key of stack's inline lookup
-			k := uint64(m)<<userAddrBits | fr.ObjAddress
+		if m < 1<<(64-userAddrBits) {
+			k := userLocKey(m, fr.ObjAddress)
 			if i, ok := b.userLocs.get(k); ok {
 				return i
 			}

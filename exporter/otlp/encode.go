@@ -128,7 +128,35 @@ var (
 
 // A sample, location, function or mapping is at most about 45 bytes (its
 // indices are int32s, five bytes at most), below the 128 that one length
-// byte holds: they are written with that byte reserved, and filled in.
+// byte holds: they are written with that byte reserved (beginShort), and
+// filled in (endShort).
+
+// beginShort starts a message field shorter than 128 bytes with tag t,
+// and returns where its length goes.
+func beginShort(b []byte, t byte) ([]byte, int) {
+	return append(b, t, 0), len(b) + 1
+}
+
+// endShort writes the length of the field whose length goes at lenAt.
+func endShort(b []byte, lenAt int) {
+	b[lenAt] = byte(len(b) - lenAt - 1)
+}
+
+// appendIndexField appends an index field with tag t unless v is 0.
+func appendIndexField(b []byte, t byte, v int32) []byte {
+	if v == 0 {
+		return b
+	}
+	return appendIndex(append(b, t), v)
+}
+
+// appendPackedIndices appends a packed repeated field of a few indices.
+func appendPackedIndices(b []byte, t byte, vals ...int32) []byte {
+	b, at := beginShort(b, t)
+	b = appendIndices(b, vals)
+	endShort(b, at)
+	return b
+}
 
 // encodeSamples writes a process's rows as its profile's samples, each
 // with its thread's id and name.
@@ -136,78 +164,61 @@ func (a *aggregator) encodeSamples(w *protoWriter, p *procSamples) {
 	b := w.buf
 	for _, i := range a.order[p.first : p.first+p.rows] {
 		r := &a.rows[i]
-		at := len(b)
-		b = append(b, tagSample, 0, tagSampleValues, 0)
+		var sample, values int
+		b, sample = beginShort(b, tagSample)
+		b, values = beginShort(b, tagSampleValues)
 		b = appendVarint(b, uint64(r.count))
-		b[at+3] = byte(len(b) - at - 4)
-		attrs := len(b)
-		b = appendIndices(append(b, tagSampleAttrs, 0), []int32{r.thread.id, r.thread.name})
-		b[attrs+1] = byte(len(b) - attrs - 2)
-		if r.stack != 0 {
-			b = appendIndex(append(b, tagSampleStack), r.stack)
-		}
-		b[at+1] = byte(len(b) - at - 2)
+		endShort(b, values)
+		b = appendPackedIndices(b, tagSampleAttrs, r.thread.id, r.thread.name)
+		b = appendIndexField(b, tagSampleStack, r.stack)
+		endShort(b, sample)
 	}
 	w.buf = b
 }
 
 // encodeLocation writes a location_table entry.
 func encodeLocation(w *protoWriter, l locationEntry) {
-	b := w.buf
-	at := len(b)
-	b = append(b, tagLocation, 0)
+	b, loc := beginShort(w.buf, tagLocation)
 	if l.attr != 0 {
-		b = appendIndex(append(b, tagLocationAttrs, byte(protowire.SizeVarint(uint64(l.attr)))), l.attr)
+		b = appendPackedIndices(b, tagLocationAttrs, l.attr)
 	}
 	if l.function != 0 {
-		line := len(b)
-		b = append(b, tagLocationLine, 0)
+		var line int
+		b, line = beginShort(b, tagLocationLine)
 		if l.line != 0 {
 			b = appendVarint(append(b, tagLineLine), uint64(l.line))
 		}
-		b = appendIndex(append(b, tagLineFunction), l.function)
-		b[line+1] = byte(len(b) - line - 2)
+		b = appendIndexField(b, tagLineFunction, l.function)
+		endShort(b, line)
 	}
 	if l.addr != 0 {
 		b = appendVarint(append(b, tagLocationAddress), l.addr)
 	}
-	if l.mapping != 0 {
-		b = appendIndex(append(b, tagLocationMapping), l.mapping)
-	}
-	b[at+1] = byte(len(b) - at - 2)
+	b = appendIndexField(b, tagLocationMapping, l.mapping)
+	endShort(b, loc)
 	w.buf = b
 }
 
 // encodeFunction writes a function_table entry: its name is also its
 // system name.
 func encodeFunction(w *protoWriter, name, file int32) {
-	b := w.buf
-	at := len(b)
-	b = append(b, tagFunction, 0)
-	if file != 0 {
-		b = appendIndex(append(b, tagFunctionFile), file)
-	}
-	if name != 0 {
-		b = appendIndex(append(b, tagFunctionSystem), name)
-		b = appendIndex(append(b, tagFunctionName), name)
-	}
-	b[at+1] = byte(len(b) - at - 2)
+	b, fn := beginShort(w.buf, tagFunction)
+	b = appendIndexField(b, tagFunctionFile, file)
+	b = appendIndexField(b, tagFunctionSystem, name)
+	b = appendIndexField(b, tagFunctionName, name)
+	endShort(b, fn)
 	w.buf = b
 }
 
 // encodeMapping writes a mapping_table entry: addresses are
 // object-relative, so memory_start, memory_limit and file_offset stay 0.
 func encodeMapping(w *protoWriter, filename, attr int32) {
-	b := w.buf
-	at := len(b)
-	b = append(b, tagMapping, 0)
+	b, m := beginShort(w.buf, tagMapping)
 	if attr != 0 {
-		b = appendIndex(append(b, tagMappingAttrs, byte(protowire.SizeVarint(uint64(attr)))), attr)
+		b = appendPackedIndices(b, tagMappingAttrs, attr)
 	}
-	if filename != 0 {
-		b = appendIndex(append(b, tagMappingFile), filename)
-	}
-	b[at+1] = byte(len(b) - at - 2)
+	b = appendIndexField(b, tagMappingFile, filename)
+	endShort(b, m)
 	w.buf = b
 }
 
