@@ -2,17 +2,27 @@ package otlp
 
 import (
 	"bytes"
+	"compress/gzip"
+	"context"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pprofile"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/cgscope/cgscope/exporter/queue"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -442,5 +452,72 @@ func TestEncodeRandomWindows(t *testing.T) {
 			t.Fatalf("seed %d: samples by process %v, want %v", seed, gotByPID, wantByPID)
 		}
 		c.Release(body)
+	}
+}
+
+// A request the gRPC or gzip HTTP sender sent is given back for the next
+// one, and the receiver decodes it all the same; one that failed, or was
+// sent over HTTP without gzip (net/http may still read it), is not.
+func TestSendersRelease(t *testing.T) {
+	ctx := context.Background()
+	w := []*pipeline.Window{synthWindow(3, 30, 5, 1)}
+	grpcOK := startReceiver(t, nil)
+	grpcRejecting := startReceiver(t, status.Error(codes.InvalidArgument, "no"))
+	var httpBodies atomic.Int32
+	httpOK := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		body := io.Reader(r.Body)
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			zr, err := gzip.NewReader(r.Body)
+			if err != nil {
+				http.Error(rw, err.Error(), http.StatusBadRequest)
+				return
+			}
+			body = zr
+		}
+		raw, err := io.ReadAll(body)
+		if err == nil {
+			_, err = (&pprofile.ProtoUnmarshaler{}).UnmarshalProfiles(raw)
+		}
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusBadRequest)
+			return
+		}
+		httpBodies.Add(1)
+	}))
+	defer httpOK.Close()
+	dial := func(addr string) *grpc.ClientConn {
+		conn, err := dialGRPC(&Transport{target: endpoint{hostport: addr}, Compression: CompressionGzip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	httpSender := func(compression string, release func([]byte)) queue.SendFunc[[]byte] {
+		return httpProfilesSender(newHTTPClient(&Transport{Compression: compression, Timeout: 5 * time.Second}), httpOK.URL, release)
+	}
+	for _, c := range []struct {
+		name           string
+		sender         func(release func([]byte)) queue.SendFunc[[]byte]
+		sent, released bool
+	}{
+		{"gRPC", func(r func([]byte)) queue.SendFunc[[]byte] { return grpcProfilesSender(dial(grpcOK.addr), r) }, true, true},
+		{"gRPC rejected", func(r func([]byte)) queue.SendFunc[[]byte] { return grpcProfilesSender(dial(grpcRejecting.addr), r) }, false, false},
+		{"HTTP gzip", func(r func([]byte)) queue.SendFunc[[]byte] { return httpSender(CompressionGzip, r) }, true, true},
+		{"HTTP plain", func(r func([]byte)) queue.SendFunc[[]byte] { return httpSender(CompressionNone, r) }, true, false},
+	} {
+		conv := NewConverter("test")
+		send := c.sender(conv.Release)
+		body := mustEncode(t, conv, w)
+		if err := send(ctx, body); (err == nil) != c.sent {
+			t.Errorf("%s: send: %v", c.name, err)
+		}
+		next := mustEncode(t, conv, w)
+		if reused := &next[0] == &body[0]; reused != c.released {
+			t.Errorf("%s: the next request written into the last one's memory: %v, want %v", c.name, reused, c.released)
+		}
+	}
+	if grpcOK.calls.Load() != 1 || httpBodies.Load() != 2 {
+		t.Errorf("received %d gRPC and %d HTTP requests, want 1 and 2", grpcOK.calls.Load(), httpBodies.Load())
 	}
 }
