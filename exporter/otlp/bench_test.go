@@ -10,7 +10,6 @@ import (
 	"time"
 
 	kgzip "github.com/klauspost/compress/gzip"
-	"go.opentelemetry.io/collector/pdata/pprofile"
 
 	"github.com/cgscope/cgscope/exporter"
 	"github.com/cgscope/cgscope/internal/pipeline"
@@ -21,16 +20,16 @@ import (
 // 20 objects).
 const benchStacks, benchProcs, benchDepth = 5000, 200, 16
 
-// BenchmarkConvert5000Stacks is the conversion alone: windows to pdata,
-// written over the last interval's request as Encode does.
+// BenchmarkConvert5000Stacks is the conversion alone: windows to the
+// request's protobuf, written into the memory of the last request as the
+// daemon does once a request is sent.
 func BenchmarkConvert5000Stacks(b *testing.B) {
 	w := []*pipeline.Window{synthWindow(benchProcs, benchStacks, benchDepth, 7)}
 	c := NewConverter("bench")
-	pd := pprofile.NewProfiles()
 	b.ReportAllocs()
 	cpu := cpuTime()
 	for b.Loop() {
-		c.convert(pd, w)
+		c.Release(mustEncode(b, c, w))
 	}
 	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/1000/float64(b.N), "cpu-ms/op")
 }
@@ -42,28 +41,40 @@ func BenchmarkConvert5000Stacks(b *testing.B) {
 // user+system time alone: all of the sender's cost, its garbage
 // collection included, and none of the receiver's.
 func BenchmarkConvertAndSend5000Stacks(b *testing.B) {
+	benchConvertAndSend(b, []*pipeline.Window{synthWindow(benchProcs, benchStacks, benchDepth, 7)}, benchStacks)
+}
+
+// BenchmarkConvertAndSendRealCapture is BenchmarkConvertAndSend5000Stacks
+// on real data: the samples of 5,000 unique stacks of a whole-host
+// capture (testdata/real-capture-5000-stacks.pb.gz, see
+// TestRealCaptureTestdata).
+func BenchmarkConvertAndSendRealCapture(b *testing.B) {
+	benchConvertAndSend(b, []*pipeline.Window{loadRealCapture(b)}, realCaptureStacks)
+}
+
+func benchConvertAndSend(b *testing.B, w []*pipeline.Window, stacks int) {
 	addr := startReceiverProcess(b)
 	conn, err := dialGRPC(&Transport{target: endpoint{hostport: addr}, Compression: CompressionGzip})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	send := grpcProfilesSender(conn)
-	w := []*pipeline.Window{synthWindow(benchProcs, benchStacks, benchDepth, 7)}
 	c := NewConverter("bench")
+	send := grpcProfilesSender(conn, c.Release)
 	ctx := context.Background()
 	interval := func() int {
 		body, err := c.Encode(w)
 		if err != nil {
 			b.Fatal(err)
 		}
+		n := len(body)
 		if err := send(ctx, body); err != nil {
 			b.Fatal(err)
 		}
-		return len(body)
+		return n
 	}
-	if n := c.Convert(w).Dictionary().StackTable().Len() - 1; n != benchStacks {
-		b.Fatalf("%d unique stacks in the request, want %d", n, benchStacks)
+	if n := convert(b, NewConverter("bench"), w).Dictionary().StackTable().Len() - 1; n != stacks {
+		b.Fatalf("%d unique stacks in the request, want %d", n, stacks)
 	}
 	size := interval() // connects: not part of an interval's cost
 	b.ReportAllocs()
@@ -127,10 +138,11 @@ func BenchmarkWireBytesPerMinute(b *testing.B) {
 	b.ReportMetric(float64(pprofBytes), "pprof-gzip-B/min")
 }
 
-func mustEncode(b *testing.B, c *Converter, w []*pipeline.Window) []byte {
+func mustEncode(tb testing.TB, c *Converter, w []*pipeline.Window) []byte {
+	tb.Helper()
 	body, err := c.Encode(w)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return body
 }

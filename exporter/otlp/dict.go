@@ -1,13 +1,13 @@
 package otlp
 
 import (
-	"encoding/binary"
+	"bytes"
 	"encoding/hex"
+	"hash/maphash"
 	"slices"
 	"unsafe"
 
-	"go.opentelemetry.io/collector/pdata/pcommon"
-	"go.opentelemetry.io/collector/pdata/pprofile"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/cgscope/cgscope/symbolizer"
 )
@@ -16,6 +16,10 @@ import (
 // still be kept for the next request: a larger one is dropped, so that one
 // unusually large interval does not pin its memory for good.
 const maxRetained = 1 << 17
+
+// maxRetainedBytes bounds, likewise, the encoded entries of a dictionary
+// table kept for the next request.
+const maxRetainedBytes = 4 << 20
 
 // reuseMap empties m for the next request, or makes a new map when there
 // is none or when m grew beyond maxRetained.
@@ -27,57 +31,107 @@ func reuseMap[K comparable, V any](m map[K]V, hint int) map[K]V {
 	return m
 }
 
+// reuseSlice empties s for the next request, or drops it when it grew
+// beyond maxRetained entries.
+func reuseSlice[E any](s []E) []E {
+	if cap(s) > maxRetained {
+		return nil
+	}
+	return s[:0]
+}
+
 // userAddrBits is how many low bits of a userLocs key hold the object
 // address; the mapping index is above them. Object addresses of ELF files
 // are far below 2^40; the rare frame beyond goes to otherLocs.
 const userAddrBits = 40
 
+// userLocKey is the userLocs key of an address in mapping m.
+func userLocKey(m int32, addr uint64) uint64 {
+	return uint64(m)<<userAddrBits | addr
+}
+
 // dictBuilder interns strings, mappings, functions, locations, stacks and
-// attributes into one request's dictionary. Every table starts with its
-// zero entry at index 0, as the OTLP profiles format requires.
+// attributes into one request's dictionary. Each table is kept as the
+// request will carry it: a new entry is encoded at once, as its field of
+// ProfilesDictionary, while the values are at hand, and the request copies
+// the tables as they are. Every table starts with its zero entry at index
+// 0, as the OTLP profiles format requires, so index 0 also stands for
+// "none" below (no function, no attribute).
 //
 // The per-frame work is what a conversion costs (a 5,000-stack interval
 // has about 80,000 frames), so a frame is found with one lookup in an
 // indexTable (mapping index and address packed into the key), after its
-// mapping's index is found by pointer, usually from the one-entry cache of
-// the previous frame's mapping. Everything else is interned only when a
-// new location is met.
+// mapping's index is found by pointer, usually in a small cache of recent
+// mappings. Everything else is interned only when a new location is met.
 type dictBuilder struct {
-	d    pprofile.ProfilesDictionary
-	strs map[string]int32
+	stacks    stackSet // the stack table
+	attrs     table
+	strings   table
+	functions table
+	locations table
+	mappings  table
 
-	// The dictionary's tables, written over from their start (reuse.go).
-	mappingT  overwrite[pprofile.MappingSlice, pprofile.Mapping]
-	functionT overwrite[pprofile.FunctionSlice, pprofile.Function]
-	locationT overwrite[pprofile.LocationSlice, pprofile.Location]
-	stackT    overwrite[pprofile.StackSlice, pprofile.Stack]
-	attrT     overwrite[pprofile.KeyValueAndUnitSlice, pprofile.KeyValueAndUnit]
-	linkT     overwrite[pprofile.LinkSlice, pprofile.Link]
+	strIndex map[string]int32
+	strCache [strCacheSize]strCacheEntry // string → index, direct-mapped by address; see str
 
-	mapByPtr indexTable // the Mapping's address → mapping index
-
-	lastMap    *symbolizer.Mapping // the previous frame's mapping, and its index
-	lastMapIdx int32
-	mappings   map[mappingKey]int32
-	kernelMap  int32 // -1 until a kernel frame is seen
+	mapCache     [mapCacheSize]mapCacheEntry // Mapping → mapping index, direct-mapped by address
+	mapByPtr     indexTable                  // the Mapping's address → mapping index
+	mappingIndex map[mappingKey]int32
+	kernelMap    int32 // 0 until a kernel frame is seen
 
 	userLocs   indexTable // mapping index<<userAddrBits | object address
 	kernelLocs indexTable // kernel address
 	otherLocs  map[otherLocKey]int32
 
-	functions  indexTable // name<<32 | file (string indices)
-	stacks     stackSet
-	attrs      map[attrKey]int32
-	threads    map[uint64]threadAttrs // pid<<32 | tid
-	lastThread struct {               // the thread asked for last: consecutive rows of a process are often of one thread
+	funcByName    []nameFunction // name's string index → the first function of that name
+	functionIndex indexTable     // name<<32 | file (string indices), for the other functions of a name
+	attrIndex     map[attrKey]int32
+	threadIndex   indexTable    // pid<<32 | tid → threads
+	threads       []threadAttrs // of each thread of the request
+	lastThread    struct {      // the thread asked for last: consecutive rows are often of one thread
 		key   uint64
 		attrs threadAttrs
 		ok    bool
 	}
-	kernelAttr int32 // profile.frame.type=kernel; -1 until used
+	kernelAttr int32 // profile.frame.type=kernel; 0 until used
 
 	locBuf []int32
-	one    [1]int32 // the backing array of one-element index lists
+}
+
+// table is a dictionary table: its entries, encoded, in index order.
+type table struct {
+	protoWriter
+	n int32 // entries
+}
+
+func (t *table) reset() {
+	if cap(t.buf) > maxRetainedBytes {
+		t.buf = nil
+	}
+	t.buf, t.n = t.buf[:0], 0
+}
+
+// added counts the entry just written and returns its index.
+func (t *table) added() int32 {
+	t.n++
+	return t.n - 1
+}
+
+// mapCacheBits sizes the direct-mapped cache of Mapping values in front
+// of mapByPtr: the frames of a stack alternate between objects, and a
+// stack rarely touches more than a few dozen.
+const (
+	mapCacheBits = 10
+	mapCacheSize = 1 << mapCacheBits
+)
+
+func mapCacheSlot(m *symbolizer.Mapping) uint64 {
+	return uint64(uintptr(unsafe.Pointer(m))) * 0x9e3779b97f4a7c15 >> (64 - mapCacheBits)
+}
+
+type mapCacheEntry struct {
+	m   *symbolizer.Mapping
+	idx int32
 }
 
 type mappingKey struct{ path, buildID string }
@@ -91,83 +145,77 @@ type otherLocKey struct {
 	fn      string
 }
 
-// reset starts a new request's dictionary d, sized for samples samples. d
-// may hold an earlier request's dictionary: it is written over, and
-// finish drops what is left of it.
-func (b *dictBuilder) reset(d pprofile.ProfilesDictionary, samples int) {
-	b.d = d
-	d.StringTable().FromRaw(nil) // empties it, keeping its capacity
-	b.mappingT = overwriteOf(d.MappingTable())
-	b.functionT = overwriteOf(d.FunctionTable())
-	b.locationT = overwriteOf(d.LocationTable())
-	b.stackT = overwriteOf(d.StackTable())
-	b.attrT = overwriteOf(d.AttributeTable())
-	b.linkT = overwriteOf(d.LinkTable())
-	b.strs = reuseMap(b.strs, samples)
+// reset empties the tables for a request of about samples samples,
+// keeping their memory unless an earlier request grew them beyond
+// maxRetained entries.
+func (b *dictBuilder) reset(samples int) {
+	for _, t := range []*table{&b.attrs, &b.strings, &b.functions, &b.locations, &b.mappings} {
+		t.reset()
+	}
+	b.strIndex = reuseMap(b.strIndex, samples)
+	clear(b.strCache[:])
+	clear(b.mapCache[:])
 	b.mapByPtr.reset()
-	b.mappings = reuseMap(b.mappings, 64)
+	b.mappingIndex = reuseMap(b.mappingIndex, 64)
 	b.userLocs.reset()
 	b.kernelLocs.reset()
 	b.otherLocs = reuseMap(b.otherLocs, 16)
-	b.functions.reset()
+	b.funcByName = reuseSlice(b.funcByName)
+	b.functionIndex.reset()
 	b.stacks.reset()
-	b.attrs = reuseMap(b.attrs, 64)
-	b.threads = reuseMap(b.threads, samples/4)
+	b.attrIndex = reuseMap(b.attrIndex, 64)
+	b.threadIndex.reset()
+	b.threads = reuseSlice(b.threads)
 	b.lastThread.ok = false
-	b.lastMap, b.lastMapIdx = nil, 0
-	b.kernelMap, b.kernelAttr = -1, -1
+	b.kernelMap, b.kernelAttr = 0, 0
 
-	b.zeroEntries()
-}
-
-// zeroEntries writes every table's zero entry, which the OTLP profiles
-// format requires at index 0. Nothing else writes index 0, so a reused
-// zero entry is still empty; it is emptied again all the same.
-func (b *dictBuilder) zeroEntries() {
+	// The zero entries (the stack table's is stackSet's): empty messages,
+	// and the empty string.
 	b.str("")
-	setMapping(b.mappingT.next(), 0, nil)
-	setFunction(b.functionT.next(), 0, 0)
-	l := b.locationT.next()
-	l.SetMappingIndex(0)
-	l.SetAddress(0)
-	l.AttributeIndices().FromRaw(nil)
-	lines := overwriteOf(l.Lines())
-	lines.trim()
-	b.stackT.next().LocationIndices().FromRaw(nil)
-	a := b.attrT.next()
-	a.SetKeyStrindex(0)
-	pcommon.NewValueEmpty().CopyTo(a.Value())
-	b.linkT.next() // links are never set
+	encodeMapping(&b.mappings.protoWriter, 0, 0)
+	b.mappings.added()
+	encodeFunction(&b.functions.protoWriter, 0, 0)
+	b.functions.added()
+	encodeLocation(&b.locations.protoWriter, locationEntry{})
+	b.locations.added()
+	encodeAttr(&b.attrs.protoWriter, 0, anyValue{})
+	b.attrs.added()
 }
 
-// finish drops the entries an earlier request left beyond this one's.
-func (b *dictBuilder) finish() {
-	b.mappingT.trim()
-	b.functionT.trim()
-	b.locationT.trim()
-	b.stackT.trim()
-	b.attrT.trim()
-	b.linkT.trim()
-}
-
-// indices is i as a one-element index list, or none when i < 0. The list
-// is only good until the next call: pdata copies it (FromRaw).
-func (b *dictBuilder) indices(i int32) []int32 {
-	if i < 0 {
-		return nil
-	}
-	b.one[0] = i
-	return b.one[:]
-}
-
+// str returns the index of s in the string table. The frames of a
+// function share its name and file (the symbolizer's strings), so a
+// string is first looked up by its address, in a small direct-mapped
+// cache: that reads none of its bytes, which are rarely in the CPU's
+// caches. The same address and length are the same string until reset,
+// for the request's frames keep their strings alive; strings at other
+// addresses are found by content.
 func (b *dictBuilder) str(s string) int32 {
-	if i, ok := b.strs[s]; ok {
-		return i
+	p := unsafe.StringData(s)
+	e := &b.strCache[uint64(uintptr(unsafe.Pointer(p)))*0x9e3779b97f4a7c15>>(64-strCacheBits)]
+	if unsafe.StringData(e.s) == p && len(e.s) == len(s) && e.ok {
+		return e.idx
 	}
-	i := int32(b.d.StringTable().Len())
-	b.d.StringTable().Append(s)
-	b.strs[s] = i
+	i, ok := b.strIndex[s]
+	if !ok {
+		b.strings.bytes(fieldDictionaryStringTable, s)
+		i = b.strings.added()
+		b.strIndex[s] = i
+	}
+	*e = strCacheEntry{s: s, idx: i, ok: true}
 	return i
+}
+
+// strCacheBits sizes str's cache: a request's frames name a few thousand
+// functions in a few hundred files.
+const (
+	strCacheBits = 10
+	strCacheSize = 1 << strCacheBits
+)
+
+type strCacheEntry struct {
+	s   string
+	idx int32
+	ok  bool
 }
 
 // stack interns a leaf-first frame list, and reports whether the request
@@ -177,18 +225,23 @@ func (b *dictBuilder) stack(frames []symbolizer.Frame) (int32, bool) {
 	if len(frames) == 0 {
 		return 0, true
 	}
-	b.locBuf = b.locBuf[:0]
+	locs := slices.Grow(b.locBuf[:0], len(frames))[:len(frames)]
 	for i := range frames {
-		b.locBuf = append(b.locBuf, b.location(&frames[i]))
+		fr := &frames[i]
+		// The common case inline: a user frame whose mapping is cached and
+		// whose location the request has.
+		if m := fr.Mapping; m != nil && !fr.Kernel && fr.ObjAddress < 1<<userAddrBits {
+			if e := &b.mapCache[mapCacheSlot(m)]; e.m == m {
+				if l, ok := b.userLocs.get(userLocKey(e.idx, fr.ObjAddress)); ok {
+					locs[i] = l
+					continue
+				}
+			}
+		}
+		locs[i] = b.location(fr)
 	}
-	h := hashLocations(b.locBuf)
-	if i, ok := b.stacks.find(h, b.locBuf); ok {
-		return i, true
-	}
-	i := int32(b.stackT.n)
-	b.stackT.next().LocationIndices().FromRaw(b.locBuf)
-	b.stacks.add(h, b.locBuf, i)
-	return i, false
+	b.locBuf = locs
+	return b.stacks.intern(locs)
 }
 
 // location returns the index of a frame's location. Locations are keyed by
@@ -206,7 +259,7 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 	if fr.Mapping != nil && fr.ObjAddress < 1<<userAddrBits {
 		m := b.mapping(fr.Mapping)
 		if m < 1<<(64-userAddrBits) {
-			k := uint64(m)<<userAddrBits | fr.ObjAddress
+			k := userLocKey(m, fr.ObjAddress)
 			if i, ok := b.userLocs.get(k); ok {
 				return i
 			}
@@ -229,35 +282,38 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 	return i
 }
 
+// locationEntry is a Location: an object-relative address in a mapping,
+// with one line when the function is known (function > 0) and the
+// profile.frame.type attribute for kernel frames (attr > 0).
+type locationEntry struct {
+	addr           uint64
+	line           int64
+	mapping        int32
+	function, attr int32
+}
+
 func (b *dictBuilder) newLocation(fr *symbolizer.Frame, mapping int32) int32 {
-	i := int32(b.locationT.n)
-	l := b.locationT.next()
-	l.SetMappingIndex(mapping)
-	l.SetAddress(fr.ObjAddress)
-	lines := overwriteOf(l.Lines())
+	l := locationEntry{addr: fr.ObjAddress, mapping: mapping}
 	if fr.Function != "" {
-		ln := lines.next()
-		ln.SetFunctionIndex(b.function(fr))
-		ln.SetLine(int64(fr.Line))
+		l.function, l.line = b.function(fr), int64(fr.Line)
 	}
-	lines.trim()
-	attr := int32(-1)
 	if fr.Kernel {
-		if b.kernelAttr < 0 {
+		if b.kernelAttr == 0 {
 			b.kernelAttr = b.strAttr(attrFrameType, "kernel")
 		}
-		attr = b.kernelAttr
+		l.attr = b.kernelAttr
 	}
-	l.AttributeIndices().FromRaw(b.indices(attr))
-	return i
+	encodeLocation(&b.locations.protoWriter, l)
+	return b.locations.added()
 }
 
 // mapping returns the index of the object m maps. Addresses are
 // object-relative (Frame.ObjAddress), so one mapping per object (path and
-// build ID) serves every process; MemoryStart/Limit stay 0.
+// build ID) serves every process.
 func (b *dictBuilder) mapping(m *symbolizer.Mapping) int32 {
-	if m == b.lastMap {
-		return b.lastMapIdx
+	e := &b.mapCache[mapCacheSlot(m)]
+	if e.m == m {
+		return e.idx
 	}
 	// Keyed by address: the request's frames keep every Mapping alive, and
 	// Go's heap does not move, so an address is one Mapping until reset.
@@ -265,38 +321,31 @@ func (b *dictBuilder) mapping(m *symbolizer.Mapping) int32 {
 	i, ok := b.mapByPtr.get(addr)
 	if !ok {
 		k := mappingKey{path: m.FilePath(), buildID: m.BuildID}
-		if i, ok = b.mappings[k]; !ok {
+		if i, ok = b.mappingIndex[k]; !ok {
 			i = b.newMapping(k)
 		}
 		b.mapByPtr.put(addr, i)
 	}
-	b.lastMap, b.lastMapIdx = m, i
+	*e = mapCacheEntry{m: m, idx: i}
 	return i
 }
 
 func (b *dictBuilder) kernelMapping() int32 {
-	if b.kernelMap < 0 {
+	if b.kernelMap == 0 {
 		b.kernelMap = b.newMapping(mappingKey{path: kernelMappingName})
 	}
 	return b.kernelMap
 }
 
 func (b *dictBuilder) newMapping(k mappingKey) int32 {
-	path, attr := b.str(k.path), int32(-1)
+	filename, attr := b.str(k.path), int32(0)
 	if key, val := buildIDAttr(k.buildID); key != "" {
 		attr = b.strAttr(key, val)
 	}
-	i := int32(b.mappingT.n)
-	setMapping(b.mappingT.next(), path, b.indices(attr))
-	b.mappings[k] = i
+	encodeMapping(&b.mappings.protoWriter, filename, attr)
+	i := b.mappings.added()
+	b.mappingIndex[k] = i
 	return i
-}
-
-// setMapping writes the fields of m this package sets (addresses are
-// object-relative: MemoryStart, MemoryLimit and FileOffset stay 0).
-func setMapping(m pprofile.Mapping, filename int32, attrs []int32) {
-	m.SetFilenameStrindex(filename)
-	m.AttributeIndices().FromRaw(attrs)
 }
 
 // buildIDAttr names a symbolizer build ID by its kind: a GNU build ID is
@@ -316,36 +365,46 @@ func buildIDAttr(id string) (key, val string) {
 }
 
 // function returns the index of a frame's function, keyed by the indices
-// of its two strings (which a new function needs anyway) in an indexTable:
-// cheaper than a Go map keyed by the strings themselves.
+// of its two strings (which a new function needs anyway). A name is
+// nearly always one function, found by the name's index in funcByName;
+// only another file's function of the same name takes a hash lookup.
 func (b *dictBuilder) function(fr *symbolizer.Frame) int32 {
 	name, file := b.str(fr.Function), b.str(fr.File)
-	k := uint64(uint32(name))<<32 | uint64(uint32(file))
-	if i, ok := b.functions.get(k); ok {
-		return i
+	if int(name) >= len(b.funcByName) {
+		b.funcByName = append(b.funcByName, make([]nameFunction, int(name)+1-len(b.funcByName))...)
 	}
-	i := int32(b.functionT.n)
-	setFunction(b.functionT.next(), name, file)
-	b.functions.put(k, i)
+	first := &b.funcByName[name]
+	if first.index != 0 && first.file == file {
+		return first.index
+	}
+	k := uint64(uint32(name))<<32 | uint64(uint32(file))
+	if first.index != 0 {
+		if i, ok := b.functionIndex.get(k); ok {
+			return i
+		}
+	}
+	encodeFunction(&b.functions.protoWriter, name, file)
+	i := b.functions.added()
+	if first.index == 0 {
+		*first = nameFunction{file: file, index: i}
+	} else {
+		b.functionIndex.put(k, i)
+	}
 	return i
 }
 
-// setFunction writes the fields of f this package sets: its name (also
-// the system name) and source file.
-func setFunction(f pprofile.Function, name, file int32) {
-	f.SetNameStrindex(name)
-	f.SetSystemNameStrindex(name)
-	f.SetFilenameStrindex(file)
-}
+// nameFunction is a function of a name: its file and index; index 0 for
+// none yet.
+type nameFunction struct{ file, index int32 }
 
 func (b *dictBuilder) strAttr(key, val string) int32 {
 	k := attrKey{key: key, value: val}
-	if i, ok := b.attrs[k]; ok {
+	if i, ok := b.attrIndex[k]; ok {
 		return i
 	}
-	i, a := b.newAttr(key)
-	a.Value().SetStr(val)
-	b.attrs[k] = i
+	encodeAttr(&b.attrs.protoWriter, b.str(key), anyValue{kind: attrString, str: val})
+	i := b.attrs.added()
+	b.attrIndex[k] = i
 	return i
 }
 
@@ -359,90 +418,86 @@ func (b *dictBuilder) thread(pid, tid uint32, comm string) threadAttrs {
 	if last := &b.lastThread; last.ok && last.key == k {
 		return last.attrs
 	}
-	a, ok := b.threads[k]
-	if !ok {
-		id, v := b.newAttr(attrThreadID)
-		v.Value().SetInt(int64(tid))
+	var a threadAttrs
+	if i, ok := b.threadIndex.get(k); ok {
+		a = b.threads[i]
+	} else {
+		encodeAttr(&b.attrs.protoWriter, b.str(attrThreadID), anyValue{kind: attrInt, num: int64(tid)})
+		id := b.attrs.added()
 		a = threadAttrs{id: id, name: b.strAttr(attrThreadName, comm)}
-		b.threads[k] = a
+		b.threadIndex.put(k, int32(len(b.threads)))
+		b.threads = append(b.threads, a)
 	}
 	b.lastThread.key, b.lastThread.attrs, b.lastThread.ok = k, a, true
 	return a
 }
 
-// newAttr adds an attribute with key; the caller sets its value.
-func (b *dictBuilder) newAttr(key string) (int32, pprofile.KeyValueAndUnit) {
-	k := b.str(key)
-	i := int32(b.attrT.n)
-	a := b.attrT.next()
-	a.SetKeyStrindex(k)
-	return i, a
-}
-
-// stackSet finds a request's stacks by content: an indexTable from a
-// 64-bit hash of the location indices to the stack, whose locations are
-// kept here to check a hit. A stack whose hash another stack took (rare)
-// is kept in a map by content instead.
+// stackSet is the stack table, and finds its stacks by content: an
+// indexTable from a hash of a stack's encoded location indices to the
+// stack, whose encoding the table holds to check a hit. A stack whose hash
+// another stack took (rare) is kept in a map by content instead.
 type stackSet struct {
+	table
+	seed     maphash.Seed
 	byHash   indexTable
-	spans    []locSpan // stack index → its locations in locs
-	locs     []int32
+	spans    []span // stack index → its encoded location indices in buf
+	enc      []byte // the stack being looked up, encoded
 	collided map[string]int32
 }
 
-type locSpan struct{ off, n int32 }
+// span is where something is in a buffer.
+type span struct{ off, n int32 }
 
 func (s *stackSet) reset() {
-	s.byHash.reset()
-	if cap(s.locs) > 16*maxRetained {
-		s.locs = nil
+	if s.seed == (maphash.Seed{}) {
+		s.seed = maphash.MakeSeed()
 	}
-	s.locs = s.locs[:0]
-	s.spans = append(s.spans[:0], locSpan{}) // index 0: the empty stack
+	s.table.reset()
+	s.byHash.reset()
+	s.spans = append(reuseSlice(s.spans), span{}) // the empty stack: the zero entry
+	s.buf = append(s.buf, tag(fieldDictionaryStackTable, protowire.BytesType), 0)
+	s.added()
 	s.collided = reuseMap(s.collided, 0)
 }
 
-func (s *stackSet) find(h uint64, locs []int32) (int32, bool) {
-	i, ok := s.byHash.get(h)
-	if !ok {
-		return 0, false
-	}
-	if sp := s.spans[i]; slices.Equal(s.locs[sp.off:sp.off+sp.n], locs) {
-		return i, true
-	}
-	i, ok = s.collided[stackKey(locs)]
-	return i, ok
+// intern returns the index of the stack of locs, and reports whether the
+// table had it already.
+func (s *stackSet) intern(locs []int32) (int32, bool) {
+	s.enc = appendIndices(s.enc[:0], locs)
+	return s.internEncoded(maphash.Bytes(s.seed, s.enc))
 }
 
-// add records stack i (the next index) with its locations and hash.
-func (s *stackSet) add(h uint64, locs []int32, i int32) {
-	s.spans = append(s.spans, locSpan{off: int32(len(s.locs)), n: int32(len(locs))})
-	s.locs = append(s.locs, locs...)
-	if _, taken := s.byHash.get(h); taken {
-		s.collided[stackKey(locs)] = i
-		return
+// internEncoded interns the stack s.enc holds, whose hash is h.
+func (s *stackSet) internEncoded(h uint64) (int32, bool) {
+	if i, ok := s.byHash.get(h); ok {
+		if bytes.Equal(s.encoded(i), s.enc) {
+			return i, true
+		}
+		if i, ok := s.collided[string(s.enc)]; ok {
+			return i, true
+		}
+		i := s.add()
+		s.collided[string(s.enc)] = i
+		return i, false
 	}
+	i := s.add()
 	s.byHash.put(h, i)
+	return i, false
 }
 
-func stackKey(locs []int32) string {
-	b := make([]byte, 0, 4*len(locs))
-	for _, l := range locs {
-		b = binary.LittleEndian.AppendUint32(b, uint32(l))
-	}
-	return string(b)
+// add writes the stack s.enc holds as the table's next entry.
+func (s *stackSet) add() int32 {
+	n := len(s.enc)
+	m := s.begin(fieldDictionaryStackTable, 1+protowire.SizeVarint(uint64(n))+n) // its exact length
+	s.buf = protowire.AppendVarint(append(s.buf, tag(fieldStackLocationIndices, protowire.BytesType)), uint64(n))
+	s.buf = append(s.buf, s.enc...)
+	s.end(m)
+	s.spans = append(s.spans, span{off: int32(len(s.buf) - n), n: int32(n)})
+	return s.added()
 }
 
-// hashLocations mixes location indices into 64 bits (FNV-1a over the
-// words, then a splitmix64 finish so that the low and high bits both vary).
-func hashLocations(locs []int32) uint64 {
-	h := uint64(14695981039346656037)
-	for _, l := range locs {
-		h = (h ^ uint64(uint32(l))) * 1099511628211
-	}
-	h ^= h >> 30
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 27
-	h *= 0x94d049bb133111eb
-	return h ^ h>>31
+// encoded is stack i's encoded location indices.
+func (s *stackSet) encoded(i int32) []byte {
+	sp := s.spans[i]
+	return s.buf[sp.off : sp.off+sp.n]
 }

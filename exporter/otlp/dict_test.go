@@ -1,6 +1,7 @@
 package otlp
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -43,19 +44,22 @@ func TestIndexTable(t *testing.T) {
 func TestStackSetCollision(t *testing.T) {
 	var s stackSet
 	s.reset()
+	intern := func(locs []int32) (int32, bool) {
+		s.enc = appendIndices(s.enc[:0], locs)
+		return s.internEncoded(42)
+	}
 	a, b := []int32{1, 2, 3}, []int32{3, 2, 1}
-	s.add(42, a, 1)
-	s.add(42, b, 2)
 	for _, c := range []struct {
 		locs []int32
 		want int32
-	}{{a, 1}, {b, 2}} {
-		if got, ok := s.find(42, c.locs); !ok || got != c.want {
-			t.Errorf("%v: %d %v, want %d", c.locs, got, ok, c.want)
+		seen bool
+	}{{a, 1, false}, {b, 2, false}, {a, 1, true}, {b, 2, true}, {[]int32{9}, 3, false}} {
+		if got, seen := intern(c.locs); got != c.want || seen != c.seen {
+			t.Errorf("%v: stack %d seen %v, want %d %v", c.locs, got, seen, c.want, c.seen)
 		}
 	}
-	if _, ok := s.find(42, []int32{9}); ok {
-		t.Error("an unknown stack with a known hash was found")
+	if s.n != 4 {
+		t.Errorf("%d entries in the stack table, want 4 (with the empty stack)", s.n)
 	}
 }
 
@@ -64,7 +68,7 @@ func TestStackSetCollision(t *testing.T) {
 func TestConvertDeduplicated(t *testing.T) {
 	w1, w2 := synthWindow(20, 300, 12, 5), synthWindow(20, 300, 12, 5) // the same stacks, other Mapping values
 	w3 := synthWindow(30, 200, 8, 6)
-	pd := NewConverter("test").Convert([]*pipeline.Window{w1, w2, w3})
+	pd := convert(t, NewConverter("test"), []*pipeline.Window{w1, w2, w3})
 	d := pd.Dictionary()
 	str := func(i int32) string { return d.StringTable().At(int(i)) }
 	unique := func(table string, n int, key func(int) string) {
@@ -120,69 +124,46 @@ func TestConvertDeduplicated(t *testing.T) {
 }
 
 // A converter reused across intervals (its tables emptied, not
-// reallocated) gives the same request as a new one.
-func TestConvertReuse(t *testing.T) {
-	w1, w2 := synthWindow(50, 2000, 16, 8), synthWindow(40, 700, 10, 9)
-	c := NewConverter("test")
-	c.Convert([]*pipeline.Window{w1})
-	reused := encodeNoIDs(t, c.Convert([]*pipeline.Window{w2}))
-	fresh := encodeNoIDs(t, NewConverter("test").Convert([]*pipeline.Window{w2}))
-	if string(reused) != string(fresh) {
-		t.Error("a reused converter's request differs from a new converter's")
-	}
-}
-
-// Encode writes each request over the last one's pdata objects: a
-// request written over a larger, a smaller, or a differently shaped one
-// (kernel frames, frames without a name, several windows) is the request
-// a new converter makes.
+// reallocated, and each request written into the memory of the last one,
+// released) gives the request a new converter gives: after a larger, a
+// smaller, or a differently shaped request (kernel frames, frames without
+// a name, several windows).
 func TestEncodeReuse(t *testing.T) {
-	big, small := synthWindow(50, 2000, 16, 8), synthWindow(10, 200, 6, 9)
-	odd := synthWindow(5, 60, 4, 10)
-	for i := range odd.Samples {
-		if i%3 == 0 {
-			s := &odd.Samples[i]
-			s.Frames = append([]symbolizer.Frame{
-				{ObjAddress: 0xffffffff81000000 + uint64(i), Function: "do_syscall_64", Kernel: true},
-				{ObjAddress: 0xffffffff82000000 + uint64(i), Kernel: true},
-			}, s.Frames...)
-			s.Frames = append(s.Frames, symbolizer.Frame{ObjAddress: 0x700 + uint64(i)})
-		}
-	}
+	big, small, odd := synthWindow(50, 2000, 16, 8), synthWindow(10, 200, 6, 9), oddWindow(10)
 	c := NewConverter("test")
+	var last []byte
 	for i, w := range [][]*pipeline.Window{{big}, {small}, {odd}, {big, odd}, {small}, {odd}, {big}} {
 		reused, err := c.Encode(w)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.spare == (pprofile.Profiles{}) {
-			t.Fatalf("request %d: not kept for the next", i)
+		if last != nil && len(reused) <= cap(last) && &reused[0] != &last[:1][0] {
+			t.Errorf("request %d: not written into the released memory of the last", i)
 		}
-		if got, want := withoutIDs(t, reused), encodeNoIDs(t, NewConverter("test").Convert(w)); string(got) != string(want) {
-			t.Errorf("request %d: written over the last request, it differs from a new one", i)
+		fresh, err := NewConverter("test").Encode(w)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if got, want := withoutIDs(t, reused), withoutIDs(t, fresh); !bytes.Equal(got, want) {
+			t.Errorf("request %d: a reused converter's request differs from a new converter's", i)
+		}
+		c.Release(reused)
+		last = reused
 	}
 	if body, err := c.Encode([]*pipeline.Window{{}}); body != nil || err != nil {
 		t.Errorf("no samples: %d bytes, %v; want nothing", len(body), err)
 	}
 }
 
-// withoutIDs decodes a request and encodes it again without profile IDs.
+// withoutIDs is a request without its profile IDs, which are random:
+// decoded and encoded again by pdata.
 func withoutIDs(t *testing.T, body []byte) []byte {
 	t.Helper()
-	pd, err := (&pprofile.ProtoUnmarshaler{}).UnmarshalProfiles(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return encodeNoIDs(t, pd)
-}
-
-func encodeNoIDs(t *testing.T, pd pprofile.Profiles) []byte {
-	t.Helper()
+	pd := decode(t, body)
 	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
 		pd.ResourceProfiles().At(i).ScopeProfiles().At(0).Profiles().At(0).SetProfileID(pprofile.ProfileID{})
 	}
-	b, err := encodeProfiles(pd)
+	b, err := (&pprofile.ProtoMarshaler{}).MarshalProfiles(pd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +179,7 @@ func TestConvertReusedTID(t *testing.T) {
 		{PID: 20, TID: 77, Comm: "new", Frames: fr, Count: 3},
 		{PID: 20, TID: 77, Comm: "new", Frames: fr, Count: 4},
 	}}
-	pd := NewConverter("test").Convert([]*pipeline.Window{w})
+	pd := convert(t, NewConverter("test"), []*pipeline.Window{w})
 	d := pd.Dictionary()
 	if n := pd.ResourceProfiles().Len(); n != 2 {
 		t.Fatalf("%d processes, want 2", n)

@@ -2,10 +2,10 @@
 // (gRPC or HTTP/protobuf, gzip unless configured off).
 //
 // Profiles: every reporting interval the symbolized windows the pipeline
-// delivered are converted into one pprofile request, encoded at once and
-// queued as bytes: a single shared dictionary (strings, mappings,
-// locations, functions, stacks, attributes) and one ResourceProfiles per
-// process, with container.id,
+// delivered are written as one OTLP profiles request, in protobuf (the
+// bytes pdata's marshaler would write), and queued as bytes: a single
+// shared dictionary (strings, mappings, locations, functions, stacks,
+// attributes) and one ResourceProfiles per process, with container.id,
 // k8s.pod.uid, process.pid, process.executable.name/path and host.name
 // as resource attributes. Mappings carry their build ID
 // (process.executable.build_id.gnu or .go); locations carry the
@@ -80,7 +80,7 @@ func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, 
 	e := &Exporter{cfg: cfg}
 	conv := NewConverter(version)
 	if t := cfg.ProfilesTransport; t != nil {
-		send, err := e.profilesSender(t)
+		send, err := e.profilesSender(t, conv.Release)
 		if err != nil {
 			return nil, err
 		}
@@ -112,15 +112,17 @@ func (e *Exporter) dial(t *Transport) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-func (e *Exporter) profilesSender(t *Transport) (queue.SendFunc[[]byte], error) {
+// profilesSender sends encoded requests over t, and gives those sent back
+// to the converter with release.
+func (e *Exporter) profilesSender(t *Transport, release func([]byte)) (queue.SendFunc[[]byte], error) {
 	if t.Protocol == ProtocolHTTP {
-		return httpProfilesSender(newHTTPClient(t), t.URL()), nil
+		return httpProfilesSender(newHTTPClient(t), t.URL(), release), nil
 	}
 	conn, err := e.dial(t)
 	if err != nil {
 		return nil, err
 	}
-	return grpcProfilesSender(conn), nil
+	return grpcProfilesSender(conn, release), nil
 }
 
 func (e *Exporter) newMetrics(g prometheus.Gatherer, t *Transport, host, version string, qo queue.Options) error {

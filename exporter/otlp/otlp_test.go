@@ -3,9 +3,11 @@ package otlp
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,68 +58,91 @@ func synthWindow(procs, stacks, depth int, seed uint64) *pipeline.Window {
 	return w
 }
 
+// Every field the request sets, read back by pdata, says what the windows
+// say: one resource per process in pid order with its attributes, the
+// scope, the profile's types, times and id, and each thread's samples of
+// each stack, merged, with their frames (kernel frames, frames without a
+// function or a mapping, build IDs of both kinds).
 func TestConvertStructure(t *testing.T) {
 	w := synthWindow(3, 30, 5, 1)
 	w.Samples = append(w.Samples, w.Samples[0]) // the same stack twice: merged
 	w.Samples[0].Frames = append(w.Samples[0].Frames, symbolizer.Frame{Address: 0xffffffff81000000, ObjAddress: 0xffffffff81000000, Function: "do_syscall_64", Kernel: true})
 	w.Samples[len(w.Samples)-1].Frames = w.Samples[0].Frames
+	windows := []*pipeline.Window{oddWindow(4), w}
 	c := NewConverter("test")
 	c.HostName = "host1"
-	pd := c.Convert([]*pipeline.Window{w})
-	if got := pd.ResourceProfiles().Len(); got != 3 {
-		t.Fatalf("%d resource profiles, want one per process (3)", got)
+	c.procRoot = t.TempDir()
+	if err := os.MkdirAll(filepath.Join(c.procRoot, "1001"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	d := pd.Dictionary()
-	if d.StringTable().At(0) != "" || d.StackTable().At(0).LocationIndices().Len() != 0 {
-		t.Error("dictionary tables must start with their zero entry")
+	if err := os.Symlink("/opt/app/server (deleted)", filepath.Join(c.procRoot, "1001", "exe")); err != nil {
+		t.Fatal(err)
 	}
-	var total, want int64
-	for _, s := range w.Samples {
-		want += int64(s.Count)
+	pd := convert(t, c, windows)
+	checkDictionary(t, pd.Dictionary())
+	if got, want := gotSamples(t, pd), wantSamples(windows); !maps.Equal(got, want) {
+		t.Errorf("samples differ from the windows':\n got %v\nwant %v", got, want)
 	}
-	kernel := false
-	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
-		rp := pd.ResourceProfiles().At(i)
-		attrs := rp.Resource().Attributes()
-		if v, _ := attrs.Get(attrContainerID); v.Str() != strings.Repeat("ab", 32) {
-			t.Errorf("container.id = %q", v.Str())
-		}
-		if v, _ := attrs.Get(attrHostName); v.Str() != "host1" {
-			t.Errorf("host.name = %q", v.Str())
-		}
-		if _, ok := attrs.Get(attrPID); !ok {
-			t.Error("no process.pid")
-		}
-		prof := rp.ScopeProfiles().At(0).Profiles().At(0)
-		for j := 0; j < prof.Samples().Len(); j++ {
-			s := prof.Samples().At(j)
-			total += s.Values().At(0)
-			st := d.StackTable().At(int(s.StackIndex()))
-			for k := 0; k < st.LocationIndices().Len(); k++ {
-				loc := d.LocationTable().At(int(st.LocationIndices().At(k)))
-				fn := d.FunctionTable().At(int(loc.Lines().At(0).FunctionIndex()))
-				if d.StringTable().At(int(fn.NameStrindex())) == "do_syscall_64" {
-					kernel = true
-					if m := d.MappingTable().At(int(loc.MappingIndex())); d.StringTable().At(int(m.FilenameStrindex())) != kernelMappingName {
-						t.Error("kernel frame not in the kernel mapping")
-					}
-				}
+
+	first := map[uint32]pipeline.Sample{} // each process's first sample
+	var start, end time.Time
+	for _, w := range windows {
+		for _, s := range w.Samples {
+			if _, ok := first[s.PID]; !ok {
+				first[s.PID] = s
 			}
 		}
+		if start.IsZero() || w.Start.Before(start) {
+			start = w.Start
+		}
+		if w.End.After(end) {
+			end = w.End
+		}
 	}
-	if total != want {
-		t.Errorf("sample counts sum to %d, want %d", total, want)
+	if got := pd.ResourceProfiles().Len(); got != len(first) {
+		t.Fatalf("%d resource profiles, want one per process (%d)", got, len(first))
 	}
-	if !kernel {
-		t.Error("kernel frame lost")
-	}
-	m := d.MappingTable().At(1)
-	if m.AttributeIndices().Len() != 1 {
-		t.Fatal("mapping without build ID attribute")
-	}
-	a := d.AttributeTable().At(int(m.AttributeIndices().At(0)))
-	if d.StringTable().At(int(a.KeyStrindex())) != attrBuildIDGNU || len(a.Value().Str()) != 40 {
-		t.Errorf("build id attribute %s=%q", d.StringTable().At(int(a.KeyStrindex())), a.Value().Str())
+	d := pd.Dictionary()
+	str := func(i int32) string { return d.StringTable().At(int(i)) }
+	ids := map[pprofile.ProfileID]bool{}
+	lastPID := int64(0)
+	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+		rp := pd.ResourceProfiles().At(i)
+		attrs := rp.Resource().Attributes().AsRaw()
+		pid, _ := attrs[attrPID].(int64)
+		if pid <= lastPID {
+			t.Errorf("process %d after %d: not in pid order", pid, lastPID)
+		}
+		lastPID = pid
+		want := map[string]any{attrPID: pid, attrHostName: "host1", attrExeName: first[uint32(pid)].Comm,
+			attrContainerID: strings.Repeat("ab", 32)}
+		if pid == 1001 { // its first sample is in a pod; its executable was replaced
+			want[attrExePath], want[attrExeName] = "/opt/app/server", "server"
+			want[attrContainerID], want[attrPodUID], want[attrNamespace] = strings.Repeat("cd", 32), "01234567-89ab-cdef-0123-456789abcdef", "shop"
+			want[attrPodName], want[attrContainerName] = "cart-7d9f", "app"
+		}
+		if fmt.Sprint(attrs) != fmt.Sprint(want) {
+			t.Errorf("process %d: resource attributes %v, want %v", pid, attrs, want)
+		}
+		if rp.ScopeProfiles().Len() != 1 || rp.ScopeProfiles().At(0).Profiles().Len() != 1 {
+			t.Fatalf("process %d: %d scopes, want one with one profile", pid, rp.ScopeProfiles().Len())
+		}
+		sp := rp.ScopeProfiles().At(0)
+		if sp.Scope().Name() != scopeName || sp.Scope().Version() != "test" {
+			t.Errorf("scope %q %q", sp.Scope().Name(), sp.Scope().Version())
+		}
+		prof := sp.Profiles().At(0)
+		if st, pt := prof.SampleType(), prof.PeriodType(); str(st.TypeStrindex()) != "samples" || str(st.UnitStrindex()) != "count" ||
+			str(pt.TypeStrindex()) != "cpu" || str(pt.UnitStrindex()) != "nanoseconds" {
+			t.Errorf("sample type %s/%s, period type %s/%s", str(st.TypeStrindex()), str(st.UnitStrindex()), str(pt.TypeStrindex()), str(pt.UnitStrindex()))
+		}
+		if prof.Period() != int64(w.Period) || prof.Time().AsTime() != start.UTC() || prof.DurationNano() != uint64(end.Sub(start)) {
+			t.Errorf("period %d, time %v, duration %d; want %d, %v, %d", prof.Period(), prof.Time(), prof.DurationNano(), w.Period, start, end.Sub(start))
+		}
+		if prof.ProfileID().IsEmpty() || ids[prof.ProfileID()] {
+			t.Errorf("process %d: profile id %v empty or not unique", pid, prof.ProfileID())
+		}
+		ids[prof.ProfileID()] = true
 	}
 }
 
@@ -369,7 +394,7 @@ func TestConvertKubernetesAttributes(t *testing.T) {
 			w.Samples[i].Cgroup = "/system.slice/cron.service"
 		}
 	}
-	pd := NewConverter("test").Convert([]*pipeline.Window{w})
+	pd := convert(t, NewConverter("test"), []*pipeline.Window{w})
 	want := map[string]string{attrContainerID: pod.ContainerID, attrPodUID: pod.PodUID,
 		attrNamespace: "shop", attrPodName: "cart-7d9f", attrContainerName: "app"}
 	for i := 0; i < pd.ResourceProfiles().Len(); i++ {

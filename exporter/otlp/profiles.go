@@ -2,15 +2,14 @@ package otlp
 
 import (
 	"cmp"
-	"crypto/rand"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
-
-	"go.opentelemetry.io/collector/pdata/pcommon"
-	"go.opentelemetry.io/collector/pdata/pprofile"
 
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
@@ -37,10 +36,12 @@ const (
 	maxExeCacheEntries = 65536
 )
 
-// Converter turns pipeline windows into OTLP profiles requests. Between
-// calls it keeps a cache of executable paths and its interning tables
-// (emptied, their capacity kept within bounds: the next interval is about
-// as large as the last); it is not safe for concurrent use.
+// Converter turns pipeline windows into OTLP profiles requests in
+// protobuf. Between calls it keeps a cache of executable paths, its
+// interning tables (emptied, their capacity kept within bounds: the next
+// interval is about as large as the last) and the memory of the last
+// request once it is released; it is not safe for concurrent use, except
+// for Release.
 type Converter struct {
 	HostName string
 	Version  string
@@ -48,9 +49,15 @@ type Converter struct {
 	procRoot string
 	paths    *attribution.Resolver // ids from cgroup paths, for samples without a workload
 
-	dict  dictBuilder
-	agg   aggregator
-	spare pprofile.Profiles // the last request Encode made, to be written over; zero when none
+	dict      dictBuilder
+	agg       aggregator
+	span      timeSpan
+	types     profileType
+	resAttrs  []resourceAttr // every process's, in pid order
+	ids       []byte         // profile ids, 16 bytes per process
+	lastSize  int            // of the last request, the likely size of the next
+	spareMu   sync.Mutex
+	spareBody []byte // a released request's memory, for the next; nil when none
 }
 
 // NewConverter returns a converter that names this host.
@@ -70,47 +77,78 @@ func HostName() string {
 	return h
 }
 
-// Convert builds one request from windows: one shared dictionary, and one
-// ResourceProfiles per process (in pid order) with a single CPU profile
-// (sample type samples/count, period type cpu/nanoseconds). Identical
-// (thread, stack) samples of several windows are merged. The request is
-// the caller's; Encode is the cheaper way to get its protobuf.
-func (c *Converter) Convert(windows []*pipeline.Window) pprofile.Profiles {
-	pd := pprofile.NewProfiles()
-	c.convert(pd, windows)
-	return pd
-}
+// maxRequestBytes is the largest request Encode makes: protobuf messages
+// are limited to 2 GiB.
+const maxRequestBytes = math.MaxInt32
 
-// Encode is Convert's request in protobuf (an ExportProfilesServiceRequest,
-// as pdata writes it), or nil when the windows hold no samples. The
-// request's pdata objects are kept and written over by the next call
-// (reuse.go): most of what a request allocates is not allocated again.
+// maxReusedRequest bounds the memory of a released request kept for the
+// next one: an unusually large interval's is left to the garbage
+// collector, not held for good. 4 MiB is also the largest message a gRPC
+// server accepts by default.
+const maxReusedRequest = 4 << 20
+
+// Encode builds one ExportProfilesServiceRequest from windows, in
+// protobuf, or nil when the windows hold no samples: one shared
+// dictionary, and one ResourceProfiles per process (in pid order) with a
+// single CPU profile (sample type samples/count, period type
+// cpu/nanoseconds). Identical (thread, stack) samples of several windows
+// are merged. The protobuf is written directly (encode.go), as pdata's
+// marshaler writes the same request: the receiver decodes it with pdata
+// like any other.
+//
+// The request is written into the memory of the last one when that was
+// released (Release).
 func (c *Converter) Encode(windows []*pipeline.Window) ([]byte, error) {
-	pd := c.spare
-	if pd == (pprofile.Profiles{}) {
-		pd = pprofile.NewProfiles()
-	}
-	c.spare = pprofile.Profiles{} // not reused if encoding fails midway
-	c.convert(pd, windows)
-	if pd.ResourceProfiles().Len() == 0 {
-		c.spare = pd
+	c.convert(windows)
+	if len(c.agg.procs) == 0 {
 		return nil, nil
 	}
-	body, err := encodeProfiles(pd)
-	if err == nil && reusable(pd) {
-		c.spare = pd
+	w := protoWriter{buf: c.takeSpare()}
+	c.encodeRequest(&w)
+	if len(w.buf) > maxRequestBytes {
+		return nil, fmt.Errorf("request of %d bytes: protobuf messages are limited to %d", len(w.buf), maxRequestBytes)
 	}
-	return body, err
+	c.lastSize = len(w.buf)
+	return w.buf, nil
 }
 
-// convert writes the request over pd, which is new or an earlier request.
-func (c *Converter) convert(pd pprofile.Profiles, windows []*pipeline.Window) {
+// Release gives back a request Encode returned once it is sent and
+// nothing uses it any more, so that the next Encode writes over it rather
+// than allocating. Each request is released at most once; one never
+// released is left to the garbage collector. Release may run concurrently
+// with Encode.
+func (c *Converter) Release(body []byte) {
+	if cap(body) > maxReusedRequest {
+		return
+	}
+	c.spareMu.Lock()
+	c.spareBody = body[:0]
+	c.spareMu.Unlock()
+}
+
+// takeSpare returns the released request's memory, or new memory for a
+// request about as large as the last.
+func (c *Converter) takeSpare() []byte {
+	c.spareMu.Lock()
+	b := c.spareBody
+	c.spareBody = nil
+	c.spareMu.Unlock()
+	if b == nil {
+		b = make([]byte, 0, c.lastSize+c.lastSize/8)
+	}
+	return b
+}
+
+// convert interns the windows' samples into the dictionary and merges
+// them by process, thread and stack: everything the request says, ready
+// to be written.
+func (c *Converter) convert(windows []*pipeline.Window) {
 	n := 0
 	for _, w := range windows {
 		n += len(w.Samples)
 	}
 	b := &c.dict
-	b.reset(pd.Dictionary(), n)
+	b.reset(n)
 	a := &c.agg
 	a.reset(n)
 	for _, w := range windows {
@@ -120,19 +158,26 @@ func (c *Converter) convert(pd pprofile.Profiles, windows []*pipeline.Window) {
 			a.add(s, stack, seen)
 		}
 	}
-	span := spanOf(windows)
-	profileType := profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
-	ids := make([]byte, 16*len(a.procs))
-	rand.Read(ids) // unique per profile; one read for the whole request
+	a.byPID()
+	c.span = spanOf(windows)
+	c.types = profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
+	a.threadAttributes(b)
+	c.resourceAttributes()
+	c.pruneExes(a)
+}
+
+// resourceAttributes describe each process: who it is, where it runs.
+// Their strings go into the dictionary, as pdata's marshaler puts them.
+func (c *Converter) resourceAttributes() {
 	type cgroupKey struct {
 		path     string
 		workload *attribution.Workload
 	}
 	cgroupAttrs := map[cgroupKey][]keyValue{}
-	rps := overwriteOf(pd.ResourceProfiles())
-	pd.ResourceProfiles().EnsureCapacity(len(a.procs))
-	for i, p := range a.byPID() {
-		rp := rps.next()
+	c.resAttrs = reuseSlice(c.resAttrs)
+	b := &c.dict
+	for i := range c.agg.procs {
+		p := &c.agg.procs[i]
 		key := cgroupKey{p.cgroup, p.workload}
 		attrs, ok := cgroupAttrs[key]
 		if !ok {
@@ -143,22 +188,36 @@ func (c *Converter) convert(pd pprofile.Profiles, windows []*pipeline.Window) {
 			attrs = cgroupAttributes(w)
 			cgroupAttrs[key] = attrs
 		}
-		c.resourceAttributes(rp.Resource().Attributes(), p, attrs)
-		sps := overwriteOf(rp.ScopeProfiles())
-		sp := sps.next()
-		sps.trim()
-		sp.Scope().SetName(scopeName)
-		sp.Scope().SetVersion(c.Version)
-		profs := overwriteOf(sp.Profiles())
-		prof := profs.next()
-		profs.trim()
-		profileType.set(prof, span)
-		prof.SetProfileID(pprofile.ProfileID(ids[16*i : 16*i+16]))
-		a.addSamples(prof.Samples(), p, b)
+		p.attrs.off = int32(len(c.resAttrs))
+		c.resAttrs = append(c.resAttrs, resourceAttr{key: b.str(attrPID), isInt: true, num: int64(p.pid)})
+		str := func(k, v string) {
+			c.resAttrs = append(c.resAttrs, resourceAttr{key: b.str(k), value: b.str(v)})
+		}
+		if c.HostName != "" {
+			str(attrHostName, c.HostName)
+		}
+		exe := c.exe(p.pid)
+		name := p.comm // the kernel's name of the thread first seen, when the executable is unknown
+		if exe != "" {
+			str(attrExePath, exe)
+			name = filepath.Base(exe)
+		}
+		if name != "" {
+			str(attrExeName, name)
+		}
+		for _, kv := range attrs {
+			str(kv.key, kv.value)
+		}
+		p.attrs.n = int32(len(c.resAttrs)) - p.attrs.off
 	}
-	rps.trim()
-	b.finish()
-	c.pruneExes(a)
+}
+
+// resourceAttr is a resource attribute with its strings in the dictionary:
+// a string (value) or an int (num).
+type resourceAttr struct {
+	key, value int32
+	isInt      bool
+	num        int64
 }
 
 // timeSpan is what the windows of a request cover.
@@ -183,22 +242,9 @@ func spanOf(windows []*pipeline.Window) timeSpan {
 	return s
 }
 
-// profileType is the string indices every profile of a request shares.
+// profileType is the string indices every profile of a request shares:
+// sample type samples/count, period type cpu/nanoseconds.
 type profileType struct{ samples, count, cpu, nanoseconds int32 }
-
-func (t profileType) set(prof pprofile.Profile, s timeSpan) {
-	prof.SampleType().SetTypeStrindex(t.samples)
-	prof.SampleType().SetUnitStrindex(t.count)
-	prof.PeriodType().SetTypeStrindex(t.cpu)
-	prof.PeriodType().SetUnitStrindex(t.nanoseconds)
-	prof.SetPeriod(int64(s.period))
-	prof.SetTime(pcommon.NewTimestampFromTime(s.start))
-	var d uint64
-	if s.end.After(s.start) {
-		d = uint64(s.end.Sub(s.start))
-	}
-	prof.SetDurationNano(d)
-}
 
 // aggregator merges a request's samples by (process, thread, stack) and
 // groups them by process, keeping first-seen order within a process.
@@ -224,13 +270,16 @@ type procSamples struct {
 	workload     *attribution.Workload // of the first sample seen; nil outside containers
 	rows         int                   // how many rows
 	first        int                   // where its rows start in order
+	attrs        span                  // its resource attributes in Converter.resAttrs
 }
 
-// threadStack is one sample of the request: a thread's stack and count.
+// threadStack is one sample of the request: a thread's stack and count,
+// with the thread's name and attributes.
 type threadStack struct {
 	pid, tid uint32
 	proc     int32
 	stack    int32
+	thread   threadAttrs
 	comm     string
 	count    int64
 }
@@ -241,12 +290,10 @@ type rowKey struct {
 }
 
 func (a *aggregator) reset(samples int) {
-	a.procs = a.procs[:0]
-	if cap(a.rows) > maxRetained {
-		a.rows, a.order, a.firstRow = nil, nil, nil
-	}
-	a.rows = a.rows[:0]
-	a.firstRow = a.firstRow[:0]
+	a.procs = reuseSlice(a.procs)
+	a.rows = reuseSlice(a.rows)
+	a.order = reuseSlice(a.order)
+	a.firstRow = reuseSlice(a.firstRow)
 	a.procIndex.reset()
 	a.byThread.reset()
 	a.reused = reuseMap(a.reused, 0)
@@ -323,46 +370,15 @@ func (a *aggregator) byPID() []procSamples {
 	return a.procs
 }
 
-// addSamples writes one process's rows over samples, each with its
-// thread's id and name.
-func (a *aggregator) addSamples(samples pprofile.SampleSlice, p procSamples, b *dictBuilder) {
-	samples.EnsureCapacity(p.rows)
-	w := overwriteOf(samples)
-	var value [1]int64
-	var attrs [2]int32
-	for _, i := range a.order[p.first : p.first+p.rows] {
+// threadAttributes interns the attributes of each row's thread, in the
+// order the rows are sent (a process's rows one after another, often of
+// one thread). With the strings interned in the same order too, the
+// dictionary is the one the pdata-based converter made before: a request
+// is the same bytes as then, but for its random profile ids.
+func (a *aggregator) threadAttributes(b *dictBuilder) {
+	for _, i := range a.order {
 		r := &a.rows[i]
-		s := w.next()
-		s.SetStackIndex(r.stack)
-		value[0] = r.count
-		s.Values().FromRaw(value[:]) // copied into the sample's own slice, reused if it has one
-		t := b.thread(r.pid, r.tid, r.comm)
-		attrs[0], attrs[1] = t.id, t.name
-		s.AttributeIndices().FromRaw(attrs[:])
-	}
-	w.trim()
-}
-
-// resourceAttributes describe the process: who it is, where it runs. They
-// replace whatever m held (an earlier request's attributes).
-func (c *Converter) resourceAttributes(m pcommon.Map, p procSamples, cgroupAttrs []keyValue) {
-	m.RemoveIf(func(string, pcommon.Value) bool { return true }) // keeps its capacity
-	m.EnsureCapacity(4 + len(cgroupAttrs))
-	m.PutInt(attrPID, int64(p.pid))
-	if c.HostName != "" {
-		m.PutStr(attrHostName, c.HostName)
-	}
-	exe := c.exe(p.pid)
-	name := p.comm // the kernel's name of the thread first seen, when the executable is unknown
-	if exe != "" {
-		m.PutStr(attrExePath, exe)
-		name = filepath.Base(exe)
-	}
-	if name != "" {
-		m.PutStr(attrExeName, name)
-	}
-	for _, kv := range cgroupAttrs {
-		m.PutStr(kv.key, kv.value)
+		r.thread = b.thread(r.pid, r.tid, r.comm)
 	}
 }
 
@@ -371,7 +387,7 @@ type keyValue struct{ key, value string }
 
 // cgroupAttributes are the resource attributes of the container and pod a
 // process runs in, where known: the same names /metrics and pprof labels
-// carry. Convert asks once per cgroup and request.
+// carry. The converter asks once per cgroup and request.
 func cgroupAttributes(w *attribution.Workload) []keyValue {
 	if w == nil {
 		return nil

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/collector/pdata/pprofile"
 	"go.opentelemetry.io/collector/pdata/pprofile/pprofileotlp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
@@ -24,8 +23,9 @@ const maxPendingWindows = 256
 
 // profilesExporter collects pipeline windows and, every interval, converts
 // what it collected into one encoded OTLP request for its queue. The queue
-// holds encoded requests: a tenth of the memory of the pdata they come
-// from, and nothing is encoded twice when a send is retried.
+// holds encoded requests: nothing is encoded twice when a send is retried,
+// and a request sent is given back to the converter (Release) for the
+// next interval to be written into.
 type profilesExporter struct {
 	interval time.Duration
 	conv     *Converter
@@ -80,21 +80,15 @@ func (e *profilesExporter) tick() {
 	}
 }
 
-// encodeProfiles is an ExportProfilesServiceRequest in protobuf, as pdata
-// writes it. pd is consumed: the marshaler moves its attribute strings
-// into the dictionary.
-func encodeProfiles(pd pprofile.Profiles) ([]byte, error) {
-	return (&pprofile.ProtoMarshaler{}).MarshalProfiles(pd)
-}
-
 // profilesExportMethod is the OTLP profiles service's one RPC.
 const profilesExportMethod = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
 
 // grpcProfilesSender exports encoded requests over gRPC (gzip is the
-// connection's default). pprofileotlp's client would copy the whole
-// request and encode it again on every attempt; the bytes are sent as
-// they are instead.
-func grpcProfilesSender(conn *grpc.ClientConn) queue.SendFunc[[]byte] {
+// connection's default). pprofileotlp's client would need the request as
+// pdata and encode it again on every attempt; the bytes are sent as they
+// are instead. A request sent is passed to release: once the server
+// answered it has read the whole request, and gRPC holds none of it.
+func grpcProfilesSender(conn *grpc.ClientConn, release func([]byte)) queue.SendFunc[[]byte] {
 	md := metadata.Pairs(pprofileotlp.DevelopmentVersionHeader, pprofileotlp.DevelopmentVersion)
 	codec := grpc.ForceCodecV2(encodedCodec{})
 	return func(ctx context.Context, body []byte) error {
@@ -103,6 +97,7 @@ func grpcProfilesSender(conn *grpc.ClientConn) queue.SendFunc[[]byte] {
 		if err != nil {
 			return classifyGRPC(err)
 		}
+		release(body)
 		logPartial("profiles", resp.PartialSuccess().RejectedProfiles(), resp.PartialSuccess().ErrorMessage())
 		return nil
 	}
@@ -134,11 +129,18 @@ func (encodedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 func (encodedCodec) Name() string { return "proto" }
 
-// httpProfilesSender exports encoded requests over OTLP/HTTP to url.
-func httpProfilesSender(h *httpClient, url string) queue.SendFunc[[]byte] {
+// httpProfilesSender exports encoded requests over OTLP/HTTP to url. With
+// gzip, a request sent is passed to release (the transport read its
+// compressed copy); without, net/http may still be reading the request
+// after the response came, so it is left to the garbage collector.
+func httpProfilesSender(h *httpClient, url string, release func([]byte)) queue.SendFunc[[]byte] {
 	version := map[string]string{pprofileotlp.DevelopmentVersionHeader: pprofileotlp.DevelopmentVersion}
 	return func(ctx context.Context, body []byte) error {
-		return h.postProto(ctx, url, body, version)
+		err := h.postProto(ctx, url, body, version)
+		if err == nil && h.gzip {
+			release(body)
+		}
+		return err
 	}
 }
 
