@@ -10,7 +10,8 @@
 // in bounded LRU caches. An object is parsed on its first lookup, and its tables are not
 // loaded but read from the file as lookups need them, through a bounded cache of blocks:
 // for Go binaries the .gopclntab (which also yields file and line), searched in place the
-// way the runtime does; otherwise function symbols in a compact sorted table of addresses
+// way the runtime does, and which for Go 1.20+ also yields the calls the compiler inlined at
+// an address (Frame.Inlined, expanded as runtime.CallersFrames does); otherwise function symbols in a compact sorted table of addresses
 // whose names stay in the file. Names are demangled lazily in the pprof style, without
 // parameter lists.
 // Addresses that cannot be named keep their mapping and object-relative address, so they

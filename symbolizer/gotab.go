@@ -37,11 +37,16 @@ type goTable struct {
 
 	legacy *legacyGoTable // Go 1.2 to 1.17 layouts
 
+	inlineFormat bool     // a Go 1.20+ table, whose records locate inline trees
+	inl          goInline // where the inline trees are, found on first use
+
 	// mu guards the name caches, which make the names of the functions a profile keeps
-	// hitting one string each instead of one per frame, and spare reading them again.
-	mu    sync.Mutex
-	names map[uint32]string // by offset in funcnames, demangled
-	files map[uint32]string // by offset in filetab
+	// hitting one string each instead of one per frame, and spare reading them again, and
+	// the cache of inline chains (goinline.go).
+	mu     sync.Mutex
+	names  map[uint32]string // by offset in funcnames, demangled
+	files  map[uint32]string // by offset in filetab
+	chains map[uint64]inlineChain
 }
 
 // legacyGoTable is a pre-1.18 table decoded by debug/gosym.
@@ -92,7 +97,11 @@ func newGoTable(f *elfFile, symtab *symbolSection) (*goTable, error) {
 		// Without the base every Go name would be wrong; rather have none.
 		return nil, nil
 	}
-	return goTableAt(f.src, sec.Offset, sec.Size, text)
+	g, err := goTableAt(f.src, sec.Offset, sec.Size, text)
+	if g != nil && g.inlineFormat {
+		g.inl.locator = newGoFuncLocator(f, symtab, sec, hdr, text)
+	}
+	return g, err
 }
 
 // goTableFromData builds the table from .gopclntab contents with a known magic.
@@ -134,7 +143,7 @@ func newGo118Table(f *objFile, base, size uint64, hdr []byte, textStart uint64) 
 		words[i] = w
 	}
 	g := &goTable{f: f, base: base, size: size, bo: pclntabByteOrder(hdr), quantum: uint64(hdr[6]),
-		textStart: textStart, nfunc: words[0],
+		textStart: textStart, nfunc: words[0], inlineFormat: pclntabMagic(hdr) == 0xfffffff1,
 		funcnames: words[3], cutab: words[4], filetab: words[5], pctab: words[6], funcdata: words[7]}
 	if g.quantum == 0 {
 		return nil, fmt.Errorf("%w: instruction size 0", errMalformedPclntab)
@@ -274,12 +283,44 @@ func (c *tableCursor) u32(g *goTable, off uint64) (uint32, bool) {
 // read from the table is checked against it, so that a corrupt table yields no name or a
 // wrong one, never a panic.
 func (g *goTable) lookup(pc uint64) (fn, file string, line int) {
+	fn, file, line, _ = g.lookupFrame(pc, false)
+	return fn, file, line
+}
+
+// lookupFrame is lookup that also returns, if wantInlined, the calls inlined at pc
+// (innermost first); file and line are then those of the outermost call site.
+func (g *goTable) lookupFrame(pc uint64, wantInlined bool) (fn, file string, line int, inlined []InlinedCall) {
 	if !g.covers(pc) {
-		return "", "", 0
+		return "", "", 0, nil
 	}
 	if g.legacy != nil {
-		return g.legacy.lookup(pc)
+		fn, file, line = g.legacy.lookup(pc)
+		return fn, file, line, nil
 	}
+	f, ok := g.findFunc(pc)
+	if !ok {
+		return "", "", 0, nil
+	}
+	if fn = g.funcName(f.nameOff); fn == "" {
+		return "", "", 0, nil
+	}
+	if wantInlined {
+		if c, ok := g.cachedChain(pc); ok {
+			return fn, c.file, c.line, c.calls
+		}
+		site := pc
+		if inlined, site = g.inlined(&f, pc); inlined != nil {
+			file, line = g.fileLine(&f, site)
+			g.cacheChain(pc, inlineChain{calls: inlined, file: file, line: line})
+			return fn, file, line, inlined
+		}
+	}
+	file, line = g.fileLine(&f, pc)
+	return fn, file, line, nil
+}
+
+// findFunc reads the record of the function containing pc.
+func (g *goTable) findFunc(pc uint64) (goFunc, bool) {
 	// The last function whose entry is at or before pc: first the stretch of the function
 	// table from the index, then the function within it.
 	var c tableCursor
@@ -296,7 +337,7 @@ func (g *goTable) lookup(pc uint64) (fn, file string, line int) {
 			}
 		}
 		if i == 0 {
-			return "", "", 0
+			return goFunc{}, false
 		}
 		lo = uint64(i-1) * funcIndexStride
 		hi = min(lo+funcIndexStride, g.nfunc)
@@ -305,7 +346,7 @@ func (g *goTable) lookup(pc uint64) (fn, file string, line int) {
 		m := lo + (hi-lo)/2
 		e, ok := c.u32(g, g.funcdata+8*m)
 		if !ok {
-			return "", "", 0
+			return goFunc{}, false
 		}
 		if uint64(e) <= off {
 			lo = m + 1
@@ -314,30 +355,42 @@ func (g *goTable) lookup(pc uint64) (fn, file string, line int) {
 		}
 	}
 	if lo == 0 {
-		return "", "", 0
+		return goFunc{}, false
 	}
-	rec, ok := c.u32(g, g.funcdata+8*(lo-1)+4)
-	if !ok || !within(g.funcdata+uint64(rec), funcRecordSize, g.size) {
-		return "", "", 0
+	rec, ok1 := c.u32(g, g.funcdata+8*(lo-1)+4)
+	next, ok2 := c.u32(g, g.funcdata+8*lo) // the function table ends with the end of the last
+	size := uint64(funcRecordSize)
+	if g.inlineFormat {
+		size = goFuncHeaderSize
 	}
-	f := g.f.at(g.base+g.funcdata+uint64(rec), funcRecordSize)
-	if f == nil {
-		return "", "", 0
+	if !ok1 || !ok2 || !within(g.funcdata+uint64(rec), size, g.size) {
+		return goFunc{}, false
 	}
-	entry := g.textStart + uint64(g.bo.Uint32(f[0:]))
-	nameOff, pcfile, pcln, cu := g.bo.Uint32(f[4:]), g.bo.Uint32(f[20:]), g.bo.Uint32(f[24:]), uint64(g.bo.Uint32(f[32:]))
-	if fn = g.funcName(nameOff); fn == "" {
-		return "", "", 0
+	b := g.f.at(g.base+g.funcdata+uint64(rec), size)
+	if b == nil {
+		return goFunc{}, false
 	}
-	if l := g.pcvalue(pcln, entry, pc); l > 0 {
+	f := goFunc{entry: g.textStart + uint64(g.bo.Uint32(b[0:])), end: g.textStart + uint64(next),
+		nameOff: g.bo.Uint32(b[4:]), pcfile: g.bo.Uint32(b[20:]), pcln: g.bo.Uint32(b[24:]),
+		cu: uint64(g.bo.Uint32(b[32:])), rec: uint64(rec)}
+	if g.inlineFormat {
+		f.npcdata, f.nfuncdata, f.haveInlineMetadata = uint64(g.bo.Uint32(b[28:])), uint64(b[43]), true
+	}
+	return f, true
+}
+
+// fileLine returns the source position of pc in f, "" and 0 where unknown.
+func (g *goTable) fileLine(f *goFunc, pc uint64) (file string, line int) {
+	if l := g.pcvalue(f.pcln, f.entry, pc); l > 0 {
 		line = int(l)
 	}
-	if fno := g.pcvalue(pcfile, entry, pc); fno >= 0 {
-		if fileOff, ok := c.u32(g, g.cutab+(cu+uint64(fno))*4); ok && fileOff != ^uint32(0) {
+	if fno := g.pcvalue(f.pcfile, f.entry, pc); fno >= 0 {
+		var c tableCursor
+		if fileOff, ok := c.u32(g, g.cutab+(f.cu+uint64(fno))*4); ok && fileOff != ^uint32(0) {
 			file = g.fileName(fileOff)
 		}
 	}
-	return fn, file, line
+	return file, line
 }
 
 // pcvalue decodes the pc-value table at off in pctab for the function entering at entry,

@@ -139,13 +139,7 @@ func relocatedModuledataText(f *elfFile, ptrSize, pcHeader, funcnametab uint64) 
 // eachRelativeRelocation calls fn with the target address and addend of every
 // R_*_RELATIVE entry of the ELF64 SHT_RELA sections, until fn returns false.
 func eachRelativeRelocation(f *elfFile, fn func(target, addend uint64) bool) {
-	relative := map[elf.Machine]uint32{
-		elf.EM_X86_64:  uint32(elf.R_X86_64_RELATIVE),
-		elf.EM_AARCH64: uint32(elf.R_AARCH64_RELATIVE),
-		elf.EM_RISCV:   uint32(elf.R_RISCV_RELATIVE),
-		elf.EM_PPC64:   uint32(elf.R_PPC64_RELATIVE),
-		elf.EM_S390:    uint32(elf.R_390_RELATIVE),
-	}[f.Machine]
+	relative := relativeRelocation(f.Machine)
 	if relative == 0 {
 		return
 	}

@@ -340,28 +340,42 @@ func pageStart(s *loadSegment) uint64 {
 // space): from .gopclntab, with file and line, for Go code; else from the ELF symbol table,
 // demangled. fn is "" when no symbol covers the address.
 func (o *Object) Lookup(objAddr uint64) (fn, file string, line int) {
+	fn, file, line, _ = o.lookupFrame(objAddr, false)
+	return fn, file, line
+}
+
+// LookupFrame is Lookup that also returns the calls inlined at objAddr, innermost first,
+// each inlined into the next and the last into fn; file and line are then the position
+// of the call the outermost of them was inlined at. inlined is nil when there are none
+// or the object does not record them (only Go 1.20+ tables do), and is shared: it must
+// not be modified.
+func (o *Object) LookupFrame(objAddr uint64) (fn, file string, line int, inlined []InlinedCall) {
+	return o.lookupFrame(objAddr, true)
+}
+
+func (o *Object) lookupFrame(objAddr uint64, wantInlined bool) (fn, file string, line int, inlined []InlinedCall) {
 	// Every offset read from the file is checked; the recover is a last line of defence
 	// against a corrupt file, since any executable on the host gets read.
 	defer func() {
 		if recover() != nil {
-			fn, file, line = "", "", 0
+			fn, file, line, inlined = "", "", 0, nil
 		}
 	}()
-	return o.lookup(objAddr)
+	return o.lookup(objAddr, wantInlined)
 }
 
-func (o *Object) lookup(objAddr uint64) (fn, file string, line int) {
+func (o *Object) lookup(objAddr uint64, wantInlined bool) (fn, file string, line int, inlined []InlinedCall) {
 	if o.goTab != nil && o.goTab.covers(objAddr) {
-		if fn, file, line = o.goTab.lookup(objAddr); fn != "" {
-			return fn, file, line
+		if fn, file, line, inlined = o.goTab.lookupFrame(objAddr, wantInlined); fn != "" {
+			return fn, file, line, inlined
 		}
 	}
 	syms := o.symbols()
 	i := syms.lookup(objAddr)
 	if i < 0 {
-		return "", "", 0
+		return "", "", 0, nil
 	}
-	return o.symbolName(syms, i), "", 0
+	return o.symbolName(syms, i), "", 0, nil
 }
 
 // symbolName returns the demangled name of symbol i.

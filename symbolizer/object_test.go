@@ -158,7 +158,7 @@ func FuzzOpenObject(f *testing.F) {
 		}
 		for _, addr := range []uint64{0, 0x1000, 0x400000, ^uint64(0)} {
 			want, _, _ := obj.Lookup(addr)
-			if got, _, _ := cached.lookup(addr); got != want {
+			if got, _, _, _ := cached.lookup(addr, true); got != want {
 				t.Fatalf("%#x: named %q through the cache, %q from memory", addr, got, want)
 			}
 		}

@@ -19,6 +19,13 @@ type Frame struct {
 	Line       int      // source line when known, else 0
 	Mapping    *Mapping // the mapping the address falls in; nil for kernel frames and for addresses in no mapping. Shared: do not modify.
 	Kernel     bool
+	// Inlined are the calls the compiler inlined at this address, innermost first, each
+	// inlined into the next and the last into Function; nil when there are none or the
+	// object does not record them (only Go pclntabs do). When it is set, Function, File
+	// and Line are the physical function and the position of the call the outermost
+	// inlined call was inlined at (what runtime.CallersFrames reports for the last
+	// frame). Shared: treat it as read-only.
+	Inlined []InlinedCall
 }
 
 // Options configures a Symbolizer; zero fields take their defaults.
