@@ -52,13 +52,29 @@ func newBenchPrograms(r *rand.Rand) []benchProgram {
 					fn := r.IntN(400)
 					st[i] = symbolizer.Frame{ObjAddress: uint64(0x400000 + fn*256 + r.IntN(8)*4),
 						Function: fmt.Sprintf("github.com/acme/service%d/pkg%d.(*Handler).Method%d", p, fn/20, fn),
-						File:     fmt.Sprintf("/src/service%d/pkg%d/file%d.go", p, fn/20, fn%7), Line: 10 + fn, Mapping: m}
+						File:     fmt.Sprintf("/src/service%d/pkg%d/file%d.go", p, fn/20, fn%7), Line: 10 + fn, Mapping: m,
+						Inlined: benchInlined(p, fn)}
 				}
 			}
 			progs[p].stacks = append(progs[p].stacks, st)
 		}
 	}
 	return progs
+}
+
+// benchInlined is what a Go compiler inlines into function fn of program p:
+// nothing in most functions, one call in every fifth, two in every tenth.
+func benchInlined(p, fn int) []symbolizer.InlinedCall {
+	if fn%5 != 0 {
+		return nil
+	}
+	calls := []symbolizer.InlinedCall{{Function: fmt.Sprintf("github.com/acme/service%d/util.small%d", p, fn),
+		File: fmt.Sprintf("/src/service%d/util/small.go", p), Line: 3 + fn%11}}
+	if fn%10 == 0 {
+		calls = append(calls, symbolizer.InlinedCall{Function: fmt.Sprintf("github.com/acme/service%d/util.wrapper%d", p, fn),
+			File: fmt.Sprintf("/src/service%d/util/wrap.go", p), Line: 20 + fn%13})
+	}
+	return calls
 }
 
 // benchWindow draws one interval of samples.

@@ -39,12 +39,15 @@ import (
 //	  string    uvarint length, bytes (id 0 is always "", never written)
 //	  frame     uvarint function, file, mapping path, build id (string ids),
 //	            uvarint line, uvarint address, byte flags (frameMapped,
-//	            frameKernel)
+//	            frameKernel, and from format 4 frameInlined: a call inlined
+//	            at the address of the next frame of its stack)
 //	  label set uvarint pid, tid, comm (string id), cgroup (string id),
 //	            then (format 3 on) namespace, pod, container (string ids;
 //	            the Kubernetes names at the time, which a cgroup path
 //	            alone does not give)
-//	  stack     uvarint depth, then uvarint frame ids, leaf first
+//	  stack     uvarint depth, then uvarint frame ids, leaf first; the
+//	            calls inlined at an address come before its frame,
+//	            innermost first
 //	window:     uvarint period (ns), uvarint rows, then three columns of
 //	            uvarints: label set ids (delta from the previous row), stack
 //	            ids (delta from the previous row's if the label set is the
@@ -54,11 +57,13 @@ import (
 const (
 	levelWindow   = 0
 	levelDict     = 16
-	formatVersion = 3 // 3 added Kubernetes names to label sets; 2 is still read
+	formatVersion = 4 // 4 added inlined calls; 3 added Kubernetes names to label sets; 3 and 2 are still read
+	formatV3      = 3
 	formatV2      = 2 // zstd pprof (format 1) began with the zstd magic 0x28
 
-	frameMapped = 1 << 0
-	frameKernel = 1 << 1
+	frameMapped  = 1 << 0
+	frameKernel  = 1 << 1
+	frameInlined = 1 << 2
 
 	// maxDictIDs bounds an id read from a record, so a bad record cannot
 	// make a reader allocate gigabytes.
@@ -241,7 +246,17 @@ func frameKeyOf(fr *symbolizer.Frame) frameKey {
 }
 
 func (e *windowEncoder) frame(fr *symbolizer.Frame) uint32 {
+	return e.frameOf(frameKeyOf(fr))
+}
+
+// inlinedFrame records a call inlined at an address (see inlinedFrame).
+func (e *windowEncoder) inlinedFrame(fr *symbolizer.Frame) uint32 {
 	k := frameKeyOf(fr)
+	k.flags |= frameInlined
+	return e.frameOf(k)
+}
+
+func (e *windowEncoder) frameOf(k frameKey) uint32 {
 	if id, ok := e.frames[k]; ok {
 		return id
 	}
@@ -252,13 +267,25 @@ func (e *windowEncoder) frame(fr *symbolizer.Frame) uint32 {
 	return id
 }
 
+// inlinedFrame is the frame record of a call inlined at fr's address.
+func inlinedFrame(fr *symbolizer.Frame, c symbolizer.InlinedCall) symbolizer.Frame {
+	return symbolizer.Frame{Address: fr.Address, ObjAddress: fr.ObjAddress, Mapping: fr.Mapping, Kernel: fr.Kernel,
+		Function: c.Function, File: c.File, Line: c.Line}
+}
+
 func (e *windowEncoder) stack(frames []symbolizer.Frame) uint32 {
 	e.ids = e.ids[:0]
 	e.scratch = e.scratch[:0]
-	for i := range frames {
-		id := e.frame(&frames[i])
+	add := func(id uint32) {
 		e.ids = append(e.ids, id)
 		e.scratch = binary.AppendUvarint(e.scratch, uint64(id))
+	}
+	for i := range frames {
+		for _, c := range frames[i].Inlined {
+			in := inlinedFrame(&frames[i], c)
+			add(e.inlinedFrame(&in))
+		}
+		add(e.frame(&frames[i]))
 	}
 	if id, ok := e.stacks[string(e.scratch)]; ok {
 		return id
@@ -379,7 +406,7 @@ func (r *reader) span() (first, n uint32) {
 
 // decompress returns a record's content and its format version.
 func decompress(data []byte) ([]byte, byte, error) {
-	if len(data) == 0 || (data[0] != formatVersion && data[0] != formatV2) {
+	if len(data) == 0 || (data[0] != formatVersion && data[0] != formatV3 && data[0] != formatV2) {
 		return nil, 0, errBadRecord
 	}
 	raw, err := zstdDecoder.DecodeAll(data[1:], nil)
@@ -536,7 +563,24 @@ func decodeWindow(data []byte, d *genDict, w *windowRows) error {
 
 var errMissingDict = errors.New("window refers to a dictionary entry that was lost")
 
-// symFrame rebuilds the frame BuildProfile would have seen.
+// symFrames rebuilds the frames of stack st that BuildProfile would have
+// seen: the calls inlined at an address go back into its frame's Inlined.
+func (d *genDict) symFrames(st []uint32) []symbolizer.Frame {
+	frames := make([]symbolizer.Frame, 0, len(st))
+	var inlined []symbolizer.InlinedCall
+	for _, fid := range st {
+		fr := d.symFrame(fid)
+		if d.frames[fid].flags&frameInlined != 0 {
+			inlined = append(inlined, symbolizer.InlinedCall{Function: fr.Function, File: fr.File, Line: fr.Line})
+			continue
+		}
+		fr.Inlined, inlined = inlined, nil
+		frames = append(frames, fr)
+	}
+	return frames
+}
+
+// symFrame rebuilds one frame record.
 func (d *genDict) symFrame(id uint32) symbolizer.Frame {
 	f := d.frames[id]
 	fr := symbolizer.Frame{ObjAddress: f.addr, Address: f.addr, Function: d.strs[f.fn], File: d.strs[f.file], Line: int(f.line)}

@@ -324,11 +324,10 @@ func (ps *profileSink) add(gs *genSums) error {
 	for k, s := range gs.sums {
 		ls, ok := locs[k.stack]
 		if !ok {
-			st := d.stacks[k.stack]
-			ls = make([]*profile.Location, len(st))
-			for i, fid := range st {
-				fr := d.symFrame(fid)
-				ls[i] = ps.b.location(&fr)
+			frames := d.symFrames(d.stacks[k.stack])
+			ls = make([]*profile.Location, len(frames))
+			for i := range frames {
+				ls[i] = ps.b.location(&frames[i])
 			}
 			locs[k.stack] = ls
 		}

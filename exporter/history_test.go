@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,6 +117,7 @@ func TestHistoryRoundTrip(t *testing.T) {
 			if err := got.CheckValid(); err != nil {
 				t.Fatal(err)
 			}
+			checkInlinedLines(t, got)
 
 			// Kubernetes names are stored, so a filter on them selects
 			// what the same filter selects live.
@@ -152,6 +155,33 @@ func TestHistoryRoundTrip(t *testing.T) {
 	}
 }
 
+// checkInlinedLines checks that the calls inlined at an address (every
+// fifth function of the test programs has some) are lines of its location,
+// innermost first, in the profile's functions, and that their mapping says
+// so.
+func checkInlinedLines(t *testing.T, p *profile.Profile) {
+	t.Helper()
+	inlined := 0
+	for _, l := range p.Location {
+		if len(l.Line) < 2 {
+			continue
+		}
+		inlined++
+		if inner := l.Line[0].Function.Name; !strings.Contains(inner, "/util.small") {
+			t.Fatalf("location %#x: innermost line %q, want the inlined util.small call", l.Address, inner)
+		}
+		if outer := l.Line[len(l.Line)-1].Function.Name; !strings.Contains(outer, ".(*Handler).Method") {
+			t.Fatalf("location %#x: last line %q, want the function the calls were inlined into", l.Address, outer)
+		}
+		if l.Mapping == nil || !l.Mapping.HasInlineFrames {
+			t.Fatalf("location %#x has inlined lines but its mapping does not say so", l.Address)
+		}
+	}
+	if inlined == 0 {
+		t.Fatal("no location with inlined calls: the test programs have them")
+	}
+}
+
 // Records of format 2 (before Kubernetes names were stored), written by the
 // previous release into testdata, still answer queries: ids from the cgroup
 // path, no names.
@@ -182,7 +212,16 @@ func TestHistoryReadsFormat2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws := testWindows(1, start) // what the golden file was written from
+	ws := testWindows(1, start) // what the golden file was written from, but for the inlined calls format 4 added
+	for _, w := range ws {
+		for i := range w.Samples {
+			frames := slices.Clone(w.Samples[i].Frames)
+			for j := range frames {
+				frames[j].Inlined = nil
+			}
+			w.Samples[i].Frames = frames
+		}
+	}
 	sameLines(t, canon(got, false), canon(BuildProfile(ws, Filter{}), false))
 	if h.undecodable.Load() != 0 {
 		t.Fatalf("%d windows undecodable", h.undecodable.Load())

@@ -178,9 +178,16 @@ func (b *profileBuilder) location(fr *symbolizer.Frame) *profile.Location {
 		Address: fr.ObjAddress,
 	}
 	if fr.Function != "" {
-		l.Line = []profile.Line{{Function: b.function(fr), Line: int64(fr.Line)}}
+		// pprof's order: the calls inlined at the address first, innermost
+		// first, and last the function they were inlined into.
+		l.Line = make([]profile.Line, 0, len(fr.Inlined)+1)
+		for _, c := range fr.Inlined {
+			l.Line = append(l.Line, profile.Line{Function: b.function(c.Function, c.File), Line: int64(c.Line)})
+		}
+		l.Line = append(l.Line, profile.Line{Function: b.function(fr.Function, fr.File), Line: int64(fr.Line)})
 		if m != nil {
 			m.HasFunctions = true
+			m.HasInlineFrames = m.HasInlineFrames || len(fr.Inlined) > 0
 			m.HasFilenames = m.HasFilenames || fr.File != ""
 			m.HasLineNumbers = m.HasLineNumbers || fr.Line != 0
 		}
@@ -218,16 +225,16 @@ func (b *profileBuilder) mapping(fr *symbolizer.Frame) *profile.Mapping {
 	return m
 }
 
-func (b *profileBuilder) function(fr *symbolizer.Frame) *profile.Function {
-	key := functionKey{name: fr.Function, file: fr.File}
+func (b *profileBuilder) function(name, file string) *profile.Function {
+	key := functionKey{name: name, file: file}
 	if f, ok := b.functions[key]; ok {
 		return f
 	}
 	f := &profile.Function{
 		ID:         uint64(len(b.p.Function) + 1),
-		Name:       fr.Function,
-		SystemName: fr.Function,
-		Filename:   fr.File,
+		Name:       name,
+		SystemName: name,
+		Filename:   file,
 	}
 	b.functions[key] = f
 	b.p.Function = append(b.p.Function, f)

@@ -96,6 +96,7 @@ type dictBuilder struct {
 	kernelAttr int32 // profile.frame.type=kernel; 0 until used
 
 	locBuf []int32
+	inlBuf []inlinedLine // newLocation's inlined lines, reused
 }
 
 // table is a dictionary table: its entries, encoded, in index order.
@@ -290,12 +291,24 @@ type locationEntry struct {
 	line           int64
 	mapping        int32
 	function, attr int32
+	inlined        []inlinedLine // the calls inlined at addr, innermost first, before the line above
+}
+
+// inlinedLine is a Line of a call inlined at a location.
+type inlinedLine struct {
+	function int32
+	line     int64
 }
 
 func (b *dictBuilder) newLocation(fr *symbolizer.Frame, mapping int32) int32 {
 	l := locationEntry{addr: fr.ObjAddress, mapping: mapping}
 	if fr.Function != "" {
-		l.function, l.line = b.function(fr), int64(fr.Line)
+		l.function, l.line = b.function(fr.Function, fr.File), int64(fr.Line)
+		b.inlBuf = b.inlBuf[:0]
+		for _, c := range fr.Inlined {
+			b.inlBuf = append(b.inlBuf, inlinedLine{function: b.function(c.Function, c.File), line: int64(c.Line)})
+		}
+		l.inlined = b.inlBuf
 	}
 	if fr.Kernel {
 		if b.kernelAttr == 0 {
@@ -368,8 +381,13 @@ func buildIDAttr(id string) (key, val string) {
 // of its two strings (which a new function needs anyway). A name is
 // nearly always one function, found by the name's index in funcByName;
 // only another file's function of the same name takes a hash lookup.
-func (b *dictBuilder) function(fr *symbolizer.Frame) int32 {
-	name, file := b.str(fr.Function), b.str(fr.File)
+func (b *dictBuilder) function(function, file string) int32 {
+	name, fileIdx := b.str(function), b.str(file)
+	return b.functionOf(name, fileIdx)
+}
+
+// functionOf returns the index of the function of the two strings.
+func (b *dictBuilder) functionOf(name, file int32) int32 {
 	if int(name) >= len(b.funcByName) {
 		b.funcByName = append(b.funcByName, make([]nameFunction, int(name)+1-len(b.funcByName))...)
 	}

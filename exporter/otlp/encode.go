@@ -178,25 +178,50 @@ func (a *aggregator) encodeSamples(w *protoWriter, p *procSamples) {
 
 // encodeLocation writes a location_table entry.
 func encodeLocation(w *protoWriter, l locationEntry) {
+	if len(l.inlined) > 0 {
+		encodeInlinedLocation(w, l)
+		return
+	}
 	b, loc := beginShort(w.buf, tagLocation)
+	b = appendLocationFields(b, l)
+	endShort(b, loc)
+	w.buf = b
+}
+
+// encodeInlinedLocation writes a location with inlined calls, whose lines
+// may not fit the one-byte length of encodeLocation's.
+func encodeInlinedLocation(w *protoWriter, l locationEntry) {
+	loc := w.begin(fieldDictionaryLocationTable, 24+12*len(l.inlined))
+	w.buf = appendLocationFields(w.buf, l)
+	w.end(loc)
+}
+
+// appendLocationFields appends a location's fields, as pdata orders them.
+func appendLocationFields(b []byte, l locationEntry) []byte {
 	if l.attr != 0 {
 		b = appendPackedIndices(b, tagLocationAttrs, l.attr)
 	}
 	if l.function != 0 {
-		var line int
-		b, line = beginShort(b, tagLocationLine)
-		if l.line != 0 {
-			b = appendVarint(append(b, tagLineLine), uint64(l.line))
+		for _, c := range l.inlined { // pprof's order: innermost first, the physical function last
+			b = appendLine(b, c.function, c.line)
 		}
-		b = appendIndexField(b, tagLineFunction, l.function)
-		endShort(b, line)
+		b = appendLine(b, l.function, l.line)
 	}
 	if l.addr != 0 {
 		b = appendVarint(append(b, tagLocationAddress), l.addr)
 	}
-	b = appendIndexField(b, tagLocationMapping, l.mapping)
-	endShort(b, loc)
-	w.buf = b
+	return appendIndexField(b, tagLocationMapping, l.mapping)
+}
+
+// appendLine writes one Line of a location.
+func appendLine(b []byte, function int32, line int64) []byte {
+	b, start := beginShort(b, tagLocationLine)
+	if line != 0 {
+		b = appendVarint(append(b, tagLineLine), uint64(line))
+	}
+	b = appendIndexField(b, tagLineFunction, function)
+	endShort(b, start)
+	return b
 }
 
 // encodeFunction writes a function_table entry: its name is also its

@@ -80,6 +80,15 @@ func oddWindow(seed uint64) *pipeline.Window {
 		case 3:
 			s.Frames = append(s.Frames, symbolizer.Frame{ObjAddress: 1 << 45, Function: "far", Mapping: goBin}) // beyond userAddrBits
 			s.TID = 1000                                                                                        // the tid of process 1000's thread
+		case 4: // calls inlined at an address: one, and so many that the location outgrows a one-byte length
+			for j, depth := range []int{1, 20} {
+				var calls []symbolizer.InlinedCall
+				for k := range depth {
+					calls = append(calls, symbolizer.InlinedCall{Function: fmt.Sprintf("main.inlined%d_%d", j, k), File: "/src/inl.go", Line: 100*j + k + 1})
+				}
+				s.Frames = append(s.Frames, symbolizer.Frame{ObjAddress: 0x9000 + uint64(j), Function: "main.outer", File: "/src/main.go",
+					Line: 40 + j, Mapping: goBin, Inlined: calls})
+			}
 		}
 	}
 	return w
@@ -174,6 +183,9 @@ func wantSamples(windows []*pipeline.Window) map[sampleKey]int64 {
 						buildID = k + "=" + v
 					}
 				}
+				for _, c := range f.Inlined { // a line each, innermost first
+					stack.WriteString(frameText(mapping, buildID, f.ObjAddress, c.Function, c.File, int64(c.Line), f.Kernel))
+				}
 				stack.WriteString(frameText(mapping, buildID, f.ObjAddress, f.Function, f.File, int64(f.Line), f.Kernel))
 			}
 			want[sampleKey{s.PID, s.TID, names[thread], stack.String()}] += int64(s.Count)
@@ -220,12 +232,12 @@ func gotSamples(t *testing.T, pd pprofile.Profiles) map[sampleKey]int64 {
 			k, v := attr(ai)
 			kernel = kernel || k == attrFrameType && v.Str() == "kernel"
 		}
-		fn, file, line := "", "", int64(0)
-		if l.Lines().Len() > 1 {
-			t.Fatalf("location %d has %d lines", li, l.Lines().Len())
+		if l.Lines().Len() == 0 {
+			return frameText(str(m.FilenameStrindex()), buildID, l.Address(), "", "", 0, kernel)
 		}
-		if l.Lines().Len() == 1 {
-			ln := l.Lines().At(0)
+		var text strings.Builder // a frame per line: inlined calls first
+		for i := range l.Lines().Len() {
+			ln := l.Lines().At(i)
 			if ln.FunctionIndex() <= 0 || int(ln.FunctionIndex()) >= d.FunctionTable().Len() {
 				t.Fatalf("function index %d out of range", ln.FunctionIndex())
 			}
@@ -233,9 +245,9 @@ func gotSamples(t *testing.T, pd pprofile.Profiles) map[sampleKey]int64 {
 			if f.SystemNameStrindex() != f.NameStrindex() {
 				t.Errorf("function %s: system name %s", str(f.NameStrindex()), str(f.SystemNameStrindex()))
 			}
-			fn, file, line = str(f.NameStrindex()), str(f.FilenameStrindex()), ln.Line()
+			text.WriteString(frameText(str(m.FilenameStrindex()), buildID, l.Address(), str(f.NameStrindex()), str(f.FilenameStrindex()), ln.Line(), kernel))
 		}
-		return frameText(str(m.FilenameStrindex()), buildID, l.Address(), fn, file, line, kernel)
+		return text.String()
 	}
 	got := map[sampleKey]int64{}
 	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
@@ -359,6 +371,11 @@ func randomWindows(r *rand.Rand) []*pipeline.Window {
 			f.Function, f.File, f.Line = "init", fmt.Sprintf("/src/%d.go", f.ObjAddress%3), 1
 		case len(h)%5 != 0:
 			f.Function, f.File, f.Line = "fn"+h, fmt.Sprintf("/src/%d.go", len(h)%3), len(h)%4*100
+		}
+		if f.Function != "" && f.ObjAddress%11 == 0 { // calls inlined there, as many as the address says
+			for k := range 1 + int(f.ObjAddress/16%3) {
+				f.Inlined = append(f.Inlined, symbolizer.InlinedCall{Function: fmt.Sprintf("inl%d_%s", k, h), File: "/src/inl.go", Line: k})
+			}
 		}
 		return f
 	}

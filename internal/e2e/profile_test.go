@@ -47,6 +47,37 @@ func TestGoWorkloadSplitAndStacks(t *testing.T) {
 	}
 }
 
+// Calls the Go compiler inlined are frames of their own, as runtime/pprof
+// shows them: lines of the location they were inlined at, innermost first.
+func TestGoInlinedCalls(t *testing.T) {
+	for _, bin := range []string{"gosplit", "gosplit-stripped"} {
+		t.Run(bin, func(t *testing.T) {
+			d := sharedCgscope(t)
+			w := workload(t, filepath.Join(artifacts(t), bin), "-inline")
+			time.Sleep(200 * time.Millisecond)
+			p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", w.Process.Pid))
+			var total, inlined int64
+			for _, s := range p.Sample {
+				total += s.Value[0]
+				if l := s.Location[0]; len(l.Line) >= 2 && l.Line[0].Function.Name == "main.mix" &&
+					l.Line[len(l.Line)-1].Function.Name == "main.viaInline" {
+					inlined += s.Value[0]
+					if l.Line[0].Line == 0 || !strings.HasSuffix(l.Line[0].Function.Filename, "main.go") {
+						t.Fatalf("inlined line without its position: %+v", l.Line[0])
+					}
+				}
+			}
+			t.Logf("%s: %d of %d samples in main.mix inlined into main.viaInline", bin, inlined, total)
+			if total == 0 || float64(inlined)/float64(total) < 0.3 {
+				t.Fatalf("main.mix inlined in %d of %d samples, want most:\n%s", inlined, total, topLeaves(p))
+			}
+			if n := samplesWhere(p, func(s *profile.Sample) bool { return stackHas(s, "main.mix") && stackHas(s, "main.main") }); n < inlined*9/10 {
+				t.Errorf("only %d of the %d inlined samples reach main.main", n, inlined)
+			}
+		})
+	}
+}
+
 // A C workload built PIE with frame pointers: its hot functions are named
 // from .symtab; stripped, the exported one is named from .dynsym and the
 // static one keeps its address and mapping (file and build ID).
