@@ -328,7 +328,12 @@ static __always_inline void announce_process(__u32 pid)
 // forget_process drops the calling process from known_procs, so that its
 // next sample announces it again: after an exec it is a new image, and after
 // its exit the pid may come back as another process. Only the thread group
-// leader's exit counts; another thread's leaves the process running.
+// leader's exit counts; another thread's leaves the process running. The
+// epoch moves even when the pid was not in known_procs (the LRU may have
+// evicted a process that a CPU's last_proc still names). A sample can put an
+// exited process back (one of a thread that outlives its leader, or one
+// taken after this hook but before the exit ends); userspace sweeps those
+// out at every drain (profiler.Sampler.forgetExited).
 static __always_inline void forget_process(bool leader_only)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -336,8 +341,8 @@ static __always_inline void forget_process(bool leader_only)
 
 	if (leader_only && (__u32)pid_tgid != pid)
 		return;
-	if (bpf_map_delete_elem(&known_procs, &pid) == 0)
-		__sync_fetch_and_add(&proc_epoch, 1);
+	bpf_map_delete_elem(&known_procs, &pid);
+	__sync_fetch_and_add(&proc_epoch, 1);
 }
 
 // The raw tracepoints need neither tracefs nor kernel BTF, and their

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -106,6 +107,7 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	}); err != nil {
 		return nil, err
 	}
+	s.forgetExited()
 	return batch, nil
 }
 
@@ -276,4 +278,42 @@ func EnableBPFStats() (interface{ Close() error }, error) {
 		return nil, fmt.Errorf("enabling BPF run-time statistics: %w", err)
 	}
 	return c, nil
+}
+
+// forgetExited removes the processes that no longer exist from the kernel
+// side's known_procs. Its exit hook forgets a process when its thread group
+// leader exits, but a later sample can put it back: one of a thread that
+// outlives its leader, or one taken between the hook and the end of the
+// exit. A new process given that pid would then never be announced, and
+// would be symbolized with the old one's mappings.
+func (s *Sampler) forgetExited() {
+	var (
+		pid  uint32
+		seen uint8
+		gone []uint32
+	)
+	it := s.objs.KnownProcs.Iterate()
+	for it.Next(&pid, &seen) {
+		// Signal 0 only checks that the pid names a process; EPERM says it
+		// does.
+		if unix.Kill(int(pid), 0) == unix.ESRCH {
+			gone = append(gone, pid)
+		}
+	}
+	if err := it.Err(); err != nil {
+		slog.Debug("listing known processes", "err", err) // the next drain tries again
+	}
+	for _, pid := range gone {
+		s.objs.KnownProcs.Delete(pid)
+	}
+	if len(gone) == 0 {
+		return
+	}
+	// A CPU's last_proc may still name one of them: moving the epoch makes
+	// every CPU look the pid up again. (Not atomic with the BPF side's
+	// increments, but any change of the value is enough.)
+	var epoch uint64
+	if err := s.objs.ProcEpoch.Get(&epoch); err == nil {
+		s.objs.ProcEpoch.Set(epoch + 1)
+	}
 }

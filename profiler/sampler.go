@@ -117,9 +117,10 @@ func NewSampler(cfg Config) (*Sampler, error) {
 // kernel_symbols loads on its own (see kernelNamer).
 type samplerObjects struct {
 	bpf.ProfileMaps
-	SampleCpu   *ebpf.Program `ebpf:"sample_cpu"`
-	ProcessExec *ebpf.Program `ebpf:"process_exec"`
-	ProcessExit *ebpf.Program `ebpf:"process_exit"`
+	SampleCpu   *ebpf.Program  `ebpf:"sample_cpu"`
+	ProcessExec *ebpf.Program  `ebpf:"process_exec"`
+	ProcessExit *ebpf.Program  `ebpf:"process_exit"`
+	ProcEpoch   *ebpf.Variable `ebpf:"proc_epoch"`
 }
 
 func (o *samplerObjects) Close() error {

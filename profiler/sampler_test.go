@@ -3,6 +3,7 @@ package profiler
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -177,6 +178,28 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	var one uint8
 	if err := s.objs.KnownProcs.Lookup(pid, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("pid %d still in known_procs after it exited (lookup: %v)", pid, err)
+	}
+
+	// An exited process a late sample put back (as a thread that outlives
+	// its leader does) is swept out at the next drain; a live one stays.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale, live := uint32(gone.Process.Pid), uint32(os.Getpid())
+	for _, p := range []uint32{stale, live} {
+		if err := s.objs.KnownProcs.Put(p, uint8(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Drain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.objs.KnownProcs.Lookup(stale, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("exited pid %d not swept out of known_procs by a drain (lookup: %v)", stale, err)
+	}
+	if err := s.objs.KnownProcs.Lookup(live, &one); err != nil {
+		t.Errorf("live pid %d swept out of known_procs: %v", live, err)
 	}
 }
 

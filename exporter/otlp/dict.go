@@ -232,7 +232,7 @@ func (b *dictBuilder) stack(frames []symbolizer.Frame) (int32, bool) {
 		// The common case inline: a user frame whose mapping is cached and
 		// whose location the request has.
 		if m := fr.Mapping; m != nil && !fr.Kernel && fr.ObjAddress < 1<<userAddrBits {
-			if e := &b.mapCache[mapCacheSlot(m)]; e.m == m {
+			if e := &b.mapCache[mapCacheSlot(m)]; e.m == m && e.idx < 1<<(64-userAddrBits) {
 				if l, ok := b.userLocs.get(userLocKey(e.idx, fr.ObjAddress)); ok {
 					locs[i] = l
 					continue

@@ -29,7 +29,7 @@ func (c *Converter) encodeRequest(w *protoWriter) {
 		w.buf = append(w.buf, t...)
 	}
 	w.end(d)
-	c.ids = append(c.ids[:0], make([]byte, 16*len(c.agg.procs))...)
+	c.ids = append(reuseSlice(c.ids), make([]byte, 16*len(c.agg.procs))...)
 	rand.Read(c.ids) // unique per profile; one read for the whole request
 	for i := range c.agg.procs {
 		c.encodeProcess(w, i)

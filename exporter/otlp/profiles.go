@@ -134,7 +134,9 @@ func (c *Converter) takeSpare() []byte {
 	c.spareBody = nil
 	c.spareMu.Unlock()
 	if b == nil {
-		b = make([]byte, 0, c.lastSize+c.lastSize/8)
+		// An unusually large last request does not size this one beyond
+		// what is kept anyway; append grows it if it needs more.
+		b = make([]byte, 0, min(c.lastSize+c.lastSize/8, maxReusedRequest))
 	}
 	return b
 }
