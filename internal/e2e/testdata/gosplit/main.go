@@ -36,7 +36,11 @@ func hotTwentyFive(n int) uint64 {
 // instructions run inside viaInline, where only the inline tree of the
 // binary's pclntab still names it.
 func mix(x uint64, i int) uint64 {
-	return x*6364136223846793005 + uint64(i)
+	x = x*6364136223846793005 + uint64(i)
+	x ^= x >> 29
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 32
+	return x
 }
 
 //go:noinline
