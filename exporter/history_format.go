@@ -447,6 +447,9 @@ func (d *genDict) add(data []byte) error {
 	for range fN {
 		f := frameRec{fn: r.id(), file: r.id(), mapPath: r.id(), buildID: r.id()}
 		f.line, f.addr, f.flags = int64(r.uvarint()), r.uvarint(), r.byte()
+		if f.flags&frameInlined != 0 && version < 4 { // a flag those formats never wrote
+			r.err = true
+		}
 		frames = append(frames, f)
 	}
 	lFirst, lN := r.span()
@@ -498,6 +501,12 @@ func (d *genDict) add(data []byte) error {
 		ok := true
 		for _, f := range st {
 			ok = ok && d.frameDefined(f)
+		}
+		// Inlined calls precede the frame they were inlined into: a stack that
+		// ends with one is malformed, and so undefined like a stack with a
+		// missing frame (its windows are skipped and counted).
+		if ok && len(st) > 0 && d.frames[st[len(st)-1]].flags&frameInlined != 0 {
+			ok = false
 		}
 		if ok {
 			d.stacks[kFirst+uint32(i)] = st

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -303,4 +304,37 @@ func indexOfRecord(t *testing.T, b []byte, i int) int {
 	}
 	t.Fatal("no such record")
 	return 0
+}
+
+// Inlined calls in a record that cannot hold them are malformed input: the
+// frameInlined flag in a format 3 record fails the record, and a format 4
+// stack that ends with an inlined call (it must precede the frame it was
+// inlined into) is undefined, so windows using it are skipped and counted.
+func TestHistoryRejectsMisplacedInlinedCalls(t *testing.T) {
+	u := binary.AppendUvarint
+	record := func(version, flags byte) []byte {
+		b := u(u(nil, 1), 1) // strings from id 1: one
+		b = append(u(b, 2), "fn"...)
+		b = u(u(b, 0), 1)             // frames from id 0: one
+		b = u(u(u(u(b, 1), 0), 0), 0) // function, file, mapping path, build id
+		b = append(u(u(b, 7), 0x1000), flags)
+		b = u(u(b, 0), 0) // no label sets
+		b = u(u(b, 0), 1) // stacks from id 0: one, of frame 0
+		b = u(u(b, 1), 0)
+		return zstdEncoder.EncodeAll(b, []byte{version})
+	}
+	if err := newGenDict().add(record(3, frameInlined)); err == nil {
+		t.Error("a format 3 record with an inlined frame was accepted")
+	}
+	d := newGenDict()
+	if err := d.add(record(4, frameInlined)); err != nil {
+		t.Fatal(err)
+	}
+	if d.stackDefined(0) {
+		t.Error("a stack that ends with an inlined call is defined")
+	}
+	d = newGenDict()
+	if err := d.add(record(4, 0)); err != nil || !d.stackDefined(0) {
+		t.Errorf("the same record without the flag: %v, stack defined %v", err, d.stackDefined(0))
+	}
 }

@@ -32,9 +32,14 @@ const (
 	inlinedCallSize    = 16 // funcID uint8, pad [3]byte, nameOff, parentPc, startLine int32
 	// maxInlineDepth bounds a walk of the inline tree; a corrupt tree could loop.
 	maxInlineDepth = 64
-	// The moduledata fields (Go 1.20 to 1.26, pointer-sized words) that are read or checked.
-	mdGofunc   = 40
-	mdEpclntab = 41
+	// The moduledata fields (Go 1.20 to 1.26, pointer-sized words) that are read or
+	// checked besides mdFuncnametab and mdText (gotext.go): funcnametab's length and
+	// capacity, which the linker makes equal, rodata and gofunc. Go 1.26 added epclntab
+	// after gofunc; nothing after gofunc is relied on.
+	mdFuncnametabLen = 2
+	mdFuncnametabCap = 3
+	mdRodata         = 39
+	mdGofunc         = 40
 )
 
 // goFuncData is where the inline trees are: gofunc's offset in the table's file, and the
@@ -51,9 +56,9 @@ type goFuncLocator struct {
 	bo     binary.ByteOrder
 	ptr    uint64 // pointer size
 	// The moduledata's fields it is recognized and checked by.
-	pcHeader, funcnametab, text, epclntab uint64
-	secs                                  []locatorSection
-	relative                              uint32 // R_*_RELATIVE of the machine in ET_DYN files, else 0
+	pcHeader, funcnametab, text uint64
+	secs                        []locatorSection
+	relative                    uint32 // R_*_RELATIVE of the machine in ET_DYN files, else 0
 }
 
 // locatorSection is a section with contents in the file.
@@ -81,7 +86,7 @@ func newGoFuncLocator(f *elfFile, symtab *symbolSection, pclntab *elf.Section, h
 		return nil
 	}
 	l := &goFuncLocator{symtab: symtab, bo: f.ByteOrder, ptr: uint64(hdr[7]), pcHeader: pclntab.Addr,
-		funcnametab: pclntab.Addr + funcnameOff, text: text, epclntab: pclntab.Addr + pclntab.Size}
+		funcnametab: pclntab.Addr + funcnameOff, text: text}
 	if f.Type == elf.ET_DYN && f.Class == elf.ELFCLASS64 {
 		l.relative = relativeRelocation(f.Machine)
 	}
@@ -139,7 +144,7 @@ func (l *goFuncLocator) fileRange(addr uint64) goFuncData {
 // pclntab's address followed by fields that must agree with the table, and reads gofunc.
 func (l *goFuncLocator) moduledataGofunc(f *objFile) (uint64, bool) {
 	w := newWindow(f)
-	n := (mdEpclntab + 1) * l.ptr
+	n := (mdGofunc + 1) * l.ptr
 	for _, s := range l.secs {
 		if !s.moduledata {
 			continue
@@ -151,12 +156,19 @@ func (l *goFuncLocator) moduledataGofunc(f *objFile) (uint64, bool) {
 			}
 			word := func(i uint64) uint64 { return readWord(l.bo, b[i*l.ptr:], l.ptr) }
 			if word(0) == l.pcHeader && word(mdFuncnametab) == l.funcnametab && word(mdText) == l.text &&
-				word(mdEpclntab) == l.epclntab {
+				word(mdFuncnametabLen) != 0 && word(mdFuncnametabLen) == word(mdFuncnametabCap) &&
+				l.plausibleGofunc(word(mdRodata), word(mdGofunc)) {
 				return word(mdGofunc), true
 			}
 		}
 	}
 	return 0, false
+}
+
+// plausibleGofunc checks the gofunc of a candidate moduledata: at or after rodata, in a
+// section of the file. Another layout, with other fields before it, fails this.
+func (l *goFuncLocator) plausibleGofunc(rodata, gofunc uint64) bool {
+	return rodata != 0 && rodata <= gofunc && l.fileRange(gofunc).ok
 }
 
 // relocatedModuledataGofunc finds the moduledata of a position-independent binary whose
@@ -173,22 +185,22 @@ func (l *goFuncLocator) relocatedModuledataGofunc(f *objFile) (uint64, bool) {
 		return len(starts) < 16
 	})
 	for _, start := range starts {
-		var names, text, end, haveGofunc bool
-		var gofunc uint64
+		var names, text bool
+		var rodata, gofunc uint64
 		l.eachRelative(f, func(target, addend uint64) bool {
 			switch target {
 			case start + mdFuncnametab*l.ptr:
 				names = addend == l.funcnametab
 			case start + mdText*l.ptr:
 				text = addend == l.text
-			case start + mdEpclntab*l.ptr:
-				end = addend == l.epclntab
+			case start + mdRodata*l.ptr:
+				rodata = addend
 			case start + mdGofunc*l.ptr:
-				gofunc, haveGofunc = addend, true
+				gofunc = addend
 			}
 			return true
 		})
-		if names && text && end && haveGofunc {
+		if names && text && l.plausibleGofunc(rodata, gofunc) {
 			return gofunc, true
 		}
 	}

@@ -3,7 +3,9 @@ package symbolizer
 import (
 	"debug/elf"
 	"debug/gosym"
+	"encoding/binary"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -255,11 +257,57 @@ func TestGoFuncLocator(t *testing.T) {
 		t.Errorf("gofunc not found after expanding inlined calls: %+v", d)
 	}
 	// A moduledata that disagrees with the table is not used.
-	l.epclntab++
+	l.text++
 	if v, ok := l.moduledataGofunc(obj.goTab.f); ok {
-		t.Errorf("accepted a moduledata with the wrong epclntab: gofunc %#x", v)
+		t.Errorf("accepted a moduledata with the wrong text: gofunc %#x", v)
 	}
 	if v, ok := l.relocatedModuledataGofunc(obj.goTab.f); ok {
-		t.Errorf("accepted relocations with the wrong epclntab: gofunc %#x", v)
+		t.Errorf("accepted relocations with the wrong text: gofunc %#x", v)
+	}
+}
+
+// Go 1.20 to 1.25 have no epclntab after gofunc (1.26 added it): nothing past gofunc
+// may be relied on to find the moduledata. The word after it is overwritten in a copy
+// of a binary; gofunc is still found, and still the go:func.* symbol's value.
+func TestGoFuncLocatorIgnoresLaterFields(t *testing.T) {
+	dir := t.TempDir()
+	path := buildGo(t, dir, inlineProgram)
+	ef, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := ef.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md elf.Symbol
+	for _, s := range syms {
+		if s.Name == "runtime.firstmoduledata" {
+			md = s
+		}
+	}
+	if md.Value == 0 || int(md.Section) >= len(ef.Sections) {
+		t.Fatal("no runtime.firstmoduledata symbol")
+	}
+	sec := ef.Sections[md.Section]
+	off := sec.Offset + md.Value - sec.Addr + (mdGofunc+1)*8
+	ef.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint64(data[off:], 0xdeadbeefdeadbeef)
+	patched := filepath.Join(dir, "patched")
+	if err := os.WriteFile(patched, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	obj := openObjectFile(t, patched)
+	l := obj.goTab.inl.locator
+	if l == nil || l.symtab == nil {
+		t.Fatal("no locator for a Go 1.20+ table")
+	}
+	sym, _ := l.symtab.value("go:func.*")
+	if v, ok := l.moduledataGofunc(obj.goTab.f); !ok || v != sym {
+		t.Errorf("moduledata with another word after gofunc: gofunc %#x, %v; symbol %#x", v, ok, sym)
 	}
 }
