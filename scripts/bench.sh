@@ -20,9 +20,10 @@ for cmd in perf bpftrace bpftool go; do
 	command -v "$cmd" >/dev/null 2>&1 || echo "bench: warning: $cmd not found (scripts/install-deps.sh test installs it)" >&2
 done
 
-# Two runs of $duration each (more when other work disturbs them), start-up
+# Four runs of $duration each (19 and 99 Hz, with the defaults and profiling
+# only; more when other work disturbs them), start-up
 # timings and the symbolizer benchmark; it first waits for an idle host.
-echo "bench: measuring for at least 2 x $duration plus a minute or two" >&2
+echo "bench: measuring for at least 4 x $duration plus a minute or two" >&2
 # Built rather than `go run`, so that signals reach the tool itself.
 tmpdir=$(mktemp -d)
 trap 'rm -rf "$tmpdir"' EXIT

@@ -191,14 +191,17 @@ func run(opt options) error {
 	if err := enableBPFStats(); err != nil {
 		return err
 	}
-	runs := make([]variantRun, 0, len(opt.freqs)+1)
+	runs := make([]variantRun, 0, 2*len(opt.freqs))
 	for _, hz := range opt.freqs {
 		runs = append(runs, variantRun{hz: hz})
 	}
 	// perf and bpftrace only profile; cgscope by default also runs the
 	// per-cgroup collectors, whose programs fire on every context switch of
-	// the host. The like-for-like comparison runs cgscope profiling only.
-	runs = append(runs, variantRun{hz: targetFreqHz, variant: "profiling only", args: profilingOnlyArgs})
+	// the host. The like-for-like comparison, at every frequency, runs
+	// cgscope profiling only.
+	for _, hz := range opt.freqs {
+		runs = append(runs, variantRun{hz: hz, variant: "profiling only", args: profilingOnlyArgs})
+	}
 	for _, v := range runs {
 		logf("=== %d Hz: cgscope%s, perf and bpftrace side by side for %v", v.hz, v.suffix(), opt.duration)
 		best := runFrequency(opt, v, tmp, loads)
