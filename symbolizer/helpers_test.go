@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
+	"debug/gosym"
 	"encoding/hex"
 	"io"
 	"os"
@@ -263,4 +264,20 @@ func mustBeRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
+}
+
+// goSymTable reads the .gopclntab of a Go binary with debug/gosym, independently of the
+// code under test; the test binaries are internally linked, so runtime.text is the
+// start of .text.
+func goSymTable(t testing.TB, f *elf.File) *gosym.Table {
+	t.Helper()
+	data, err := f.Section(".gopclntab").Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, f.Section(".text").Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
 }

@@ -2,7 +2,6 @@ package symbolizer
 
 import (
 	"debug/elf"
-	"debug/gosym"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -67,8 +66,7 @@ func markerLine(t testing.TB, marker string) int {
 	return 0
 }
 
-// goFuncRange finds fn's [entry, end) with debug/gosym, independently of the code under
-// test; the binaries are internally linked, so runtime.text is the start of .text.
+// goFuncRange finds fn's [entry, end) with debug/gosym (goSymTable).
 func goFuncRange(t testing.TB, path, fn string) (uint64, uint64) {
 	t.Helper()
 	f, err := elf.Open(path)
@@ -76,15 +74,7 @@ func goFuncRange(t testing.TB, path, fn string) (uint64, uint64) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	data, err := f.Section(".gopclntab").Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, f.Section(".text").Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fun := tab.LookupFunc(fn)
+	fun := goSymTable(t, f).LookupFunc(fn)
 	if fun == nil {
 		t.Fatalf("%s: no %s", path, fn)
 	}

@@ -2,7 +2,6 @@ package symbolizer
 
 import (
 	"debug/elf"
-	"debug/gosym"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -90,14 +89,7 @@ func fakeProcess(t testing.TB, root string, pid int, bin string, n int, rng *ran
 	if err := os.Symlink("/", filepath.Join(pidDir, "root")); err != nil {
 		t.Fatal(err)
 	}
-	data, err := f.Section(".gopclntab").Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, f.Section(".text").Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := goSymTable(t, f)
 	addrs := make([]uint64, n)
 	for i := range addrs {
 		fn := tab.Funcs[rng.IntN(len(tab.Funcs))]

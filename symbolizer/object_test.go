@@ -37,15 +37,7 @@ func TestOpenObjectLibc(t *testing.T) {
 	if len(paths) == 0 {
 		t.Skip("no libc.so.6")
 	}
-	f, err := os.Open(paths[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	obj, err := OpenObject(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	obj := openObjectFile(t, paths[0])
 	getpid, _ := elfSymbol(t, paths[0], "getpid", true)
 	if fn, _, _ := obj.Lookup(getpid); fn != "getpid" || obj.NumSymbols() < 1000 {
 		t.Errorf("getpid named %q; %d symbols", fn, obj.NumSymbols())

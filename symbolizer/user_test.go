@@ -3,7 +3,6 @@ package symbolizer
 import (
 	"bytes"
 	"debug/elf"
-	"debug/gosym"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -344,23 +343,13 @@ func goFuncEntry(t *testing.T, path, name string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if f.Section(".symtab") != nil {
+	stripped := f.Section(".symtab") == nil
+	f.Close()
+	if !stripped {
 		t.Fatalf("%s still has .symtab", path)
 	}
-	data, err := f.Section(".gopclntab").Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, f.Section(".text").Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fn := tab.LookupFunc(name)
-	if fn == nil {
-		t.Fatalf("%s: no %s in pclntab", path, name)
-	}
-	return fn.Entry
+	entry, _ := goFuncRange(t, path, name)
+	return entry
 }
 
 // TestConcurrentUse runs ProcessStarted, User, ExecutableAddress and Stats at once; run
