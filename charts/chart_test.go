@@ -238,26 +238,19 @@ func decodeManifests(stream string) (*manifests, error) {
 		var obj any
 		switch tm.APIVersion + " " + tm.Kind {
 		case "apps/v1 DaemonSet":
-			o := &appsv1.DaemonSet{}
-			m.daemonSets, obj = append(m.daemonSets, o), o
+			obj = appendNew(&m.daemonSets)
 		case "v1 Service":
-			o := &corev1.Service{}
-			m.services, obj = append(m.services, o), o
+			obj = appendNew(&m.services)
 		case "v1 ServiceAccount":
-			o := &corev1.ServiceAccount{}
-			m.serviceAccounts, obj = append(m.serviceAccounts, o), o
+			obj = appendNew(&m.serviceAccounts)
 		case "v1 Secret":
-			o := &corev1.Secret{}
-			m.secrets, obj = append(m.secrets, o), o
+			obj = appendNew(&m.secrets)
 		case "v1 ConfigMap":
-			o := &corev1.ConfigMap{}
-			m.configMaps, obj = append(m.configMaps, o), o
+			obj = appendNew(&m.configMaps)
 		case "monitoring.coreos.com/v1 ServiceMonitor":
-			o := &monitoringv1.ServiceMonitor{}
-			m.serviceMonitors, obj = append(m.serviceMonitors, o), o
+			obj = appendNew(&m.serviceMonitors)
 		case "monitoring.coreos.com/v1 PodMonitor":
-			o := &monitoringv1.PodMonitor{}
-			m.podMonitors, obj = append(m.podMonitors, o), o
+			obj = appendNew(&m.podMonitors)
 		default:
 			return nil, fmt.Errorf("unexpected kind %q (apiVersion %q) in:\n%s", tm.Kind, tm.APIVersion, doc)
 		}
@@ -265,6 +258,14 @@ func decodeManifests(stream string) (*manifests, error) {
 			return nil, fmt.Errorf("%s: not a valid %s: %w\n%s", tm.Kind, tm.APIVersion, err, doc)
 		}
 	}
+}
+
+// appendNew appends a new, empty object to list and returns it, for a
+// document to be decoded into.
+func appendNew[T any](list *[]*T) *T {
+	o := new(T)
+	*list = append(*list, o)
+	return o
 }
 
 // decodeStrict decodes a YAML document as the API server does: field names

@@ -249,9 +249,11 @@ func (e *windowEncoder) frame(fr *symbolizer.Frame) uint32 {
 	return e.frameOf(frameKeyOf(fr))
 }
 
-// inlinedFrame records a call inlined at an address (see inlinedFrame).
-func (e *windowEncoder) inlinedFrame(fr *symbolizer.Frame) uint32 {
+// inlinedCall records call c, inlined at fr's address: a frame of fr's
+// object and address, with the call's function and position.
+func (e *windowEncoder) inlinedCall(fr *symbolizer.Frame, c symbolizer.InlinedCall) uint32 {
 	k := frameKeyOf(fr)
+	k.fn, k.file, k.line = c.Function, c.File, int64(c.Line)
 	k.flags |= frameInlined
 	return e.frameOf(k)
 }
@@ -267,12 +269,6 @@ func (e *windowEncoder) frameOf(k frameKey) uint32 {
 	return id
 }
 
-// inlinedFrame is the frame record of a call inlined at fr's address.
-func inlinedFrame(fr *symbolizer.Frame, c symbolizer.InlinedCall) symbolizer.Frame {
-	return symbolizer.Frame{Address: fr.Address, ObjAddress: fr.ObjAddress, Mapping: fr.Mapping, Kernel: fr.Kernel,
-		Function: c.Function, File: c.File, Line: c.Line}
-}
-
 func (e *windowEncoder) stack(frames []symbolizer.Frame) uint32 {
 	e.ids = e.ids[:0]
 	e.scratch = e.scratch[:0]
@@ -282,8 +278,7 @@ func (e *windowEncoder) stack(frames []symbolizer.Frame) uint32 {
 	}
 	for i := range frames {
 		for _, c := range frames[i].Inlined {
-			in := inlinedFrame(&frames[i], c)
-			add(e.inlinedFrame(&in))
+			add(e.inlinedCall(&frames[i], c))
 		}
 		add(e.frame(&frames[i]))
 	}

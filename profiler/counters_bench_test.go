@@ -15,16 +15,7 @@ import (
 // attached, and reports each program's cost per run in ns, from the
 // kernel's bpf_stats. Targets: sched_switch < 300 ns, cgroup_skb < 150 ns.
 func BenchmarkCounterProgramCost(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("SKIPPED: not root; the benchmark loads eBPF")
-	}
-	stats, err := EnableBPFStats()
-	if err != nil && !BPFStatsEnabled() {
-		b.Fatal(err)
-	}
-	if stats != nil {
-		defer stats.Close()
-	}
+	withBPFStats(b)
 	root, err := Cgroup2Mount()
 	if err != nil {
 		b.Fatal(err)

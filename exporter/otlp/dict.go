@@ -381,13 +381,8 @@ func buildIDAttr(id string) (key, val string) {
 // of its two strings (which a new function needs anyway). A name is
 // nearly always one function, found by the name's index in funcByName;
 // only another file's function of the same name takes a hash lookup.
-func (b *dictBuilder) function(function, file string) int32 {
-	name, fileIdx := b.str(function), b.str(file)
-	return b.functionOf(name, fileIdx)
-}
-
-// functionOf returns the index of the function of the two strings.
-func (b *dictBuilder) functionOf(name, file int32) int32 {
+func (b *dictBuilder) function(function, fileName string) int32 {
+	name, file := b.str(function), b.str(fileName)
 	if int(name) >= len(b.funcByName) {
 		b.funcByName = append(b.funcByName, make([]nameFunction, int(name)+1-len(b.funcByName))...)
 	}
