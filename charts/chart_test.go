@@ -627,6 +627,7 @@ func TestAllFeatures(t *testing.T) {
 	wantArg(t, c.Args, "otlp.protocol", "grpc")
 	wantArg(t, c.Args, "otlp.signals", "profiles,metrics")
 	wantArg(t, c.Args, "otlp.interval", "30s")
+	wantArg(t, c.Args, "otlp.profiles.max-request-size", "16MiB")
 	if !slices.Contains(c.Args, "--otlp.insecure") {
 		t.Error("--otlp.insecure missing")
 	}
@@ -964,6 +965,7 @@ func TestBadValuesRejected(t *testing.T) {
 		{"storage.memoryLimit=32Mi", "/storage/memoryLimit"},
 		{"otlp.protocol=http", "/otlp/protocol"},
 		{"otlp.signals=traces", "/otlp/signals"},
+		{"otlp.maxRequestSize=4M", "/otlp/maxRequestSize"},
 		{"remoteWrite.protocol=3.0", "/remoteWrite/protocol"},
 		{"cri.socketPath=/containerd.sock", "/cri/socketPath"},
 		{"web.port=70000", "/web/port"},

@@ -34,7 +34,7 @@ func run(args []string) int {
 
 	cmd, err := app.Parse(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "cgscope: %v (try --help)\n", err)
+		fmt.Fprintf(os.Stderr, "cgscope: %v (try --help)\n", namingFlag(app, args, err))
 		return 2
 	}
 	slog.SetDefault(promslog.New(logCfg))
@@ -53,4 +53,26 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// namingFlag names the flag whose value err refuses: kingpin passes a
+// value's own error on as it is ("time: invalid duration ..."), which does
+// not say which flag was wrong. The flags are set again one by one until
+// one fails the same way; nothing set here is used, for cgscope exits.
+func namingFlag(app *kingpin.Application, args []string, err error) error {
+	ctx, cerr := app.ParseContext(args)
+	if cerr != nil || ctx == nil {
+		return err
+	}
+	for _, e := range ctx.Elements {
+		f, ok := e.Clause.(*kingpin.FlagClause)
+		if !ok || e.Value == nil {
+			continue
+		}
+		m := f.Model()
+		if serr := m.Value.Set(*e.Value); serr != nil && serr.Error() == err.Error() {
+			return fmt.Errorf("--%s=%q: %w", m.Name, *e.Value, err)
+		}
+	}
+	return err
 }

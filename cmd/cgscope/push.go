@@ -6,12 +6,14 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cgscope/cgscope/exporter/otlp"
@@ -26,6 +28,7 @@ type pushFlags struct {
 	otlp        otlp.Config
 	otlpSignals string
 	otlpSkipTLS bool
+	otlpMaxReq  units.Base2Bytes
 	rw          remotewrite.Config
 	rwTLS       tlsFlags
 }
@@ -73,6 +76,8 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 	cmd.Flag("otlp.signals", "Signals to send over OTLP: profiles, metrics, or both comma-separated (a signal without an endpoint is not sent).").Default("profiles,metrics").StringVar(&f.otlpSignals)
 	cmd.Flag("otlp.interval", "How often OTLP profiles and metrics are sent.").Default("10s").DurationVar(&o.Interval)
 	cmd.Flag("otlp.queue-size", "Batches each OTLP signal keeps while the backend is unreachable; the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
+	cmd.Flag("otlp.profiles.max-request-size", "Largest OTLP profiles request, before compression (64KiB..2GiB); an interval beyond is sent as several requests, split between processes. gRPC servers, the OpenTelemetry Collector's included, refuse messages over 4MiB unless configured otherwise.").
+		Default("4MiB").BytesVar(&f.otlpMaxReq)
 	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)
 
 	r := &f.rw
@@ -93,6 +98,10 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 // and loads the TLS files; it runs before anything is attached.
 func (f *pushFlags) config() (*pushConfig, error) {
 	c := &pushConfig{otlp: f.otlp, rw: f.rw}
+	if f.otlpMaxReq <= 0 {
+		return nil, fmt.Errorf("--otlp.profiles.max-request-size=%d: want 64KiB..2GiB", f.otlpMaxReq)
+	}
+	c.otlp.MaxRequestSize = int(min(f.otlpMaxReq, math.MaxInt32))
 	if err := f.otlpSignalSet(&c.otlp); err != nil {
 		return nil, err
 	}

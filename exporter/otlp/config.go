@@ -59,6 +59,10 @@ type Config struct {
 	Profiles, Metrics bool // the signals asked for (--otlp.signals)
 	Interval          time.Duration
 	QueueSize         int
+	// MaxRequestSize bounds a profiles request, in bytes before
+	// compression; an interval beyond is sent as several requests. 0 =
+	// DefaultMaxRequestSize.
+	MaxRequestSize int
 
 	// Set by Resolve: how each signal is sent; nil when it is not.
 	ProfilesTransport, MetricsTransport *Transport
@@ -130,6 +134,10 @@ func (c *Config) Resolve(getenv func(string) string) error {
 		return fmt.Errorf("--otlp.queue-size=%d: want at least 1", c.QueueSize)
 	case c.Timeout < 0:
 		return fmt.Errorf("--otlp.timeout=%s: want more than 0", c.Timeout)
+	case c.MaxRequestSize == 0:
+		c.MaxRequestSize = DefaultMaxRequestSize
+	case c.MaxRequestSize < MinMaxRequestSize || c.MaxRequestSize > maxRequestBytes:
+		return fmt.Errorf("--otlp.profiles.max-request-size=%d: want %dKiB..2GiB", c.MaxRequestSize, MinMaxRequestSize>>10)
 	}
 	return nil
 }

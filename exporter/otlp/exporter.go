@@ -2,8 +2,9 @@
 // (gRPC or HTTP/protobuf, gzip unless configured off).
 //
 // Profiles: every reporting interval the symbolized windows the pipeline
-// delivered are written as one OTLP profiles request, in protobuf (the
-// bytes pdata's marshaler would write), and queued as bytes: a single
+// delivered are written as one OTLP profiles request (several when one
+// would be over the size limit, split between processes), in protobuf
+// (the bytes pdata's marshaler would write), and queued as bytes: a single
 // shared dictionary (strings, mappings, locations, functions, stacks,
 // attributes) and one ResourceProfiles per process, with container.id,
 // k8s.pod.uid, process.pid, process.executable.name/path and host.name
@@ -84,7 +85,8 @@ func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, 
 		if err != nil {
 			return nil, err
 		}
-		e.profiles = &profilesExporter{interval: cfg.Interval, conv: conv, q: queue.New(e.queueOptions(t, m), send)}
+		e.profiles = &profilesExporter{interval: cfg.Interval, maxRequest: cfg.MaxRequestSize, conv: conv,
+			q: queue.New(e.queueOptions(t, m), send)}
 	}
 	if t := cfg.MetricsTransport; t != nil {
 		if err := e.newMetrics(src.Gatherer, t, conv.HostName, version, e.queueOptions(t, m)); err != nil {

@@ -99,17 +99,25 @@ const maxReusedRequest = 4 << 20
 // The request is written into the memory of the last one when that was
 // released (Release).
 func (c *Converter) Encode(windows []*pipeline.Window) ([]byte, error) {
+	body := c.encode(windows)
+	c.pruneExes(c.agg.hasPID)
+	if len(body) > maxRequestBytes {
+		return nil, fmt.Errorf("request of %d bytes: protobuf messages are limited to %d", len(body), maxRequestBytes)
+	}
+	c.lastSize = len(body)
+	return body, nil
+}
+
+// encode is Encode without its checks: the request of windows, nil when
+// they hold no samples.
+func (c *Converter) encode(windows []*pipeline.Window) []byte {
 	c.convert(windows)
 	if len(c.agg.procs) == 0 {
-		return nil, nil
+		return nil
 	}
 	w := protoWriter{buf: c.takeSpare()}
 	c.encodeRequest(&w)
-	if len(w.buf) > maxRequestBytes {
-		return nil, fmt.Errorf("request of %d bytes: protobuf messages are limited to %d", len(w.buf), maxRequestBytes)
-	}
-	c.lastSize = len(w.buf)
-	return w.buf, nil
+	return w.buf
 }
 
 // Release gives back a request Encode returned once it is sent and
@@ -165,7 +173,6 @@ func (c *Converter) convert(windows []*pipeline.Window) {
 	c.types = profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
 	a.threadAttributes(b)
 	c.resourceAttributes()
-	c.pruneExes(a)
 }
 
 // resourceAttributes describe each process: who it is, where it runs.
@@ -333,6 +340,12 @@ func (a *aggregator) add(s *pipeline.Sample, stack int32, seen bool) {
 	}
 }
 
+// hasPID reports whether the request has samples of process pid.
+func (a *aggregator) hasPID(pid uint32) bool {
+	_, ok := a.procIndex.get(uint64(pid))
+	return ok
+}
+
 // newRow adds a row for the sample's process, thread and stack.
 func (a *aggregator) newRow(s *pipeline.Sample, stack int32) int32 {
 	p, ok := a.procIndex.get(uint64(s.PID))
@@ -424,11 +437,11 @@ func (c *Converter) exe(pid uint32) string {
 	return p
 }
 
-// pruneExes forgets processes absent from this request, so a reused pid
-// is looked up afresh.
-func (c *Converter) pruneExes(a *aggregator) {
+// pruneExes forgets the processes absent from this interval (sent says
+// which are present), so that a reused pid is looked up afresh.
+func (c *Converter) pruneExes(sent func(pid uint32) bool) {
 	for pid := range c.exes {
-		if _, ok := a.procIndex.get(uint64(pid)); !ok {
+		if !sent(pid) {
 			delete(c.exes, pid)
 		}
 	}

@@ -27,9 +27,10 @@ const maxPendingWindows = 256
 // and a request sent is given back to the converter (Release) for the
 // next interval to be written into.
 type profilesExporter struct {
-	interval time.Duration
-	conv     *Converter
-	q        *queue.Queue[[]byte]
+	interval   time.Duration
+	maxRequest int // bytes of one request at most; larger intervals are split
+	conv       *Converter
+	q          *queue.Queue[[]byte]
 
 	mu      sync.Mutex
 	pending []*pipeline.Window
@@ -61,7 +62,8 @@ func (e *profilesExporter) run(ctx context.Context) {
 	every.Run(ctx, e.interval, e.tick)
 }
 
-// tick turns the windows collected since the last tick into one batch.
+// tick turns the windows collected since the last tick into batches: one
+// request, or several when one would be larger than maxRequest.
 func (e *profilesExporter) tick() {
 	windows, lost := e.take()
 	if lost > 0 {
@@ -70,13 +72,9 @@ func (e *profilesExporter) tick() {
 	if len(windows) == 0 {
 		return
 	}
-	body, err := e.conv.Encode(windows)
-	if err != nil {
-		slog.Error("OTLP profiles: encoding a request failed; interval left out", "err", err)
-		return
-	}
-	if body != nil {
-		e.q.Push(body)
+	if err := e.conv.Requests(windows, e.maxRequest, e.q.Push); err != nil {
+		e.q.Drop()
+		slog.Error("OTLP profiles: part of an interval cannot be sent", "err", err)
 	}
 }
 

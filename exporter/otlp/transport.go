@@ -59,8 +59,8 @@ func dialGRPC(t *Transport) (*grpc.ClientConn, error) {
 }
 
 // classifyGRPC marks the status codes the OTLP specification calls not
-// retryable as permanent. RESOURCE_EXHAUSTED is retried: the backend is
-// overloaded, which passes.
+// retryable as permanent. RESOURCE_EXHAUSTED is retried (the backend is
+// overloaded, which passes) unless it refuses the message's size.
 func classifyGRPC(err error) error {
 	if err == nil {
 		return nil
@@ -70,7 +70,14 @@ func classifyGRPC(err error) error {
 		return err // not from gRPC (e.g. a context error): retry
 	}
 	switch st.Code() {
-	case codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted,
+	case codes.ResourceExhausted:
+		if strings.Contains(st.Message(), "larger than max") {
+			// grpc-go's refusal of a message over the server's (or this
+			// client's) size limit: the same request is refused again.
+			return queue.Permanent(err)
+		}
+		return err // the backend is overloaded, which passes
+	case codes.Canceled, codes.DeadlineExceeded, codes.Aborted,
 		codes.OutOfRange, codes.Unavailable, codes.DataLoss:
 		return err
 	}

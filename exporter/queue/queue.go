@@ -112,6 +112,14 @@ func (q *Queue[T]) Push(batch T) {
 	}
 }
 
+// Drop counts a batch the producer made but could not push (e.g. data
+// too large for any request): it is counted as enqueued and dropped, so
+// that the accounting of Push holds for it too.
+func (q *Queue[T]) Drop() {
+	q.c.enqueued.Inc()
+	q.c.dropped.Inc()
+}
+
 // Len is the number of batches waiting (not counting one being sent).
 func (q *Queue[T]) Len() int {
 	q.mu.Lock()

@@ -84,6 +84,20 @@ func TestPermanentErrorNotRetried(t *testing.T) {
 	}
 }
 
+// A batch the producer could not make is counted as pushed and dropped, so
+// that enqueued = sent + dropped + waiting still holds.
+func TestDropCountsUnmadeBatch(t *testing.T) {
+	m := NewMetrics(nil)
+	q := New(Options{Exporter: "test", Signal: "s", Size: 2, Metrics: m},
+		func(ctx context.Context, b int) error { return nil })
+	q.Push(1)
+	q.Drop()
+	enqueued, dropped := value(m.enqueued.WithLabelValues("test", "s")), value(m.dropped.WithLabelValues("test", "s"))
+	if enqueued != 2 || dropped != 1 || q.Len() != 1 {
+		t.Errorf("enqueued %v, dropped %v, waiting %d; want 2, 1, 1", enqueued, dropped, q.Len())
+	}
+}
+
 // Retrying stops after MaxElapsed; the batch is counted as dropped.
 func TestRetriesAreBounded(t *testing.T) {
 	m := NewMetrics(nil)
