@@ -17,12 +17,14 @@ import (
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
-// maxPendingWindows bounds the windows held between two reporting ticks
-// (more than 10 s / 1 s plus on-demand captures would be unusual).
+// maxPendingWindows bounds the windows held between two reporting ticks:
+// more than 10 s / 1 s plus on-demand captures would be unusual, but a long
+// --otlp.interval over a short --profiling.interval makes more, and then
+// they are sent early.
 const maxPendingWindows = 256
 
 // profilesExporter collects pipeline windows and, every interval, converts
-// what it collected into one encoded OTLP request for its queue. The queue
+// what it collected into encoded OTLP requests for its queue. The queue
 // holds encoded requests: nothing is encoded twice when a send is retried,
 // and a request sent is given back to the converter (Release) for the
 // next interval to be written into.
@@ -32,29 +34,31 @@ type profilesExporter struct {
 	conv       *Converter
 	q          *queue.Queue[[]byte]
 
+	convMu  sync.Mutex // one conversion at a time: conv is not safe for concurrent use
 	mu      sync.Mutex
 	pending []*pipeline.Window
-	lost    int // windows pushed out of pending
 }
 
 // onWindow is the pipeline subscriber: it runs on the drain goroutine, so
-// it only keeps a reference (windows are read-only once delivered).
+// it only keeps a reference (windows are read-only once delivered), unless
+// maxPendingWindows are waiting: then it converts them at once, rather
+// than hold more or leave any out.
 func (e *profilesExporter) onWindow(w *pipeline.Window) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.pending) >= maxPendingWindows {
-		e.pending = e.pending[1:]
-		e.lost++
-	}
 	e.pending = append(e.pending, w)
+	full := len(e.pending) >= maxPendingWindows
+	e.mu.Unlock()
+	if full {
+		e.tick()
+	}
 }
 
-func (e *profilesExporter) take() ([]*pipeline.Window, int) {
+func (e *profilesExporter) take() []*pipeline.Window {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	w, lost := e.pending, e.lost
-	e.pending, e.lost = nil, 0
-	return w, lost
+	w := e.pending
+	e.pending = nil
+	return w
 }
 
 // run converts on every tick until ctx ends; the queue sends.
@@ -65,10 +69,9 @@ func (e *profilesExporter) run(ctx context.Context) {
 // tick turns the windows collected since the last tick into batches: one
 // request, or several when one would be larger than maxRequest.
 func (e *profilesExporter) tick() {
-	windows, lost := e.take()
-	if lost > 0 {
-		slog.Warn("OTLP profiles: windows arrived faster than the reporting interval; oldest left out", "windows", lost)
-	}
+	e.convMu.Lock()
+	defer e.convMu.Unlock()
+	windows := e.take()
 	if len(windows) == 0 {
 		return
 	}

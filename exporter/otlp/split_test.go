@@ -239,3 +239,36 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, signal string) f
 	}
 	return 0
 }
+
+// More windows than an interval holds (a long --otlp.interval over a short
+// --profiling.interval) are sent early, none left out.
+func TestPendingWindowsSentEarly(t *testing.T) {
+	r := startReceiver(t, nil)
+	f := &feed{}
+	cfg := testConfig(r.addr)
+	cfg.Metrics, cfg.Interval, cfg.QueueSize = false, time.Hour, 16
+	e, err := New(cfg, Sources{Subscribe: f.subscribe}, queue.NewMetrics(nil), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.Start(ctx)
+	var windows []*pipeline.Window
+	for i := range 2*maxPendingWindows + 10 {
+		w := synthWindow(3, 2, 3, uint64(i))
+		windows = append(windows, w)
+		f.send(w)
+	}
+	received := func() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.profiles) }
+	waitFor(t, func() bool { return received() >= 2 }) // long before the hour
+	cancel()
+	e.Stop(5 * time.Second) // sends the last 10
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.profiles) != 3 {
+		t.Errorf("%d requests, want 3: two sent early, one at the end", len(r.profiles))
+	}
+	if sum, want := sumSamples(t, r.profiles), wantSamples(windows); !maps.Equal(sum, want) {
+		t.Errorf("received %d (thread, stack) samples, sent %d, or counts differ", len(sum), len(want))
+	}
+}
