@@ -83,6 +83,8 @@ var (
 		"Errors reading /proc/PID/maps or opening and parsing mapped objects.", nil, nil)
 	descObjCache = prometheus.NewDesc("cgscope_symbolizer_object_cache_total",
 		"Lookups of parsed ELF objects in the symbolizer cache, by result.", []string{"result"}, nil)
+	descFrameCache = prometheus.NewDesc("cgscope_symbolizer_frame_cache_total",
+		"Lookups of user frames in the symbolizer's cache of recently named object addresses, by result (a miss reads the object's tables).", []string{"result"}, nil)
 	descObjects = prometheus.NewDesc("cgscope_symbolizer_cached_objects",
 		"Parsed ELF objects held in the symbolizer cache.", nil, nil)
 	descProcesses = prometheus.NewDesc("cgscope_symbolizer_cached_processes",
@@ -96,7 +98,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *SelfCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSamples, descDropped, descUniqueStacks, descDrains, descDrainErrors,
-		descFrames, descSymErrors, descObjCache, descObjects, descProcesses} {
+		descFrames, descSymErrors, descObjCache, descFrameCache, descObjects, descProcesses} {
 		ch <- d
 	}
 }
@@ -131,6 +133,8 @@ func (c *SelfCollector) collectSymbolizer(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSymErrors, prometheus.CounterValue, float64(s.Errors))
 	ch <- prometheus.MustNewConstMetric(descObjCache, prometheus.CounterValue, float64(s.ObjectCacheHits), "hit")
 	ch <- prometheus.MustNewConstMetric(descObjCache, prometheus.CounterValue, float64(s.ObjectCacheMisses), "miss")
+	ch <- prometheus.MustNewConstMetric(descFrameCache, prometheus.CounterValue, float64(s.FrameCacheHits), "hit")
+	ch <- prometheus.MustNewConstMetric(descFrameCache, prometheus.CounterValue, float64(s.FrameCacheMisses), "miss")
 	ch <- prometheus.MustNewConstMetric(descObjects, prometheus.GaugeValue, float64(s.ObjectsCached))
 	ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(s.ProcessesCached))
 }

@@ -22,7 +22,8 @@ func fakeGoProcess(b *testing.B, n int) (string, []uint64) {
 
 // BenchmarkSymbolizeGoBinary reports addresses per second through the whole Symbolizer
 // (maps snapshot, object cache, .gopclntab lookup with file and line) for the Go compiler.
-// cold: a new Symbolizer per batch, so each batch parses the binary; warm: cached.
+// cold: a new Symbolizer per batch, so each batch parses the binary; warm and recurring:
+// see below.
 func BenchmarkSymbolizeGoBinary(b *testing.B) {
 	const batch = 10000
 	root, addrs := fakeGoProcess(b, batch)
@@ -47,18 +48,31 @@ func BenchmarkSymbolizeGoBinary(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*len(stacks)*32)/b.Elapsed().Seconds(), "addrs/s")
 	})
-	b.Run("warm", func(b *testing.B) {
-		s := New(Options{ProcRoot: root})
-		if err := s.ProcessStarted(1000); err != nil {
-			b.Fatal(err)
-		}
-		symbolizeAll(b, s)
-		b.ResetTimer()
-		for b.Loop() {
+	// warm: the objects cached, the frame cache off: what an address not
+	// seen lately costs. recurring: the same addresses drain after drain
+	// (hot code) with the default frame cache, of 16,384 slots.
+	for _, c := range []struct {
+		name       string
+		frameCache int
+	}{{"warm", -1}, {"recurring", 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := New(Options{ProcRoot: root, FrameCacheSize: c.frameCache})
+			if err := s.ProcessStarted(1000); err != nil {
+				b.Fatal(err)
+			}
 			symbolizeAll(b, s)
-		}
-		b.ReportMetric(float64(b.N*len(stacks)*32)/b.Elapsed().Seconds(), "addrs/s")
-	})
+			before := s.Stats()
+			b.ResetTimer()
+			for b.Loop() {
+				symbolizeAll(b, s)
+			}
+			b.ReportMetric(float64(b.N*len(stacks)*32)/b.Elapsed().Seconds(), "addrs/s")
+			st := s.Stats()
+			if hits, misses := st.FrameCacheHits-before.FrameCacheHits, st.FrameCacheMisses-before.FrameCacheMisses; hits+misses > 0 {
+				b.ReportMetric(float64(hits)/float64(hits+misses), "frame-cache-hit-ratio")
+			}
+		})
+	}
 }
 
 // BenchmarkProcessStartedCached measures announcing a process whose objects are cached.

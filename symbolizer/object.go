@@ -18,6 +18,7 @@ import (
 // an Object of the Symbolizer's cache is the open file, closed once the object is evicted
 // and no lookup uses it any more.
 type Object struct {
+	id      uint64 // unique in the process, from 1; the frame cache's key
 	buildID string
 	class   elf.Class
 	machine elf.Machine
@@ -237,7 +238,7 @@ func newObject(f *elfFile, buildID string) (obj *Object, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedObject, err)
 	}
-	return &Object{buildID: buildID, class: f.Class, machine: f.Machine, loads: loads, goTab: goTab,
+	return &Object{id: objectIDs.Add(1), buildID: buildID, class: f.Class, machine: f.Machine, loads: loads, goTab: goTab,
 		symSrc: &symbolSources{symtab: symtab, dynsym: dynsym}}, nil
 }
 

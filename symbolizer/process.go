@@ -225,7 +225,7 @@ func (s *Symbolizer) nameUserFrame(p *process, pm *procMapping, obj *Object, f *
 			f.ObjAddress = objAddr
 		}
 		if look, ok := obj.ObjAddress(&pm.Mapping, lookupAddress(f.Address, leaf)); ok {
-			f.Function, f.File, f.Line, f.Inlined = obj.LookupFrame(look)
+			f.Function, f.File, f.Line, f.Inlined = s.frames.lookupFrame(obj, look)
 		}
 		return
 	}

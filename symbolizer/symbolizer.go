@@ -33,6 +33,10 @@ type Options struct {
 	ProcRoot     string // default "/proc"
 	MaxObjects   int    // object cache bound (LRU), default 512: each cached object keeps its file open
 	MaxProcesses int    // process-mappings cache bound (LRU), default 8192
+	// FrameCacheSize is how many object addresses and what they name are
+	// remembered (two-way set-associative, rounded up to a power of two),
+	// default 16384; negative turns the cache off.
+	FrameCacheSize int
 }
 
 // Stats are the Symbolizer's self-metrics: monotonically increasing counters, except for
@@ -42,7 +46,8 @@ type Stats struct {
 	FramesUnsymbolized                 uint64 // frames returned with Function=="" ("misses")
 	Errors                             uint64 // failures reading maps / opening or parsing objects
 	ObjectCacheHits, ObjectCacheMisses uint64
-	ObjectsCached, ProcessesCached     int // current sizes (gauges)
+	FrameCacheHits, FrameCacheMisses   uint64 // user frames named from the frame cache, and looked up in their object
+	ObjectsCached, ProcessesCached     int    // current sizes (gauges)
 	MapsReads                          uint64
 	PerfMapBadLines                    uint64 // unparsable lines skipped in /tmp/perf-PID.map files
 }
@@ -75,6 +80,7 @@ type Symbolizer struct {
 	ownVDSOImage *vdsoImage
 
 	blocks *blockCache // recently read blocks of the cached objects' files
+	frames *frameCache // what recent object addresses name; nil when off
 
 	mu       sync.Mutex // guards the fields below
 	objects  *lru[objKey, *objEntry]
@@ -106,6 +112,7 @@ func New(opts Options) *Symbolizer {
 		mapsReread: defaultMapsReread,
 		maxVDSOs:   16,
 		blocks:     newBlockCache(blockCacheBytes),
+		frames:     newFrameCache(opts.FrameCacheSize),
 		objects:    objects,
 		files:      newLRU[fileKey, fileInfo](opts.MaxObjects * filesPerObject),
 		procs:      newLRU[uint32, *process](opts.MaxProcesses),
@@ -130,6 +137,8 @@ func (s *Symbolizer) Stats() Stats {
 		ProcessesCached:    procs,
 		MapsReads:          s.mapsReads.Load(),
 		PerfMapBadLines:    s.perfMapBadLines.Load(),
+		FrameCacheHits:     s.frames.hitCount(),
+		FrameCacheMisses:   s.frames.missCount(),
 	}
 }
 
