@@ -99,6 +99,33 @@ func benchConvertAndSend(b *testing.B, w []*pipeline.Window, stacks int) {
 	b.ReportMetric(float64(gzipLen(mustEncode(b, c, w), gzipLevel)), "gzip-B")
 }
 
+// BenchmarkSendOnly5000Stacks is the part of an interval no conversion
+// can save: the 5,000-stack request, already encoded, compressed (gRPC
+// gzip) and sent over loopback to the receiver in another process. Its
+// cpu-ms/op is the floor of BenchmarkConvertAndSend5000Stacks's.
+func BenchmarkSendOnly5000Stacks(b *testing.B) {
+	body := mustEncode(b, NewConverter("bench"), []*pipeline.Window{synthWindow(benchProcs, benchStacks, benchDepth, 7)})
+	addr := startReceiverProcess(b)
+	conn, err := dialGRPC(&Transport{target: endpoint{hostport: addr}, Compression: CompressionGzip})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	send := grpcProfilesSender(conn, func([]byte) {}) // the same body every time
+	ctx := context.Background()
+	if err := send(ctx, body); err != nil { // connects
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	cpu := cpuTime()
+	for b.Loop() {
+		if err := send(ctx, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+}
+
 // BenchmarkGzipLevels is what picked gzipLevel: CPU and bytes of
 // compressing one 5,000-stack request with the standard library and with
 // klauspost/compress at a few levels.
