@@ -627,7 +627,7 @@ func TestAllFeatures(t *testing.T) {
 	wantArg(t, c.Args, "otlp.protocol", "grpc")
 	wantArg(t, c.Args, "otlp.signals", "profiles,metrics")
 	wantArg(t, c.Args, "otlp.interval", "30s")
-	wantArg(t, c.Args, "otlp.profiles.max-request-size", "16MiB")
+	wantArg(t, c.Args, "otlp.max-request-size", "16MiB")
 	if !slices.Contains(c.Args, "--otlp.insecure") {
 		t.Error("--otlp.insecure missing")
 	}

@@ -7,7 +7,10 @@ import (
 
 // defaultFrameCacheSize is how many looked-up addresses the frame cache
 // remembers: a host's hot code is some thousands of return addresses, and
-// an entry is 80 bytes, so the cache takes 1.25 MiB once full.
+// a slot is 80 bytes, so the slots take 1.25 MiB. The names they refer to
+// are the objects' own (kept while the object is cached); a slot of an
+// evicted object keeps its name alone alive until it is replaced, a few
+// dozen bytes as a rule (names are cut at maxSymbolName).
 const defaultFrameCacheSize = 16384
 
 // frameCache remembers what Object.LookupFrame said of recent object

@@ -75,8 +75,8 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 	cmd.Flag("otlp.tls.insecure-skip-verify", "Do not verify the OTLP backend's certificate.").BoolVar(&f.otlpSkipTLS)
 	cmd.Flag("otlp.signals", "Signals to send over OTLP: profiles, metrics, or both comma-separated (a signal without an endpoint is not sent).").Default("profiles,metrics").StringVar(&f.otlpSignals)
 	cmd.Flag("otlp.interval", "How often OTLP profiles and metrics are sent.").Default("10s").DurationVar(&o.Interval)
-	cmd.Flag("otlp.queue-size", "Batches each OTLP signal keeps while the backend is unreachable; the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
-	cmd.Flag("otlp.profiles.max-request-size", "Largest OTLP profiles request, before compression (64KiB..2GiB); an interval beyond is sent as several requests, split between processes. gRPC servers, the OpenTelemetry Collector's included, refuse messages over 4MiB unless configured otherwise.").
+	cmd.Flag("otlp.queue-size", "Requests each OTLP signal keeps while the backend is unreachable (an interval over --otlp.max-request-size is several); the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
+	cmd.Flag("otlp.max-request-size", "Largest OTLP request, before compression (64KiB..2GiB); an interval beyond is sent as several requests (profiles split between processes, metrics between data points). gRPC servers, the OpenTelemetry Collector's included, refuse messages over 4MiB unless configured otherwise.").
 		Default("4MiB").BytesVar(&f.otlpMaxReq)
 	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)
 
@@ -98,10 +98,10 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 // and loads the TLS files; it runs before anything is attached.
 func (f *pushFlags) config() (*pushConfig, error) {
 	c := &pushConfig{otlp: f.otlp, rw: f.rw}
-	if f.otlpMaxReq <= 0 {
-		return nil, fmt.Errorf("--otlp.profiles.max-request-size=%d: want 64KiB..2GiB", f.otlpMaxReq)
+	if f.otlpMaxReq <= 0 || f.otlpMaxReq > 2<<30 {
+		return nil, fmt.Errorf("--otlp.max-request-size=%s: want 64KiB..2GiB", f.otlpMaxReq)
 	}
-	c.otlp.MaxRequestSize = int(min(f.otlpMaxReq, math.MaxInt32))
+	c.otlp.MaxRequestSize = int(min(f.otlpMaxReq, math.MaxInt32)) // 2GiB is the largest protobuf message, MaxInt32
 	if err := f.otlpSignalSet(&c.otlp); err != nil {
 		return nil, err
 	}

@@ -59,7 +59,7 @@ type Config struct {
 	Profiles, Metrics bool // the signals asked for (--otlp.signals)
 	Interval          time.Duration
 	QueueSize         int
-	// MaxRequestSize bounds a profiles request, in bytes before
+	// MaxRequestSize bounds a request of either signal, in bytes before
 	// compression; an interval beyond is sent as several requests. 0 =
 	// DefaultMaxRequestSize.
 	MaxRequestSize int
@@ -137,7 +137,7 @@ func (c *Config) Resolve(getenv func(string) string) error {
 	case c.MaxRequestSize == 0:
 		c.MaxRequestSize = DefaultMaxRequestSize
 	case c.MaxRequestSize < MinMaxRequestSize || c.MaxRequestSize > maxRequestBytes:
-		return fmt.Errorf("--otlp.profiles.max-request-size=%d: want %dKiB..2GiB", c.MaxRequestSize, MinMaxRequestSize>>10)
+		return fmt.Errorf("--otlp.max-request-size=%d: want %dKiB..2GiB", c.MaxRequestSize, MinMaxRequestSize>>10)
 	}
 	return nil
 }

@@ -146,8 +146,8 @@ func TestResolveErrors(t *testing.T) {
 		{Config{Endpoint: "x:1", Interval: time.Millisecond}, nil, "--otlp.interval"},
 		{Config{Endpoint: "x:1", QueueSize: -1}, nil, "--otlp.queue-size"},
 		{Config{Endpoint: "x:1", Timeout: -time.Second}, nil, "--otlp.timeout"},
-		{Config{Endpoint: "x:1", MaxRequestSize: 1 << 10}, nil, "--otlp.profiles.max-request-size"},
-		{Config{Endpoint: "x:1", MaxRequestSize: -1}, nil, "--otlp.profiles.max-request-size"},
+		{Config{Endpoint: "x:1", MaxRequestSize: 1 << 10}, nil, "--otlp.max-request-size"},
+		{Config{Endpoint: "x:1", MaxRequestSize: -1}, nil, "--otlp.max-request-size"},
 	} {
 		f := c.flags
 		f.Profiles, f.Metrics = true, true

@@ -329,13 +329,18 @@ func attributes(in *instrument, labels []*dto.LabelPair) attribute.Set {
 
 // metricsExporter collects the SDK's manual reader every interval into a
 // fresh ResourceMetrics (so a queued batch is never overwritten) and
-// queues it for the OTLP metric exporter.
+// queues it for the OTLP metric exporter, in parts when it would be over
+// the request size limit.
 type metricsExporter struct {
 	interval time.Duration
 	provider *sdkmetric.MeterProvider
 	reader   *sdkmetric.ManualReader
 	source   *metricsSource
 	q        *queue.Queue[*metricdata.ResourceMetrics]
+	// maxRequest bounds a request's estimated size; a larger collection is
+	// sent as several requests (splitMetrics).
+	maxRequest int
+	queueSize  int
 }
 
 // newMeterProvider sets up the SDK with cumulative temporality (the manual
@@ -347,7 +352,14 @@ func newMeterProvider(hostName, version string) (*sdkmetric.MeterProvider, *sdkm
 		attrs = append(attrs, semconv.HostName(hostName))
 	}
 	res := resource.NewWithAttributes(semconv.SchemaURL, attrs...)
-	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res)), reader
+	// No cardinality limit in the SDK: its default (2,000 points per
+	// instrument and collection) would fold series of a node at the default
+	// --cgroup.max-exported into one overflow point (two directions of
+	// container.network.io for 1,001 cgroups are 2,002), without a word.
+	// The registry the instruments read is bounded already: that flag caps
+	// its cgroups.
+	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res),
+		sdkmetric.WithCardinalityLimit(0)), reader
 }
 
 func (e *metricsExporter) run(ctx context.Context) {
@@ -362,9 +374,14 @@ func (e *metricsExporter) collect(ctx context.Context) {
 		return
 	}
 	e.source.addHistograms(rm)
-	if len(rm.ScopeMetrics) > 0 {
-		e.q.Push(rm)
+	if len(rm.ScopeMetrics) == 0 {
+		return
 	}
+	parts := splitMetrics(rm, e.maxRequest)
+	for _, part := range parts {
+		e.q.Push(part)
+	}
+	warnQueueTooSmall(SignalMetrics, len(parts), e.queueSize)
 }
 
 // sdkSender exports through an SDK exporter whose own retries are off: the

@@ -13,14 +13,14 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/cgscope/cgscope/exporter/queue"
-	"github.com/cgscope/cgscope/internal/every"
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
-// maxPendingWindows bounds the windows held between two reporting ticks:
-// more than 10 s / 1 s plus on-demand captures would be unusual, but a long
-// --otlp.interval over a short --profiling.interval makes more, and then
-// they are sent early.
+// maxPendingWindows is how many windows make the exporter convert before
+// its tick: more than 10 s / 1 s plus on-demand captures would be unusual,
+// but a long --otlp.interval over a short --profiling.interval makes more.
+// Twice as many are held at most, should the exporter fall behind; beyond,
+// the oldest are left out (and said to be).
 const maxPendingWindows = 256
 
 // profilesExporter collects pipeline windows and, every interval, converts
@@ -33,37 +33,64 @@ type profilesExporter struct {
 	maxRequest int // bytes of one request at most; larger intervals are split
 	conv       *Converter
 	q          *queue.Queue[[]byte]
+	queueSize  int
+	full       chan struct{} // maxPendingWindows are waiting: convert now
 
 	convMu  sync.Mutex // one conversion at a time: conv is not safe for concurrent use
 	mu      sync.Mutex
 	pending []*pipeline.Window
+	lost    int // windows left out since the last conversion
 }
 
-// onWindow is the pipeline subscriber: it runs on the drain goroutine, so
-// it only keeps a reference (windows are read-only once delivered), unless
-// maxPendingWindows are waiting: then it converts them at once, rather
-// than hold more or leave any out.
+func newProfilesExporter(interval time.Duration, maxRequest, queueSize int, conv *Converter, q *queue.Queue[[]byte]) *profilesExporter {
+	return &profilesExporter{interval: interval, maxRequest: maxRequest, conv: conv, q: q, queueSize: queueSize,
+		full: make(chan struct{}, 1)}
+}
+
+// onWindow is the pipeline subscriber. It runs on the drain goroutine,
+// which must not wait for a conversion: it keeps a reference (windows are
+// read-only once delivered) and, when maxPendingWindows are waiting, asks
+// the exporter's goroutine to convert them before its tick.
 func (e *profilesExporter) onWindow(w *pipeline.Window) {
 	e.mu.Lock()
+	if len(e.pending) >= 2*maxPendingWindows {
+		e.pending[0] = nil
+		e.pending = e.pending[1:]
+		e.lost++
+	}
 	e.pending = append(e.pending, w)
 	full := len(e.pending) >= maxPendingWindows
 	e.mu.Unlock()
 	if full {
-		e.tick()
+		select {
+		case e.full <- struct{}{}:
+		default: // asked already
+		}
 	}
 }
 
-func (e *profilesExporter) take() []*pipeline.Window {
+func (e *profilesExporter) take() ([]*pipeline.Window, int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	w := e.pending
-	e.pending = nil
-	return w
+	w, lost := e.pending, e.lost
+	e.pending, e.lost = nil, 0
+	return w, lost
 }
 
-// run converts on every tick until ctx ends; the queue sends.
+// run converts on every tick, and when windows pile up, until ctx ends;
+// the queue sends.
 func (e *profilesExporter) run(ctx context.Context) {
-	every.Run(ctx, e.interval, e.tick)
+	t := time.NewTicker(e.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-e.full:
+		}
+		e.tick()
+	}
 }
 
 // tick turns the windows collected since the last tick into batches: one
@@ -71,13 +98,33 @@ func (e *profilesExporter) run(ctx context.Context) {
 func (e *profilesExporter) tick() {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
-	windows := e.take()
+	windows, lost := e.take()
+	if lost > 0 {
+		e.q.Drop()
+		slog.Warn("OTLP profiles: windows arrived faster than they could be converted; oldest left out", "windows", lost)
+	}
 	if len(windows) == 0 {
 		return
 	}
-	if err := e.conv.Requests(windows, e.maxRequest, e.q.Push); err != nil {
+	parts := 0
+	err := e.conv.Requests(windows, e.maxRequest, func(body []byte) {
+		parts++
+		e.q.Push(body)
+	})
+	if err != nil {
 		e.q.Drop()
 		slog.Error("OTLP profiles: part of an interval cannot be sent", "err", err)
+	}
+	warnQueueTooSmall(SignalProfiles, parts, e.queueSize)
+}
+
+// warnQueueTooSmall says when one interval made more requests than the
+// queue holds: then, whenever the backend is slower than the interval,
+// the interval's own first requests make room for its last ones.
+func warnQueueTooSmall(signal string, parts, queueSize int) {
+	if parts > queueSize {
+		slog.Warn("OTLP: an interval made more requests than --otlp.queue-size holds; raise it or --otlp.max-request-size",
+			"signal", signal, "requests", parts, "queue_size", queueSize)
 	}
 }
 

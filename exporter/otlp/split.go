@@ -8,8 +8,8 @@ import (
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
-// DefaultMaxRequestSize is the largest profiles request sent unless
-// configured otherwise: gRPC servers refuse larger messages by default
+// DefaultMaxRequestSize is the largest request (profiles or metrics) sent
+// unless configured otherwise: gRPC servers refuse larger messages by default
 // (the OpenTelemetry Collector's OTLP receiver among them, whose
 // max_recv_msg_size_mib is 4), and they refuse them on every retry.
 const DefaultMaxRequestSize = 4 << 20
@@ -44,15 +44,11 @@ func (c *Converter) Requests(windows []*pipeline.Window, limit int, push func([]
 	c.Release(body)
 	var s splitter
 	s.encode(c, windows, limit, push)
-	s.seen.reset()
-	for _, w := range windows {
-		for i := range w.Samples {
-			s.seen.put(uint64(w.Samples[i].PID), 0)
-		}
-	}
+	s.notePIDs(windows)
 	c.pruneExes(s.hasPID)
+	c.lastSize = s.largestSent
 	if s.left > 0 {
-		return fmt.Errorf("%d samples left out: each alone makes a request larger than the limit of %d bytes (the largest was %d bytes)", s.left, limit, s.largest)
+		return fmt.Errorf("%d (thread, stack) sample rows left out: each alone makes a request larger than the limit of %d bytes (the largest %d bytes)", s.left, limit, s.largest)
 	}
 	return nil
 }
@@ -60,8 +56,21 @@ func (c *Converter) Requests(windows []*pipeline.Window, limit int, push func([]
 // splitter encodes the halves of an oversized request, and counts what it
 // could not send.
 type splitter struct {
-	left, largest int
+	left, largest int        // samples too large alone, and the largest of their requests
+	largestSent   int        // bytes of the largest request pushed, the likely size of the next
 	seen          indexTable // every pid of the windows, for pruneExes
+}
+
+// notePIDs records the processes of windows, each once.
+func (s *splitter) notePIDs(windows []*pipeline.Window) {
+	s.seen.reset()
+	for _, w := range windows {
+		for i := range w.Samples {
+			if pid := w.Samples[i].PID; !s.hasPID(pid) {
+				s.seen.put(uint64(pid), 0)
+			}
+		}
+	}
 }
 
 func (s *splitter) hasPID(pid uint32) bool {
@@ -83,6 +92,7 @@ func (s *splitter) encode(c *Converter, windows []*pipeline.Window, limit int, p
 		switch {
 		case body == nil:
 		case len(body) <= limit:
+			s.largestSent = max(s.largestSent, len(body))
 			push(body)
 		default:
 			c.Release(body)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/collector/pdata/pprofile"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cgscope/cgscope/exporter/queue"
 	"github.com/cgscope/cgscope/internal/pipeline"
@@ -117,7 +119,7 @@ func TestRequestsSampleOverLimit(t *testing.T) {
 	}
 	w.Samples = append(w.Samples, pipeline.Sample{PID: 99, TID: 99, Comm: "huge", Frames: huge, Count: 1})
 	got, err := requests(t, NewConverter("test"), []*pipeline.Window{w}, 32<<10)
-	if err == nil || !strings.Contains(err.Error(), "1 samples left out") {
+	if err == nil || !strings.Contains(err.Error(), "1 (thread, stack) sample rows left out") {
 		t.Errorf("error %v, want 1 sample left out", err)
 	}
 	want := wantSamples([]*pipeline.Window{{Samples: w.Samples[:len(w.Samples)-1]}})
@@ -254,13 +256,17 @@ func TestPendingWindowsSentEarly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.Start(ctx)
 	var windows []*pipeline.Window
-	for i := range 2*maxPendingWindows + 10 {
-		w := synthWindow(3, 2, 3, uint64(i))
-		windows = append(windows, w)
-		f.send(w)
-	}
 	received := func() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.profiles) }
-	waitFor(t, func() bool { return received() >= 2 }) // long before the hour
+	for round, n := range []int{maxPendingWindows, maxPendingWindows, 10} {
+		for i := range n {
+			w := synthWindow(3, 2, 3, uint64(100*round+i))
+			windows = append(windows, w)
+			f.send(w)
+		}
+		if n == maxPendingWindows {
+			waitFor(t, func() bool { return received() == round+1 }) // long before the hour
+		}
+	}
 	cancel()
 	e.Stop(5 * time.Second) // sends the last 10
 	r.mu.Lock()
@@ -270,5 +276,70 @@ func TestPendingWindowsSentEarly(t *testing.T) {
 	}
 	if sum, want := sumSamples(t, r.profiles), wantSamples(windows); !maps.Equal(sum, want) {
 		t.Errorf("received %d (thread, stack) samples, sent %d, or counts differ", len(sum), len(want))
+	}
+}
+
+// When the exporter falls behind, the windows held stay bounded: beyond
+// twice maxPendingWindows the oldest are left out, and that is counted as a
+// dropped batch; the newest are sent.
+func TestPendingWindowsBounded(t *testing.T) {
+	r := startReceiver(t, nil)
+	f := &feed{}
+	cfg := testConfig(r.addr)
+	cfg.Metrics, cfg.Interval = false, time.Hour
+	reg := prometheus.NewRegistry()
+	e, err := New(cfg, Sources{Subscribe: f.subscribe}, queue.NewMetrics(reg), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not started: nothing converts until Stop.
+	var windows []*pipeline.Window
+	for i := range 2*maxPendingWindows + 5 {
+		w := synthWindow(3, 2, 3, uint64(i))
+		windows = append(windows, w)
+		f.send(w)
+	}
+	if n := len(e.profiles.pending); n != 2*maxPendingWindows {
+		t.Errorf("%d windows held, want %d", n, 2*maxPendingWindows)
+	}
+	e.Stop(5 * time.Second)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if dropped := counterValue(t, reg, "cgscope_exporter_dropped_total", SignalProfiles); dropped != 1 {
+		t.Errorf("%v dropped, want 1 for the windows left out", dropped)
+	}
+	if sum, want := sumSamples(t, r.profiles), wantSamples(windows[5:]); !maps.Equal(sum, want) {
+		t.Errorf("received %d (thread, stack) samples, want the %d of the newest windows", len(sum), len(want))
+	}
+}
+
+// A split interval notes each process once, however many samples it has
+// (noting every sample made a one-process interval quadratic).
+func TestSplitterNotesEachProcessOnce(t *testing.T) {
+	var s splitter
+	s.notePIDs([]*pipeline.Window{synthWindow(1, 2000, 4, 1), synthWindow(7, 500, 4, 2)})
+	if s.seen.n != 7 { // pid 1000 in both, 1001..1006
+		t.Errorf("%d entries for 7 processes", s.seen.n)
+	}
+}
+
+// A server's refusal of a message's size is permanent, whichever gRPC
+// wrote it; other RESOURCE_EXHAUSTEDs (overload) are retried, as are the
+// codes the OTLP specification calls retryable.
+func TestClassifyGRPCSizeRefusal(t *testing.T) {
+	for _, c := range []struct {
+		err       error
+		permanent bool
+	}{
+		{status.Error(codes.ResourceExhausted, "grpc: received message after decompression larger than max 4194304"), true},
+		{status.Error(codes.ResourceExhausted, "grpc: received message larger than max (5000000 vs. 4194304)"), true},
+		{status.Error(codes.ResourceExhausted, "gRPC message exceeds maximum size 4194304: 5000000"), true},
+		{status.Error(codes.ResourceExhausted, "memory limiter: data refused due to high memory usage"), false},
+		{status.Error(codes.Unavailable, "connection refused"), false},
+		{status.Error(codes.InvalidArgument, "bad profile"), true},
+	} {
+		if got := queue.IsPermanent(classifyGRPC(c.err)); got != c.permanent {
+			t.Errorf("%v: permanent %v, want %v", c.err, got, c.permanent)
+		}
 	}
 }

@@ -71,9 +71,10 @@ func classifyGRPC(err error) error {
 	}
 	switch st.Code() {
 	case codes.ResourceExhausted:
-		if strings.Contains(st.Message(), "larger than max") {
-			// grpc-go's refusal of a message over the server's (or this
-			// client's) size limit: the same request is refused again.
+		if msg := st.Message(); strings.Contains(msg, "larger than max") || strings.Contains(msg, "exceeds maximum size") {
+			// A refusal of a message over the server's (or this client's)
+			// size limit, in grpc-go's and C-core's words or grpc-java's:
+			// the same request is refused again.
 			return queue.Permanent(err)
 		}
 		return err // the backend is overloaded, which passes
