@@ -138,7 +138,8 @@ func (e *Exporter) newMetrics(g prometheus.Gatherer, t *Transport, host, version
 	}
 	e.sdkExp = exp
 	e.metrics = &metricsExporter{interval: e.cfg.Interval, provider: provider, reader: reader, source: source,
-		q: queue.New(qo, sdkSender(exp, classify)), maxRequest: e.cfg.MaxRequestSize, queueSize: e.cfg.QueueSize}
+		q: queue.New(qo, sdkSender(exp, classify)), maxRequest: e.cfg.MaxRequestSize,
+		fit: queueFit{signal: SignalMetrics, queueSize: e.cfg.QueueSize}}
 	return nil
 }
 

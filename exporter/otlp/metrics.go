@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -340,7 +341,7 @@ type metricsExporter struct {
 	// maxRequest bounds a request's estimated size; a larger collection is
 	// sent as several requests (splitMetrics).
 	maxRequest int
-	queueSize  int
+	fit        queueFit
 }
 
 // newMeterProvider sets up the SDK with cumulative temporality (the manual
@@ -358,8 +359,10 @@ func newMeterProvider(hostName, version string) (*sdkmetric.MeterProvider, *sdkm
 	// container.network.io for 1,001 cgroups are 2,002), without a word.
 	// The registry the instruments read is bounded already: that flag caps
 	// its cgroups.
+	// No exemplars either, whatever OTEL_METRICS_EXEMPLAR_FILTER says:
+	// observed values have no trace to point to.
 	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithResource(res),
-		sdkmetric.WithCardinalityLimit(0)), reader
+		sdkmetric.WithCardinalityLimit(0), sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter)), reader
 }
 
 func (e *metricsExporter) run(ctx context.Context) {
@@ -381,7 +384,7 @@ func (e *metricsExporter) collect(ctx context.Context) {
 	for _, part := range parts {
 		e.q.Push(part)
 	}
-	warnQueueTooSmall(SignalMetrics, len(parts), e.queueSize)
+	e.fit.check(len(parts))
 }
 
 // sdkSender exports through an SDK exporter whose own retries are off: the

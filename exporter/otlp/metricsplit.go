@@ -14,8 +14,8 @@ import (
 // exporter encodes them, so the size is an estimate from the data points
 // themselves, made to be above the encoded size (see pointSize).
 
-// metricsHeadroom is what a request holds beyond its data points: the
-// resource, the scope, and each metric's name, description and unit.
+// metricsHeadroom is what a request holds beyond its metrics: the
+// resource and the scopes.
 const metricsHeadroom = 64 << 10
 
 // splitMetrics returns rm whole when its estimated size is under limit,
@@ -40,17 +40,26 @@ func splitMetrics(rm *metricdata.ResourceMetrics, limit int) []*metricdata.Resou
 	return p.parts
 }
 
-// metricsSize is rm's estimated size (data points only).
+// metricsSize is rm's estimated size, but for metricsHeadroom.
 func metricsSize(rm *metricdata.ResourceMetrics) int {
 	n := 0
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
+			n += metricHeaderSize(m)
 			for _, s := range pointSizes(m.Data) {
 				n += s
 			}
 		}
 	}
 	return n
+}
+
+// metricHeaderSize bounds what a metric takes besides its points, in each
+// request it is in: name, description, unit, and the tags and lengths of
+// the Metric and its Sum, Gauge or Histogram (with temporality and
+// monotonicity).
+func metricHeaderSize(m metricdata.Metrics) int {
+	return len(m.Name) + len(m.Description) + len(m.Unit) + 32
 }
 
 // metricsPacker fills parts in order, starting a part when the next data
@@ -67,31 +76,34 @@ func (p *metricsPacker) newPart() {
 	p.used = 0
 }
 
-// addMetric adds m's points, as runs that each fit a part. A point larger
-// than a whole part gets a part of its own.
+// addMetric adds m's points, as runs that each fit a part with the
+// metric's header (which each part the metric is in repeats). A point
+// larger than a whole part gets a part of its own.
 func (p *metricsPacker) addMetric(sm metricdata.ScopeMetrics, m metricdata.Metrics) {
 	sizes := pointSizes(m.Data)
 	if sizes == nil { // a kind cgscope does not make: sent whole
 		p.place(sm, m, 0)
 		return
 	}
-	start, run := 0, 0
+	header := metricHeaderSize(m)
+	start, run := 0, header
 	for i, s := range sizes {
-		if p.used+run+s > p.budget && p.used+run > 0 {
+		if p.used+run+s > p.budget && p.used+run > header {
 			if i > start {
-				p.place(sm, withPoints(m, start, i), run)
+				p.place(sm, withPoints(m, start, i), run-header)
 			}
 			p.newPart()
-			start, run = i, 0
+			start, run = i, header
 		}
 		run += s
 	}
 	if len(sizes) > start {
-		p.place(sm, withPoints(m, start, len(sizes)), run)
+		p.place(sm, withPoints(m, start, len(sizes)), run-header)
 	}
 }
 
-// place appends m (of scope sm), of size bytes, to the last part.
+// place appends m (of scope sm), whose points are size bytes, to the last
+// part.
 func (p *metricsPacker) place(sm metricdata.ScopeMetrics, m metricdata.Metrics, size int) {
 	part := p.parts[len(p.parts)-1]
 	if n := len(part.ScopeMetrics); n == 0 || part.ScopeMetrics[n-1].Scope != sm.Scope {
@@ -99,7 +111,7 @@ func (p *metricsPacker) place(sm metricdata.ScopeMetrics, m metricdata.Metrics, 
 	}
 	last := &part.ScopeMetrics[len(part.ScopeMetrics)-1]
 	last.Metrics = append(last.Metrics, m)
-	p.used += size
+	p.used += size + metricHeaderSize(m)
 }
 
 // withPoints is m with its data points [from, to) only.
@@ -148,13 +160,14 @@ func pointSizes(data metricdata.Aggregation) []int {
 }
 
 // pointSize bounds the protobuf of a data point from above: per attribute
-// its key and value and at most 12 bytes of tags and lengths (KeyValue,
-// AnyValue and their strings' lengths, each under 2 MiB); 64 bytes for
-// the point's own tag and length, two timestamps, value, flags, and the
-// exemplars cgscope never records.
+// its key and value and at most 16 bytes of tags and lengths (KeyValue,
+// its key, AnyValue and its string: four tags and four lengths, each
+// length a varint of at most 3 bytes for values under 2 MiB); 64 bytes for
+// the point's own tag and length, two timestamps, value and flags.
+// Exemplars, which would add more, are off (newMeterProvider).
 const (
 	pointOverhead     = 64
-	attributeOverhead = 12
+	attributeOverhead = 16
 )
 
 func attributesSize(s attribute.Set) int {

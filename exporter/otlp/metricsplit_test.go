@@ -50,12 +50,12 @@ func TestMetricsSplitToReceiver(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		limit int
-	}{{"whole", maxRequestBytes}, {"default limit", 0}, {"256KiB", 256 << 10}} {
+	}{{"whole", maxRequestBytes}, {"default limit", 0}, {"256KiB", 256 << 10}, {"64KiB", 64 << 10}} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := startReceiver(t, nil)
 			cfg := testConfig(r.addr)
 			cfg.Profiles, cfg.Interval, cfg.MaxRequestSize = false, time.Hour, tc.limit
-			cfg.QueueSize = 100
+			cfg.QueueSize = 1000
 			mreg := prometheus.NewRegistry()
 			e, err := New(cfg, Sources{Gatherer: reg}, queue.NewMetrics(mreg), "test")
 			if err != nil {
@@ -79,17 +79,25 @@ func TestMetricsSplitToReceiver(t *testing.T) {
 			if limit == 0 {
 				limit = DefaultMaxRequestSize
 			}
-			got, largest := 0, 0
+			seen, largest := map[string]int{}, 0
 			var m pmetric.ProtoMarshaler
 			for _, md := range r.metrics {
-				got += md.DataPointCount()
+				for _, k := range pointKeys(md) {
+					seen[k]++
+				}
 				largest = max(largest, m.MetricsSize(md))
+			}
+			got := len(seen)
+			for k, n := range seen {
+				if n != 1 {
+					t.Errorf("%s received %d times", k, n)
+				}
 			}
 			if dropped != 0 || int(sent) != len(r.metrics) || len(r.metrics) < 2 {
 				t.Errorf("%v sent, %v dropped, %d received", sent, dropped, len(r.metrics))
 			}
 			if got != points {
-				t.Errorf("%d data points received, want %d", got, points)
+				t.Errorf("%d distinct data points received, want %d", got, points)
 			}
 			if largest > limit {
 				t.Errorf("a request of %d bytes, over the limit of %d", largest, limit)
@@ -97,4 +105,38 @@ func TestMetricsSplitToReceiver(t *testing.T) {
 			t.Logf("%d requests, the largest %d bytes (limit %d)", len(r.metrics), largest, limit)
 		})
 	}
+}
+
+// pointKeys names each data point of md by its metric and attributes.
+func pointKeys(md pmetric.Metrics) []string {
+	var keys []string
+	add := func(name string, attrs map[string]any) {
+		keys = append(keys, fmt.Sprint(name, attrs)) // fmt sorts map keys
+	}
+	for i := range md.ResourceMetrics().Len() {
+		sms := md.ResourceMetrics().At(i).ScopeMetrics()
+		for j := range sms.Len() {
+			ms := sms.At(j).Metrics()
+			for k := range ms.Len() {
+				m := ms.At(k)
+				switch m.Type() {
+				case pmetric.MetricTypeSum:
+					for p := range m.Sum().DataPoints().Len() {
+						add(m.Name(), m.Sum().DataPoints().At(p).Attributes().AsRaw())
+					}
+				case pmetric.MetricTypeGauge:
+					for p := range m.Gauge().DataPoints().Len() {
+						add(m.Name(), m.Gauge().DataPoints().At(p).Attributes().AsRaw())
+					}
+				case pmetric.MetricTypeHistogram:
+					for p := range m.Histogram().DataPoints().Len() {
+						add(m.Name(), m.Histogram().DataPoints().At(p).Attributes().AsRaw())
+					}
+				default:
+					keys = append(keys, "unexpected "+m.Type().String()+" "+m.Name())
+				}
+			}
+		}
+	}
+	return keys
 }

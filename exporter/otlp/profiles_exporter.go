@@ -19,8 +19,9 @@ import (
 // maxPendingWindows is how many windows make the exporter convert before
 // its tick: more than 10 s / 1 s plus on-demand captures would be unusual,
 // but a long --otlp.interval over a short --profiling.interval makes more.
-// Twice as many are held at most, should the exporter fall behind; beyond,
-// the oldest are left out (and said to be).
+// Twice as many wait at most, should the exporter fall behind (besides
+// those it is converting); beyond, the oldest are left out, logged and
+// counted as one dropped batch per conversion.
 const maxPendingWindows = 256
 
 // profilesExporter collects pipeline windows and, every interval, converts
@@ -33,7 +34,7 @@ type profilesExporter struct {
 	maxRequest int // bytes of one request at most; larger intervals are split
 	conv       *Converter
 	q          *queue.Queue[[]byte]
-	queueSize  int
+	fit        queueFit
 	full       chan struct{} // maxPendingWindows are waiting: convert now
 
 	convMu  sync.Mutex // one conversion at a time: conv is not safe for concurrent use
@@ -43,8 +44,8 @@ type profilesExporter struct {
 }
 
 func newProfilesExporter(interval time.Duration, maxRequest, queueSize int, conv *Converter, q *queue.Queue[[]byte]) *profilesExporter {
-	return &profilesExporter{interval: interval, maxRequest: maxRequest, conv: conv, q: q, queueSize: queueSize,
-		full: make(chan struct{}, 1)}
+	return &profilesExporter{interval: interval, maxRequest: maxRequest, conv: conv, q: q,
+		fit: queueFit{signal: SignalProfiles, queueSize: queueSize}, full: make(chan struct{}, 1)}
 }
 
 // onWindow is the pipeline subscriber. It runs on the drain goroutine,
@@ -115,17 +116,28 @@ func (e *profilesExporter) tick() {
 		e.q.Drop()
 		slog.Error("OTLP profiles: part of an interval cannot be sent", "err", err)
 	}
-	warnQueueTooSmall(SignalProfiles, parts, e.queueSize)
+	e.fit.check(parts)
 }
 
-// warnQueueTooSmall says when one interval made more requests than the
-// queue holds: then, whenever the backend is slower than the interval,
-// the interval's own first requests make room for its last ones.
-func warnQueueTooSmall(signal string, parts, queueSize int) {
-	if parts > queueSize {
+// queueFit says when intervals start to make more requests than the queue
+// holds (then, whenever the backend is slower than the interval, an
+// interval's first requests make room for its last ones), and when they
+// fit again: once per change, not every interval.
+type queueFit struct {
+	signal    string
+	queueSize int
+	over      bool
+}
+
+func (q *queueFit) check(requests int) {
+	switch over := requests > q.queueSize; {
+	case over && !q.over:
 		slog.Warn("OTLP: an interval made more requests than --otlp.queue-size holds; raise it or --otlp.max-request-size",
-			"signal", signal, "requests", parts, "queue_size", queueSize)
+			"signal", q.signal, "requests", requests, "queue_size", q.queueSize)
+	case !over && q.over:
+		slog.Info("OTLP: intervals fit in the queue again", "signal", q.signal, "requests", requests, "queue_size", q.queueSize)
 	}
+	q.over = requests > q.queueSize
 }
 
 // profilesExportMethod is the OTLP profiles service's one RPC.

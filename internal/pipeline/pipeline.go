@@ -60,6 +60,9 @@ type Pipeline struct {
 	subsMu  sync.Mutex
 	nextSub int
 	subs    map[int]func(*Window)
+	// delivering is held (read) while windows are handed to subscribers,
+	// so that a cancel can wait until its subscriber has its last window.
+	delivering sync.RWMutex
 
 	lastUniqueStacks atomic.Int64
 	windows          atomic.Uint64
@@ -133,14 +136,20 @@ func (p *Pipeline) Flush() (*Window, error) {
 	w := p.symbolize(batch)
 	p.windows.Add(1)
 	p.lastUniqueStacks.Store(int64(len(w.Samples)))
+	p.delivering.RLock()
 	for _, fn := range p.subscribers() {
 		fn(w)
 	}
+	p.delivering.RUnlock()
 	return w, nil
 }
 
 // Subscribe calls fn with every window flushed from now on, in order, until
-// cancel is called. fn runs on the flushing goroutine: keep it short.
+// cancel is called. fn runs on the flushing goroutine: keep it short. Once
+// cancel returns, fn is not running and will not be called again: a
+// window being delivered when cancel is called reaches fn first (so an
+// exporter stopping sends it rather than lose it). fn must not call
+// cancel.
 func (p *Pipeline) Subscribe(fn func(*Window)) (cancel func()) {
 	p.subsMu.Lock()
 	defer p.subsMu.Unlock()
@@ -149,8 +158,10 @@ func (p *Pipeline) Subscribe(fn func(*Window)) (cancel func()) {
 	p.subs[id] = fn
 	return func() {
 		p.subsMu.Lock()
-		defer p.subsMu.Unlock()
 		delete(p.subs, id)
+		p.subsMu.Unlock()
+		p.delivering.Lock() // waits out a delivery in progress
+		p.delivering.Unlock()
 	}
 }
 
