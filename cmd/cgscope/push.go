@@ -75,7 +75,7 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 	cmd.Flag("otlp.tls.insecure-skip-verify", "Do not verify the OTLP backend's certificate.").BoolVar(&f.otlpSkipTLS)
 	cmd.Flag("otlp.signals", "Signals to send over OTLP: profiles, metrics, or both comma-separated (a signal without an endpoint is not sent).").Default("profiles,metrics").StringVar(&f.otlpSignals)
 	cmd.Flag("otlp.interval", "How often OTLP profiles and metrics are sent.").Default("10s").DurationVar(&o.Interval)
-	cmd.Flag("otlp.queue-size", "Requests each OTLP signal keeps while the backend is unreachable (an interval over --otlp.max-request-size is several); the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
+	cmd.Flag("otlp.queue-size", "Intervals each OTLP signal keeps while the backend is unreachable (an interval split into several requests is one); the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
 	cmd.Flag("otlp.max-request-size", "Largest OTLP request, before compression (64KiB..2GiB); an interval beyond is sent as several requests (profiles split between processes, metrics between data points). gRPC servers, the OpenTelemetry Collector's included, refuse messages over 4MiB unless configured otherwise.").
 		Default("4MiB").BytesVar(&f.otlpMaxReq)
 	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)

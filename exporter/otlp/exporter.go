@@ -85,7 +85,7 @@ func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, 
 		if err != nil {
 			return nil, err
 		}
-		e.profiles = newProfilesExporter(cfg.Interval, cfg.MaxRequestSize, cfg.QueueSize, conv, queue.New(e.queueOptions(t, m), send))
+		e.profiles = newProfilesExporter(cfg.Interval, cfg.MaxRequestSize, conv, queue.New(e.queueOptions(t, m), queue.SendParts(send)))
 	}
 	if t := cfg.MetricsTransport; t != nil {
 		if err := e.newMetrics(src.Gatherer, t, conv.HostName, version, e.queueOptions(t, m)); err != nil {
@@ -138,8 +138,7 @@ func (e *Exporter) newMetrics(g prometheus.Gatherer, t *Transport, host, version
 	}
 	e.sdkExp = exp
 	e.metrics = &metricsExporter{interval: e.cfg.Interval, provider: provider, reader: reader, source: source,
-		q: queue.New(qo, sdkSender(exp, classify)), maxRequest: e.cfg.MaxRequestSize,
-		fit: queueFit{signal: SignalMetrics, queueSize: e.cfg.QueueSize}}
+		q: queue.New(qo, sdkSender(exp, classify)), maxRequest: e.cfg.MaxRequestSize}
 	return nil
 }
 

@@ -337,11 +337,10 @@ type metricsExporter struct {
 	provider *sdkmetric.MeterProvider
 	reader   *sdkmetric.ManualReader
 	source   *metricsSource
-	q        *queue.Queue[*metricdata.ResourceMetrics]
+	q        *queue.Queue[*queue.Parts[*metricdata.ResourceMetrics]] // a collection's requests are one batch
 	// maxRequest bounds a request's estimated size; a larger collection is
 	// sent as several requests (splitMetrics).
 	maxRequest int
-	fit        queueFit
 }
 
 // newMeterProvider sets up the SDK with cumulative temporality (the manual
@@ -380,17 +379,13 @@ func (e *metricsExporter) collect(ctx context.Context) {
 	if len(rm.ScopeMetrics) == 0 {
 		return
 	}
-	parts := splitMetrics(rm, e.maxRequest)
-	for _, part := range parts {
-		e.q.Push(part)
-	}
-	e.fit.check(len(parts))
+	e.q.Push(queue.NewParts(splitMetrics(rm, e.maxRequest)))
 }
 
 // sdkSender exports through an SDK exporter whose own retries are off: the
 // queue retries, so that drops are counted in one place.
-func sdkSender(exp sdkmetric.Exporter, classify func(error) error) queue.SendFunc[*metricdata.ResourceMetrics] {
-	return func(ctx context.Context, rm *metricdata.ResourceMetrics) error {
+func sdkSender(exp sdkmetric.Exporter, classify func(error) error) queue.SendFunc[*queue.Parts[*metricdata.ResourceMetrics]] {
+	return queue.SendParts(func(ctx context.Context, rm *metricdata.ResourceMetrics) error {
 		return classify(exp.Export(ctx, rm))
-	}
+	})
 }

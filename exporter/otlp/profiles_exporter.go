@@ -33,9 +33,8 @@ type profilesExporter struct {
 	interval   time.Duration
 	maxRequest int // bytes of one request at most; larger intervals are split
 	conv       *Converter
-	q          *queue.Queue[[]byte]
-	fit        queueFit
-	full       chan struct{} // maxPendingWindows are waiting: convert now
+	q          *queue.Queue[*queue.Parts[[]byte]] // an interval's requests are one batch
+	full       chan struct{}                      // maxPendingWindows are waiting: convert now
 
 	convMu  sync.Mutex // one conversion at a time: conv is not safe for concurrent use
 	mu      sync.Mutex
@@ -43,9 +42,8 @@ type profilesExporter struct {
 	lost    int // windows left out since the last conversion
 }
 
-func newProfilesExporter(interval time.Duration, maxRequest, queueSize int, conv *Converter, q *queue.Queue[[]byte]) *profilesExporter {
-	return &profilesExporter{interval: interval, maxRequest: maxRequest, conv: conv, q: q,
-		fit: queueFit{signal: SignalProfiles, queueSize: queueSize}, full: make(chan struct{}, 1)}
+func newProfilesExporter(interval time.Duration, maxRequest int, conv *Converter, q *queue.Queue[*queue.Parts[[]byte]]) *profilesExporter {
+	return &profilesExporter{interval: interval, maxRequest: maxRequest, conv: conv, q: q, full: make(chan struct{}, 1)}
 }
 
 // onWindow is the pipeline subscriber. It runs on the drain goroutine,
@@ -94,8 +92,8 @@ func (e *profilesExporter) run(ctx context.Context) {
 	}
 }
 
-// tick turns the windows collected since the last tick into batches: one
-// request, or several when one would be larger than maxRequest.
+// tick turns the windows collected since the last tick into one batch:
+// one request, or several when one would be larger than maxRequest.
 func (e *profilesExporter) tick() {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
@@ -107,37 +105,15 @@ func (e *profilesExporter) tick() {
 	if len(windows) == 0 {
 		return
 	}
-	parts := 0
-	err := e.conv.Requests(windows, e.maxRequest, func(body []byte) {
-		parts++
-		e.q.Push(body)
-	})
+	var bodies [][]byte
+	err := e.conv.Requests(windows, e.maxRequest, func(body []byte) { bodies = append(bodies, body) })
 	if err != nil {
 		e.q.Drop()
 		slog.Error("OTLP profiles: part of an interval cannot be sent", "err", err)
 	}
-	e.fit.check(parts)
-}
-
-// queueFit says when intervals start to make more requests than the queue
-// holds (then, whenever the backend is slower than the interval, an
-// interval's first requests make room for its last ones), and when they
-// fit again: once per change, not every interval.
-type queueFit struct {
-	signal    string
-	queueSize int
-	over      bool
-}
-
-func (q *queueFit) check(requests int) {
-	switch over := requests > q.queueSize; {
-	case over && !q.over:
-		slog.Warn("OTLP: an interval made more requests than --otlp.queue-size holds; raise it or --otlp.max-request-size",
-			"signal", q.signal, "requests", requests, "queue_size", q.queueSize)
-	case !over && q.over:
-		slog.Info("OTLP: intervals fit in the queue again", "signal", q.signal, "requests", requests, "queue_size", q.queueSize)
+	if len(bodies) > 0 {
+		e.q.Push(queue.NewParts(bodies))
 	}
-	q.over = requests > q.queueSize
 }
 
 // profilesExportMethod is the OTLP profiles service's one RPC.

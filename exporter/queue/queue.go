@@ -10,7 +10,8 @@
 // backend rejects it permanently or when its retries exceed MaxElapsed, so
 // that every batch pushed ends up exactly once in sent or dropped (or is
 // still queued). Backend trouble is logged once per state change, not once
-// per attempt.
+// per attempt. A batch too large for one request is a Parts: sent as
+// several, counted as one.
 package queue
 
 import (
@@ -291,4 +292,32 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
+}
+
+// Parts is one batch sent as several requests, in order: an interval too
+// large for one request. The queue keeps and counts it as one batch (so a
+// large interval does not push its own first requests out of the queue,
+// and the queue size still counts intervals), and a retry resumes after
+// the requests already sent, so none is sent twice.
+type Parts[T any] struct {
+	items []T
+	sent  int // touched by the queue's sender only
+}
+
+// NewParts makes one batch of items.
+func NewParts[T any](items []T) *Parts[T] { return &Parts[T]{items: items} }
+
+// SendParts sends a Parts batch with send, one item after another.
+func SendParts[T any](send SendFunc[T]) SendFunc[*Parts[T]] {
+	return func(ctx context.Context, p *Parts[T]) error {
+		for p.sent < len(p.items) {
+			if err := send(ctx, p.items[p.sent]); err != nil {
+				return err
+			}
+			var zero T
+			p.items[p.sent] = zero // sent: its memory can go
+			p.sent++
+		}
+		return nil
+	}
 }

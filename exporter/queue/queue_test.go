@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -95,6 +96,63 @@ func TestDropCountsUnmadeBatch(t *testing.T) {
 	enqueued, dropped := value(m.enqueued.WithLabelValues("test", "s")), value(m.dropped.WithLabelValues("test", "s"))
 	if enqueued != 2 || dropped != 1 || q.Len() != 1 {
 		t.Errorf("enqueued %v, dropped %v, waiting %d; want 2, 1, 1", enqueued, dropped, q.Len())
+	}
+}
+
+// A batch of parts is sent part by part; a retry resumes after the parts
+// the backend has, so none is sent twice; it counts as one batch.
+func TestPartsResumeAfterFailure(t *testing.T) {
+	m := NewMetrics(nil)
+	var mu sync.Mutex
+	var got []int
+	fails := 2 // the third part fails twice
+	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Backoff: fastBackoff, Metrics: m},
+		SendParts(func(ctx context.Context, part int) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if part == 3 && fails > 0 {
+				fails--
+				return errors.New("unavailable")
+			}
+			got = append(got, part)
+			return nil
+		}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	q.Push(NewParts([]int{1, 2, 3, 4}))
+	waitFor(t, func() bool { return value(m.sent.WithLabelValues("test", "s")) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Errorf("parts sent %v, want each once in order", got)
+	}
+	if e := value(m.errors.WithLabelValues("test", "s")); e != 2 {
+		t.Errorf("%v send errors, want 2", e)
+	}
+}
+
+// A permanent refusal of one part drops the rest of its batch, counted
+// once.
+func TestPartsPermanentRefusal(t *testing.T) {
+	m := NewMetrics(nil)
+	var sent atomic.Int32
+	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Backoff: fastBackoff, Metrics: m},
+		SendParts(func(ctx context.Context, part int) error {
+			if part == 2 {
+				return Permanent(errors.New("too large"))
+			}
+			sent.Add(1)
+			return nil
+		}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	q.Push(NewParts([]int{1, 2, 3}))
+	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 1 })
+	time.Sleep(20 * time.Millisecond)
+	if n := sent.Load(); n != 1 {
+		t.Errorf("%d parts sent, want 1 (the one before the refused part)", n)
 	}
 }
 
