@@ -2,7 +2,8 @@
 // Prometheus remote-write receiver: every interval it gathers the same
 // registry /metrics serves, converts each family (counters, gauges,
 // histograms as _bucket/_sum/_count, summaries) into time series stamped
-// with the gather time, and queues one request.
+// with the gather time, and queues them as one batch of requests of at
+// most 2,000 series each (Prometheus' max_samples_per_send).
 //
 // Remote-Write 1.0 (prompb.WriteRequest from the Prometheus module, with
 // metric metadata) is the default; 2.0 (io.prometheus.write.v2.Request)
@@ -85,7 +86,7 @@ type Exporter struct {
 	gatherer prometheus.Gatherer
 	api      *remote.API
 	msgType  remote.WriteMessageType
-	q        *queue.Queue[any]
+	q        *queue.Queue[*queue.Parts[any]] // a collection's requests are one batch
 	now      func() time.Time
 }
 
@@ -105,7 +106,8 @@ func New(cfg Config, g prometheus.Gatherer, m *queue.Metrics) (*Exporter, error)
 	if cfg.Protocol == Protocol2 {
 		e.msgType = remote.WriteV2MessageType
 	}
-	e.q = queue.New(queue.Options{Exporter: "remote_write", Signal: "metrics", Size: cfg.QueueSize, Timeout: cfg.Timeout, Metrics: m}, e.send)
+	e.q = queue.New(queue.Options{Exporter: "remote_write", Signal: "metrics", Size: cfg.QueueSize, Timeout: cfg.Timeout, Metrics: m},
+		queue.SendParts(e.send))
 	return e, nil
 }
 
@@ -148,7 +150,15 @@ func (e *Exporter) Stop(timeout time.Duration) {
 	e.q.Flush(ctx)
 }
 
-// collect gathers the registry and queues one request.
+// maxSamplesPerRequest is how many series one request carries at most:
+// Prometheus' own max_samples_per_send. A node's /metrics with 1,000
+// cgroups is some 60,000 series, tens of MiB uncompressed in one request,
+// which receivers with a request size limit (VictoriaMetrics, hosted
+// services) refuse.
+const maxSamplesPerRequest = 2000
+
+// collect gathers the registry and queues its series as one batch of
+// requests of at most maxSamplesPerRequest series each.
 func (e *Exporter) collect() {
 	families, err := e.gatherer.Gather()
 	if len(families) == 0 {
@@ -157,14 +167,21 @@ func (e *Exporter) collect() {
 	}
 	ss := flatten(families)
 	ts := e.now().UnixMilli()
-	if e.msgType == remote.WriteV2MessageType {
-		e.q.Push(requestV2(ss, ts))
-	} else {
-		e.q.Push(requestV1(ss, ts))
+	var requests []any
+	for start := 0; start < len(ss); start += maxSamplesPerRequest {
+		chunk := ss[start:min(start+maxSamplesPerRequest, len(ss))]
+		if e.msgType == remote.WriteV2MessageType {
+			requests = append(requests, requestV2(chunk, ts))
+		} else {
+			requests = append(requests, requestV1(chunk, ts))
+		}
+	}
+	if len(requests) > 0 {
+		e.q.Push(queue.NewParts(requests))
 	}
 }
 
-// send writes one request; errors the client calls retryable (network,
+// send writes one request of a batch; errors the client calls retryable (network,
 // 5xx, 429) are retried by the queue, the rest are permanent.
 func (e *Exporter) send(ctx context.Context, msg any) error {
 	_, err := e.api.Write(ctx, e.msgType, msg)

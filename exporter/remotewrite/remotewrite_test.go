@@ -2,6 +2,7 @@ package remotewrite
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -134,6 +135,60 @@ func TestRemoteWrite2(t *testing.T) {
 	}
 	if !found {
 		t.Error("cpu series missing or wrong in the 2.0 request")
+	}
+}
+
+// A collection larger than one request's worth of series arrives whole in
+// several requests of at most maxSamplesPerRequest series, each with the
+// metadata of its families, in both protocols.
+func TestRemoteWriteSplitsLargeCollections(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cgscope_cgroup_cpu_seconds_total", Help: "CPU."}, []string{"cgroup"})
+	reg.MustRegister(c)
+	const cgroups = 2*maxSamplesPerRequest + 10
+	for i := range cgroups {
+		c.WithLabelValues(fmt.Sprintf("/kubepods/pod%d", i)).Add(float64(i))
+	}
+	for _, protocol := range []string{Protocol1, Protocol2} {
+		s := &store{}
+		srv := httptest.NewServer(remote.NewWriteHandler(s, remote.MessageTypes{remote.WriteV1MessageType, remote.WriteV2MessageType}))
+		m := queue.NewMetrics(nil)
+		e, err := New(Config{URL: srv.URL, Protocol: protocol, Interval: time.Hour, QueueSize: 1, Timeout: 5 * time.Second}, reg, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Stop(10 * time.Second) // one collection, sent
+		srv.Close()
+		seen := map[string]int{}
+		requests := 0
+		count := func(n int, labels func(i int) string) {
+			requests++
+			if n > maxSamplesPerRequest {
+				t.Errorf("%s: a request of %d series", protocol, n)
+			}
+			for i := range n {
+				seen[labels(i)]++
+			}
+		}
+		for _, r := range s.v1 {
+			count(len(r.Timeseries), func(i int) string { return fmt.Sprint(r.Timeseries[i].Labels) })
+			if len(r.Metadata) != 1 {
+				t.Errorf("1.0 request with %d metadata entries, want its one family's", len(r.Metadata))
+			}
+		}
+		for _, r := range s.v2 {
+			count(len(r.Timeseries), func(i int) string {
+				return fmt.Sprint(writev2.DesymbolizeLabels(r.Timeseries[i].LabelsRefs, r.Symbols, nil))
+			})
+		}
+		if requests != 3 || len(seen) != cgroups {
+			t.Errorf("%s: %d requests carrying %d distinct series, want 3 carrying %d", protocol, requests, len(seen), cgroups)
+		}
+		for k, n := range seen {
+			if n != 1 {
+				t.Errorf("%s: %s sent %d times", protocol, k, n)
+			}
+		}
 	}
 }
 
