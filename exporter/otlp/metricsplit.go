@@ -46,7 +46,8 @@ func metricsSize(rm *metricdata.ResourceMetrics) int {
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			n += metricHeaderSize(m)
-			for _, s := range pointSizes(m.Data) {
+			sizes, _ := dataPoints(m.Data)
+			for _, s := range sizes {
 				n += s
 			}
 		}
@@ -80,17 +81,22 @@ func (p *metricsPacker) newPart() {
 // metric's header (which each part the metric is in repeats). A point
 // larger than a whole part gets a part of its own.
 func (p *metricsPacker) addMetric(sm metricdata.ScopeMetrics, m metricdata.Metrics) {
-	sizes := pointSizes(m.Data)
+	sizes, keep := dataPoints(m.Data)
 	if sizes == nil { // a kind cgscope does not make: sent whole
 		p.place(sm, m, 0)
 		return
+	}
+	points := func(from, to int) metricdata.Metrics {
+		part := m
+		part.Data = keep(from, to)
+		return part
 	}
 	header := metricHeaderSize(m)
 	start, run := 0, header
 	for i, s := range sizes {
 		if p.used+run+s > p.budget && p.used+run > header {
 			if i > start {
-				p.place(sm, withPoints(m, start, i), run-header)
+				p.place(sm, points(start, i), run-header)
 			}
 			p.newPart()
 			start, run = i, header
@@ -98,7 +104,7 @@ func (p *metricsPacker) addMetric(sm metricdata.ScopeMetrics, m metricdata.Metri
 		run += s
 	}
 	if len(sizes) > start {
-		p.place(sm, withPoints(m, start, len(sizes)), run-header)
+		p.place(sm, points(start, len(sizes)), run-header)
 	}
 }
 
@@ -114,49 +120,25 @@ func (p *metricsPacker) place(sm metricdata.ScopeMetrics, m metricdata.Metrics, 
 	p.used += size + metricHeaderSize(m)
 }
 
-// withPoints is m with its data points [from, to) only.
-func withPoints(m metricdata.Metrics, from, to int) metricdata.Metrics {
-	switch d := m.Data.(type) {
-	case metricdata.Sum[int64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	case metricdata.Sum[float64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	case metricdata.Gauge[int64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	case metricdata.Gauge[float64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	case metricdata.Histogram[float64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	case metricdata.Histogram[int64]:
-		d.DataPoints = d.DataPoints[from:to]
-		m.Data = d
-	}
-	return m
-}
-
-// pointSizes estimates each data point's encoded size; nil for kinds
-// cgscope does not make.
-func pointSizes(data metricdata.Aggregation) []int {
+// dataPoints estimates each data point of data's encoded size, and gives
+// a way to keep only some of them; nil sizes for kinds cgscope does not
+// make.
+func dataPoints(data metricdata.Aggregation) (sizes []int, keep func(from, to int) metricdata.Aggregation) {
 	switch d := data.(type) {
 	case metricdata.Sum[int64]:
-		return numberPointSizes(d.DataPoints)
+		return numberPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	case metricdata.Sum[float64]:
-		return numberPointSizes(d.DataPoints)
+		return numberPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	case metricdata.Gauge[int64]:
-		return numberPointSizes(d.DataPoints)
+		return numberPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	case metricdata.Gauge[float64]:
-		return numberPointSizes(d.DataPoints)
+		return numberPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	case metricdata.Histogram[float64]:
-		return histogramPointSizes(d.DataPoints)
+		return histogramPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	case metricdata.Histogram[int64]:
-		return histogramPointSizes(d.DataPoints)
+		return histogramPointSizes(d.DataPoints), func(f, t int) metricdata.Aggregation { c := d; c.DataPoints = d.DataPoints[f:t]; return c }
 	}
-	return nil
+	return nil, nil
 }
 
 // pointSize bounds the protobuf of a data point from above: per attribute

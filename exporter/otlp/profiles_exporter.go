@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/cgscope/cgscope/exporter/queue"
+	"github.com/cgscope/cgscope/internal/every"
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
@@ -79,17 +80,7 @@ func (e *profilesExporter) take() ([]*pipeline.Window, int) {
 // run converts on every tick, and when windows pile up, until ctx ends;
 // the queue sends.
 func (e *profilesExporter) run(ctx context.Context) {
-	t := time.NewTicker(e.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-e.full:
-		}
-		e.tick()
-	}
+	every.RunOrWake(ctx, e.interval, e.full, e.tick)
 }
 
 // tick turns the windows collected since the last tick into one batch:

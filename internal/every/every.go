@@ -11,6 +11,12 @@ import (
 // Run calls fn every interval until ctx ends. A slow fn delays the next
 // call; ticks are not queued.
 func Run(ctx context.Context, interval time.Duration, fn func()) {
+	RunOrWake(ctx, interval, nil, fn)
+}
+
+// RunOrWake is Run that also calls fn whenever wake receives, without
+// waiting for the interval (a producer with more than it should hold).
+func RunOrWake(ctx context.Context, interval time.Duration, wake <-chan struct{}, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -18,7 +24,8 @@ func Run(ctx context.Context, interval time.Duration, fn func()) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			fn()
+		case <-wake: // a nil wake never receives
 		}
+		fn()
 	}
 }
