@@ -78,14 +78,14 @@ func addPushFlags(cmd *kingpin.CmdClause) *pushFlags {
 	cmd.Flag("otlp.queue-size", "Intervals each OTLP signal keeps while the backend is unreachable (an interval split into several requests is one); the oldest is dropped beyond.").Default("12").IntVar(&o.QueueSize)
 	cmd.Flag("otlp.max-request-size", "Largest OTLP request, before compression (64KiB..2GiB); an interval beyond is sent as several requests (profiles split between processes, metrics between data points). gRPC servers, the OpenTelemetry Collector's included, refuse messages over 4MiB unless configured otherwise.").
 		Default("4MiB").BytesVar(&f.otlpMaxReq)
-	cmd.Flag("otlp.timeout", "Time limit of one OTLP send attempt (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)
+	cmd.Flag("otlp.timeout", "Time limit of one OTLP request (default 10s; also OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT in milliseconds). Compression: gzip, or OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION=none.").DurationVar(&o.Timeout)
 
 	r := &f.rw
 	cmd.Flag("remote-write.url", "Prometheus remote-write receiver URL; turns remote write on.").StringVar(&r.URL)
 	cmd.Flag("remote-write.protocol", "Remote-write protocol: 1.0 or 2.0.").Default(remotewrite.Protocol1).StringVar(&r.Protocol)
 	cmd.Flag("remote-write.interval", "How often the /metrics series are pushed.").Default("15s").DurationVar(&r.Interval)
-	cmd.Flag("remote-write.queue-size", "Requests kept while the receiver is unreachable; the oldest is dropped beyond.").Default("20").IntVar(&r.QueueSize)
-	cmd.Flag("remote-write.timeout", "Time limit of one remote-write attempt.").Default("10s").DurationVar(&r.Timeout)
+	cmd.Flag("remote-write.queue-size", "Collections kept while the receiver is unreachable (each sent as requests of at most 2,000 series); the oldest is dropped beyond.").Default("20").IntVar(&r.QueueSize)
+	cmd.Flag("remote-write.timeout", "Time limit of one remote-write request.").Default("10s").DurationVar(&r.Timeout)
 	cmd.Flag("remote-write.header", "Header to send with every remote-write request, KEY=VALUE; repeatable.").StringMapVar(&r.Headers)
 	cmd.Flag("remote-write.tls.ca-file", "CA certificates (PEM) to verify the receiver.").StringVar(&f.rwTLS.ca)
 	cmd.Flag("remote-write.tls.cert-file", "Client certificate (PEM) for remote write.").StringVar(&f.rwTLS.cert)

@@ -85,7 +85,7 @@ func New(cfg Config, src Sources, m *queue.Metrics, version string) (*Exporter, 
 		if err != nil {
 			return nil, err
 		}
-		e.profiles = newProfilesExporter(cfg.Interval, cfg.MaxRequestSize, conv, queue.New(e.queueOptions(t, m), queue.SendParts(send)))
+		e.profiles = newProfilesExporter(cfg.Interval, cfg.MaxRequestSize, conv, queue.New(e.queueOptions(t, m), queue.SendParts(send, t.Timeout)))
 	}
 	if t := cfg.MetricsTransport; t != nil {
 		if err := e.newMetrics(src.Gatherer, t, conv.HostName, version, e.queueOptions(t, m)); err != nil {
@@ -138,7 +138,7 @@ func (e *Exporter) newMetrics(g prometheus.Gatherer, t *Transport, host, version
 	}
 	e.sdkExp = exp
 	e.metrics = &metricsExporter{interval: e.cfg.Interval, provider: provider, reader: reader, source: source,
-		q: queue.New(qo, sdkSender(exp, classify)), maxRequest: e.cfg.MaxRequestSize}
+		q: queue.New(qo, sdkSender(exp, classify, t.Timeout)), maxRequest: e.cfg.MaxRequestSize}
 	return nil
 }
 

@@ -384,8 +384,8 @@ func (e *metricsExporter) collect(ctx context.Context) {
 
 // sdkSender exports through an SDK exporter whose own retries are off: the
 // queue retries, so that drops are counted in one place.
-func sdkSender(exp sdkmetric.Exporter, classify func(error) error) queue.SendFunc[*queue.Parts[*metricdata.ResourceMetrics]] {
+func sdkSender(exp sdkmetric.Exporter, classify func(error) error, timeout time.Duration) queue.SendFunc[*queue.Parts[*metricdata.ResourceMetrics]] {
 	return queue.SendParts(func(ctx context.Context, rm *metricdata.ResourceMetrics) error {
 		return classify(exp.Export(ctx, rm))
-	})
+	}, timeout)
 }

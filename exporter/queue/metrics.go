@@ -28,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, queueLabels),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cgscope_exporter_dropped_total",
-			Help: "Batches a push exporter never delivered: pushed out of a full queue, rejected by the backend, or out of retry time.",
+			Help: "Batches (intervals) a push exporter did not deliver in full: pushed out of a full queue, rejected by the backend in whole or part, out of retry time, or too large for any request.",
 		}, queueLabels),
 		length: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cgscope_exporter_queue_length",

@@ -39,11 +39,14 @@ type Backoff struct {
 // batches are waiting by then).
 var DefaultBackoff = Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Second, MaxElapsed: 2 * time.Minute}
 
+// DefaultTimeout limits one send attempt unless Options say otherwise.
+const DefaultTimeout = 10 * time.Second
+
 // Options configure a Queue.
 type Options struct {
 	Exporter, Signal string        // metric labels and log fields
 	Size             int           // batches waiting at most; at least 1
-	Timeout          time.Duration // per attempt; default 10 s
+	Timeout          time.Duration // per attempt (per request of a Parts batch: see SendParts); default DefaultTimeout
 	Backoff          Backoff       // zero: DefaultBackoff
 	Metrics          *Metrics      // nil: not counted
 	Logger           *slog.Logger  // nil: slog.Default()
@@ -78,7 +81,7 @@ func New[T any](opts Options, send SendFunc[T]) *Queue[T] {
 		opts.Size = 1
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = DefaultTimeout
 	}
 	if opts.Backoff == (Backoff{}) {
 		opts.Backoff = DefaultBackoff
@@ -189,9 +192,15 @@ func (q *Queue[T]) deliver(ctx context.Context, b T) {
 	start := time.Now()
 	wait := q.opts.Backoff.Initial
 	for {
+		before := progress(b)
 		err := q.attempt(ctx, b)
 		if err == nil {
 			return
+		}
+		if progress(b) > before {
+			// Some of a Parts batch got through: the backend works, if
+			// slowly; the retry budget starts again from here.
+			start, wait = time.Now(), q.opts.Backoff.Initial
 		}
 		if IsPermanent(err) || time.Since(start)+wait > q.opts.Backoff.MaxElapsed {
 			q.c.dropped.Inc()
@@ -226,9 +235,13 @@ func (q *Queue[T]) requeue(b T) {
 	q.c.length.Set(float64(len(q.items)))
 }
 
-// attempt sends once and records the outcome.
+// attempt sends once and records the outcome. A Parts batch bounds each
+// of its requests itself (SendParts), not all of them together.
 func (q *Queue[T]) attempt(ctx context.Context, b T) error {
-	actx, cancel := context.WithTimeout(ctx, q.opts.Timeout)
+	actx, cancel := ctx, context.CancelFunc(func() {})
+	if _, ok := any(b).(partsBatch); !ok {
+		actx, cancel = context.WithTimeout(ctx, q.opts.Timeout)
+	}
 	err := q.send(actx, b)
 	cancel()
 	if err == nil {
@@ -298,26 +311,56 @@ func IsPermanent(err error) bool {
 // large for one request. The queue keeps and counts it as one batch (so a
 // large interval does not push its own first requests out of the queue,
 // and the queue size still counts intervals), and a retry resumes after
-// the requests already sent, so none is sent twice.
+// the requests already done, so none is sent twice.
 type Parts[T any] struct {
-	items []T
-	sent  int // touched by the queue's sender only
+	items   []T
+	done    int   // requests sent or refused; touched by the queue's sender only
+	refused error // the first permanent refusal of a request
 }
 
 // NewParts makes one batch of items.
 func NewParts[T any](items []T) *Parts[T] { return &Parts[T]{items: items} }
 
-// SendParts sends a Parts batch with send, one item after another.
-func SendParts[T any](send SendFunc[T]) SendFunc[*Parts[T]] {
+// partsBatch is how the queue tells a Parts batch (and its progress) from
+// others.
+type partsBatch interface{ progress() int }
+
+func (p *Parts[T]) progress() int { return p.done }
+
+// progress is how many requests of b are done, for a Parts batch; 0
+// otherwise.
+func progress[T any](b T) int {
+	if p, ok := any(b).(partsBatch); ok {
+		return p.progress()
+	}
+	return 0
+}
+
+// SendParts sends a Parts batch with send, one request after another, each
+// within timeout (0: DefaultTimeout), so that a batch of many requests is
+// not cut short by one limit for all. A retryable error stops the attempt
+// (the retry resumes at that request). A request refused for good is
+// skipped, the others are still sent, and the refusal is returned at the
+// end: the batch is not delivered in full, so it counts as dropped.
+func SendParts[T any](send SendFunc[T], timeout time.Duration) SendFunc[*Parts[T]] {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
 	return func(ctx context.Context, p *Parts[T]) error {
-		for p.sent < len(p.items) {
-			if err := send(ctx, p.items[p.sent]); err != nil {
+		for p.done < len(p.items) {
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			err := send(rctx, p.items[p.done])
+			cancel()
+			if err != nil && !IsPermanent(err) {
 				return err
 			}
+			if err != nil && p.refused == nil {
+				p.refused = err
+			}
 			var zero T
-			p.items[p.sent] = zero // sent: its memory can go
-			p.sent++
+			p.items[p.done] = zero // done: its memory can go
+			p.done++
 		}
-		return nil
+		return p.refused
 	}
 }

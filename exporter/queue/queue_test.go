@@ -116,7 +116,7 @@ func TestPartsResumeAfterFailure(t *testing.T) {
 			}
 			got = append(got, part)
 			return nil
-		}))
+		}, 0))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
@@ -132,27 +132,94 @@ func TestPartsResumeAfterFailure(t *testing.T) {
 	}
 }
 
-// A permanent refusal of one part drops the rest of its batch, counted
-// once.
+// A part refused for good is skipped and the others are still sent; the
+// batch, not delivered in full, counts as dropped, once.
 func TestPartsPermanentRefusal(t *testing.T) {
 	m := NewMetrics(nil)
-	var sent atomic.Int32
+	var mu sync.Mutex
+	var got []int
 	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Backoff: fastBackoff, Metrics: m},
 		SendParts(func(ctx context.Context, part int) error {
 			if part == 2 {
 				return Permanent(errors.New("too large"))
 			}
-			sent.Add(1)
+			mu.Lock()
+			got = append(got, part)
+			mu.Unlock()
 			return nil
-		}))
+		}, 0))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
 	q.Push(NewParts([]int{1, 2, 3}))
 	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 1 })
 	time.Sleep(20 * time.Millisecond)
-	if n := sent.Load(); n != 1 {
-		t.Errorf("%d parts sent, want 1 (the one before the refused part)", n)
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[1 3]" || value(m.sent.WithLabelValues("test", "s")) != 0 {
+		t.Errorf("parts sent %v, batches sent %v; want [1 3] and the batch dropped", got, value(m.sent.WithLabelValues("test", "s")))
+	}
+}
+
+// The timeout bounds each part, not the whole batch: many parts that each
+// take a good share of it all arrive in one attempt.
+func TestPartsTimeoutPerPart(t *testing.T) {
+	m := NewMetrics(nil)
+	var n atomic.Int32
+	const timeout = 100 * time.Millisecond
+	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Timeout: timeout, Backoff: fastBackoff, Metrics: m},
+		SendParts(func(ctx context.Context, part int) error {
+			select {
+			case <-time.After(30 * time.Millisecond):
+				n.Add(1)
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, timeout))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.Run(ctx)
+	q.Push(NewParts(make([]int, 20)))
+	waitFor(t, func() bool { return value(m.sent.WithLabelValues("test", "s")) == 1 })
+	if e := value(m.errors.WithLabelValues("test", "s")); e != 0 || n.Load() != 20 {
+		t.Errorf("%v errors, %d parts sent; want 0 and 20", e, n.Load())
+	}
+}
+
+// A batch cut short by shutdown goes back to the queue with its progress,
+// and the last attempt (Flush) sends only the parts still missing.
+func TestPartsFinishedByFlush(t *testing.T) {
+	m := NewMetrics(nil)
+	var mu sync.Mutex
+	var got []int
+	var up atomic.Bool
+	q := New(Options{Exporter: "test", Signal: "s", Size: 2, Backoff: fastBackoff, Metrics: m},
+		SendParts(func(ctx context.Context, part int) error {
+			if part >= 3 && !up.Load() {
+				return errors.New("unavailable")
+			}
+			mu.Lock()
+			got = append(got, part)
+			mu.Unlock()
+			return nil
+		}, 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	q.Push(NewParts([]int{1, 2, 3, 4}))
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+	cancel()
+	<-done
+	up.Store(true)
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	q.Flush(fctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[1 2 3 4]" || value(m.sent.WithLabelValues("test", "s")) != 1 || value(m.dropped.WithLabelValues("test", "s")) != 0 {
+		t.Errorf("parts %v, %v sent, %v dropped; want each part once and the batch sent", got,
+			value(m.sent.WithLabelValues("test", "s")), value(m.dropped.WithLabelValues("test", "s")))
 	}
 }
 

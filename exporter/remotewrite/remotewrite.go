@@ -107,7 +107,7 @@ func New(cfg Config, g prometheus.Gatherer, m *queue.Metrics) (*Exporter, error)
 		e.msgType = remote.WriteV2MessageType
 	}
 	e.q = queue.New(queue.Options{Exporter: "remote_write", Signal: "metrics", Size: cfg.QueueSize, Timeout: cfg.Timeout, Metrics: m},
-		queue.SendParts(e.send))
+		queue.SendParts(e.send, cfg.Timeout))
 	return e, nil
 }
 
@@ -136,10 +136,14 @@ func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return t.next.RoundTrip(r)
 }
 
-// Run gathers every interval and sends until ctx ends.
+// Run gathers every interval and sends until ctx ends. It returns once the
+// sender has stopped too, so that a batch it was sending is back in the
+// queue for Stop's last attempt, not lost between the two.
 func (e *Exporter) Run(ctx context.Context) {
-	go e.q.Run(ctx)
+	sent := make(chan struct{})
+	go func() { e.q.Run(ctx); close(sent) }()
 	every.Run(ctx, e.cfg.Interval, e.collect)
+	<-sent
 }
 
 // Stop pushes one last time within timeout (after Run's ctx ended).

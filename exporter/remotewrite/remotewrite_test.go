@@ -152,8 +152,8 @@ func TestRemoteWriteSplitsLargeCollections(t *testing.T) {
 	for _, protocol := range []string{Protocol1, Protocol2} {
 		s := &store{}
 		srv := httptest.NewServer(remote.NewWriteHandler(s, remote.MessageTypes{remote.WriteV1MessageType, remote.WriteV2MessageType}))
-		m := queue.NewMetrics(nil)
-		e, err := New(Config{URL: srv.URL, Protocol: protocol, Interval: time.Hour, QueueSize: 1, Timeout: 5 * time.Second}, reg, m)
+		m := prometheus.NewRegistry()
+		e, err := New(Config{URL: srv.URL, Protocol: protocol, Interval: time.Hour, QueueSize: 1, Timeout: 5 * time.Second}, reg, queue.NewMetrics(m))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,6 +180,15 @@ func TestRemoteWriteSplitsLargeCollections(t *testing.T) {
 			count(len(r.Timeseries), func(i int) string {
 				return fmt.Sprint(writev2.DesymbolizeLabels(r.Timeseries[i].LabelsRefs, r.Symbols, nil))
 			})
+			for _, ts := range r.Timeseries {
+				if ts.Metadata.Type != writev2.Metadata_METRIC_TYPE_COUNTER || r.Symbols[ts.Metadata.HelpRef] != "CPU." {
+					t.Errorf("2.0 series without its metadata: %+v", ts.Metadata)
+					break
+				}
+			}
+		}
+		if sent := counter(m, "cgscope_exporter_sent_total"); sent != 1 {
+			t.Errorf("%s: %v batches sent, want the collection as one", protocol, sent)
 		}
 		if requests != 3 || len(seen) != cgroups {
 			t.Errorf("%s: %d requests carrying %d distinct series, want 3 carrying %d", protocol, requests, len(seen), cgroups)
@@ -234,4 +243,15 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("%+v: no error", c)
 		}
 	}
+}
+
+// counter reads an exporter counter (one label set) from reg.
+func counter(reg *prometheus.Registry, name string) float64 {
+	families, _ := reg.Gather()
+	for _, mf := range families {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return -1
 }

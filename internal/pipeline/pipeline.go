@@ -148,8 +148,8 @@ func (p *Pipeline) Flush() (*Window, error) {
 // cancel is called. fn runs on the flushing goroutine: keep it short. Once
 // cancel returns, fn is not running and will not be called again: a
 // window being delivered when cancel is called reaches fn first (so an
-// exporter stopping sends it rather than lose it). fn must not call
-// cancel.
+// exporter stopping sends it rather than lose it). fn must not call any
+// subscription's cancel, nor Flush or Capture.
 func (p *Pipeline) Subscribe(fn func(*Window)) (cancel func()) {
 	p.subsMu.Lock()
 	defer p.subsMu.Unlock()
