@@ -99,33 +99,52 @@ func TestDropCountsUnmadeBatch(t *testing.T) {
 	}
 }
 
+// partLog records the parts a test's backend accepted; refuse returns its
+// error for the parts it does not accept, nil for the others.
+type partLog struct {
+	mu  sync.Mutex
+	got []int
+}
+
+func (l *partLog) sender(refuse func(part int) error) SendFunc[*Parts[int]] {
+	return SendParts(func(ctx context.Context, part int) error {
+		if err := refuse(part); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.got = append(l.got, part)
+		l.mu.Unlock()
+		return nil
+	}, 0)
+}
+
+func (l *partLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprint(l.got)
+}
+
 // A batch of parts is sent part by part; a retry resumes after the parts
 // the backend has, so none is sent twice; it counts as one batch.
 func TestPartsResumeAfterFailure(t *testing.T) {
 	m := NewMetrics(nil)
-	var mu sync.Mutex
-	var got []int
-	fails := 2 // the third part fails twice
+	var log partLog
+	var fails atomic.Int32
+	fails.Store(2) // the third part fails twice
 	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Backoff: fastBackoff, Metrics: m},
-		SendParts(func(ctx context.Context, part int) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if part == 3 && fails > 0 {
-				fails--
+		log.sender(func(part int) error {
+			if part == 3 && fails.Add(-1) >= 0 {
 				return errors.New("unavailable")
 			}
-			got = append(got, part)
 			return nil
-		}, 0))
+		}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
 	q.Push(NewParts([]int{1, 2, 3, 4}))
 	waitFor(t, func() bool { return value(m.sent.WithLabelValues("test", "s")) == 1 })
-	mu.Lock()
-	defer mu.Unlock()
-	if fmt.Sprint(got) != "[1 2 3 4]" {
-		t.Errorf("parts sent %v, want each once in order", got)
+	if log.String() != "[1 2 3 4]" {
+		t.Errorf("parts sent %v, want each once in order", &log)
 	}
 	if e := value(m.errors.WithLabelValues("test", "s")); e != 2 {
 		t.Errorf("%v send errors, want 2", e)
@@ -136,28 +155,22 @@ func TestPartsResumeAfterFailure(t *testing.T) {
 // batch, not delivered in full, counts as dropped, once.
 func TestPartsPermanentRefusal(t *testing.T) {
 	m := NewMetrics(nil)
-	var mu sync.Mutex
-	var got []int
+	var log partLog
 	q := New(Options{Exporter: "test", Signal: "s", Size: 1, Backoff: fastBackoff, Metrics: m},
-		SendParts(func(ctx context.Context, part int) error {
+		log.sender(func(part int) error {
 			if part == 2 {
 				return Permanent(errors.New("too large"))
 			}
-			mu.Lock()
-			got = append(got, part)
-			mu.Unlock()
 			return nil
-		}, 0))
+		}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
 	q.Push(NewParts([]int{1, 2, 3}))
 	waitFor(t, func() bool { return value(m.dropped.WithLabelValues("test", "s")) == 1 })
 	time.Sleep(20 * time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	if fmt.Sprint(got) != "[1 3]" || value(m.sent.WithLabelValues("test", "s")) != 0 {
-		t.Errorf("parts sent %v, batches sent %v; want [1 3] and the batch dropped", got, value(m.sent.WithLabelValues("test", "s")))
+	if log.String() != "[1 3]" || value(m.sent.WithLabelValues("test", "s")) != 0 {
+		t.Errorf("parts sent %v, batches sent %v; want [1 3] and the batch dropped", &log, value(m.sent.WithLabelValues("test", "s")))
 	}
 }
 
@@ -191,34 +204,28 @@ func TestPartsTimeoutPerPart(t *testing.T) {
 // and the last attempt (Flush) sends only the parts still missing.
 func TestPartsFinishedByFlush(t *testing.T) {
 	m := NewMetrics(nil)
-	var mu sync.Mutex
-	var got []int
+	var log partLog
 	var up atomic.Bool
 	q := New(Options{Exporter: "test", Signal: "s", Size: 2, Backoff: fastBackoff, Metrics: m},
-		SendParts(func(ctx context.Context, part int) error {
+		log.sender(func(part int) error {
 			if part >= 3 && !up.Load() {
 				return errors.New("unavailable")
 			}
-			mu.Lock()
-			got = append(got, part)
-			mu.Unlock()
 			return nil
-		}, 0))
+		}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
 	q.Push(NewParts([]int{1, 2, 3, 4}))
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+	waitFor(t, func() bool { return log.String() == "[1 2]" })
 	cancel()
 	<-done
 	up.Store(true)
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
 	q.Flush(fctx)
-	mu.Lock()
-	defer mu.Unlock()
-	if fmt.Sprint(got) != "[1 2 3 4]" || value(m.sent.WithLabelValues("test", "s")) != 1 || value(m.dropped.WithLabelValues("test", "s")) != 0 {
-		t.Errorf("parts %v, %v sent, %v dropped; want each part once and the batch sent", got,
+	if log.String() != "[1 2 3 4]" || value(m.sent.WithLabelValues("test", "s")) != 1 || value(m.dropped.WithLabelValues("test", "s")) != 0 {
+		t.Errorf("parts %v, %v sent, %v dropped; want each part once and the batch sent", &log,
 			value(m.sent.WithLabelValues("test", "s")), value(m.dropped.WithLabelValues("test", "s")))
 	}
 }
