@@ -21,38 +21,23 @@ const metricsHeadroom = 64 << 10
 // splitMetrics returns rm whole when its estimated size is under limit,
 // else parts of it that each are: every metric's data points, in order,
 // over as many ResourceMetrics as needed, each with rm's resource and the
-// metric's scope, name, unit and kind.
+// metric's scope, name, unit and kind. The points are sized once, by the
+// packer; one part means rm fits.
 func splitMetrics(rm *metricdata.ResourceMetrics, limit int) []*metricdata.ResourceMetrics {
 	if limit <= 0 {
 		limit = DefaultMaxRequestSize
 	}
-	budget := max(limit-metricsHeadroom, limit/2)
-	if metricsSize(rm) <= budget {
-		return []*metricdata.ResourceMetrics{rm}
-	}
-	p := &metricsPacker{budget: budget, resource: rm.Resource}
+	p := &metricsPacker{budget: max(limit-metricsHeadroom, limit/2), resource: rm.Resource}
 	p.newPart()
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			p.addMetric(sm, m)
 		}
 	}
-	return p.parts
-}
-
-// metricsSize is rm's estimated size, but for metricsHeadroom.
-func metricsSize(rm *metricdata.ResourceMetrics) int {
-	n := 0
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			n += metricHeaderSize(m)
-			sizes, _ := dataPoints(m.Data)
-			for _, s := range sizes {
-				n += s
-			}
-		}
+	if len(p.parts) == 1 {
+		return []*metricdata.ResourceMetrics{rm}
 	}
-	return n
+	return p.parts
 }
 
 // metricHeaderSize bounds what a metric takes besides its points, in each
