@@ -147,12 +147,19 @@ struct {
 	__type(value, struct stack_trace);
 } scratch SEC(".maps");
 
-static __always_inline void count_stat(__u32 idx)
+static __always_inline void count_stats(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 	if (v)
-		*v += 1;
+		*v += n;
 }
+
+static __always_inline void count_stat(__u32 idx)
+{
+	count_stats(idx, 1);
+}
+
+#include "unwind.bpf.h"
 
 // mix_frame folds one frame into both hashes.
 static __always_inline void mix_frame(__u64 *h, __u32 *check, __u64 ip)
@@ -201,25 +208,13 @@ static __always_inline __u64 hash_stack(struct stack_trace *trace)
 	return st.h && st.h != STACK_LOST ? st.h : 1;
 }
 
-// store_stack captures one stack (user or kernel, by flags) into generation
-// g's stack map and returns its id, 0 when there is no such stack, or
-// STACK_LOST. It is a global function, so the verifier checks it once rather
-// than once for each kind of stack: verification is most of the sampler's
-// load time. The verifier knows a global function's context argument by its
-// type, so ctx has the kernel's name for it here; no field of it is read.
-__noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 flags)
+// store_trace stores a captured stack in generation g's stack map and
+// returns its id, or STACK_LOST.
+static __always_inline __u64 store_trace(struct stack_trace *trace, __u32 g)
 {
-	__u32 zero = 0;
-	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
 	void *stack_map = bpf_map_lookup_elem(&stacks, &g);
-	if (!trace || !stack_map)
+	if (!stack_map)
 		return 0;
-
-	long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), flags);
-	if (n <= 0)
-		return 0; // no stack of this kind (kernel thread, or sample in user mode)
-	trace->len = n / sizeof(__u64);
-
 	__u64 id = hash_stack(trace);
 	struct stack_trace *existing = bpf_map_lookup_elem(stack_map, &id);
 	if (existing) {
@@ -233,6 +228,26 @@ __noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 fla
 		return id;
 	count_stat(STAT_DROP_STACKS_FULL);
 	return STACK_LOST;
+}
+
+// store_stack captures one stack (user or kernel, by flags) with the
+// kernel's frame-pointer walk into generation g's stack map and returns its
+// id, 0 when there is no such stack, or STACK_LOST. It is a global
+// function, so the verifier checks it once rather than once for each kind
+// of stack: verification is most of the sampler's load time. The verifier
+// knows a global function's context argument by its type, so ctx has the
+// kernel's name for it here; no field of it is read.
+__noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 flags)
+{
+	__u32 zero = 0;
+	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
+	if (!trace)
+		return 0;
+	long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), flags);
+	if (n <= 0)
+		return 0; // no stack of this kind (kernel thread, or sample in user mode)
+	trace->len = n / sizeof(__u64);
+	return store_trace(trace, g);
 }
 
 // stack_id turns what store_stack returned into a key's stack id, flagging a
@@ -298,6 +313,19 @@ static __always_inline __u64 leaf_caller(struct sample_ctx *ctx, bool in_user)
 	return is_return_address(ret) ? ret : 0;
 }
 
+// process_event tells userspace about a process image.
+static __always_inline void process_event(__u32 pid, __u32 kind)
+{
+	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_stat(STAT_DROP_PROC_EVENTS);
+		return;
+	}
+	ev->pid = pid;
+	ev->kind = kind;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 // announce_process emits a ring-buffer event the first time a process image
 // is sampled.
 static __always_inline void announce_process(__u32 pid)
@@ -316,13 +344,7 @@ static __always_inline void announce_process(__u32 pid)
 	__u8 one = 1;
 	bpf_map_update_elem(&known_procs, &pid, &one, BPF_ANY);
 
-	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
-	if (!ev) {
-		count_stat(STAT_DROP_PROC_EVENTS);
-		return;
-	}
-	ev->pid = pid;
-	bpf_ringbuf_submit(ev, 0);
+	process_event(pid, PROCESS_NEW);
 }
 
 // forget_process drops the calling process from known_procs, so that its
@@ -341,8 +363,13 @@ static __always_inline void forget_process(bool leader_only)
 
 	if (leader_only && (__u32)pid_tgid != pid)
 		return;
-	bpf_map_delete_elem(&known_procs, &pid);
+	// Its mappings are gone or about to be: the walker must not use them
+	// for the next image.
+	bpf_map_delete_elem(&unwind_procs, &pid);
+	long known = bpf_map_delete_elem(&known_procs, &pid) == 0;
 	__sync_fetch_and_add(&proc_epoch, 1);
+	if (known) // else never announced: userspace holds nothing of it
+		process_event(pid, PROCESS_GONE); // if lost, the drain's sweep notices the exit
 }
 
 // The raw tracepoints need neither tracefs nor kernel BTF, and their
@@ -382,6 +409,42 @@ static __always_inline void count_sample(void *counts_map, struct sample_key *ke
 	count_stat(STAT_DROP_COUNTS_FULL);
 }
 
+// user_stack stores the user stack of the sample and returns its id (0:
+// none, STACK_LOST: not stored), with how it ended in key->flags and the
+// candidate caller of a frameless leaf in key->leaf_caller. Processes
+// userspace gave unwind tables to are walked by them; others, and those
+// whose tables are not in yet, by the kernel's frame-pointer walk.
+static __always_inline __u64 user_stack(struct sample_ctx *ctx, bool in_user, __u32 g, struct sample_key *key)
+{
+	__u8 end = END_FRAME_POINTERS;
+	__u64 id;
+	bool leaf_fp = true;
+	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &key->pid);
+	if (proc) {
+		__u32 zero = 0;
+		struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
+		if (!trace)
+			return 0;
+		end = walk_user_stack(proc, trace, &leaf_fp);
+		id = trace->len ? store_trace(trace, g) : 0;
+		if (end == END_NO_MAPPING && !(proc->flags & PROC_REFRESH_ASKED)) {
+			proc->flags |= PROC_REFRESH_ASKED;
+			process_event(key->pid, PROCESS_MAPPINGS_CHANGED);
+		}
+	} else {
+		// A kernel thread has no user stack: bpf_get_stack finds none.
+		id = store_stack((void *)ctx, g, BPF_F_USER_STACK);
+	}
+	id = stack_id(id, &key->flags, FLAG_USER_STACK_LOST);
+	if (id || (key->flags & FLAG_USER_STACK_LOST)) {
+		count_stat(STAT_STACK_END + end);
+		key->flags |= (__u32)end << FLAG_USER_END_SHIFT;
+	}
+	if (id && leaf_fp)
+		key->leaf_caller = leaf_caller(ctx, in_user);
+	return id;
+}
+
 SEC("perf_event")
 int sample_cpu(struct sample_ctx *ctx)
 {
@@ -412,10 +475,7 @@ int sample_cpu(struct sample_ctx *ctx)
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
 		key.kernel_stack = stack_id(store_stack((void *)ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
-	// A kernel thread has no user stack: bpf_get_stack finds none.
-	key.user_stack = stack_id(store_stack((void *)ctx, g, BPF_F_USER_STACK), &key.flags, FLAG_USER_STACK_LOST);
-	if (key.user_stack)
-		key.leaf_caller = leaf_caller(ctx, in_user);
+	key.user_stack = user_stack(ctx, in_user, g, &key);
 	if (key.user_stack || (key.flags & FLAG_USER_STACK_LOST))
 		announce_process(pid);
 
@@ -451,3 +511,7 @@ int kernel_symbols(struct ksym_request *req)
 // Referenced so their BTF reaches bpf2go, which generates the Go types.
 const struct new_process_event *unused_new_process_event __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
+const enum stack_end *unused_stack_end __attribute__((unused));
+const enum process_event_kind *unused_process_event_kind __attribute__((unused));
+const enum unwind_proc_flags *unused_unwind_proc_flags __attribute__((unused));
+const enum cfa_kind *unused_cfa_kind __attribute__((unused));

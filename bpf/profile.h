@@ -3,6 +3,8 @@
 #ifndef CGSCOPE_PROFILE_H
 #define CGSCOPE_PROFILE_H
 
+#include "unwind.h"
+
 /* Frames kept per stack; a multiple of four (see hash_stack). The kernel
  * walks at most kernel.perf_event_max_stack (127) of them. */
 #define MAX_STACK_DEPTH 128
@@ -19,19 +21,25 @@ enum control_index {
 	CONTROL_MAX,
 };
 
-/* Keep in step with profiler.StatNames. */
+/* Keep in step with profiler.DropReasons, profiler.StackEnds and
+ * profiler.Stats. */
 enum stat_index {
 	STAT_SAMPLES = 0,             /* samples taken (not idle) */
 	STAT_DROP_COUNTS_FULL,        /* sample lost: counts map full */
 	STAT_DROP_STACKS_FULL,        /* stack lost: stacks map full (sample kept) */
 	STAT_DROP_STACK_COLLISION,    /* stack lost: 64-bit hash collision (sample kept) */
 	STAT_DROP_PROC_EVENTS,        /* new-process event lost: ring buffer full */
-	STAT_MAX,
+	STAT_FRAMES_TABLE,            /* user frames unwound by a table row */
+	STAT_FRAMES_FP,               /* user frames unwound by the frame pointer */
+	STAT_STACK_END,               /* user stacks by how they ended: + enum stack_end */
+	STAT_MAX = STAT_STACK_END + END_MAX,
 };
 
 enum sample_flags {
 	FLAG_USER_STACK_LOST = 1,
 	FLAG_KERNEL_STACK_LOST = 2,
+	/* Bits 8..15: how the user stack ended (enum stack_end). */
+	FLAG_USER_END_SHIFT = 8,
 };
 
 struct sample_key {
@@ -52,9 +60,17 @@ struct stack_trace {
 	__u64 ips[MAX_STACK_DEPTH];
 };
 
+enum process_event_kind {
+	PROCESS_NEW = 0,  /* first sample of a process image */
+	PROCESS_GONE = 1, /* an announced image exec'd or exited */
+	/* The stack walker met code outside the mappings it was given (a
+	 * library mapped after the process was announced): read them again. */
+	PROCESS_MAPPINGS_CHANGED = 2,
+};
+
 struct new_process_event {
 	__u32 pid;
-	__u32 pad;
+	__u32 kind; /* enum process_event_kind */
 };
 
 #endif

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ProfileCfaKind uint32
+
+const (
+	ProfileCfaKindCFA_NONE        ProfileCfaKind = 0
+	ProfileCfaKindCFA_RSP         ProfileCfaKind = 1
+	ProfileCfaKindCFA_RBP         ProfileCfaKind = 2
+	ProfileCfaKindCFA_PLT         ProfileCfaKind = 3
+	ProfileCfaKindCFA_DEREF_RBP   ProfileCfaKind = 4
+	ProfileCfaKindCFA_END         ProfileCfaKind = 5
+	ProfileCfaKindCFA_SIGNAL      ProfileCfaKind = 6
+	ProfileCfaKindCFA_UNSUPPORTED ProfileCfaKind = 7
+	ProfileCfaKindCFA_REG_BASE    ProfileCfaKind = 16
+)
+
 type ProfileLastProc struct {
 	_     structs.HostLayout
 	Pid   uint32
@@ -21,10 +35,18 @@ type ProfileLastProc struct {
 }
 
 type ProfileNewProcessEvent struct {
-	_   structs.HostLayout
-	Pid uint32
-	Pad uint32
+	_    structs.HostLayout
+	Pid  uint32
+	Kind uint32
 }
+
+type ProfileProcessEventKind uint32
+
+const (
+	ProfileProcessEventKindPROCESS_NEW              ProfileProcessEventKind = 0
+	ProfileProcessEventKindPROCESS_GONE             ProfileProcessEventKind = 1
+	ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED ProfileProcessEventKind = 2
+)
 
 type ProfileSampleKey struct {
 	_           structs.HostLayout
@@ -38,6 +60,19 @@ type ProfileSampleKey struct {
 	Pad         uint32
 	Comm        [16]int8
 }
+
+type ProfileStackEnd uint32
+
+const (
+	ProfileStackEndEND_COMPLETE       ProfileStackEnd = 0
+	ProfileStackEndEND_DEPTH          ProfileStackEnd = 1
+	ProfileStackEndEND_READ_FAILED    ProfileStackEnd = 2
+	ProfileStackEndEND_UNSUPPORTED    ProfileStackEnd = 3
+	ProfileStackEndEND_NO_MAPPING     ProfileStackEnd = 4
+	ProfileStackEndEND_BAD_FRAME      ProfileStackEnd = 5
+	ProfileStackEndEND_FRAME_POINTERS ProfileStackEnd = 6
+	ProfileStackEndEND_MAX            ProfileStackEnd = 7
+)
 
 type ProfileStackTrace struct {
 	_     structs.HostLayout
@@ -54,33 +89,92 @@ const (
 	ProfileStatIndexSTAT_DROP_STACKS_FULL     ProfileStatIndex = 2
 	ProfileStatIndexSTAT_DROP_STACK_COLLISION ProfileStatIndex = 3
 	ProfileStatIndexSTAT_DROP_PROC_EVENTS     ProfileStatIndex = 4
-	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 5
+	ProfileStatIndexSTAT_FRAMES_TABLE         ProfileStatIndex = 5
+	ProfileStatIndexSTAT_FRAMES_FP            ProfileStatIndex = 6
+	ProfileStatIndexSTAT_STACK_END            ProfileStatIndex = 7
+	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 14
 )
+
+type ProfileUnwindLeaf struct {
+	_    structs.HostLayout
+	Rows [504]ProfileUnwindRow
+}
+
+type ProfileUnwindLeafKey struct {
+	_     structs.HostLayout
+	Table uint32
+	Leaf  uint32
+}
+
+type ProfileUnwindProc struct {
+	_       structs.HostLayout
+	Nranges uint32
+	Flags   uint32
+	Ranges  [64]ProfileUnwindRange
+}
+
+type ProfileUnwindRange struct {
+	_     structs.HostLayout
+	Start uint64
+	Bias  uint64
+	Len   uint32
+	Table uint32
+}
+
+type ProfileUnwindRegs struct {
+	_          structs.HostLayout
+	R          [16]uint64
+	Sigcontext [17]uint64
+}
+
+type ProfileUnwindRow struct {
+	_       structs.HostLayout
+	Pc      uint32
+	CfaOff  int16
+	CfaKind uint8
+	Rbp     int8
+}
+
+type ProfileUnwindTable struct {
+	_          structs.HostLayout
+	Base       uint64
+	Nleaves    uint32
+	IndexFirst uint32
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ProfileMapControl               = "control"
-	ProfileMapCounts                = "counts"
-	ProfileMapCounts0               = "counts0"
-	ProfileMapCounts1               = "counts1"
-	ProfileMapKnownProcs            = "known_procs"
-	ProfileMapLastProc              = "last_proc"
-	ProfileMapProcEvents            = "proc_events"
-	ProfileMapScratch               = "scratch"
-	ProfileMapStacks                = "stacks"
-	ProfileMapStacks0               = "stacks0"
-	ProfileMapStacks1               = "stacks1"
-	ProfileMapStats                 = "stats"
-	ProfileProgKernelSymbols        = "kernel_symbols"
-	ProfileProgProcessExec          = "process_exec"
-	ProfileProgProcessExit          = "process_exit"
-	ProfileProgSampleCpu            = "sample_cpu"
-	ProfileVarKsymNames             = "ksym_names"
-	ProfileVarProcEpoch             = "proc_epoch"
-	ProfileVarUnusedNewProcessEvent = "unused_new_process_event"
-	ProfileVarUnusedStatIndex       = "unused_stat_index"
+	ProfileMapControl                = "control"
+	ProfileMapCounts                 = "counts"
+	ProfileMapCounts0                = "counts0"
+	ProfileMapCounts1                = "counts1"
+	ProfileMapKnownProcs             = "known_procs"
+	ProfileMapLastProc               = "last_proc"
+	ProfileMapProcEvents             = "proc_events"
+	ProfileMapScratch                = "scratch"
+	ProfileMapStacks                 = "stacks"
+	ProfileMapStacks0                = "stacks0"
+	ProfileMapStacks1                = "stacks1"
+	ProfileMapStats                  = "stats"
+	ProfileMapUnwindIndex            = "unwind_index"
+	ProfileMapUnwindLeaves           = "unwind_leaves"
+	ProfileMapUnwindProcs            = "unwind_procs"
+	ProfileMapUnwindRegs             = "unwind_regs"
+	ProfileMapUnwindTables           = "unwind_tables"
+	ProfileProgKernelSymbols         = "kernel_symbols"
+	ProfileProgProcessExec           = "process_exec"
+	ProfileProgProcessExit           = "process_exit"
+	ProfileProgSampleCpu             = "sample_cpu"
+	ProfileVarKsymNames              = "ksym_names"
+	ProfileVarProcEpoch              = "proc_epoch"
+	ProfileVarUnusedCfaKind          = "unused_cfa_kind"
+	ProfileVarUnusedNewProcessEvent  = "unused_new_process_event"
+	ProfileVarUnusedProcessEventKind = "unused_process_event_kind"
+	ProfileVarUnusedStackEnd         = "unused_stack_end"
+	ProfileVarUnusedStatIndex        = "unused_stat_index"
+	ProfileVarUnusedUnwindProcFlags  = "unused_unwind_proc_flags"
 )
 
 // LoadProfile returns the embedded CollectionSpec for Profile.
@@ -135,28 +229,37 @@ type ProfileProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileMapSpecs struct {
-	Control    *ebpf.MapSpec `ebpf:"control"`
-	Counts     *ebpf.MapSpec `ebpf:"counts"`
-	Counts0    *ebpf.MapSpec `ebpf:"counts0"`
-	Counts1    *ebpf.MapSpec `ebpf:"counts1"`
-	KnownProcs *ebpf.MapSpec `ebpf:"known_procs"`
-	LastProc   *ebpf.MapSpec `ebpf:"last_proc"`
-	ProcEvents *ebpf.MapSpec `ebpf:"proc_events"`
-	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
-	Stacks     *ebpf.MapSpec `ebpf:"stacks"`
-	Stacks0    *ebpf.MapSpec `ebpf:"stacks0"`
-	Stacks1    *ebpf.MapSpec `ebpf:"stacks1"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	Control      *ebpf.MapSpec `ebpf:"control"`
+	Counts       *ebpf.MapSpec `ebpf:"counts"`
+	Counts0      *ebpf.MapSpec `ebpf:"counts0"`
+	Counts1      *ebpf.MapSpec `ebpf:"counts1"`
+	KnownProcs   *ebpf.MapSpec `ebpf:"known_procs"`
+	LastProc     *ebpf.MapSpec `ebpf:"last_proc"`
+	ProcEvents   *ebpf.MapSpec `ebpf:"proc_events"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	Stacks       *ebpf.MapSpec `ebpf:"stacks"`
+	Stacks0      *ebpf.MapSpec `ebpf:"stacks0"`
+	Stacks1      *ebpf.MapSpec `ebpf:"stacks1"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	UnwindIndex  *ebpf.MapSpec `ebpf:"unwind_index"`
+	UnwindLeaves *ebpf.MapSpec `ebpf:"unwind_leaves"`
+	UnwindProcs  *ebpf.MapSpec `ebpf:"unwind_procs"`
+	UnwindRegs   *ebpf.MapSpec `ebpf:"unwind_regs"`
+	UnwindTables *ebpf.MapSpec `ebpf:"unwind_tables"`
 }
 
 // ProfileVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileVariableSpecs struct {
-	KsymNames             *ebpf.VariableSpec `ebpf:"ksym_names"`
-	ProcEpoch             *ebpf.VariableSpec `ebpf:"proc_epoch"`
-	UnusedNewProcessEvent *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
-	UnusedStatIndex       *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	KsymNames              *ebpf.VariableSpec `ebpf:"ksym_names"`
+	ProcEpoch              *ebpf.VariableSpec `ebpf:"proc_epoch"`
+	UnusedCfaKind          *ebpf.VariableSpec `ebpf:"unused_cfa_kind"`
+	UnusedNewProcessEvent  *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
+	UnusedProcessEventKind *ebpf.VariableSpec `ebpf:"unused_process_event_kind"`
+	UnusedStackEnd         *ebpf.VariableSpec `ebpf:"unused_stack_end"`
+	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedUnwindProcFlags  *ebpf.VariableSpec `ebpf:"unused_unwind_proc_flags"`
 }
 
 // ProfileObjects contains all objects after they have been loaded into the kernel.
@@ -179,18 +282,23 @@ func (o *ProfileObjects) Close() error {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileMaps struct {
-	Control    *ebpf.Map `ebpf:"control"`
-	Counts     *ebpf.Map `ebpf:"counts"`
-	Counts0    *ebpf.Map `ebpf:"counts0"`
-	Counts1    *ebpf.Map `ebpf:"counts1"`
-	KnownProcs *ebpf.Map `ebpf:"known_procs"`
-	LastProc   *ebpf.Map `ebpf:"last_proc"`
-	ProcEvents *ebpf.Map `ebpf:"proc_events"`
-	Scratch    *ebpf.Map `ebpf:"scratch"`
-	Stacks     *ebpf.Map `ebpf:"stacks"`
-	Stacks0    *ebpf.Map `ebpf:"stacks0"`
-	Stacks1    *ebpf.Map `ebpf:"stacks1"`
-	Stats      *ebpf.Map `ebpf:"stats"`
+	Control      *ebpf.Map `ebpf:"control"`
+	Counts       *ebpf.Map `ebpf:"counts"`
+	Counts0      *ebpf.Map `ebpf:"counts0"`
+	Counts1      *ebpf.Map `ebpf:"counts1"`
+	KnownProcs   *ebpf.Map `ebpf:"known_procs"`
+	LastProc     *ebpf.Map `ebpf:"last_proc"`
+	ProcEvents   *ebpf.Map `ebpf:"proc_events"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
+	Stacks       *ebpf.Map `ebpf:"stacks"`
+	Stacks0      *ebpf.Map `ebpf:"stacks0"`
+	Stacks1      *ebpf.Map `ebpf:"stacks1"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	UnwindIndex  *ebpf.Map `ebpf:"unwind_index"`
+	UnwindLeaves *ebpf.Map `ebpf:"unwind_leaves"`
+	UnwindProcs  *ebpf.Map `ebpf:"unwind_procs"`
+	UnwindRegs   *ebpf.Map `ebpf:"unwind_regs"`
+	UnwindTables *ebpf.Map `ebpf:"unwind_tables"`
 }
 
 func (m *ProfileMaps) Close() error {
@@ -207,6 +315,11 @@ func (m *ProfileMaps) Close() error {
 		m.Stacks0,
 		m.Stacks1,
 		m.Stats,
+		m.UnwindIndex,
+		m.UnwindLeaves,
+		m.UnwindProcs,
+		m.UnwindRegs,
+		m.UnwindTables,
 	)
 }
 
@@ -214,10 +327,14 @@ func (m *ProfileMaps) Close() error {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileVariables struct {
-	KsymNames             *ebpf.Variable `ebpf:"ksym_names"`
-	ProcEpoch             *ebpf.Variable `ebpf:"proc_epoch"`
-	UnusedNewProcessEvent *ebpf.Variable `ebpf:"unused_new_process_event"`
-	UnusedStatIndex       *ebpf.Variable `ebpf:"unused_stat_index"`
+	KsymNames              *ebpf.Variable `ebpf:"ksym_names"`
+	ProcEpoch              *ebpf.Variable `ebpf:"proc_epoch"`
+	UnusedCfaKind          *ebpf.Variable `ebpf:"unused_cfa_kind"`
+	UnusedNewProcessEvent  *ebpf.Variable `ebpf:"unused_new_process_event"`
+	UnusedProcessEventKind *ebpf.Variable `ebpf:"unused_process_event_kind"`
+	UnusedStackEnd         *ebpf.Variable `ebpf:"unused_stack_end"`
+	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedUnwindProcFlags  *ebpf.Variable `ebpf:"unused_unwind_proc_flags"`
 }
 
 // ProfilePrograms contains all programs after they have been loaded into the kernel.

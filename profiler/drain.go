@@ -35,7 +35,40 @@ type RawSample struct {
 	// UserLost and KernelLost mark a stack that existed but could not be
 	// stored in the kernel (map full or hash collision; counted in Stats).
 	UserLost, KernelLost bool
-	Count                uint64
+	// UserEnd is how the walk of the user stack ended.
+	UserEnd StackEnd
+	Count   uint64
+}
+
+// StackEnd is how the walk of a user stack ended (enum stack_end of
+// bpf/unwind.h).
+type StackEnd uint8
+
+// The ends of a user stack's walk.
+const (
+	EndComplete      StackEnd = StackEnd(bpf.ProfileStackEndEND_COMPLETE)
+	EndDepth         StackEnd = StackEnd(bpf.ProfileStackEndEND_DEPTH)
+	EndReadFailed    StackEnd = StackEnd(bpf.ProfileStackEndEND_READ_FAILED)
+	EndUnsupported   StackEnd = StackEnd(bpf.ProfileStackEndEND_UNSUPPORTED)
+	EndNoMapping     StackEnd = StackEnd(bpf.ProfileStackEndEND_NO_MAPPING)
+	EndBadFrame      StackEnd = StackEnd(bpf.ProfileStackEndEND_BAD_FRAME)
+	EndFramePointers StackEnd = StackEnd(bpf.ProfileStackEndEND_FRAME_POINTERS)
+)
+
+// StackEnds names the ends, in order, for metrics and the [truncated]
+// frame.
+var StackEnds = []string{"complete", "depth_limit", "read_failed", "unsupported_rule", "outside_mappings", "bad_frame", "frame_pointers"}
+
+// Truncated reports whether the walk stopped before the outermost frame.
+// A frame-pointer walk of the kernel cannot tell, and is not.
+func (e StackEnd) Truncated() bool { return e != EndComplete && e != EndFramePointers }
+
+// String names the end as StackEnds does.
+func (e StackEnd) String() string {
+	if int(e) < len(StackEnds) {
+		return StackEnds[e]
+	}
+	return fmt.Sprintf("end%d", e)
 }
 
 // RawBatch is everything sampled between two drains.
@@ -190,6 +223,7 @@ func rawSample(k *bpf.ProfileSampleKey, count uint64, stacks map[uint64][]uint64
 		LeafCaller:    k.LeafCaller,
 		UserLost:      k.Flags&1 != 0,
 		KernelLost:    k.Flags&2 != 0,
+		UserEnd:       StackEnd(k.Flags >> 8),
 		Count:         count,
 	}
 }
@@ -212,6 +246,12 @@ type Stats struct {
 	// "stacks_map_full" and "stack_hash_collision" (stack lost, sample kept),
 	// "process_events_full" (new-process notice lost).
 	Dropped map[string]uint64
+	// UserFrames counts user frames by how their caller was found: "table"
+	// or "frame_pointer" (by cgscope's walker; the kernel's frame-pointer
+	// walk of processes without tables is not counted).
+	UserFrames map[string]uint64
+	// UserStacks counts user stacks by how their walk ended (StackEnds).
+	UserStacks map[string]uint64
 }
 
 // DropReasons lists the reasons Stats.Dropped may hold, in stat-index order.
@@ -241,6 +281,18 @@ func (s *Sampler) Stats() (Stats, error) {
 			return st, fmt.Errorf("reading sampler stats: %w", err)
 		}
 		st.Dropped[reason] = v
+	}
+	st.UserFrames = map[string]uint64{}
+	for name, idx := range map[string]bpf.ProfileStatIndex{"table": bpf.ProfileStatIndexSTAT_FRAMES_TABLE, "frame_pointer": bpf.ProfileStatIndexSTAT_FRAMES_FP} {
+		if st.UserFrames[name], err = sum(idx); err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
+	}
+	st.UserStacks = make(map[string]uint64, len(StackEnds))
+	for i, name := range StackEnds {
+		if st.UserStacks[name], err = sum(bpf.ProfileStatIndexSTAT_STACK_END + bpf.ProfileStatIndex(i)); err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
 	}
 	return st, nil
 }
@@ -303,8 +355,15 @@ func (s *Sampler) forgetExited() {
 	if err := it.Err(); err != nil {
 		slog.Debug("listing known processes", "err", err) // the next drain tries again
 	}
+	s.goneMu.Lock()
+	tell := s.gone
+	s.goneMu.Unlock()
 	for _, pid := range gone {
 		s.objs.KnownProcs.Delete(pid)
+		s.objs.UnwindProcs.Delete(pid)
+		if tell != nil {
+			tell(pid)
+		}
 	}
 	if len(gone) == 0 {
 		return

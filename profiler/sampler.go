@@ -28,6 +28,11 @@ type Config struct {
 	MaxStacks int
 	// MaxProcesses bounds the processes remembered as already announced.
 	MaxProcesses int
+	// UnwindTableBytes bounds the kernel memory of unwind tables (in leaves
+	// of LeafBytes); UnwindProcesses the processes with unwind ranges at
+	// once. The walker uses frame pointers for the rest.
+	UnwindTableBytes int
+	UnwindProcesses  int
 	// BTF, when set, is the parsed kernel BTF shared with other loads;
 	// parsing it is most of a load's CPU time. nil parses it afresh.
 	BTF *btf.Cache
@@ -35,7 +40,8 @@ type Config struct {
 
 // DefaultConfig returns the sizes cgscope uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, MaxProcesses: 8192}
+	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, MaxProcesses: 8192,
+		UnwindTableBytes: 16 << 20, UnwindProcesses: 4096}
 }
 
 // RangeError reports a Config field outside its accepted range.
@@ -55,6 +61,8 @@ func (c Config) Validate() error {
 		{"MaxSampleKeys", c.MaxSampleKeys, 64, 1 << 22},
 		{"MaxStacks", c.MaxStacks, 64, 1 << 20},
 		{"MaxProcesses", c.MaxProcesses, 64, 1 << 22},
+		{"UnwindTableBytes", c.UnwindTableBytes, 64 * LeafBytes, 1 << 30},
+		{"UnwindProcesses", c.UnwindProcesses, 16, 1 << 20},
 	} {
 		if f.Value < f.Lo || f.Value > f.Hi {
 			return &f
@@ -68,6 +76,7 @@ type Sampler struct {
 	cfg     Config
 	objs    samplerObjects
 	namer   *kernelNamer // nil when the kernel refused it
+	unwind  *UnwindTables
 	links   []link.Link
 	perfFDs []int
 	events  *ringbuf.Reader
@@ -80,6 +89,9 @@ type Sampler struct {
 	stopOnce  sync.Once
 	closeOnce sync.Once
 	eventsWG  sync.WaitGroup
+
+	goneMu sync.Mutex
+	gone   func(pid uint32) // of RunProcessEvents' handler: told of exits the drain sweeps out
 }
 
 // NewSampler checks the host, loads the programs and starts sampling on every
@@ -141,6 +153,11 @@ func (s *Sampler) load() error {
 	}
 	spec.Maps[bpf.ProfileMapStacks].InnerMap.MaxEntries = uint32(s.cfg.MaxStacks)
 	spec.Maps[bpf.ProfileMapKnownProcs].MaxEntries = uint32(s.cfg.MaxProcesses)
+	leaves := s.cfg.UnwindTableBytes / LeafBytes
+	spec.Maps[bpf.ProfileMapUnwindLeaves].MaxEntries = uint32(leaves)
+	spec.Maps[bpf.ProfileMapUnwindIndex].MaxEntries = uint32(2 * leaves) // room for fragmentation
+	spec.Maps[bpf.ProfileMapUnwindTables].MaxEntries = uint32(min(leaves, 1<<16))
+	spec.Maps[bpf.ProfileMapUnwindProcs].MaxEntries = uint32(s.cfg.UnwindProcesses)
 
 	if err := spec.LoadAndAssign(&s.objs, &ebpf.CollectionOptions{Cache: s.cfg.BTF}); err != nil {
 		var verr *ebpf.VerifierError
@@ -149,6 +166,7 @@ func (s *Sampler) load() error {
 		}
 		return fmt.Errorf("%w: loading the CPU sampler BPF program: %v", ErrPreflight, err)
 	}
+	s.unwind = newUnwindTables(&s.objs, leaves)
 	if s.namer, err = loadKernelNamer(spec, s.cfg.BTF); err != nil {
 		slog.Warn("kernel frames will be named from /proc/kallsyms", "err", err)
 	}
@@ -208,13 +226,29 @@ func (s *Sampler) CPUs() int { return len(s.perfFDs) }
 // Frequency returns the per-CPU sampling frequency in Hz.
 func (s *Sampler) Frequency() int { return s.cfg.Frequency }
 
-// RunProcessEvents calls onNew with the pid of every process image (new
-// process, reused pid, or exec) the moment its first sample is taken, until
-// the sampler is closed. It blocks; run it in its own goroutine.
-func (s *Sampler) RunProcessEvents(onNew func(pid uint32)) {
+// UnwindTables returns the writer of the sampler's unwind tables.
+func (s *Sampler) UnwindTables() *UnwindTables { return s.unwind }
+
+// ProcessHandler is told about process images as the sampler sees them.
+type ProcessHandler interface {
+	// ProcessStarted: the first sample of a process image (new process,
+	// reused pid, or exec) was just taken.
+	ProcessStarted(pid uint32)
+	// ProcessGone: an announced image exec'd or exited.
+	ProcessGone(pid uint32)
+	// ProcessMappingsChanged: the stack walker met code outside the
+	// process's mappings it was given.
+	ProcessMappingsChanged(pid uint32)
+}
+
+// RunProcessEvents tells h about process images until the sampler is
+// closed. It blocks; run it in its own goroutine.
+func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 	s.eventsWG.Add(1)
 	defer s.eventsWG.Done()
-	var ev bpf.ProfileNewProcessEvent
+	s.goneMu.Lock()
+	s.gone = h.ProcessGone
+	s.goneMu.Unlock()
 	for {
 		rec, err := s.events.Read()
 		if err != nil {
@@ -223,11 +257,18 @@ func (s *Sampler) RunProcessEvents(onNew func(pid uint32)) {
 			}
 			return
 		}
-		if len(rec.RawSample) < 4 {
+		if len(rec.RawSample) < 8 {
 			continue
 		}
-		ev.Pid = nativeEndian.Uint32(rec.RawSample)
-		onNew(ev.Pid)
+		pid := nativeEndian.Uint32(rec.RawSample)
+		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec.RawSample[4:])) {
+		case bpf.ProfileProcessEventKindPROCESS_NEW:
+			h.ProcessStarted(pid)
+		case bpf.ProfileProcessEventKindPROCESS_GONE:
+			h.ProcessGone(pid)
+		case bpf.ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED:
+			h.ProcessMappingsChanged(pid)
+		}
 	}
 }
 

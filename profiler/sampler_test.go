@@ -154,13 +154,8 @@ func TestProcessImagesAnnounced(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	var mu sync.Mutex
-	events := map[uint32]int{}
-	go s.RunProcessEvents(func(pid uint32) {
-		mu.Lock()
-		events[pid]++
-		mu.Unlock()
-	})
+	h := &processLog{started: map[uint32]int{}, gone: map[uint32]int{}}
+	go s.RunProcessEvents(h)
 
 	cg := newTestCgroup(t, "announce")
 	cmd := cg.command(t, nil, "burnexec", "300ms")
@@ -169,11 +164,14 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	}
 	pid := uint32(cmd.Process.Pid)
 	time.Sleep(200 * time.Millisecond) // the ring buffer reader catches up
-	mu.Lock()
-	got := events[pid]
-	mu.Unlock()
+	h.mu.Lock()
+	got, goneEvents := h.started[pid], h.gone[pid]
+	h.mu.Unlock()
 	if got != 2 {
 		t.Errorf("pid %d announced %d times, want 2: on its first sample and again after its exec (a thread's exit must not count)", pid, got)
+	}
+	if goneEvents != 2 {
+		t.Errorf("pid %d reported gone %d times, want 2: at its exec and at its exit", pid, goneEvents)
 	}
 	var one uint8
 	if err := s.objs.KnownProcs.Lookup(pid, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -202,6 +200,16 @@ func TestProcessImagesAnnounced(t *testing.T) {
 		t.Errorf("live pid %d swept out of known_procs: %v", live, err)
 	}
 }
+
+// processLog records the process events a sampler reports.
+type processLog struct {
+	mu            sync.Mutex
+	started, gone map[uint32]int
+}
+
+func (l *processLog) ProcessStarted(pid uint32)     { l.mu.Lock(); l.started[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessGone(pid uint32)        { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessMappingsChanged(uint32) {}
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {

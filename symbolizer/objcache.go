@@ -319,7 +319,7 @@ func parseVDSO(image []byte) (*vdsoImage, error) {
 	if key.buildID == "" {
 		key.buildID = fmt.Sprintf("vdso-%x", sha256.Sum256(image))
 	}
-	return &vdsoImage{key: key, ent: newParsedEntry(key, obj), size: uint64(len(image))}, nil
+	return &vdsoImage{key: key, ent: newParsedEntry(key, obj, image), size: uint64(len(image))}, nil
 }
 
 // ownVDSO returns this process's vDSO, read once; nil if it cannot be read.

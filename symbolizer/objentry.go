@@ -29,6 +29,7 @@ type objEntry struct {
 	mu    sync.Mutex // serializes parsing and freeing
 	file  *os.File   // until freed (or parsing failed)
 	size  int64      // of the file when it was opened
+	image []byte     // the contents of an object parsed from memory (a vDSO)
 	freed bool
 
 	refs     atomic.Int32
@@ -42,8 +43,8 @@ func newFileEntry(key objKey, buildID string, class elf.Class, machine elf.Machi
 }
 
 // newParsedEntry makes the entry of an object parsed from memory (a vDSO).
-func newParsedEntry(key objKey, obj *Object) *objEntry {
-	e := &objEntry{key: key, buildID: obj.BuildID(), class: obj.class, machine: obj.machine, obj: obj}
+func newParsedEntry(key objKey, obj *Object, image []byte) *objEntry {
+	e := &objEntry{key: key, buildID: obj.BuildID(), class: obj.class, machine: obj.machine, obj: obj, image: image}
 	e.parsed.Store(true)
 	return e
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
+	"github.com/cgscope/cgscope/unwind"
 )
 
 // profilingFlags are shared by the daemon and `record`.
@@ -24,6 +25,7 @@ type profilingFlags struct {
 	maxProcesses  int
 	maxCgroups    int
 	bpfStatsOnOff bool
+	unwindTables  bool
 	kube          *kubernetesFlags
 }
 
@@ -46,6 +48,12 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default("8192").IntVar(&f.maxProcesses)
 	app.Flag("cgroup.max-paths", "cgroup2 directories indexed to name cgroups.").
 		Default("65536").IntVar(&f.maxCgroups)
+	app.Flag("unwind.tables", "Unwind user stacks of code without frame pointers with tables compiled from .eh_frame (--no-unwind.tables: frame pointers only).").
+		Default("true").BoolVar(&f.unwindTables)
+	app.Flag("unwind.max-table-bytes", "Kernel memory of the unwind tables; the coldest are evicted beyond it.").
+		Default(fmt.Sprint(d.UnwindTableBytes)).IntVar(&f.sampler.UnwindTableBytes)
+	app.Flag("unwind.max-processes", "Processes the stack walker keeps mappings of; the others are walked by frame pointers.").
+		Default(fmt.Sprint(d.UnwindProcesses)).IntVar(&f.sampler.UnwindProcesses)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
 		Default("true").BoolVar(&f.bpfStatsOnOff)
 	f.kube = addKubernetesFlags(app)
@@ -74,10 +82,12 @@ func (f *profilingFlags) validate() error {
 
 // samplerFlagNames names the flag behind each profiler.Config field.
 var samplerFlagNames = map[string]string{
-	"Frequency":     "profiling.frequency",
-	"MaxSampleKeys": "profiling.max-sample-keys",
-	"MaxStacks":     "profiling.max-stacks",
-	"MaxProcesses":  "profiling.max-processes",
+	"Frequency":        "profiling.frequency",
+	"MaxSampleKeys":    "profiling.max-sample-keys",
+	"MaxStacks":        "profiling.max-stacks",
+	"MaxProcesses":     "profiling.max-processes",
+	"UnwindTableBytes": "unwind.max-table-bytes",
+	"UnwindProcesses":  "unwind.max-processes",
 }
 
 // agent is the running profiling stack: sampler, symbolizer and pipeline.
@@ -91,6 +101,7 @@ type agent struct {
 	// releaseBTF drops it once everything is loaded.
 	btf      *btf.Cache
 	pipeline *pipeline.Pipeline
+	unwind   *unwind.Registry // nil with --no-unwind.tables
 	closers  []func() error
 }
 
@@ -128,7 +139,17 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	a.workloads = workloads
 	a.closers = append(a.closers, stopWorkloads)
 	a.pipeline.SetWorkloads(workloads)
-	go s.RunProcessEvents(a.pipeline.ProcessStarted)
+	if f.unwindTables {
+		reg := unwind.NewRegistry(s.UnwindTables(), pipeline.UnwindSource(a.sym), unwind.Config{
+			MaxBytes: f.sampler.UnwindTableBytes, KernelBytes: profiler.TableKernelBytes, Linger: time.Minute,
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		go reg.Run(ctx)
+		a.closers = append(a.closers, func() error { cancel(); return nil })
+		a.unwind = reg
+		a.pipeline.SetUnwinder(reg)
+	}
+	go s.RunProcessEvents(a.pipeline)
 	go func() {
 		if err := a.sym.ReloadKallsyms(); err != nil {
 			slog.Warn("kernel frames will stay unnamed", "err", err)

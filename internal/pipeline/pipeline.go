@@ -53,6 +53,7 @@ type Pipeline struct {
 	sym       *symbolizer.Symbolizer
 	cgroups   *profiler.CgroupResolver
 	workloads WorkloadResolver
+	unwinder  Unwinder // nil: no unwind tables
 	interval  time.Duration
 
 	flushMu sync.Mutex // one drain at a time, delivered in order
@@ -222,9 +223,29 @@ func (p *Pipeline) Stats() Stats {
 }
 
 // ProcessStarted forwards a new-process notice to the symbolizer, which
-// snapshots the process's mappings while it is still alive.
+// snapshots the process's mappings while it is still alive, then to the
+// unwinder, which gives it unwind tables.
 func (p *Pipeline) ProcessStarted(pid uint32) {
 	if err := p.sym.ProcessStarted(pid); err != nil {
 		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
+		return
+	}
+	if p.unwinder != nil {
+		p.unwinder.ProcessStarted(pid)
+	}
+}
+
+// ProcessMappingsChanged forwards the walker's request to read pid's
+// mappings again.
+func (p *Pipeline) ProcessMappingsChanged(pid uint32) {
+	if p.unwinder != nil {
+		p.unwinder.ProcessMappingsChanged(pid)
+	}
+}
+
+// ProcessGone forwards the exec or exit of an announced process image.
+func (p *Pipeline) ProcessGone(pid uint32) {
+	if p.unwinder != nil {
+		p.unwinder.ProcessGone(pid)
 	}
 }

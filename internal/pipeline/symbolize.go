@@ -19,6 +19,7 @@ type userStackKey struct {
 	pid        uint32
 	stack      uint64
 	leafCaller uint64
+	end        profiler.StackEnd
 }
 
 // batchSymbolizer symbolizes each unique stack of a batch once: many sample
@@ -98,13 +99,23 @@ func (bs *batchSymbolizer) userFrames(rs *profiler.RawSample) []symbolizer.Frame
 	if rs.UserStackID == 0 {
 		return nil
 	}
-	key := userStackKey{pid: rs.PID, stack: rs.UserStackID, leafCaller: rs.LeafCaller}
+	key := userStackKey{pid: rs.PID, stack: rs.UserStackID, leafCaller: rs.LeafCaller, end: rs.UserEnd}
 	if f, ok := bs.user[key]; ok {
 		return f
 	}
 	f := bs.sym.User(rs.PID, bs.withLeafCaller(rs))
+	if rs.UserEnd.Truncated() {
+		f = append(f, truncatedFrame(rs.UserEnd))
+	}
 	bs.user[key] = f
 	return f
+}
+
+// truncatedFrame ends a user stack whose walk stopped before the outermost
+// frame, saying why (see cgscope_user_stacks_total): such a stack never
+// passes for whole.
+func truncatedFrame(end profiler.StackEnd) symbolizer.Frame {
+	return symbolizer.Frame{Function: "[truncated: " + end.String() + "]"}
 }
 
 // withLeafCaller inserts the caller that frame-pointer unwinding skipped.

@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// The user-stack walker: for processes userspace gave unwind tables to
+// (unwind_procs), the sampler walks the user stack itself, one frame per
+// bpf_loop iteration: find the executable mapping of the pc, the row of its
+// object's table covering it, compute the CFA (the caller's stack pointer),
+// read the return address below it and the caller's frame pointer where the
+// row says it was saved. Code no table covers (Go, JIT code, objects
+// without call-frame information) is walked by its frame pointer. Signal
+// frames continue in the interrupted context. Included by profile.bpf.c.
+
+// unwind_procs: the executable mappings of each process with tables.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct unwind_proc);
+} unwind_procs SEC(".maps");
+
+// unwind_tables: each table's base, leaves and index slice, by table id.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct unwind_table);
+} unwind_tables SEC(".maps");
+
+// unwind_index: the first pc of every leaf, tables in slices. An array, so
+// the binary search's lookups are inlined loads.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+} unwind_index SEC(".maps");
+
+// unwind_leaves: the rows, UNWIND_LEAF_ROWS per leaf, sorted by pc; the
+// unused tail of a table's last leaf holds pc 0xffffffff.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
+	__type(key, struct unwind_leaf_key);
+	__type(value, struct unwind_leaf);
+} unwind_leaves SEC(".maps");
+
+// The general-purpose registers of the frame whose pc is exact (the leaf,
+// or the context a signal interrupted), in DWARF order, for rows whose CFA
+// is based on a register other than rsp and rbp; and room for reading a
+// signal frame's saved registers.
+struct unwind_regs {
+	__u64 r[16];
+	__u64 sigcontext[17]; // r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_regs);
+} unwind_regs SEC(".maps");
+
+// walk is the state of one stack walk, on the BPF stack (bpf_loop's
+// context must be).
+struct walk {
+	struct stack_trace *trace;
+	struct unwind_proc *proc;
+	struct unwind_regs *regs;
+	__u64 pc, sp, bp;
+	__u32 n;          // frames recorded
+	__u32 range;      // index of the range found last: frames of one object follow each other
+	__u32 table_frames, fp_frames;
+	__u8 exact;       // pc is where execution stopped, not a return address
+	__u8 end;         // enum stack_end, once the walk stopped
+	__u8 leaf_fp;     // the leaf's caller was found by frame pointer
+};
+
+// The searches are global functions: the verifier checks each once, with
+// its arguments unknown, instead of following every outcome of every
+// comparison at every frame of the walk (which exceeds its budget).
+
+// find_range returns the index of the range of p holding pc, or
+// UNWIND_MAX_RANGES when none does. hint is the range found last: frames of
+// one object follow each other.
+__noinline __u32 find_range(struct unwind_proc *p, __u64 pc, __u32 hint)
+{
+	if (!p)
+		return UNWIND_MAX_RANGES;
+	if (hint < UNWIND_MAX_RANGES && pc - p->ranges[hint].start < p->ranges[hint].len)
+		return hint;
+	// The last range starting at or below pc.
+	__u32 lo = 0, hi = p->nranges;
+	if (hi > UNWIND_MAX_RANGES)
+		hi = UNWIND_MAX_RANGES;
+	for (int k = 0; k < 7 && lo < hi; k++) {
+		__u32 mid = (lo + hi) / 2;
+		if (mid >= UNWIND_MAX_RANGES)
+			return UNWIND_MAX_RANGES;
+		if (p->ranges[mid].start <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	__u32 i = lo - 1;
+	if (lo == 0 || i >= UNWIND_MAX_RANGES || pc - p->ranges[i].start >= p->ranges[i].len)
+		return UNWIND_MAX_RANGES;
+	return i;
+}
+
+// leaf_row returns the index of the last row of leaf at or below pc; the
+// leaf's first row is, since the index chose the leaf by it.
+__noinline __u32 leaf_row(struct unwind_leaf *leaf, __u32 pc)
+{
+	if (!leaf)
+		return 0;
+	__u32 lo = 1, hi = UNWIND_LEAF_ROWS;
+	for (int k = 0; k < 9 && lo < hi; k++) {
+		__u32 mid = (lo + hi) / 2;
+		if (mid >= UNWIND_LEAF_ROWS)
+			return 0;
+		if (leaf->rows[mid].pc <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo - 1;
+}
+
+// below is 1 when a < b, for values under 2^63, without a branch.
+static __always_inline __u64 below(__u64 a, __u64 b)
+{
+	return (a - b) >> 63;
+}
+
+// find_row copies into *out the row of table id covering object address
+// addr and returns 1, or returns 0 when the table does not cover it (or
+// was evicted meanwhile).
+__noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
+{
+	struct unwind_table *t = bpf_map_lookup_elem(&unwind_tables, &id);
+	if (!t || !out || addr < t->base || addr - t->base > 0xffffffffULL)
+		return 0;
+	__u64 pc = addr - t->base, n = t->nleaves, first = t->index_first;
+
+	// The last leaf whose first pc is at or below pc, by a branchless
+	// search over 2^13 slots: slots past n count as above everything.
+	__u64 lo = 0;
+	for (__u64 step = 4096; step > 0; step /= 2) {
+		__u64 i = lo + step, valid = below(i, n);
+		__u32 slot = first + i * valid;
+		__u32 *leaf_pc = bpf_map_lookup_elem(&unwind_index, &slot);
+		if (!leaf_pc)
+			return 0;
+		lo += step * (valid & (below(pc, *leaf_pc) ^ 1));
+	}
+	// Slot 0 itself was not compared.
+	__u32 slot0 = first;
+	__u32 *first_pc = bpf_map_lookup_elem(&unwind_index, &slot0);
+	if (!first_pc || n == 0 || pc < *first_pc)
+		return 0;
+
+	struct unwind_leaf_key key = { .table = id, .leaf = lo };
+	struct unwind_leaf *leaf = bpf_map_lookup_elem(&unwind_leaves, &key);
+	if (!leaf)
+		return 0;
+	__u32 i = leaf_row(leaf, pc);
+	if (i >= UNWIND_LEAF_ROWS)
+		return 0;
+	*out = leaf->rows[i];
+	return 1;
+}
+
+static __always_inline long stop(struct walk *w, __u8 end)
+{
+	w->end = end;
+	return 1;
+}
+
+// step_frame_pointer moves to the caller by the frame-pointer chain: the
+// frame pointer holds the caller's frame pointer, the return address is
+// just above it.
+static __always_inline long step_frame_pointer(struct walk *w)
+{
+	__u64 frame[2]; // saved rbp, return address
+	// No check that the frame is above the stack pointer: Go switches
+	// stacks (a cgo call runs on the system stack, its Go caller's frames
+	// on the goroutine's). A chain that points astray ends at the next pc,
+	// outside every mapping, or at the depth limit.
+	if (w->bp == 0)
+		return stop(w, END_COMPLETE); // the chain's end (_start and Go clear rbp)
+	if (bpf_probe_read_user(frame, sizeof(frame), (void *)w->bp))
+		return stop(w, END_READ_FAILED);
+	if (w->n == 1) // the leaf
+		w->leaf_fp = 1;
+	w->sp = w->bp + 16;
+	w->bp = frame[0];
+	w->pc = frame[1];
+	w->exact = 0;
+	w->fp_frames++;
+	return w->pc == 0 ? stop(w, END_COMPLETE) : 0;
+}
+
+// step_signal continues in the context a signal interrupted. The frame is
+// the signal trampoline's (__restore_rt): the handler returned to it by
+// popping the return address, so rsp points at the struct ucontext of the
+// kernel's struct rt_sigframe (arch/x86/include/asm/sigframe.h), whose
+// uc_mcontext (struct sigcontext, arch/x86/include/uapi/asm/sigcontext.h)
+// follows uc_flags, uc_link and uc_stack: 40 bytes in.
+static __always_inline long step_signal(struct walk *w)
+{
+	struct unwind_regs *regs = w->regs;
+	if (bpf_probe_read_user(regs->sigcontext, sizeof(regs->sigcontext), (void *)(w->sp + 40)))
+		return stop(w, END_READ_FAILED);
+	__u64 *sc = regs->sigcontext;
+	// DWARF numbering: rax rdx rcx rbx rsi rdi rbp rsp r8..r15.
+	regs->r[0] = sc[13];
+	regs->r[1] = sc[12];
+	regs->r[2] = sc[14];
+	regs->r[3] = sc[11];
+	regs->r[4] = sc[9];
+	regs->r[5] = sc[8];
+	regs->r[6] = sc[10];
+	regs->r[7] = sc[15];
+	for (int i = 0; i < 8; i++)
+		regs->r[8 + i] = sc[i];
+	w->bp = sc[10];
+	w->sp = sc[15];
+	w->pc = sc[16];
+	w->exact = 1; // the interrupted instruction, not a return address
+	w->table_frames++;
+	return w->pc == 0 ? stop(w, END_COMPLETE) : 0;
+}
+
+// walk_step records frame i and moves to its caller. The frame's index is
+// bpf_loop's, not a count kept in w: the verifier treats it as unknown, so
+// it checks the callback once rather than once per possible depth.
+static long walk_step(__u64 i, struct walk *w)
+{
+	if (i >= MAX_STACK_DEPTH)
+		return stop(w, END_DEPTH);
+	w->trace->ips[i & (MAX_STACK_DEPTH - 1)] = w->pc;
+	w->n = i + 1;
+	if (i + 1 == MAX_STACK_DEPTH)
+		return stop(w, END_DEPTH);
+
+	// A return address follows its call: look the call up.
+	__u64 pc = w->exact ? w->pc : w->pc - 1;
+	__u32 ri = find_range(w->proc, pc, w->range);
+	if (ri >= UNWIND_MAX_RANGES)
+		return stop(w, END_NO_MAPPING);
+	w->range = ri;
+	struct unwind_range *r = &w->proc->ranges[ri];
+	struct unwind_row row = {};
+	if (!r->table || !find_row(r->table, pc - r->bias, &row) || row.cfa_kind == CFA_NONE)
+		return step_frame_pointer(w);
+
+	__s64 off = (__s64)row.cfa_off * 8;
+	__u64 cfa;
+	__u8 kind = row.cfa_kind;
+	switch (kind) {
+	case CFA_RSP:
+		cfa = w->sp + off;
+		break;
+	case CFA_RBP:
+		cfa = w->bp + off;
+		break;
+	case CFA_PLT:
+		cfa = w->sp + 8 + ((w->pc & 15) >= (__u64)row.cfa_off ? 8 : 0);
+		break;
+	case CFA_DEREF_RBP:
+		if (bpf_probe_read_user(&cfa, sizeof(cfa), (void *)(w->bp + off)))
+			return stop(w, END_READ_FAILED);
+		break;
+	case CFA_END:
+		return stop(w, END_COMPLETE);
+	case CFA_SIGNAL:
+		return step_signal(w);
+	default:
+		if (kind < CFA_REG_BASE || kind >= CFA_REG_BASE + 16 || !w->exact)
+			return stop(w, END_UNSUPPORTED);
+		cfa = w->regs->r[(kind - CFA_REG_BASE) & 15] + off;
+	}
+	if (cfa <= w->sp)
+		return stop(w, END_BAD_FRAME);
+
+	__u64 ra;
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
+		return stop(w, END_READ_FAILED);
+	if (row.rbp < 0) {
+		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)(cfa + (__s64)row.rbp * 8)))
+			return stop(w, END_READ_FAILED);
+	} else if (row.rbp == RBP_AT_RBP) {
+		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)w->bp))
+			return stop(w, END_READ_FAILED);
+	} else if (row.rbp == RBP_UNKNOWN) {
+		w->bp = 0;
+	}
+	w->sp = cfa;
+	w->pc = ra;
+	w->exact = 0;
+	w->table_frames++;
+	return ra == 0 ? stop(w, END_COMPLETE) : 0;
+}
+
+// walk_user_stack unwinds the user stack of a process with tables into
+// trace and returns how the walk ended. *leaf_fp tells whether the leaf's
+// caller was found through the frame pointer (then the caller of a
+// frameless leaf is missing, and the sampler looks for it at the stack
+// pointer).
+static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct stack_trace *trace, bool *leaf_fp)
+{
+	__u32 zero = 0;
+	struct unwind_regs *regs = bpf_map_lookup_elem(&unwind_regs, &zero);
+	if (!regs)
+		return END_READ_FAILED;
+	// The user registers, saved at the top of the task's kernel stack when
+	// it entered the kernel (by this interrupt, if it hit user mode).
+	struct user_regs *u = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!u)
+		return END_READ_FAILED;
+	// DWARF numbering: rax rdx rcx rbx rsi rdi rbp rsp r8..r15.
+	regs->r[0] = u->ax;
+	regs->r[1] = u->dx;
+	regs->r[2] = u->cx;
+	regs->r[3] = u->bx;
+	regs->r[4] = u->si;
+	regs->r[5] = u->di;
+	regs->r[6] = u->bp;
+	regs->r[7] = u->sp;
+	regs->r[8] = u->r8;
+	regs->r[9] = u->r9;
+	regs->r[10] = u->r10;
+	regs->r[11] = u->r11;
+	regs->r[12] = u->r12;
+	regs->r[13] = u->r13;
+	regs->r[14] = u->r14;
+	regs->r[15] = u->r15;
+	struct walk w = { .trace = trace, .proc = proc, .regs = regs, .exact = 1, .range = UNWIND_MAX_RANGES };
+	w.pc = u->ip;
+	w.sp = regs->r[7];
+	w.bp = regs->r[6];
+	w.end = END_DEPTH;
+	bpf_loop(MAX_STACK_DEPTH, walk_step, &w, 0);
+	trace->len = w.n;
+	// bpf_get_stack zeroes the rest of the buffer; hash_stack reads whole
+	// blocks of four frames, so clear the tail of the last block.
+	for (__u32 k = 0; k < 3; k++) {
+		__u32 j = w.n + k;
+		if (j < MAX_STACK_DEPTH)
+			trace->ips[j] = 0;
+	}
+	count_stats(STAT_FRAMES_TABLE, w.table_frames);
+	count_stats(STAT_FRAMES_FP, w.fp_frames);
+	*leaf_fp = w.leaf_fp;
+	return w.end;
+}

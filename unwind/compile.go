@@ -1,0 +1,201 @@
+package unwind
+
+import (
+	"cmp"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+)
+
+// MaxRows bounds a table: 4 Mi rows (32 MiB in the kernel) is eight times
+// what libLLVM, the largest object on common hosts, needs.
+const MaxRows = 4 << 20
+
+// maxSectionBytes bounds the call-frame section read into memory.
+const maxSectionBytes = 256 << 20
+
+// ErrNoFrameInfo is returned for an object without call-frame information
+// (its code is walked by frame pointers).
+var ErrNoFrameInfo = errors.New("no call-frame information")
+
+// Compile reads the call-frame information of the ELF object r and
+// compiles its unwind table.
+func Compile(r io.ReaderAt) (*Table, error) {
+	f, err := elf.NewFile(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if f.Machine != elf.EM_X86_64 || f.Class != elf.ELFCLASS64 {
+		return nil, fmt.Errorf("%w: %s %s objects are not supported", ErrNoFrameInfo, f.Class, f.Machine)
+	}
+	sections, err := frameSections(f, r)
+	if err != nil {
+		return nil, err
+	}
+	if len(sections) == 0 {
+		return nil, ErrNoFrameInfo
+	}
+	t, err := compileSections(sections)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD {
+			t.Segments = append(t.Segments, Segment{Off: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz})
+		}
+	}
+	return t, nil
+}
+
+// isGo reports whether f was built by the Go toolchain.
+func isGo(f *elf.File) bool {
+	return f.Section(".go.buildinfo") != nil || f.Section(".gopclntab") != nil || f.Section(".note.go.buildid") != nil
+}
+
+// frameSections returns the object's .eh_frame, and its .debug_frame
+// unless it is a Go object (whose .debug_frame describes the runtime's
+// stack switches wrongly; Go code is walked by frame pointers).
+func frameSections(f *elf.File, r io.ReaderAt) ([]frameSection, error) {
+	var out []frameSection
+	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
+		data, err := sectionData(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, frameSection{data: data, vaddr: s.Addr, kind: ehFrame})
+	} else if len(f.Sections) == 0 {
+		// Section headers stripped: .eh_frame_hdr still points to .eh_frame.
+		sec, err := ehFrameFromSegments(f, r)
+		if err != nil {
+			return nil, err
+		}
+		if sec != nil {
+			out = append(out, *sec)
+		}
+	}
+	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && !isGo(f) {
+		data, err := sectionData(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, frameSection{data: data, kind: debugFrame})
+	}
+	return out, nil
+}
+
+func sectionData(s *elf.Section) ([]byte, error) {
+	if s.Size > maxSectionBytes {
+		return nil, malformed("%s of %d bytes", s.Name, s.Size)
+	}
+	data, err := s.Data()
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading %s: %v", ErrMalformed, s.Name, err)
+	}
+	return data, nil
+}
+
+// ehFrameFromSegments finds .eh_frame through PT_GNU_EH_FRAME (the
+// .eh_frame_hdr, whose second field points to .eh_frame) and reads it up
+// to the end of the segment holding it; the walk stops at its terminator.
+func ehFrameFromSegments(f *elf.File, r io.ReaderAt) (*frameSection, error) {
+	var hdr *elf.Prog
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_GNU_EH_FRAME {
+			hdr = p
+		}
+	}
+	if hdr == nil || hdr.Filesz < 8 {
+		return nil, nil
+	}
+	var head [16]byte
+	if _, err := r.ReadAt(head[:], int64(hdr.Off)); err != nil {
+		return nil, fmt.Errorf("%w: reading .eh_frame_hdr: %v", ErrMalformed, err)
+	}
+	hr := reader{b: head[:], off: 4}
+	if head[0] != 1 {
+		return nil, malformed(".eh_frame_hdr version %d", head[0])
+	}
+	ehAddr := hr.pointer(head[1], hdr.Vaddr)
+	if hr.err != nil {
+		return nil, hr.err
+	}
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || ehAddr < p.Vaddr || ehAddr >= p.Vaddr+p.Filesz {
+			continue
+		}
+		n := p.Vaddr + p.Filesz - ehAddr
+		if n > maxSectionBytes {
+			return nil, malformed(".eh_frame of %d bytes", n)
+		}
+		data := make([]byte, n)
+		if _, err := r.ReadAt(data, int64(p.Off+ehAddr-p.Vaddr)); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: reading .eh_frame: %v", ErrMalformed, err)
+		}
+		return &frameSection{data: data, vaddr: ehAddr, kind: ehFrame}, nil
+	}
+	return nil, malformed(".eh_frame at %#x outside every segment", ehAddr)
+}
+
+// fdeRef is an FDE found in a section, to be interpreted in address order:
+// small, since libLLVM has 118,000 of them.
+type fdeRef struct {
+	begin   uint64
+	end     uint64
+	cie     *cie
+	instr   uint32 // offset of the instructions in the section
+	n       uint32 // their length
+	section int
+}
+
+// compileSections interprets the FDEs of every section in address order.
+// Where ranges overlap, the first one (.eh_frame's, by section order)
+// wins.
+func compileSections(sections []frameSection) (*Table, error) {
+	n := 0
+	for i := range sections {
+		n += len(sections[i].data) / 48 // FDEs of common sizes; only a hint
+	}
+	refs := make([]fdeRef, 0, n)
+	for i := range sections {
+		s := &sections[i]
+		err := s.entries(func(f *fde) {
+			off := cap(s.data) - cap(f.instructions)
+			refs = append(refs, fdeRef{begin: f.begin, end: f.end, cie: f.cie, instr: uint32(off), n: uint32(len(f.instructions)), section: i})
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(refs) == 0 {
+		return nil, ErrNoFrameInfo
+	}
+	if !slices.IsSortedFunc(refs, compareRefs) {
+		slices.SortStableFunc(refs, compareRefs)
+	}
+	b := builder{base: refs[0].begin}
+	in := interpreter{out: &b}
+	for i := range refs {
+		ref := &refs[i]
+		if ref.begin < b.end {
+			continue // overlaps the previous entry
+		}
+		if b.n > 0 && ref.begin > b.end {
+			b.add(b.end, Row{CFAKind: CFANone}) // a gap: frame pointers there
+		}
+		f := fde{cie: ref.cie, begin: ref.begin, end: ref.end, instructions: sections[ref.section].data[ref.instr : ref.instr+ref.n]}
+		if err := in.rows(&f); err != nil {
+			return nil, fmt.Errorf("FDE for %#x-%#x: %w", f.begin, f.end, err)
+		}
+		b.end = f.end
+		if b.n > MaxRows {
+			return nil, malformed("more than %d rows", MaxRows)
+		}
+	}
+	return b.finish()
+}
+
+func compareRefs(a, b fdeRef) int {
+	return cmp.Or(cmp.Compare(a.begin, b.begin), cmp.Compare(a.section, b.section))
+}
