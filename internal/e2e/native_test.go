@@ -300,7 +300,9 @@ func TestNativeShortLivedProcesses(t *testing.T) {
 	p := d.capture(t, "seconds=4")
 	<-done
 	short := regexp.MustCompile(`^short\d$`)
-	isShort := func(s *profile.Sample) bool { return len(s.Label["comm"]) == 1 && short.MatchString(s.Label["comm"][0]) }
+	isShort := func(s *profile.Sample) bool {
+		return len(s.Label["comm"]) == 1 && short.MatchString(s.Label["comm"][0])
+	}
 	total := samplesWhere(p, isShort)
 	whole := samplesWhere(p, func(s *profile.Sample) bool { return isShort(s) && holdsChain(sampleFrames(s), "main") })
 	t.Logf("short-lived: %d of %d samples whole\n%s", whole, total, topStacks(p, 3))
