@@ -296,19 +296,13 @@ static __always_inline bool sampled_in_user(struct sample_ctx *ctx)
 // frame of its own (Go and optimized C leaves, or a PC in a prologue); that
 // caller's return address is then exactly at [sp]. Userspace decides whether
 // to insert it, since only it knows if the leaf function is frameless.
-static __always_inline __u64 leaf_caller(struct sample_ctx *ctx, bool in_user)
+static __always_inline __u64 leaf_caller(void)
 {
-	// Read before the branch: were the two loads merged into one through a
-	// chosen pointer, the verifier would refuse the modified ctx pointer.
-	__u64 sp = ctx->regs.sp, ret = 0;
-
-	if (!in_user) {
-		struct user_regs *regs = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		if (!regs)
-			return 0;
-		sp = regs->sp;
-	}
-	if (bpf_probe_read_user(&ret, sizeof(ret), (void *)sp))
+	// The user registers, saved at the top of the task's kernel stack when
+	// it entered the kernel (by this interrupt, if it hit user mode).
+	struct user_regs *regs = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 ret = 0;
+	if (!regs || bpf_probe_read_user(&ret, sizeof(ret), (void *)regs->sp))
 		return 0;
 	return is_return_address(ret) ? ret : 0;
 }
@@ -372,8 +366,8 @@ static __always_inline void forget_process(bool leader_only)
 		process_event(pid, PROCESS_GONE); // if lost, the drain's sweep notices the exit
 }
 
-// The raw tracepoints need neither tracefs nor kernel BTF, and their
-// arguments are not read: the current task is the one that execs or exits.
+// The raw tracepoints need neither tracefs nor kernel BTF, and read no
+// kernel structure: the current task is the one that execs or exits.
 SEC("raw_tp/sched_process_exec")
 int process_exec(void *ctx)
 {
@@ -381,8 +375,23 @@ int process_exec(void *ctx)
 	return 0;
 }
 
+// process_exit forgets a process when its last thread exits: then no
+// thread is left to be sampled and put it back. Its second argument,
+// group_dead, is passed by recent kernels only; elsewhere this program does
+// not attach and process_exit_leader is used.
 SEC("raw_tp/sched_process_exit")
-int process_exit(void *ctx)
+int process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (ctx->args[1])
+		forget_process(false);
+	return 0;
+}
+
+// process_exit_leader forgets a process when its thread group leader exits.
+// A thread that outlives its leader can put it back; the drain's sweep
+// removes it then.
+SEC("raw_tp/sched_process_exit")
+int process_exit_leader(void *ctx)
 {
 	forget_process(true);
 	return 0;
@@ -413,9 +422,13 @@ static __always_inline void count_sample(void *counts_map, struct sample_key *ke
 // none, STACK_LOST: not stored), with how it ended in key->flags and the
 // candidate caller of a frameless leaf in key->leaf_caller. Processes
 // userspace gave unwind tables to are walked by them; others, and those
-// whose tables are not in yet, by the kernel's frame-pointer walk.
-static __always_inline __u64 user_stack(struct sample_ctx *ctx, bool in_user, __u32 g, struct sample_key *key)
+// whose tables are not in yet, by the kernel's frame-pointer walk. A
+// global function: the verifier checks it once, not once per path of the
+// sampler that reaches it.
+__noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sample_key *key)
 {
+	if (!key)
+		return 0;
 	__u8 end = END_FRAME_POINTERS;
 	__u64 id;
 	bool leaf_fp = true;
@@ -441,7 +454,7 @@ static __always_inline __u64 user_stack(struct sample_ctx *ctx, bool in_user, __
 		key->flags |= (__u32)end << FLAG_USER_END_SHIFT;
 	}
 	if (id && leaf_fp)
-		key->leaf_caller = leaf_caller(ctx, in_user);
+		key->leaf_caller = leaf_caller();
 	return id;
 }
 
@@ -475,7 +488,7 @@ int sample_cpu(struct sample_ctx *ctx)
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
 		key.kernel_stack = stack_id(store_stack((void *)ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
-	key.user_stack = user_stack(ctx, in_user, g, &key);
+	key.user_stack = user_stack((void *)ctx, g, &key);
 	if (key.user_stack || (key.flags & FLAG_USER_STACK_LOST))
 		announce_process(pid);
 

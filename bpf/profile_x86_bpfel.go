@@ -166,6 +166,7 @@ const (
 	ProfileProgKernelSymbols         = "kernel_symbols"
 	ProfileProgProcessExec           = "process_exec"
 	ProfileProgProcessExit           = "process_exit"
+	ProfileProgProcessExitLeader     = "process_exit_leader"
 	ProfileProgSampleCpu             = "sample_cpu"
 	ProfileVarKsymNames              = "ksym_names"
 	ProfileVarProcEpoch              = "proc_epoch"
@@ -219,10 +220,11 @@ type ProfileSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileProgramSpecs struct {
-	KernelSymbols *ebpf.ProgramSpec `ebpf:"kernel_symbols"`
-	ProcessExec   *ebpf.ProgramSpec `ebpf:"process_exec"`
-	ProcessExit   *ebpf.ProgramSpec `ebpf:"process_exit"`
-	SampleCpu     *ebpf.ProgramSpec `ebpf:"sample_cpu"`
+	KernelSymbols     *ebpf.ProgramSpec `ebpf:"kernel_symbols"`
+	ProcessExec       *ebpf.ProgramSpec `ebpf:"process_exec"`
+	ProcessExit       *ebpf.ProgramSpec `ebpf:"process_exit"`
+	ProcessExitLeader *ebpf.ProgramSpec `ebpf:"process_exit_leader"`
+	SampleCpu         *ebpf.ProgramSpec `ebpf:"sample_cpu"`
 }
 
 // ProfileMapSpecs contains maps before they are loaded into the kernel.
@@ -341,10 +343,11 @@ type ProfileVariables struct {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfilePrograms struct {
-	KernelSymbols *ebpf.Program `ebpf:"kernel_symbols"`
-	ProcessExec   *ebpf.Program `ebpf:"process_exec"`
-	ProcessExit   *ebpf.Program `ebpf:"process_exit"`
-	SampleCpu     *ebpf.Program `ebpf:"sample_cpu"`
+	KernelSymbols     *ebpf.Program `ebpf:"kernel_symbols"`
+	ProcessExec       *ebpf.Program `ebpf:"process_exec"`
+	ProcessExit       *ebpf.Program `ebpf:"process_exit"`
+	ProcessExitLeader *ebpf.Program `ebpf:"process_exit_leader"`
+	SampleCpu         *ebpf.Program `ebpf:"sample_cpu"`
 }
 
 func (p *ProfilePrograms) Close() error {
@@ -352,6 +355,7 @@ func (p *ProfilePrograms) Close() error {
 		p.KernelSymbols,
 		p.ProcessExec,
 		p.ProcessExit,
+		p.ProcessExitLeader,
 		p.SampleCpu,
 	)
 }

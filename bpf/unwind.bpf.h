@@ -62,24 +62,26 @@ struct {
 	__type(value, struct unwind_regs);
 } unwind_regs SEC(".maps");
 
-// walk is the state of one stack walk, on the BPF stack (bpf_loop's
-// context must be).
-struct walk {
-	struct stack_trace *trace;
-	struct unwind_proc *proc;
-	struct unwind_regs *regs;
-	__u64 pc, sp, bp;
-	__u32 n;          // frames recorded
-	__u32 range;      // index of the range found last: frames of one object follow each other
-	__u32 table_frames, fp_frames;
-	__u8 exact;       // pc is where execution stopped, not a return address
-	__u8 end;         // enum stack_end, once the walk stopped
-	__u8 leaf_fp;     // the leaf's caller was found by frame pointer
-};
 
-// The searches are global functions: the verifier checks each once, with
-// its arguments unknown, instead of following every outcome of every
-// comparison at every frame of the walk (which exceeds its budget).
+// The searches are global functions, and branchless: the verifier checks
+// each once, with its arguments unknown, and follows one path through it,
+// instead of every outcome of every comparison at every frame of the walk
+// (which exceeds its budget and costs start-up time).
+
+// below is 1 when a < b, for values under 2^63, without a branch: the
+// empty asm keeps clang from turning the sign bit back into a comparison,
+// which BPF could only branch on (every branch doubles the paths the
+// verifier follows).
+static __always_inline __u64 opaque(__u64 x)
+{
+	asm volatile("" : "+r"(x));
+	return x;
+}
+
+static __always_inline __u64 below(__u64 a, __u64 b)
+{
+	return opaque(opaque(a - b) >> 63);
+}
 
 // find_range returns the index of the range of p holding pc, or
 // UNWIND_MAX_RANGES when none does. hint is the range found last: frames of
@@ -90,23 +92,18 @@ __noinline __u32 find_range(struct unwind_proc *p, __u64 pc, __u32 hint)
 		return UNWIND_MAX_RANGES;
 	if (hint < UNWIND_MAX_RANGES && pc - p->ranges[hint].start < p->ranges[hint].len)
 		return hint;
-	// The last range starting at or below pc.
-	__u32 lo = 0, hi = p->nranges;
-	if (hi > UNWIND_MAX_RANGES)
-		hi = UNWIND_MAX_RANGES;
-	for (int k = 0; k < 7 && lo < hi; k++) {
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= UNWIND_MAX_RANGES)
+	__u64 n = p->nranges, lo = 0;
+	// The last range starting at or below pc; slots past n count as above
+	// everything.
+	for (__u64 step = UNWIND_MAX_RANGES / 2; step > 0; step /= 2) {
+		__u64 i = lo + step, valid = below(i, n), slot = i * valid;
+		if (slot >= UNWIND_MAX_RANGES)
 			return UNWIND_MAX_RANGES;
-		if (p->ranges[mid].start <= pc)
-			lo = mid + 1;
-		else
-			hi = mid;
+		lo += step * opaque(valid & (below(pc, p->ranges[slot].start) ^ 1));
 	}
-	__u32 i = lo - 1;
-	if (lo == 0 || i >= UNWIND_MAX_RANGES || pc - p->ranges[i].start >= p->ranges[i].len)
+	if (n == 0 || lo >= UNWIND_MAX_RANGES || pc < p->ranges[0].start || pc - p->ranges[lo].start >= p->ranges[lo].len)
 		return UNWIND_MAX_RANGES;
-	return i;
+	return lo;
 }
 
 // leaf_row returns the index of the last row of leaf at or below pc; the
@@ -115,23 +112,14 @@ __noinline __u32 leaf_row(struct unwind_leaf *leaf, __u32 pc)
 {
 	if (!leaf)
 		return 0;
-	__u32 lo = 1, hi = UNWIND_LEAF_ROWS;
-	for (int k = 0; k < 9 && lo < hi; k++) {
-		__u32 mid = (lo + hi) / 2;
-		if (mid >= UNWIND_LEAF_ROWS)
+	__u64 lo = 0;
+	for (__u64 step = 256; step > 0; step /= 2) {
+		__u64 i = lo + step, valid = below(i, UNWIND_LEAF_ROWS), slot = i * valid;
+		if (slot >= UNWIND_LEAF_ROWS)
 			return 0;
-		if (leaf->rows[mid].pc <= pc)
-			lo = mid + 1;
-		else
-			hi = mid;
+		lo += step * opaque(valid & (below(pc, leaf->rows[slot].pc) ^ 1));
 	}
-	return lo - 1;
-}
-
-// below is 1 when a < b, for values under 2^63, without a branch.
-static __always_inline __u64 below(__u64 a, __u64 b)
-{
-	return (a - b) >> 63;
+	return lo;
 }
 
 // find_row copies into *out the row of table id covering object address
@@ -153,7 +141,7 @@ __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 		__u32 *leaf_pc = bpf_map_lookup_elem(&unwind_index, &slot);
 		if (!leaf_pc)
 			return 0;
-		lo += step * (valid & (below(pc, *leaf_pc) ^ 1));
+		lo += step * opaque(valid & (below(pc, *leaf_pc) ^ 1));
 	}
 	// Slot 0 itself was not compared.
 	__u32 slot0 = first;
@@ -172,34 +160,38 @@ __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 	return 1;
 }
 
-static __always_inline long stop(struct walk *w, __u8 end)
-{
-	w->end = end;
-	return 1;
-}
+// frame is where the walk is: the registers of the frame being left.
+struct frame {
+	__u64 pc, sp, bp;
+	__u32 range; // the range found last: frames of one object follow each other
+	__u8 exact;  // pc is where execution stopped (leaf, interrupted by a signal), not a return address
+	__u8 fp;     // the last step found the caller by the frame pointer
+	__u16 pad;
+};
+
+// CONTINUE is what the steps return when the walk goes on; otherwise they
+// return how it ended (enum stack_end).
+#define CONTINUE -1
 
 // step_frame_pointer moves to the caller by the frame-pointer chain: the
 // frame pointer holds the caller's frame pointer, the return address is
-// just above it.
-static __always_inline long step_frame_pointer(struct walk *w)
+// just above it. There is no check that the frame is above the stack
+// pointer: Go switches stacks (a cgo call runs on the system stack, its Go
+// caller's frames on the goroutine's). A chain that points astray ends at
+// the next pc, outside every mapping, or at the depth limit.
+static __always_inline int step_frame_pointer(struct frame *f)
 {
 	__u64 frame[2]; // saved rbp, return address
-	// No check that the frame is above the stack pointer: Go switches
-	// stacks (a cgo call runs on the system stack, its Go caller's frames
-	// on the goroutine's). A chain that points astray ends at the next pc,
-	// outside every mapping, or at the depth limit.
-	if (w->bp == 0)
-		return stop(w, END_COMPLETE); // the chain's end (_start and Go clear rbp)
-	if (bpf_probe_read_user(frame, sizeof(frame), (void *)w->bp))
-		return stop(w, END_READ_FAILED);
-	if (w->n == 1) // the leaf
-		w->leaf_fp = 1;
-	w->sp = w->bp + 16;
-	w->bp = frame[0];
-	w->pc = frame[1];
-	w->exact = 0;
-	w->fp_frames++;
-	return w->pc == 0 ? stop(w, END_COMPLETE) : 0;
+	if (f->bp == 0)
+		return END_COMPLETE; // the chain's end (_start and Go clear rbp)
+	if (bpf_probe_read_user(frame, sizeof(frame), (void *)f->bp))
+		return END_READ_FAILED;
+	f->fp = 1;
+	f->sp = f->bp + 16;
+	f->bp = frame[0];
+	f->pc = frame[1];
+	f->exact = 0;
+	return f->pc == 0 ? END_COMPLETE : CONTINUE;
 }
 
 // step_signal continues in the context a signal interrupted. The frame is
@@ -208,11 +200,10 @@ static __always_inline long step_frame_pointer(struct walk *w)
 // kernel's struct rt_sigframe (arch/x86/include/asm/sigframe.h), whose
 // uc_mcontext (struct sigcontext, arch/x86/include/uapi/asm/sigcontext.h)
 // follows uc_flags, uc_link and uc_stack: 40 bytes in.
-static __always_inline long step_signal(struct walk *w)
+static __always_inline int step_signal(struct frame *f, struct unwind_regs *regs)
 {
-	struct unwind_regs *regs = w->regs;
-	if (bpf_probe_read_user(regs->sigcontext, sizeof(regs->sigcontext), (void *)(w->sp + 40)))
-		return stop(w, END_READ_FAILED);
+	if (bpf_probe_read_user(regs->sigcontext, sizeof(regs->sigcontext), (void *)(f->sp + 40)))
+		return END_READ_FAILED;
 	__u64 *sc = regs->sigcontext;
 	// DWARF numbering: rax rdx rcx rbx rsi rdi rbp rsp r8..r15.
 	regs->r[0] = sc[13];
@@ -225,83 +216,119 @@ static __always_inline long step_signal(struct walk *w)
 	regs->r[7] = sc[15];
 	for (int i = 0; i < 8; i++)
 		regs->r[8 + i] = sc[i];
-	w->bp = sc[10];
-	w->sp = sc[15];
-	w->pc = sc[16];
-	w->exact = 1; // the interrupted instruction, not a return address
-	w->table_frames++;
-	return w->pc == 0 ? stop(w, END_COMPLETE) : 0;
+	f->bp = sc[10];
+	f->sp = sc[15];
+	f->pc = sc[16];
+	f->exact = 1; // the interrupted instruction, not a return address
+	return f->pc == 0 ? END_COMPLETE : CONTINUE;
 }
 
-// walk_step records frame i and moves to its caller. The frame's index is
-// bpf_loop's, not a count kept in w: the verifier treats it as unknown, so
-// it checks the callback once rather than once per possible depth.
-static long walk_step(__u64 i, struct walk *w)
+// unwind_frame moves f from a frame to its caller by the unwind table of
+// the frame's object, or by the frame pointer where no table covers it.
+// It returns CONTINUE, or how the walk ended. A global function: the
+// verifier checks its many paths once, not at every frame.
+__noinline int unwind_frame(struct frame *f, struct unwind_proc *proc, struct unwind_regs *regs)
 {
-	if (i >= MAX_STACK_DEPTH)
-		return stop(w, END_DEPTH);
-	w->trace->ips[i & (MAX_STACK_DEPTH - 1)] = w->pc;
-	w->n = i + 1;
-	if (i + 1 == MAX_STACK_DEPTH)
-		return stop(w, END_DEPTH);
-
+	if (!f || !proc || !regs)
+		return END_READ_FAILED;
+	f->fp = 0;
 	// A return address follows its call: look the call up.
-	__u64 pc = w->exact ? w->pc : w->pc - 1;
-	__u32 ri = find_range(w->proc, pc, w->range);
+	__u64 pc = f->exact ? f->pc : f->pc - 1;
+	__u32 ri = find_range(proc, pc, f->range);
 	if (ri >= UNWIND_MAX_RANGES)
-		return stop(w, END_NO_MAPPING);
-	w->range = ri;
-	struct unwind_range *r = &w->proc->ranges[ri];
+		return END_NO_MAPPING;
+	f->range = ri;
+	struct unwind_range *r = &proc->ranges[ri];
 	struct unwind_row row = {};
 	if (!r->table || !find_row(r->table, pc - r->bias, &row) || row.cfa_kind == CFA_NONE)
-		return step_frame_pointer(w);
+		return step_frame_pointer(f);
 
 	__s64 off = (__s64)row.cfa_off * 8;
 	__u64 cfa;
 	__u8 kind = row.cfa_kind;
 	switch (kind) {
 	case CFA_RSP:
-		cfa = w->sp + off;
+		cfa = f->sp + off;
 		break;
 	case CFA_RBP:
-		cfa = w->bp + off;
+		cfa = f->bp + off;
 		break;
 	case CFA_PLT:
-		cfa = w->sp + 8 + ((w->pc & 15) >= (__u64)row.cfa_off ? 8 : 0);
+		cfa = f->sp + 8 + ((f->pc & 15) >= (__u64)row.cfa_off ? 8 : 0);
 		break;
 	case CFA_DEREF_RBP:
-		if (bpf_probe_read_user(&cfa, sizeof(cfa), (void *)(w->bp + off)))
-			return stop(w, END_READ_FAILED);
+		if (bpf_probe_read_user(&cfa, sizeof(cfa), (void *)(f->bp + off)))
+			return END_READ_FAILED;
 		break;
 	case CFA_END:
-		return stop(w, END_COMPLETE);
+		return END_COMPLETE;
 	case CFA_SIGNAL:
-		return step_signal(w);
+		return step_signal(f, regs);
 	default:
-		if (kind < CFA_REG_BASE || kind >= CFA_REG_BASE + 16 || !w->exact)
-			return stop(w, END_UNSUPPORTED);
-		cfa = w->regs->r[(kind - CFA_REG_BASE) & 15] + off;
+		if (kind < CFA_REG_BASE || kind >= CFA_REG_BASE + 16 || !f->exact)
+			return END_UNSUPPORTED;
+		cfa = regs->r[(kind - CFA_REG_BASE) & 15] + off;
 	}
-	if (cfa <= w->sp)
-		return stop(w, END_BAD_FRAME);
+	if (cfa <= f->sp)
+		return END_BAD_FRAME;
 
 	__u64 ra;
 	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
-		return stop(w, END_READ_FAILED);
+		return END_READ_FAILED;
 	if (row.rbp < 0) {
-		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)(cfa + (__s64)row.rbp * 8)))
-			return stop(w, END_READ_FAILED);
+		if (bpf_probe_read_user(&f->bp, sizeof(f->bp), (void *)(cfa + (__s64)row.rbp * 8)))
+			return END_READ_FAILED;
 	} else if (row.rbp == RBP_AT_RBP) {
-		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)w->bp))
-			return stop(w, END_READ_FAILED);
+		if (bpf_probe_read_user(&f->bp, sizeof(f->bp), (void *)f->bp))
+			return END_READ_FAILED;
 	} else if (row.rbp == RBP_UNKNOWN) {
-		w->bp = 0;
+		f->bp = 0;
 	}
-	w->sp = cfa;
-	w->pc = ra;
-	w->exact = 0;
-	w->table_frames++;
-	return ra == 0 ? stop(w, END_COMPLETE) : 0;
+	f->sp = cfa;
+	f->pc = ra;
+	f->exact = 0;
+	return ra == 0 ? END_COMPLETE : CONTINUE;
+}
+
+// walk is the state of one stack walk, on the BPF stack (bpf_loop's
+// context must be).
+struct walk {
+	struct stack_trace *trace;
+	struct unwind_proc *proc;
+	struct unwind_regs *regs;
+	struct frame f;
+	__u32 n;       // frames recorded
+	__u32 table_frames, fp_frames;
+	__u8 end;      // enum stack_end, once the walk stopped
+	__u8 leaf_fp;  // the leaf's caller was found by frame pointer
+};
+
+// walk_step records frame i and moves to its caller. The frame's index is
+// bpf_loop's, not a count kept in w: the verifier treats it as unknown, so
+// it checks the callback once rather than once per possible depth.
+static long walk_step(__u64 i, struct walk *w)
+{
+	if (i >= UNWIND_MAX_DEPTH) {
+		w->end = END_DEPTH;
+		return 1;
+	}
+	w->trace->ips[i & (MAX_STACK_DEPTH - 1)] = w->f.pc;
+	w->n = i + 1;
+	if (i + 1 == UNWIND_MAX_DEPTH) {
+		w->end = END_DEPTH;
+		return 1;
+	}
+	int end = unwind_frame(&w->f, w->proc, w->regs);
+	if (w->f.fp) {
+		w->fp_frames++;
+		w->leaf_fp |= i == 0;
+	} else {
+		w->table_frames++;
+	}
+	if (end == CONTINUE)
+		return 0;
+	w->end = end;
+	return 1;
 }
 
 // walk_user_stack unwinds the user stack of a process with tables into
@@ -337,20 +364,20 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	regs->r[13] = u->r13;
 	regs->r[14] = u->r14;
 	regs->r[15] = u->r15;
-	struct walk w = { .trace = trace, .proc = proc, .regs = regs, .exact = 1, .range = UNWIND_MAX_RANGES };
-	w.pc = u->ip;
-	w.sp = regs->r[7];
-	w.bp = regs->r[6];
-	w.end = END_DEPTH;
-	bpf_loop(MAX_STACK_DEPTH, walk_step, &w, 0);
+	struct walk w = { .trace = trace, .proc = proc, .regs = regs, .end = END_DEPTH };
+	w.f.pc = u->ip;
+	w.f.sp = u->sp;
+	w.f.bp = u->bp;
+	w.f.exact = 1;
+	w.f.range = UNWIND_MAX_RANGES;
+	bpf_loop(UNWIND_MAX_DEPTH, walk_step, &w, 0);
 	trace->len = w.n;
 	// bpf_get_stack zeroes the rest of the buffer; hash_stack reads whole
-	// blocks of four frames, so clear the tail of the last block.
-	for (__u32 k = 0; k < 3; k++) {
-		__u32 j = w.n + k;
-		if (j < MAX_STACK_DEPTH)
-			trace->ips[j] = 0;
-	}
+	// blocks of four frames, so clear the tail of the last block (the walk
+	// stops UNWIND_MAX_DEPTH frames deep, which leaves room for it).
+	trace->ips[w.n & (MAX_STACK_DEPTH - 1)] = 0;
+	trace->ips[(w.n + 1) & (MAX_STACK_DEPTH - 1)] = 0;
+	trace->ips[(w.n + 2) & (MAX_STACK_DEPTH - 1)] = 0;
 	count_stats(STAT_FRAMES_TABLE, w.table_frames);
 	count_stats(STAT_FRAMES_FP, w.fp_frames);
 	*leaf_fp = w.leaf_fp;

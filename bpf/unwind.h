@@ -8,6 +8,9 @@
 /* Rows per leaf: a leaf is a 4 KiB kernel allocation with the hash map's
  * element header (48 bytes), its key and the allocator's list node. */
 #define UNWIND_LEAF_ROWS 504
+/* Frames the walker records: MAX_STACK_DEPTH less the three it clears
+ * after the last (the hash reads whole blocks of four). */
+#define UNWIND_MAX_DEPTH 124
 /* Executable mappings per process the walker knows (a power of two, for
  * the search); a 2 KiB allocation. */
 #define UNWIND_MAX_RANGES 64

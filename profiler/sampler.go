@@ -129,14 +129,17 @@ func NewSampler(cfg Config) (*Sampler, error) {
 // kernel_symbols loads on its own (see kernelNamer).
 type samplerObjects struct {
 	bpf.ProfileMaps
-	SampleCpu   *ebpf.Program  `ebpf:"sample_cpu"`
-	ProcessExec *ebpf.Program  `ebpf:"process_exec"`
-	ProcessExit *ebpf.Program  `ebpf:"process_exit"`
-	ProcEpoch   *ebpf.Variable `ebpf:"proc_epoch"`
+	SampleCpu   *ebpf.Program `ebpf:"sample_cpu"`
+	ProcessExec *ebpf.Program `ebpf:"process_exec"`
+	ProcessExit *ebpf.Program `ebpf:"process_exit"`
+	// ProcessExitLeader replaces ProcessExit on kernels whose
+	// sched_process_exit does not pass group_dead.
+	ProcessExitLeader *ebpf.Program  `ebpf:"process_exit_leader"`
+	ProcEpoch         *ebpf.Variable `ebpf:"proc_epoch"`
 }
 
 func (o *samplerObjects) Close() error {
-	return errors.Join(o.SampleCpu.Close(), o.ProcessExec.Close(), o.ProcessExit.Close(), o.ProfileMaps.Close())
+	return errors.Join(o.SampleCpu.Close(), o.ProcessExec.Close(), o.ProcessExit.Close(), o.ProcessExitLeader.Close(), o.ProfileMaps.Close())
 }
 
 func (s *Sampler) load() error {
@@ -177,16 +180,20 @@ func (s *Sampler) load() error {
 // after the exec and exit hooks, so that no process image is announced
 // before its exec can be seen.
 func (s *Sampler) attach() error {
-	for _, tp := range []struct {
-		name string
-		prog *ebpf.Program
-	}{{"sched_process_exec", s.objs.ProcessExec}, {"sched_process_exit", s.objs.ProcessExit}} {
-		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
-		if err != nil {
-			return fmt.Errorf("%w: attaching to the %s raw tracepoint: %v", ErrPreflight, tp.name, err)
-		}
-		s.links = append(s.links, l)
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: s.objs.ProcessExec})
+	if err != nil {
+		return fmt.Errorf("%w: attaching to the sched_process_exec raw tracepoint: %w", ErrPreflight, err)
 	}
+	s.links = append(s.links, l)
+	l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exit", Program: s.objs.ProcessExit})
+	if err != nil {
+		// An older kernel: its tracepoint has no group_dead argument.
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exit", Program: s.objs.ProcessExitLeader})
+	}
+	if err != nil {
+		return fmt.Errorf("%w: attaching to the sched_process_exit raw tracepoint: %w", ErrPreflight, err)
+	}
+	s.links = append(s.links, l)
 	cpus, err := onlineCPUs()
 	if err != nil {
 		return fmt.Errorf("listing online CPUs: %w", err)

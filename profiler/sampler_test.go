@@ -1,6 +1,7 @@
 package profiler
 
 import (
+	"bufio"
 	"errors"
 	"os"
 	"os/exec"
@@ -147,6 +148,27 @@ func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
 // kernel side forgets it, so a reused pid is announced afresh.
 func TestProcessImagesAnnounced(t *testing.T) {
 	requireRoot(t)
+	// The workload is started, and waits, before the sampler: the moments
+	// between the fork and the exec of its first image belong to this test
+	// process's image, and a sample there would announce a third one.
+	cg := newTestCgroup(t, "announce")
+	cmd := cg.command(t, nil, "burnexec", "300ms")
+	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("workload did not get ready: %q %v", line, err)
+	}
+
 	cfg := DefaultConfig()
 	cfg.Frequency = 499
 	s, err := NewSampler(cfg)
@@ -157,9 +179,8 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	h := &processLog{started: map[uint32]int{}, gone: map[uint32]int{}}
 	go s.RunProcessEvents(h)
 
-	cg := newTestCgroup(t, "announce")
-	cmd := cg.command(t, nil, "burnexec", "300ms")
-	if err := cmd.Run(); err != nil {
+	stdin.Write([]byte("go\n"))
+	if err := cmd.Wait(); err != nil {
 		t.Fatalf("burnexec workload: %v", err)
 	}
 	pid := uint32(cmd.Process.Pid)

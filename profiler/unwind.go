@@ -234,8 +234,11 @@ func (u *UnwindTables) LoadProcess(pid uint32, ranges []unwind.Range) error {
 	})
 	var p bpf.ProfileUnwindProc
 	for _, r := range ranges {
-		if r.Len >= 1<<32 {
-			continue // no code mapping is this large; the walker treats it as unknown
+		// The walker's search compares addresses by the sign of their
+		// difference, so they must be below 2^63: user space is ([vsyscall]
+		// is not, and needs no unwinding). No code mapping is 4 GiB large.
+		if r.Start >= 1<<63 || r.Len >= 1<<32 {
+			continue
 		}
 		p.Ranges[p.Nranges] = bpf.ProfileUnwindRange{Start: r.Start, Bias: r.Bias, Len: uint32(r.Len), Table: r.Table}
 		p.Nranges++

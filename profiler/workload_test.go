@@ -1,6 +1,7 @@
 package profiler
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -35,6 +36,13 @@ func TestMain(m *testing.M) {
 }
 
 func runWorkload(args []string) int {
+	if os.Getenv("CGSCOPE_WORKLOAD_HOLD") != "" {
+		// Started before what observes it: say so, then wait to be let go.
+		// Images it execs do not wait again.
+		os.Unsetenv("CGSCOPE_WORKLOAD_HOLD")
+		fmt.Println("ready")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
 	if v1 := os.Getenv("CGSCOPE_JOIN_V1"); v1 != "" {
 		if err := os.WriteFile(filepath.Join(v1, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
 			fmt.Fprintln(os.Stderr, err)
