@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/pprof/profile"
 
+	"github.com/cgscope/cgscope/internal/containerid"
 	"github.com/cgscope/cgscope/internal/store"
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // HistoryQuery selects a time range of the history and the samples in it.
@@ -124,19 +124,19 @@ func parseTime(name, v string) (time.Time, error) {
 type sampleFilter struct {
 	q          *HistoryQuery
 	mu         sync.Mutex
-	containers map[string]profiler.ContainerIdentity
+	containers map[string]containerid.Identity
 }
 
 func newSampleFilter(q *HistoryQuery) *sampleFilter {
-	return &sampleFilter{q: q, containers: map[string]profiler.ContainerIdentity{}}
+	return &sampleFilter{q: q, containers: map[string]containerid.Identity{}}
 }
 
-func (f *sampleFilter) container(cgroup string) profiler.ContainerIdentity {
+func (f *sampleFilter) container(cgroup string) containerid.Identity {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id, ok := f.containers[cgroup]
 	if !ok {
-		id = profiler.ParseContainerPath(cgroup)
+		id = containerid.Parse(cgroup)
 		f.containers[cgroup] = id
 	}
 	return id

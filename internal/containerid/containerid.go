@@ -1,12 +1,16 @@
-package profiler
+// Package containerid reads the container id and Kubernetes pod UID out of a
+// cgroup path, by the naming rules of the kubelet and the container runtimes
+// (containerd, CRI-O, Docker, Podman; systemd and cgroupfs drivers). It is
+// pure string parsing: no files, no kernel, no runtime socket.
+package containerid
 
 import (
 	"regexp"
 	"strings"
 )
 
-// ContainerIdentity is what a cgroup path says about the container in it.
-type ContainerIdentity struct {
+// Identity is what a cgroup path says about the container in it.
+type Identity struct {
 	ContainerID string // 64-hex (or runtime-specific) id, "" when unknown
 	PodUID      string // Kubernetes pod UID with dashes (e.g. 8f3b...-....), "" when unknown
 	Runtime     string // "containerd", "cri-o", "docker", "podman", "" when unknown
@@ -73,7 +77,7 @@ func podUIDOf(seg string) (string, bool) {
 	return "", false
 }
 
-// ParseContainerPath extracts container id and pod UID from a cgroup path
+// Parse extracts container id and pod UID from a cgroup path
 // (cgroup2 path relative to the root, or a v1 path). It reads the path one
 // segment at a time, so it also finds containers nested in containers (kind,
 // k3d, minikube, Docker in Docker), where it reports the innermost container
@@ -85,10 +89,10 @@ func podUIDOf(seg string) (string, bool) {
 // A conmon cgroup (crio-conmon-<id>, libpod-conmon-<id>) holds the runtime's
 // monitor, not the container: its Runtime and pod UID are reported, its id is
 // not. Paths of no container ("/", "/system.slice/ssh.service") yield the
-// zero ContainerIdentity. ParseContainerPath never fails: text that matches
+// zero Identity. Parse never fails: text that matches
 // no known layout is simply no container.
-func ParseContainerPath(path string) ContainerIdentity {
-	var id ContainerIdentity
+func Parse(path string) Identity {
+	var id Identity
 	parent := ""
 	for path != "" {
 		var seg string
@@ -97,7 +101,7 @@ func ParseContainerPath(path string) ContainerIdentity {
 			continue
 		}
 		if uid, ok := podUIDOf(seg); ok {
-			id = ContainerIdentity{PodUID: uid}
+			id = Identity{PodUID: uid}
 			parent = seg
 			continue
 		}
@@ -110,7 +114,7 @@ func ParseContainerPath(path string) ContainerIdentity {
 		case strings.Contains(seg, ":"):
 			if m := reColon.FindStringSubmatch(seg); m != nil {
 				if uid, ok := podUIDOf(m[1]); ok {
-					id = ContainerIdentity{PodUID: uid}
+					id = Identity{PodUID: uid}
 				}
 				id.Runtime = runtimeOf(m[2])
 				id.ContainerID = m[3]

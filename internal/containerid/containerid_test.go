@@ -1,4 +1,4 @@
-package profiler
+package containerid
 
 import (
 	"regexp"
@@ -21,111 +21,111 @@ const (
 )
 
 func TestParseContainerPath(t *testing.T) {
-	none := ContainerIdentity{}
+	none := Identity{}
 	tests := []struct {
 		name, path string
-		want       ContainerIdentity
+		want       Identity
 	}{
 		// Kubernetes, systemd cgroup driver.
 		{"systemd containerd burstable",
 			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + cidA + ".scope",
-			ContainerIdentity{cidA, uid, "containerd"}},
+			Identity{cidA, uid, "containerd"}},
 		{"systemd cri-o besteffort",
 			"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidU + ".slice/crio-" + cidA + ".scope",
-			ContainerIdentity{cidA, uid, "cri-o"}},
+			Identity{cidA, uid, "cri-o"}},
 		{"systemd docker (dockershim/cri-dockerd) besteffort",
 			"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod9692aa0e_748e_11e8_8dfa_76d458035df6.slice/docker-" + cidB + ".scope",
-			ContainerIdentity{cidB, "9692aa0e-748e-11e8-8dfa-76d458035df6", "docker"}},
+			Identity{cidB, "9692aa0e-748e-11e8-8dfa-76d458035df6", "docker"}},
 		{"systemd guaranteed",
 			"/kubepods.slice/kubepods-pod" + uidU + ".slice/cri-containerd-" + cidA + ".scope",
-			ContainerIdentity{cidA, uid, "containerd"}},
+			Identity{cidA, uid, "containerd"}},
 		{"systemd static pod UID",
 			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + static + ".slice/cri-containerd-" + cidB + ".scope",
-			ContainerIdentity{cidB, static, "containerd"}},
+			Identity{cidB, static, "containerd"}},
 		{"systemd cri-o conmon is not the container",
 			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/crio-conmon-" + cidA + ".scope",
-			ContainerIdentity{"", uid, "cri-o"}},
+			Identity{"", uid, "cri-o"}},
 		{"systemd pod slice alone",
 			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice",
-			ContainerIdentity{PodUID: uid}},
+			Identity{PodUID: uid}},
 		{"systemd QoS slice alone", "/kubepods.slice/kubepods-burstable.slice", none},
 		{"kind node, seen inside",
 			"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + uidKnd + ".slice/cri-containerd-" + cidA + ".scope",
-			ContainerIdentity{cidA, uidKnD, "containerd"}},
+			Identity{cidA, uidKnD, "containerd"}},
 		{"kind node, seen from the host",
 			"/system.slice/docker-" + cidK + ".scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + uidKnd + ".slice/cri-containerd-" + cidA + ".scope",
-			ContainerIdentity{cidA, uidKnD, "containerd"}},
+			Identity{cidA, uidKnD, "containerd"}},
 		{"kind node's pod slice is not the node container's",
 			"/system.slice/docker-" + cidK + ".scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + uidKnd + ".slice",
-			ContainerIdentity{PodUID: uidKnD}},
+			Identity{PodUID: uidKnD}},
 		{"kind node's own kubelet cgroup is the node container",
 			"/system.slice/docker-" + cidK + ".scope/kubelet.slice/kubelet-kubepods.slice",
-			ContainerIdentity{ContainerID: cidK, Runtime: "docker"}},
+			Identity{ContainerID: cidK, Runtime: "docker"}},
 		{"minikube cri-o in docker (cgroupfs outside, systemd inside)",
 			"/docker/" + cidK + "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2ca4a155_3599_498d_bb9d_4446693fa3ea.slice/crio-" + cidA + ".scope",
-			ContainerIdentity{cidA, "2ca4a155-3599-498d-bb9d-4446693fa3ea", "cri-o"}},
+			Identity{cidA, "2ca4a155-3599-498d-bb9d-4446693fa3ea", "cri-o"}},
 		{"runtime systemd, kubelet cgroupfs: literal slice:prefix:id",
 			"/kubepods-besteffort-podb7c2cbdb_9ab5_47ef_977e_97e39a73da6d.slice:cri-containerd:" + cidB,
-			ContainerIdentity{cidB, "b7c2cbdb-9ab5-47ef-977e-97e39a73da6d", "containerd"}},
+			Identity{cidB, "b7c2cbdb-9ab5-47ef-977e-97e39a73da6d", "containerd"}},
 		{"literal slice:prefix:id under containerd.service",
 			"/system.slice/containerd.service/kubepods-burstable-pod" + uidU + ".slice:cri-containerd:" + cidA,
-			ContainerIdentity{cidA, uid, "containerd"}},
+			Identity{cidA, uid, "containerd"}},
 
 		// Kubernetes, cgroupfs driver (also k3s and rke2 by default).
 		{"cgroupfs burstable",
 			"/kubepods/burstable/pod" + uid + "/" + cidA,
-			ContainerIdentity{ContainerID: cidA, PodUID: uid}},
+			Identity{ContainerID: cidA, PodUID: uid}},
 		{"cgroupfs besteffort",
 			"/kubepods/besteffort/pod" + uid + "/" + cidB,
-			ContainerIdentity{ContainerID: cidB, PodUID: uid}},
+			Identity{ContainerID: cidB, PodUID: uid}},
 		{"cgroupfs guaranteed",
 			"/kubepods/pod" + uid + "/" + cidA,
-			ContainerIdentity{ContainerID: cidA, PodUID: uid}},
+			Identity{ContainerID: cidA, PodUID: uid}},
 		{"cgroupfs static pod",
 			"/kubepods/burstable/pod" + static + "/" + cidA,
-			ContainerIdentity{ContainerID: cidA, PodUID: static}},
-		{"cgroupfs pod alone", "/kubepods/burstable/pod" + uid, ContainerIdentity{PodUID: uid}},
+			Identity{ContainerID: cidA, PodUID: static}},
+		{"cgroupfs pod alone", "/kubepods/burstable/pod" + uid, Identity{PodUID: uid}},
 		{"k3s (containerd, cgroupfs)",
 			"/kubepods/burstable/pod" + uidK3s + "/" + cidB,
-			ContainerIdentity{ContainerID: cidB, PodUID: uidK3s}},
+			Identity{ContainerID: cidB, PodUID: uidK3s}},
 		{"k3s besteffort",
 			"/kubepods/besteffort/pod" + uidK3s + "/" + cidA,
-			ContainerIdentity{ContainerID: cidA, PodUID: uidK3s}},
+			Identity{ContainerID: cidA, PodUID: uidK3s}},
 		{"k3s with systemd driver",
 			"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + cidB + ".scope",
-			ContainerIdentity{cidB, uid, "containerd"}},
+			Identity{cidB, uid, "containerd"}},
 		{"k3d: k3s in docker",
 			"/docker/" + cidK + "/kubepods/besteffort/pod" + uidK3s + "/" + cidA,
-			ContainerIdentity{ContainerID: cidA, PodUID: uidK3s}},
+			Identity{ContainerID: cidA, PodUID: uidK3s}},
 		{"k3s server process itself", "/system.slice/k3s.service", none},
 		{"k3s detached to /k3s", "/k3s", none},
-		{"cri-o cgroupfs", "/kubepods/burstable/pod" + uid + "/crio-" + cidA, ContainerIdentity{cidA, uid, "cri-o"}},
-		{"cri-o cgroupfs conmon", "/kubepods/burstable/pod" + uid + "/crio-conmon-" + cidA, ContainerIdentity{"", uid, "cri-o"}},
-		{"cri-o cgroupfs default parent", "/crio/crio-" + cidA, ContainerIdentity{ContainerID: cidA, Runtime: "cri-o"}},
+		{"cri-o cgroupfs", "/kubepods/burstable/pod" + uid + "/crio-" + cidA, Identity{cidA, uid, "cri-o"}},
+		{"cri-o cgroupfs conmon", "/kubepods/burstable/pod" + uid + "/crio-conmon-" + cidA, Identity{"", uid, "cri-o"}},
+		{"cri-o cgroupfs default parent", "/crio/crio-" + cidA, Identity{ContainerID: cidA, Runtime: "cri-o"}},
 
 		// Docker without Kubernetes.
-		{"docker cgroupfs", "/docker/" + cidA, ContainerIdentity{ContainerID: cidA, Runtime: "docker"}},
-		{"docker systemd", "/system.slice/docker-" + cidA + ".scope", ContainerIdentity{ContainerID: cidA, Runtime: "docker"}},
-		{"docker in docker", "/docker/" + cidK + "/docker/" + cidA, ContainerIdentity{ContainerID: cidA, Runtime: "docker"}},
+		{"docker cgroupfs", "/docker/" + cidA, Identity{ContainerID: cidA, Runtime: "docker"}},
+		{"docker systemd", "/system.slice/docker-" + cidA + ".scope", Identity{ContainerID: cidA, Runtime: "docker"}},
+		{"docker in docker", "/docker/" + cidK + "/docker/" + cidA, Identity{ContainerID: cidA, Runtime: "docker"}},
 		{"docker systemd, systemd inside the container",
 			"/system.slice/docker-" + cidA + ".scope/init.scope",
-			ContainerIdentity{ContainerID: cidA, Runtime: "docker"}},
+			Identity{ContainerID: cidA, Runtime: "docker"}},
 		{"docker daemon", "/system.slice/docker.service", none},
-		{"docker custom cgroup-parent", "/actions_job/" + cidA, ContainerIdentity{ContainerID: cidA}},
+		{"docker custom cgroup-parent", "/actions_job/" + cidA, Identity{ContainerID: cidA}},
 
 		// Podman.
-		{"podman rootful", "/machine.slice/libpod-" + cidA + ".scope", ContainerIdentity{ContainerID: cidA, Runtime: "podman"}},
+		{"podman rootful", "/machine.slice/libpod-" + cidA + ".scope", Identity{ContainerID: cidA, Runtime: "podman"}},
 		{"podman rootless",
 			"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + cidA + ".scope/container",
-			ContainerIdentity{ContainerID: cidA, Runtime: "podman"}},
+			Identity{ContainerID: cidA, Runtime: "podman"}},
 		{"podman pod",
 			"/machine.slice/machine-libpod_pod_" + cidK + ".slice/libpod-" + cidA + ".scope",
-			ContainerIdentity{ContainerID: cidA, Runtime: "podman"}},
-		{"podman conmon", "/machine.slice/libpod-conmon-" + cidA + ".scope", ContainerIdentity{Runtime: "podman"}},
-		{"podman cgroupfs", "/libpod_parent/libpod-" + cidA, ContainerIdentity{ContainerID: cidA, Runtime: "podman"}},
+			Identity{ContainerID: cidA, Runtime: "podman"}},
+		{"podman conmon", "/machine.slice/libpod-conmon-" + cidA + ".scope", Identity{Runtime: "podman"}},
+		{"podman cgroupfs", "/libpod_parent/libpod-" + cidA, Identity{ContainerID: cidA, Runtime: "podman"}},
 
 		// containerd without Kubernetes.
-		{"nerdctl systemd", "/system.slice/nerdctl-" + cidB + ".scope", ContainerIdentity{ContainerID: cidB, Runtime: "containerd"}},
+		{"nerdctl systemd", "/system.slice/nerdctl-" + cidB + ".scope", Identity{ContainerID: cidB, Runtime: "containerd"}},
 
 		// No container.
 		{"root", "/", none},
@@ -144,13 +144,13 @@ func TestParseContainerPath(t *testing.T) {
 		{"unknown scope prefix", "/system.slice/foo-" + cidA + ".scope", none},
 		{"pod UID with a bad group", "/kubepods/burstable/pod8f3b4a1e-1c2d-4e5f-a6b7-c8d9e0f1a2b", none},
 		{"pod slice outside kubepods", "/system.slice/foo-pod" + uidU + ".slice", none},
-		{"no leading slash", "kubepods/burstable/pod" + uid + "/" + cidA, ContainerIdentity{ContainerID: cidA, PodUID: uid}},
-		{"double slashes", "//kubepods//pod" + uid + "//" + cidA + "/", ContainerIdentity{ContainerID: cidA, PodUID: uid}},
+		{"no leading slash", "kubepods/burstable/pod" + uid + "/" + cidA, Identity{ContainerID: cidA, PodUID: uid}},
+		{"double slashes", "//kubepods//pod" + uid + "//" + cidA + "/", Identity{ContainerID: cidA, PodUID: uid}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := ParseContainerPath(tt.path); got != tt.want {
-				t.Errorf("ParseContainerPath(%q)\n got %+v\nwant %+v", tt.path, got, tt.want)
+			if got := Parse(tt.path); got != tt.want {
+				t.Errorf("Parse(%q)\n got %+v\nwant %+v", tt.path, got, tt.want)
 			}
 		})
 	}
@@ -174,23 +174,23 @@ func FuzzParseContainerPath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, path string) {
-		got := ParseContainerPath(path)
+		got := Parse(path)
 		if got.ContainerID != "" && !reValidCID.MatchString(got.ContainerID) {
-			t.Errorf("ParseContainerPath(%q): invalid container id %q", path, got.ContainerID)
+			t.Errorf("Parse(%q): invalid container id %q", path, got.ContainerID)
 		}
 		if got.PodUID != "" && !reValidUID.MatchString(got.PodUID) {
-			t.Errorf("ParseContainerPath(%q): invalid pod UID %q", path, got.PodUID)
+			t.Errorf("Parse(%q): invalid pod UID %q", path, got.PodUID)
 		}
 		switch got.Runtime {
 		case "", "containerd", "cri-o", "docker", "podman":
 		default:
-			t.Errorf("ParseContainerPath(%q): unknown runtime %q", path, got.Runtime)
+			t.Errorf("Parse(%q): unknown runtime %q", path, got.Runtime)
 		}
 		if got.ContainerID != "" && !strings.Contains(path, got.ContainerID) {
-			t.Errorf("ParseContainerPath(%q): id %q is not in the path", path, got.ContainerID)
+			t.Errorf("Parse(%q): id %q is not in the path", path, got.ContainerID)
 		}
-		if again := ParseContainerPath(path); again != got {
-			t.Errorf("ParseContainerPath(%q) not deterministic: %+v then %+v", path, got, again)
+		if again := Parse(path); again != got {
+			t.Errorf("Parse(%q) not deterministic: %+v then %+v", path, got, again)
 		}
 	})
 }
@@ -204,6 +204,6 @@ func BenchmarkParseContainerPath(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		_ = ParseContainerPath(paths[i%len(paths)])
+		_ = Parse(paths[i%len(paths)])
 	}
 }
