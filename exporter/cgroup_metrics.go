@@ -6,6 +6,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/profiler"
 )
 
@@ -135,7 +136,7 @@ func (c *CgroupCollector) emitFiles(out *familySink, s *cgroupSeries, scrapeStar
 		// series are out already; files have nothing (yet) to say.
 		return false
 	}
-	emit := func(m *cgroupMetric, v profiler.Value, extra ...string) {
+	emit := func(m *cgroupMetric, v cgroup.Value, extra ...string) {
 		if v.Known {
 			out.add(m, s.pairs, v.V, extra...)
 		}

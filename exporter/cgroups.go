@@ -8,6 +8,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
 )
@@ -26,7 +27,7 @@ type CgroupPathResolver interface {
 
 // CgroupFileSource reads what cgroup files know about a cgroup2 path.
 type CgroupFileSource interface {
-	Read(path string) (profiler.CgroupFileStats, error)
+	Read(path string) (cgroup.FileStats, error)
 }
 
 // CgroupOptions shape which cgroups become series, and how many.

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/attribution/critest"
 	"github.com/cgscope/cgscope/profiler"
@@ -33,7 +34,7 @@ func newScrapeBench(b *testing.B, dirs []string, workloads WorkloadResolver) *sc
 	if os.Geteuid() != 0 {
 		b.Skip("SKIPPED: not root; the benchmark loads eBPF and creates cgroups")
 	}
-	root, err := profiler.Cgroup2Mount()
+	root, err := cgroup.V2Mount()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -67,11 +68,11 @@ func newScrapeBench(b *testing.B, dirs []string, workloads WorkloadResolver) *sc
 		runIn(b, dir)
 	}
 
-	resolver, err := profiler.NewCgroupResolver(1 << 16)
+	resolver, err := cgroup.NewResolver(1 << 16)
 	if err != nil {
 		b.Fatal(err)
 	}
-	reader, err := profiler.NewCgroupFileReader()
+	reader, err := cgroup.NewFileReader()
 	if err != nil {
 		b.Fatal(err)
 	}

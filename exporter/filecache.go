@@ -5,8 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/every"
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // FileStatsCache keeps cgroup file figures fresh in the background, so a
@@ -25,7 +25,7 @@ type FileStatsCache struct {
 }
 
 type fileEntry struct {
-	stats     profiler.CgroupFileStats
+	stats     cgroup.FileStats
 	ok        bool // read at least once without error
 	lastAsked time.Time
 }
@@ -39,7 +39,7 @@ func NewFileStatsCache(src CgroupFileSource, interval, budget time.Duration) *Fi
 // read answers from the cache. It reads a cgroup it
 // has never seen only while the scrape that began at scrapeStart is within
 // budget; past it, the cgroup's file figures appear from the next refresh.
-func (c *FileStatsCache) read(path string, scrapeStart time.Time) (profiler.CgroupFileStats, bool) {
+func (c *FileStatsCache) read(path string, scrapeStart time.Time) (cgroup.FileStats, bool) {
 	c.mu.Lock()
 	e := c.entries[path]
 	if e == nil {
@@ -58,7 +58,7 @@ func (c *FileStatsCache) read(path string, scrapeStart time.Time) (profiler.Cgro
 	return st, err == nil
 }
 
-func (c *FileStatsCache) store(path string, st profiler.CgroupFileStats, err error) {
+func (c *FileStatsCache) store(path string, st cgroup.FileStats, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.entries[path]; e != nil {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cgscope/cgscope/cgroup"
 )
 
 // BenchmarkCounterProgramCost runs a context-switch-heavy load (two threads
@@ -16,7 +18,7 @@ import (
 // kernel's bpf_stats. Targets: sched_switch < 300 ns, cgroup_skb < 150 ns.
 func BenchmarkCounterProgramCost(b *testing.B) {
 	withBPFStats(b)
-	root, err := Cgroup2Mount()
+	root, err := cgroup.V2Mount()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -15,11 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cgscope/cgscope/bpf"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/cgscope/cgscope/bpf"
+	"github.com/cgscope/cgscope/cgroup"
 )
 
 var (
@@ -33,7 +35,7 @@ func sharedCounters(t *testing.T) *CgroupCounters {
 	t.Helper()
 	requireRoot(t)
 	countersOnce.Do(func() {
-		root, err := Cgroup2Mount()
+		root, err := cgroup.V2Mount()
 		if err != nil {
 			countersErr = err
 			return
@@ -388,7 +390,7 @@ func TestCounterCollectorDegrades(t *testing.T) {
 	}
 	// A tracepoint this kernel does not have, as on an older kernel.
 	spec.Programs["page_fault_user"].SectionName = "tracepoint/exceptions/no_such_tracepoint"
-	root, err := Cgroup2Mount()
+	root, err := cgroup.V2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,6 @@
 // cgscope's eBPF programs with cilium/ebpf, attaches the CPU sampler to the
 // software cpu-clock on every online CPU, drains the kernel maps into
 // RawBatches without losing or double-counting a sample at the boundary,
-// reports new processes the moment they are first sampled, and resolves
-// cgroup2 ids to paths. It knows nothing of symbols or export formats.
+// and reports new processes the moment they are first sampled. It knows
+// nothing of symbols, cgroup paths or export formats.
 package profiler

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cgscope/cgscope/cgroup"
 )
 
 // The test binary doubles as the workload: re-executed with
@@ -199,7 +201,7 @@ type testCgroup struct {
 // the test ends (after moving any straggler out).
 func newTestCgroup(t *testing.T, name string) *testCgroup {
 	t.Helper()
-	root, err := Cgroup2Mount()
+	root, err := cgroup.V2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
@@ -84,7 +85,7 @@ var samplerFlagNames = map[string]string{
 type agent struct {
 	sampler *profiler.Sampler
 	sym     *symbolizer.Symbolizer
-	cgroups *profiler.CgroupResolver // nil without a cgroup2 mount
+	cgroups *cgroup.Resolver // nil without a cgroup2 mount
 	// workloads names the containers and pods of cgroups.
 	workloads *attribution.Resolver
 	// btf is the kernel BTF parsed once for every BPF load at start-up;
@@ -113,7 +114,7 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		}
 	}
 	a.sym = symbolizer.New(symbolizer.Options{MaxObjects: f.maxObjects, MaxProcesses: f.maxProcesses})
-	cgroups, err := profiler.NewCgroupResolver(f.maxCgroups)
+	cgroups, err := cgroup.NewResolver(f.maxCgroups)
 	if err != nil {
 		slog.Warn("cgroup paths unavailable; samples get an empty cgroup label", "err", err)
 		cgroups = nil

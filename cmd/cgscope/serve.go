@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/exporter"
 	"github.com/cgscope/cgscope/profiler"
 )
@@ -180,7 +181,7 @@ func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheu
 	}
 	var files *exporter.FileStatsCache
 	if c.counters.cgroupFiles {
-		if r, err := profiler.NewCgroupFileReader(); err != nil {
+		if r, err := cgroup.NewFileReader(); err != nil {
 			slog.Warn("collector disabled: cgroup files unreadable", "collector", "cgroupfs", "err", err)
 		} else {
 			files = exporter.NewFileStatsCache(r, c.counters.filesInterval, 20*time.Millisecond)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -51,7 +52,7 @@ type Sampler interface {
 type Pipeline struct {
 	sampler   Sampler
 	sym       *symbolizer.Symbolizer
-	cgroups   *profiler.CgroupResolver
+	cgroups   *cgroup.Resolver
 	workloads WorkloadResolver
 	interval  time.Duration
 
@@ -88,7 +89,7 @@ type kernelNamer interface {
 
 // New builds a pipeline. cgroups may be nil (no cgroup2 mounted). When the
 // sampler can name kernel addresses, sym is told to ask it.
-func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver, interval time.Duration) *Pipeline {
+func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *cgroup.Resolver, interval time.Duration) *Pipeline {
 	if kn, ok := s.(kernelNamer); ok {
 		if namer := kn.KernelNamer(); namer != nil {
 			sym.SetKernelNamer(namer)

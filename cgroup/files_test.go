@@ -1,4 +1,4 @@
-package profiler
+package cgroup
 
 import (
 	"bufio"
@@ -16,11 +16,11 @@ import (
 	"time"
 )
 
-const cgfMiB = 1 << 20
+const miB = 1 << 20
 
-// cgfRequireRoot skips, loudly, a test that creates cgroups when not
+// requireRoot skips, loudly, a test that creates cgroups when not
 // root, and fails it in CI, which must run as root.
-func cgfRequireRoot(t testing.TB) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -32,8 +32,8 @@ func cgfRequireRoot(t testing.TB) {
 	t.Skip(msg)
 }
 
-// cgfWriteTree creates files (path → content) under root.
-func cgfWriteTree(t *testing.T, root string, files map[string]string) {
+// writeTree creates files (path → content) under root.
+func writeTree(t *testing.T, root string, files map[string]string) {
 	t.Helper()
 	for p, c := range files {
 		full := filepath.Join(root, p)
@@ -46,59 +46,17 @@ func cgfWriteTree(t *testing.T, root string, files map[string]string) {
 	}
 }
 
-func cgfWantValue(t *testing.T, name string, got Value, want float64) {
+func wantValue(t *testing.T, name string, got Value, want float64) {
 	t.Helper()
 	if !got.Known || got.V != want {
 		t.Errorf("%s = %+v, want known %v", name, got, want)
 	}
 }
 
-func cgfWantUnknown(t *testing.T, name string, got Value) {
+func wantUnknown(t *testing.T, name string, got Value) {
 	t.Helper()
 	if got.Known {
 		t.Errorf("%s = %+v, want unknown", name, got)
-	}
-}
-
-func TestCgfParseMountinfo(t *testing.T) {
-	tests := []struct {
-		name, mountinfo string
-		v2              string
-		v1              map[string]string
-	}{
-		{"pure v2", `25 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-26 30 0:23 / /sys/fs/pstore rw,nosuid,nodev,noexec,relatime shared:10 - pstore pstore rw`,
-			"/sys/fs/cgroup", map[string]string{}},
-		{"systemd hybrid", `31 23 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-32 31 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-33 31 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
-36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,cpu,cpuacct
-37 31 0:34 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,memory
-38 31 0:35 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid,nodev,noexec,relatime shared:18 - cgroup cgroup rw,net_cls,net_prio`,
-			"/sys/fs/cgroup/unified", map[string]string{
-				"cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
-				"memory": "/sys/fs/cgroup/memory", "net_cls": "/sys/fs/cgroup/net_cls,net_prio", "net_prio": "/sys/fs/cgroup/net_cls,net_prio",
-			}},
-		{"v1 only, separate cpu and cpuacct", `32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-36 31 0:33 / /sys/fs/cgroup/memory2 rw,relatime - cgroup cgroup rw,memory`,
-			"", map[string]string{"cpu": "/sys/fs/cgroup/cpu", "cpuacct": "/sys/fs/cgroup/cpuacct", "memory": "/sys/fs/cgroup/memory"}},
-		{"garbage", "x\n - \n1 2 3 - cgroup\n", "", map[string]string{}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v2, v1, err := cgfParseMountinfo(strings.NewReader(tt.mountinfo))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if v2 != tt.v2 {
-				t.Errorf("cgroup2 mount = %q, want %q", v2, tt.v2)
-			}
-			if fmt.Sprint(v1) != fmt.Sprint(tt.v1) {
-				t.Errorf("v1 mounts = %v, want %v", v1, tt.v1)
-			}
-		})
 	}
 }
 
@@ -108,7 +66,7 @@ func TestCgfParseMountinfo(t *testing.T) {
 func TestCgroupFileReadV2Tree(t *testing.T) {
 	root := t.TempDir()
 	psi := "some avg10=0.00 avg60=0.00 avg300=0.00 total=%d\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=%d\n"
-	cgfWriteTree(t, root, map[string]string{
+	writeTree(t, root, map[string]string{
 		"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n",
 		"cpu.stat":           "usage_usec 9000000\nuser_usec 6000000\nsystem_usec 3000000\n",
 		"cpu.pressure":       fmt.Sprintf(psi, 1, 0),
@@ -141,7 +99,7 @@ func TestCgroupFileReadV2Tree(t *testing.T) {
 		"bare/cgroup.controllers": "\n",
 		"bare/cpu.stat":           "usage_usec 42\nuser_usec 40\nsystem_usec 2\n",
 	})
-	r, err := newCgroupFileReader(root, nil)
+	r, err := newFileReader(root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,37 +111,37 @@ func TestCgroupFileReadV2Tree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgfWantValue(t, "usage", st.MemoryUsageBytes, 100*cgfMiB)
-	cgfWantValue(t, "working set", st.MemoryWorkingSetBytes, 80*cgfMiB)
-	cgfWantValue(t, "rss", st.MemoryRSSBytes, 60*cgfMiB)
-	cgfWantValue(t, "cache", st.MemoryCacheBytes, 40*cgfMiB)
-	cgfWantValue(t, "limit", st.MemoryLimitBytes, 256*cgfMiB)
-	cgfWantValue(t, "minor faults", st.PageFaultsMinor, 12300)
-	cgfWantValue(t, "major faults", st.PageFaultsMajor, 45)
-	cgfWantValue(t, "cpu usage", st.CPUUsageSeconds, 2.5)
-	cgfWantValue(t, "periods", st.CPUPeriods, 400)
-	cgfWantValue(t, "throttled periods", st.CPUThrottledPeriods, 25)
-	cgfWantValue(t, "throttled", st.CPUThrottledSeconds, 1.5)
-	cgfWantValue(t, "psi cpu", st.PressureCPUSomeSeconds, 4)
-	cgfWantValue(t, "psi mem some", st.PressureMemorySomeSeconds, 5)
-	cgfWantValue(t, "psi mem full", st.PressureMemoryFullSeconds, 2.5)
-	cgfWantValue(t, "psi io some", st.PressureIOSomeSeconds, 6)
-	cgfWantValue(t, "psi io full", st.PressureIOFullSeconds, 3)
+	wantValue(t, "usage", st.MemoryUsageBytes, 100*miB)
+	wantValue(t, "working set", st.MemoryWorkingSetBytes, 80*miB)
+	wantValue(t, "rss", st.MemoryRSSBytes, 60*miB)
+	wantValue(t, "cache", st.MemoryCacheBytes, 40*miB)
+	wantValue(t, "limit", st.MemoryLimitBytes, 256*miB)
+	wantValue(t, "minor faults", st.PageFaultsMinor, 12300)
+	wantValue(t, "major faults", st.PageFaultsMajor, 45)
+	wantValue(t, "cpu usage", st.CPUUsageSeconds, 2.5)
+	wantValue(t, "periods", st.CPUPeriods, 400)
+	wantValue(t, "throttled periods", st.CPUThrottledPeriods, 25)
+	wantValue(t, "throttled", st.CPUThrottledSeconds, 1.5)
+	wantValue(t, "psi cpu", st.PressureCPUSomeSeconds, 4)
+	wantValue(t, "psi mem some", st.PressureMemorySomeSeconds, 5)
+	wantValue(t, "psi mem full", st.PressureMemoryFullSeconds, 2.5)
+	wantValue(t, "psi io some", st.PressureIOSomeSeconds, 6)
+	wantValue(t, "psi io full", st.PressureIOFullSeconds, 3)
 
 	st, err = r.Read("kubepods.slice/unlimited.slice/") // sloppy paths are cleaned
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgfWantUnknown(t, `limit "max"`, st.MemoryLimitBytes)
-	cgfWantValue(t, "working set floored at 0", st.MemoryWorkingSetBytes, 0)
-	cgfWantValue(t, "usage", st.MemoryUsageBytes, 4096)
-	cgfWantUnknown(t, "psi cpu without cpu.pressure", st.PressureCPUSomeSeconds)
+	wantUnknown(t, `limit "max"`, st.MemoryLimitBytes)
+	wantValue(t, "working set floored at 0", st.MemoryWorkingSetBytes, 0)
+	wantValue(t, "usage", st.MemoryUsageBytes, 4096)
+	wantUnknown(t, "psi cpu without cpu.pressure", st.PressureCPUSomeSeconds)
 
 	st, err = r.Read("/bare")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgfWantValue(t, "cpu usage", st.CPUUsageSeconds, 42e-6)
+	wantValue(t, "cpu usage", st.CPUUsageSeconds, 42e-6)
 	for name, v := range map[string]Value{
 		"usage": st.MemoryUsageBytes, "working set": st.MemoryWorkingSetBytes, "rss": st.MemoryRSSBytes,
 		"cache": st.MemoryCacheBytes, "limit": st.MemoryLimitBytes, "minor": st.PageFaultsMinor,
@@ -191,7 +149,7 @@ func TestCgroupFileReadV2Tree(t *testing.T) {
 		"throttled": st.CPUThrottledSeconds, "psi cpu": st.PressureCPUSomeSeconds,
 		"psi mem": st.PressureMemorySomeSeconds, "psi io": st.PressureIOFullSeconds,
 	} {
-		cgfWantUnknown(t, name+" without controllers", v)
+		wantUnknown(t, name+" without controllers", v)
 	}
 
 	// The root: memory.stat and PSI, no memory.current, memory.max or
@@ -200,14 +158,14 @@ func TestCgroupFileReadV2Tree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgfWantValue(t, "root cpu usage", st.CPUUsageSeconds, 9)
-	cgfWantValue(t, "root rss", st.MemoryRSSBytes, 100)
-	cgfWantValue(t, "root minor faults", st.PageFaultsMinor, 9)
-	cgfWantUnknown(t, "root usage", st.MemoryUsageBytes)
-	cgfWantUnknown(t, "root working set", st.MemoryWorkingSetBytes)
-	cgfWantUnknown(t, "root limit", st.MemoryLimitBytes)
-	cgfWantUnknown(t, "root periods", st.CPUPeriods)
-	cgfWantValue(t, "root psi io full", st.PressureIOFullSeconds, 2e-6)
+	wantValue(t, "root cpu usage", st.CPUUsageSeconds, 9)
+	wantValue(t, "root rss", st.MemoryRSSBytes, 100)
+	wantValue(t, "root minor faults", st.PageFaultsMinor, 9)
+	wantUnknown(t, "root usage", st.MemoryUsageBytes)
+	wantUnknown(t, "root working set", st.MemoryWorkingSetBytes)
+	wantUnknown(t, "root limit", st.MemoryLimitBytes)
+	wantUnknown(t, "root periods", st.CPUPeriods)
+	wantValue(t, "root psi io full", st.PressureIOFullSeconds, 2e-6)
 
 	if _, err := r.Read("/gone.slice"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Read of a missing cgroup: err = %v, want fs.ErrNotExist", err)
@@ -216,14 +174,14 @@ func TestCgroupFileReadV2Tree(t *testing.T) {
 		t.Errorf("Read cannot leave the hierarchy: err = %v, want fs.ErrNotExist", err)
 	}
 
-	cgfWriteTree(t, root, map[string]string{"broken/cgroup.controllers": "memory\n", "broken/cpu.stat": "usage_usec 1\n",
+	writeTree(t, root, map[string]string{"broken/cgroup.controllers": "memory\n", "broken/cpu.stat": "usage_usec 1\n",
 		"broken/memory.stat": "anon 1\n", "broken/io.pressure": "some avg10=0.00\n"})
 	st, err = r.Read("/broken")
 	if err == nil || errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Read of a malformed io.pressure: err = %v, want a parse error", err)
 	}
-	cgfWantValue(t, "cpu usage beside a malformed file", st.CPUUsageSeconds, 1e-6)
-	cgfWantUnknown(t, "psi io from a malformed file", st.PressureIOSomeSeconds)
+	wantValue(t, "cpu usage beside a malformed file", st.CPUUsageSeconds, 1e-6)
+	wantUnknown(t, "psi io from a malformed file", st.PressureIOSomeSeconds)
 }
 
 // v1 trees, as on a hybrid host (v1 controllers beside a cgroup2 tree) and
@@ -261,9 +219,9 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 		}
 	}
 	add("/", v1mem(2<<30, 9223372036854771712))
-	add("/system.slice/app.service", v1mem(100*cgfMiB, 256*cgfMiB))
-	add("/system.slice/unlimited.service", v1mem(100*cgfMiB, 9223372036854771712))
-	cgfWriteTree(t, root, files)
+	add("/system.slice/app.service", v1mem(100*miB, 256*miB))
+	add("/system.slice/unlimited.service", v1mem(100*miB, 9223372036854771712))
+	writeTree(t, root, files)
 	mounts := map[string]string{
 		"memory":  filepath.Join(root, "v1", "memory"),
 		"cpu":     filepath.Join(root, "v1", "cpu"),
@@ -272,7 +230,7 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 
 	t.Run("hybrid", func(t *testing.T) {
 		v2 := filepath.Join(root, "unified")
-		cgfWriteTree(t, v2, map[string]string{
+		writeTree(t, v2, map[string]string{
 			"cgroup.controllers": "",
 			"cpu.stat":           "usage_usec 1\n",
 			"system.slice/app.service/cgroup.controllers":       "",
@@ -285,7 +243,7 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 			"not-mirrored.scope/cgroup.controllers":             "",
 			"not-mirrored.scope/cpu.stat":                       "usage_usec 8\n",
 		})
-		r, err := newCgroupFileReader(v2, mounts)
+		r, err := newFileReader(v2, mounts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -296,35 +254,35 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cgfWantValue(t, "usage", st.MemoryUsageBytes, 100*cgfMiB)
-		cgfWantValue(t, "working set", st.MemoryWorkingSetBytes, 90*cgfMiB)
-		cgfWantValue(t, "rss (total_rss)", st.MemoryRSSBytes, 60*cgfMiB)
-		cgfWantValue(t, "cache (total_cache)", st.MemoryCacheBytes, 20*cgfMiB)
-		cgfWantValue(t, "limit", st.MemoryLimitBytes, 256*cgfMiB)
-		cgfWantValue(t, "minor faults", st.PageFaultsMinor, 990)
-		cgfWantValue(t, "major faults", st.PageFaultsMajor, 10)
-		cgfWantValue(t, "periods", st.CPUPeriods, 10)
-		cgfWantValue(t, "throttled periods", st.CPUThrottledPeriods, 3)
-		cgfWantValue(t, "throttled (ns)", st.CPUThrottledSeconds, 2.5)
-		cgfWantValue(t, "cpu usage from cgroup2", st.CPUUsageSeconds, 3)
-		cgfWantValue(t, "psi cpu", st.PressureCPUSomeSeconds, 7)
-		cgfWantValue(t, "psi memory full", st.PressureMemoryFullSeconds, 0.5)
-		cgfWantValue(t, "psi io some", st.PressureIOSomeSeconds, 2)
+		wantValue(t, "usage", st.MemoryUsageBytes, 100*miB)
+		wantValue(t, "working set", st.MemoryWorkingSetBytes, 90*miB)
+		wantValue(t, "rss (total_rss)", st.MemoryRSSBytes, 60*miB)
+		wantValue(t, "cache (total_cache)", st.MemoryCacheBytes, 20*miB)
+		wantValue(t, "limit", st.MemoryLimitBytes, 256*miB)
+		wantValue(t, "minor faults", st.PageFaultsMinor, 990)
+		wantValue(t, "major faults", st.PageFaultsMajor, 10)
+		wantValue(t, "periods", st.CPUPeriods, 10)
+		wantValue(t, "throttled periods", st.CPUThrottledPeriods, 3)
+		wantValue(t, "throttled (ns)", st.CPUThrottledSeconds, 2.5)
+		wantValue(t, "cpu usage from cgroup2", st.CPUUsageSeconds, 3)
+		wantValue(t, "psi cpu", st.PressureCPUSomeSeconds, 7)
+		wantValue(t, "psi memory full", st.PressureMemoryFullSeconds, 0.5)
+		wantValue(t, "psi io some", st.PressureIOSomeSeconds, 2)
 
 		st, err = r.Read("/system.slice/unlimited.service")
 		if err != nil {
 			t.Fatal(err)
 		}
-		cgfWantUnknown(t, "v1 limit PAGE_COUNTER_MAX", st.MemoryLimitBytes)
-		cgfWantValue(t, "usage", st.MemoryUsageBytes, 100*cgfMiB)
+		wantUnknown(t, "v1 limit PAGE_COUNTER_MAX", st.MemoryLimitBytes)
+		wantValue(t, "usage", st.MemoryUsageBytes, 100*miB)
 
 		st, err = r.Read("/not-mirrored.scope")
 		if err != nil {
 			t.Fatal(err)
 		}
-		cgfWantValue(t, "cpu usage of a cgroup absent from v1", st.CPUUsageSeconds, 8e-6)
-		cgfWantUnknown(t, "memory of a cgroup absent from v1", st.MemoryUsageBytes)
-		cgfWantUnknown(t, "throttling of a cgroup absent from v1", st.CPUPeriods)
+		wantValue(t, "cpu usage of a cgroup absent from v1", st.CPUUsageSeconds, 8e-6)
+		wantUnknown(t, "memory of a cgroup absent from v1", st.MemoryUsageBytes)
+		wantUnknown(t, "throttling of a cgroup absent from v1", st.CPUPeriods)
 
 		if _, err := r.Read("/only-in-v1"); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("a cgroup2 path that does not exist: err = %v, want fs.ErrNotExist", err)
@@ -332,7 +290,7 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 	})
 
 	t.Run("v1", func(t *testing.T) {
-		r, err := newCgroupFileReader("", mounts)
+		r, err := newFileReader("", mounts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -343,28 +301,28 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cgfWantValue(t, "cpu usage from cpuacct.usage", st.CPUUsageSeconds, 7.5)
-		cgfWantValue(t, "limit", st.MemoryLimitBytes, 256*cgfMiB)
-		cgfWantUnknown(t, "no PSI on v1", st.PressureCPUSomeSeconds)
+		wantValue(t, "cpu usage from cpuacct.usage", st.CPUUsageSeconds, 7.5)
+		wantValue(t, "limit", st.MemoryLimitBytes, 256*miB)
+		wantUnknown(t, "no PSI on v1", st.PressureCPUSomeSeconds)
 		st, err = r.Read("/")
 		if err != nil {
 			t.Fatal(err)
 		}
-		cgfWantUnknown(t, "root limit", st.MemoryLimitBytes)
-		cgfWantValue(t, "root usage", st.MemoryUsageBytes, 2<<30)
+		wantUnknown(t, "root limit", st.MemoryLimitBytes)
+		wantValue(t, "root usage", st.MemoryUsageBytes, 2<<30)
 		if _, err := r.Read("/nope"); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("a missing cgroup on v1: err = %v, want fs.ErrNotExist", err)
 		}
 	})
 
-	if _, err := newCgroupFileReader("", nil); err == nil {
+	if _, err := newFileReader("", nil); err == nil {
 		t.Error("a reader without any cgroup mount: no error")
 	}
 }
 
-// cgfExpectedLayout tells the host's layout the way runc and systemd do, by
+// expectedLayout tells the host's layout the way runc and systemd do, by
 // filesystem magic, independently of the reader's mountinfo parsing.
-func cgfExpectedLayout(t *testing.T) string {
+func expectedLayout(t *testing.T) string {
 	const cgroup2Magic, tmpfsMagic = 0x63677270, 0x01021994
 	var s syscall.Statfs_t
 	if err := syscall.Statfs("/sys/fs/cgroup", &s); err != nil {
@@ -382,12 +340,12 @@ func cgfExpectedLayout(t *testing.T) string {
 	return LayoutV1
 }
 
-func TestCgroupFileReaderHost(t *testing.T) {
-	r, err := NewCgroupFileReader()
+func TestFileReaderHost(t *testing.T) {
+	r, err := NewFileReader()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := cgfExpectedLayout(t)
+	want := expectedLayout(t)
 	t.Logf("layout %s, cgroup2 at %q", r.Layout(), r.v2root)
 	if r.Layout() != want {
 		t.Errorf("Layout() = %q, want %q", r.Layout(), want)
@@ -405,14 +363,14 @@ func TestCgroupFileReaderHost(t *testing.T) {
 	}
 }
 
-// cgfTestCgroup is a cgroup the test created at the same relative path in the
+// testCgroup is a cgroup the test created at the same relative path in the
 // cgroup2 tree and in the v1 memory, cpu and cpuacct hierarchies.
-type cgfTestCgroup struct {
+type testCgroup struct {
 	rel  string
 	dirs []string // every directory created, in creation order
 }
 
-func (c *cgfTestCgroup) dir(prefix string) string {
+func (c *testCgroup) dir(prefix string) string {
 	for _, d := range c.dirs {
 		if strings.HasPrefix(d, prefix+"/") {
 			return d
@@ -421,26 +379,22 @@ func (c *cgfTestCgroup) dir(prefix string) string {
 	return ""
 }
 
-// newCgfTestCgroup creates rel under the cgroup2 mount and, when v1 is set, in
+// newTestCgroup creates rel under the cgroup2 mount and, when v1 is set, in
 // every v1 hierarchy the reader uses, and removes them all when the test ends
 // (after moving any process left back to the root cgroup).
-func newCgfTestCgroup(t *testing.T, r *CgroupFileReader, rel string, v1 bool) *cgfTestCgroup {
+func newTestCgroup(t *testing.T, r *FileReader, rel string, v1 bool) *testCgroup {
 	t.Helper()
-	c := &cgfTestCgroup{rel: rel}
+	c := &testCgroup{rel: rel}
 	var roots []string
 	if r.v2root != "" {
 		roots = append(roots, r.v2root)
 	}
 	if v1 {
-		f, err := os.Open("/proc/self/mountinfo")
+		m, err := ReadMounts()
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, mounts, err := cgfParseMountinfo(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		mounts := m.V1
 		seen := map[string]bool{}
 		for _, ctrl := range []string{"memory", "cpu", "cpuacct"} {
 			if m, ok := mounts[ctrl]; ok && !seen[m] {
@@ -481,7 +435,7 @@ func newCgfTestCgroup(t *testing.T, r *CgroupFileReader, rel string, v1 bool) *c
 }
 
 // addProc moves pid into every hierarchy's copy of the cgroup.
-func (c *cgfTestCgroup) addProc(t *testing.T, pid int) {
+func (c *testCgroup) addProc(t *testing.T, pid int) {
 	t.Helper()
 	for _, d := range c.dirs {
 		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
@@ -502,7 +456,7 @@ func TestCgroupFileHelperProcess(t *testing.T) {
 	if _, err := in.ReadString('\n'); err != nil {
 		os.Exit(2)
 	}
-	mem := make([]byte, n*cgfMiB)
+	mem := make([]byte, n*miB)
 	for i := 0; i < len(mem); i += 4096 {
 		mem[i] = 1
 	}
@@ -521,8 +475,8 @@ func TestCgroupFileHelperProcess(t *testing.T) {
 // TestCgroupFileReadLive creates real cgroups, puts a process that touches
 // 64 MiB and burns CPU in them, and checks what Read reports.
 func TestCgroupFileReadLive(t *testing.T) {
-	cgfRequireRoot(t)
-	r, err := NewCgroupFileReader()
+	requireRoot(t)
+	r, err := NewFileReader()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,10 +484,10 @@ func TestCgroupFileReadLive(t *testing.T) {
 		t.Skip("v1-only host: covered by TestCgroupFileReadV1Tree")
 	}
 	rel := fmt.Sprintf("/cgscope-test-%d.scope", os.Getpid())
-	cg := newCgfTestCgroup(t, r, rel, r.Layout() == LayoutHybrid)
-	const limit = 256 * cgfMiB
+	cg := newTestCgroup(t, r, rel, r.Layout() == LayoutHybrid)
+	const limit = 256 * miB
 	if r.Layout() == LayoutHybrid {
-		d := cg.dir(cgfMountOf(t, "memory"))
+		d := cg.dir(mountOf(t, "memory"))
 		if d == "" {
 			t.Fatal("no v1 memory cgroup created")
 		}
@@ -542,7 +496,7 @@ func TestCgroupFileReadLive(t *testing.T) {
 		}
 		// A fifth of a CPU in 10 ms periods, so that the burn is throttled
 		// even when a loaded machine gives it little time.
-		if d := cg.dir(cgfMountOf(t, "cpu")); d != "" {
+		if d := cg.dir(mountOf(t, "cpu")); d != "" {
 			for _, fv := range [][2]string{{"cpu.cfs_period_us", "10000"}, {"cpu.cfs_quota_us", "2000"}} {
 				if err := os.WriteFile(filepath.Join(d, fv[0]), []byte(fv[1]), 0); err != nil {
 					t.Fatal(err)
@@ -563,7 +517,7 @@ func TestCgroupFileReadLive(t *testing.T) {
 		}
 	}
 	// A second cgroup only in the cgroup2 tree: what v1 does not mirror.
-	newCgfTestCgroup(t, r, rel+".lone", false)
+	newTestCgroup(t, r, rel+".lone", false)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCgroupFileHelperProcess$")
 	cmd.Env = append(os.Environ(), "CGSCOPE_TEST_ALLOC_MIB=64")
@@ -598,20 +552,20 @@ func TestCgroupFileReadLive(t *testing.T) {
 		t.Fatalf("Read(%s): %v", rel, err)
 	}
 	t.Logf("%s: %+v", rel, st)
-	if !st.MemoryUsageBytes.Known || st.MemoryUsageBytes.V < 64*cgfMiB {
+	if !st.MemoryUsageBytes.Known || st.MemoryUsageBytes.V < 64*miB {
 		t.Errorf("usage = %+v, want ≥ 64 MiB", st.MemoryUsageBytes)
 	}
-	if !st.MemoryRSSBytes.Known || st.MemoryRSSBytes.V < 60*cgfMiB {
+	if !st.MemoryRSSBytes.Known || st.MemoryRSSBytes.V < 60*miB {
 		t.Errorf("RSS = %+v, want ≥ 60 MiB", st.MemoryRSSBytes)
 	}
-	cgfWantValue(t, "limit", st.MemoryLimitBytes, limit)
+	wantValue(t, "limit", st.MemoryLimitBytes, limit)
 	if !st.MemoryWorkingSetBytes.Known || st.MemoryWorkingSetBytes.V > st.MemoryUsageBytes.V {
 		t.Errorf("working set = %+v, want known and ≤ usage %v", st.MemoryWorkingSetBytes, st.MemoryUsageBytes.V)
 	}
 	if !st.MemoryCacheBytes.Known {
 		t.Errorf("cache unknown")
 	}
-	if !st.PageFaultsMinor.Known || st.PageFaultsMinor.V < 64*cgfMiB/4096/2 {
+	if !st.PageFaultsMinor.Known || st.PageFaultsMinor.V < 64*miB/4096/2 {
 		t.Errorf("minor faults = %+v, want at least one per two pages touched", st.PageFaultsMinor)
 	}
 	if !st.CPUUsageSeconds.Known || st.CPUUsageSeconds.V <= 0 {
@@ -643,25 +597,20 @@ func TestCgroupFileReadLive(t *testing.T) {
 	}
 }
 
-func cgfMountOf(t testing.TB, ctrl string) string {
+func mountOf(t testing.TB, ctrl string) string {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
+	m, err := ReadMounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	_, v1, err := cgfParseMountinfo(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v1[ctrl]
+	return m.V1[ctrl]
 }
 
 // BenchmarkCgroupFileRead reads every cgroup of this machine's cgroup2 tree
 // (existing), and, as root, 100 cgroups created for the purpose at the same
 // path in every hierarchy (mirrored), as a systemd host has them.
 func BenchmarkCgroupFileRead(b *testing.B) {
-	r, err := NewCgroupFileReader()
+	r, err := NewFileReader()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -680,7 +629,7 @@ func BenchmarkCgroupFileRead(b *testing.B) {
 	b.Run("existing", func(b *testing.B) {
 		root := r.v2root
 		if root == "" {
-			root = cgfMountOf(b, "memory")
+			root = mountOf(b, "memory")
 		}
 		var paths []string
 		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -692,7 +641,7 @@ func BenchmarkCgroupFileRead(b *testing.B) {
 		run(b, paths)
 	})
 	b.Run("mirrored", func(b *testing.B) {
-		cgfRequireRoot(b)
+		requireRoot(b)
 		var paths []string
 		var created []string
 		b.Cleanup(func() {
@@ -706,7 +655,7 @@ func BenchmarkCgroupFileRead(b *testing.B) {
 		}
 		seen := map[string]bool{}
 		for _, ctrl := range []string{"memory", "cpu", "cpuacct"} {
-			if m := cgfMountOf(b, ctrl); m != "" && !seen[m] {
+			if m := mountOf(b, ctrl); m != "" && !seen[m] {
 				seen[m] = true
 				roots = append(roots, m)
 			}
@@ -728,22 +677,22 @@ func BenchmarkCgroupFileRead(b *testing.B) {
 
 // A v1 hierarchy mounted as "cpu,cpuacct" is usable through the usual
 // "cpu" symlink beside it, and not without one.
-func TestCgfV1Root(t *testing.T) {
+func TestV1Root(t *testing.T) {
 	root := t.TempDir()
 	mnt := filepath.Join(root, "cpu,cpuacct")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := cgfV1Root(mnt, "cpu"); ok {
+	if _, ok := v1Root(mnt, "cpu"); ok {
 		t.Error(`"cpu,cpuacct" without a "cpu" symlink: usable`)
 	}
 	if err := os.Symlink("cpu,cpuacct", filepath.Join(root, "cpu")); err != nil {
 		t.Fatal(err)
 	}
-	if got, ok := cgfV1Root(mnt, "cpu"); !ok || got != root {
+	if got, ok := v1Root(mnt, "cpu"); !ok || got != root {
 		t.Errorf(`"cpu,cpuacct" with a "cpu" symlink: %q, %v; want %q`, got, ok, root)
 	}
-	if got, ok := cgfV1Root(filepath.Join(root, "memory"), "memory"); !ok || got != root {
+	if got, ok := v1Root(filepath.Join(root, "memory"), "memory"); !ok || got != root {
 		t.Errorf("memory: %q, %v; want %q", got, ok, root)
 	}
 }

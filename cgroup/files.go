@@ -1,17 +1,14 @@
-package profiler
+package cgroup
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -31,10 +28,10 @@ type Value struct {
 
 func known(v float64) Value { return Value{V: v, Known: true} }
 
-// CgroupFileStats is what the kernel's cgroup files say about one cgroup.
+// FileStats is what the kernel's cgroup files say about one cgroup.
 // Memory and CPU counters cover the cgroup and all its descendants, as the
 // kernel keeps them. Counters (faults, seconds, periods) only grow.
-type CgroupFileStats struct {
+type FileStats struct {
 	// Bytes. Usage: v2 memory.current, v1 memory.usage_in_bytes. Working set
 	// (as cAdvisor and the kubelet define it): usage minus inactive file
 	// pages, floored at 0. RSS: v2 "anon", v1 "total_rss". Cache: v2 "file",
@@ -68,58 +65,53 @@ const (
 // shows PAGE_COUNTER_MAX pages, 2^63 − 4096 on x86-64).
 const v1UnlimitedBytes = 1 << 62
 
-// cgfV1Stater is a cgroup1 controller of the containerd library, reading
+// v1Stater is a cgroup1 controller of the containerd library, reading
 // the files of one controller for a path relative to its hierarchy.
-type cgfV1Stater interface {
+type v1Stater interface {
 	Stat(path string, m *v1stats.Metrics) error
 }
 
-// CgroupFileReader reads cgroup files for cgroups named by their path
+// FileReader reads cgroup files for cgroups named by their path
 // relative to the cgroup2 root. It finds the mounts once, at construction;
 // each Read only opens the files of one cgroup. Where a controller is on a
 // v1 hierarchy (hybrid hosts), Read looks the same relative path up there, as
 // systemd creates its units at the same path in every hierarchy; a cgroup
 // absent there has those fields unknown. It is safe for concurrent use.
-type CgroupFileReader struct {
+type FileReader struct {
 	layout string
 	v2root string // cgroup2 mount point, "" when none
 
 	// Controllers on v1 hierarchies, nil when not there.
-	v1mem, v1cpu, v1cpuacct cgfV1Stater
+	v1mem, v1cpu, v1cpuacct v1Stater
 }
 
-// NewCgroupFileReader finds the cgroup mounts in /proc/self/mountinfo.
-func NewCgroupFileReader() (*CgroupFileReader, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+// NewFileReader finds the cgroup mounts in /proc/self/mountinfo.
+func NewFileReader() (*FileReader, error) {
+	m, err := ReadMounts()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	v2, v1, err := cgfParseMountinfo(f)
-	if err != nil {
-		return nil, err
-	}
-	return newCgroupFileReader(v2, v1)
+	return newFileReader(m.V2, m.V1)
 }
 
-// newCgroupFileReader builds a reader over a cgroup2 mount point (or "") and
+// newFileReader builds a reader over a cgroup2 mount point (or "") and
 // v1 mount points by controller name.
-func newCgroupFileReader(v2root string, v1 map[string]string) (*CgroupFileReader, error) {
-	r := &CgroupFileReader{v2root: v2root}
+func newFileReader(v2root string, v1 map[string]string) (*FileReader, error) {
+	r := &FileReader{v2root: v2root}
 	if m, ok := v1[string(cgroup1.Memory)]; ok {
-		if root, ok := cgfV1Root(m, cgroup1.Memory); ok {
+		if root, ok := v1Root(m, cgroup1.Memory); ok {
 			// The library reads memsw/kmem/kmem.tcp files too unless told not to.
 			r.v1mem = cgroup1.NewMemory(root, cgroup1.IgnoreModules("memsw", "kmem", "kmem.tcp"))
 		}
 	}
 	if m, ok := v1[string(cgroup1.Cpu)]; ok {
-		if root, ok := cgfV1Root(m, cgroup1.Cpu); ok {
+		if root, ok := v1Root(m, cgroup1.Cpu); ok {
 			r.v1cpu = cgroup1.NewCpu(root)
 		}
 	}
 	// cpuacct is needed only without cgroup2, which has CPU time built in.
 	if m, ok := v1[string(cgroup1.Cpuacct)]; ok && v2root == "" {
-		if root, ok := cgfV1Root(m, cgroup1.Cpuacct); ok {
+		if root, ok := v1Root(m, cgroup1.Cpuacct); ok {
 			r.v1cpuacct = cgroup1.NewCpuacct(root)
 		}
 	}
@@ -139,11 +131,11 @@ func newCgroupFileReader(v2root string, v1 map[string]string) (*CgroupFileReader
 	return r, nil
 }
 
-// cgfV1Root returns the directory that, joined with the controller's name,
+// v1Root returns the directory that, joined with the controller's name,
 // is its mount point, as the library's controllers expect. A hierarchy
 // mounted under another name ("cpu,cpuacct") needs the usual symlink
 // ("cpu" → "cpu,cpuacct") beside it.
-func cgfV1Root(mount string, name cgroup1.Name) (string, bool) {
+func v1Root(mount string, name cgroup1.Name) (string, bool) {
 	root := filepath.Dir(mount)
 	if filepath.Base(mount) == string(name) {
 		return root, true
@@ -156,51 +148,8 @@ func cgfV1Root(mount string, name cgroup1.Name) (string, bool) {
 	return root, true
 }
 
-// cgfParseMountinfo returns the cgroup2 mount point ("" if none) and the
-// mount point of each v1 controller (named hierarchies such as name=systemd
-// carry no controller and are left out).
-func cgfParseMountinfo(r io.Reader) (v2 string, v1 map[string]string, err error) {
-	v1 = map[string]string{}
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, sfields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(sfields) < 1 {
-			continue
-		}
-		mnt := fields[4]
-		switch sfields[0] {
-		case "cgroup2":
-			if v2 == "" {
-				v2 = mnt
-			}
-		case "cgroup":
-			if len(sfields) < 3 {
-				continue
-			}
-			for _, opt := range strings.Split(sfields[2], ",") {
-				switch opt {
-				case "rw", "ro", "clone_children", "noprefix", "xattr", "cpuset_v2_mode", "favordynmods":
-					continue
-				}
-				if strings.Contains(opt, "=") { // name=systemd, release_agent=...
-					continue
-				}
-				if _, dup := v1[opt]; !dup {
-					v1[opt] = mnt
-				}
-			}
-		}
-	}
-	return v2, v1, sc.Err()
-}
-
 // Layout returns "v2", "hybrid" or "v1".
-func (r *CgroupFileReader) Layout() string { return r.layout }
+func (r *FileReader) Layout() string { return r.layout }
 
 // Read reads the cgroup at path, relative to the cgroup2 root (e.g.
 // "/system.slice/ssh.service"; on v1-only hosts, relative to each v1
@@ -208,15 +157,15 @@ func (r *CgroupFileReader) Layout() string { return r.layout }
 // fs.ErrNotExist. Any other failure to read or parse a file leaves the
 // fields it would have given unknown and is returned, joined, with the
 // stats that could be read.
-func (r *CgroupFileReader) Read(p string) (CgroupFileStats, error) {
+func (r *FileReader) Read(p string) (FileStats, error) {
 	rel := path.Clean("/" + p)
-	var st CgroupFileStats
+	var st FileStats
 	var errs []error
 	found := false
 	if r.v2root != "" {
 		err := r.readV2(rel, &st)
 		if errors.Is(err, fs.ErrNotExist) {
-			return CgroupFileStats{}, err
+			return FileStats{}, err
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -225,16 +174,16 @@ func (r *CgroupFileReader) Read(p string) (CgroupFileStats, error) {
 	}
 	if r.v1mem != nil {
 		var m v1stats.Metrics
-		if ok, err := cgfV1Stat(r.v1mem, rel, &m); err != nil {
+		if ok, err := v1Stat(r.v1mem, rel, &m); err != nil {
 			errs = append(errs, err)
 		} else if ok {
 			found = true
-			cgfFillV1Memory(m.Memory, &st)
+			fillV1Memory(m.Memory, &st)
 		}
 	}
 	if r.v1cpu != nil {
 		m := v1stats.Metrics{CPU: &v1stats.CPUStat{Throttling: &v1stats.Throttle{}, Usage: &v1stats.CPUUsage{}}}
-		if ok, err := cgfV1Stat(r.v1cpu, rel, &m); err != nil {
+		if ok, err := v1Stat(r.v1cpu, rel, &m); err != nil {
 			errs = append(errs, err)
 		} else if ok {
 			found = true
@@ -246,7 +195,7 @@ func (r *CgroupFileReader) Read(p string) (CgroupFileStats, error) {
 	}
 	if r.v1cpuacct != nil {
 		m := v1stats.Metrics{CPU: &v1stats.CPUStat{Throttling: &v1stats.Throttle{}, Usage: &v1stats.CPUUsage{}}}
-		if ok, err := cgfV1Stat(r.v1cpuacct, rel, &m); err != nil {
+		if ok, err := v1Stat(r.v1cpuacct, rel, &m); err != nil {
 			errs = append(errs, err)
 		} else if ok {
 			found = true
@@ -254,14 +203,14 @@ func (r *CgroupFileReader) Read(p string) (CgroupFileStats, error) {
 		}
 	}
 	if !found && len(errs) == 0 {
-		return CgroupFileStats{}, fmt.Errorf("cgroup %s: %w", rel, fs.ErrNotExist)
+		return FileStats{}, fmt.Errorf("cgroup %s: %w", rel, fs.ErrNotExist)
 	}
 	return st, errors.Join(errs...)
 }
 
-// cgfV1Stat reads one v1 controller's files for rel. A cgroup absent from
+// v1Stat reads one v1 controller's files for rel. A cgroup absent from
 // that hierarchy (not mirrored, or deleted meanwhile) is not an error.
-func cgfV1Stat(s cgfV1Stater, rel string, m *v1stats.Metrics) (bool, error) {
+func v1Stat(s v1Stater, rel string, m *v1stats.Metrics) (bool, error) {
 	err := s.Stat(rel, m)
 	switch {
 	case err == nil:
@@ -273,25 +222,25 @@ func cgfV1Stat(s cgfV1Stater, rel string, m *v1stats.Metrics) (bool, error) {
 	}
 }
 
-func cgfFillV1Memory(m *v1stats.MemoryStat, st *CgroupFileStats) {
+func fillV1Memory(m *v1stats.MemoryStat, st *FileStats) {
 	if m == nil || m.Usage == nil {
 		return
 	}
 	usage := m.Usage.Usage
 	st.MemoryUsageBytes = known(float64(usage))
-	st.MemoryWorkingSetBytes = known(float64(cgfSub(usage, m.TotalInactiveFile)))
+	st.MemoryWorkingSetBytes = known(float64(sub(usage, m.TotalInactiveFile)))
 	st.MemoryRSSBytes = known(float64(m.TotalRSS))
 	st.MemoryCacheBytes = known(float64(m.TotalCache))
 	if l := m.Usage.Limit; l < v1UnlimitedBytes {
 		st.MemoryLimitBytes = known(float64(l))
 	}
 	st.PageFaultsMajor = known(float64(m.TotalPgMajFault))
-	st.PageFaultsMinor = known(float64(cgfSub(m.TotalPgFault, m.TotalPgMajFault)))
+	st.PageFaultsMinor = known(float64(sub(m.TotalPgFault, m.TotalPgMajFault)))
 }
 
 // readV2 reads the cgroup2 files of rel into st: CPU time, PSI, and memory
 // and CPU bandwidth where those controllers are not on v1 hierarchies.
-func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
+func (r *FileReader) readV2(rel string, st *FileStats) error {
 	dir := filepath.Join(r.v2root, rel)
 	mgr, err := cgroup2.Load(rel, cgroup2.WithMountpoint(r.v2root))
 	if err != nil {
@@ -305,7 +254,7 @@ func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
 	// cgroup.controllers says whether the cgroup (still) exists, and which of
 	// the files it read were really there.
 	metrics, statErr := mgr.StatFiltered(mask)
-	ctrls, err := cgfControllers(dir)
+	ctrls, err := controllers(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cgroup %s: %w", rel, fs.ErrNotExist)
@@ -336,15 +285,15 @@ func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
 		m := metrics.Memory
 		// The root has memory.stat (on recent kernels) but no memory.current
 		// or memory.max.
-		if !isRoot || cgfExists(filepath.Join(dir, "memory.stat")) {
+		if !isRoot || exists(filepath.Join(dir, "memory.stat")) {
 			st.MemoryRSSBytes = known(float64(m.Anon))
 			st.MemoryCacheBytes = known(float64(m.File))
 			st.PageFaultsMajor = known(float64(m.Pgmajfault))
-			st.PageFaultsMinor = known(float64(cgfSub(m.Pgfault, m.Pgmajfault)))
+			st.PageFaultsMinor = known(float64(sub(m.Pgfault, m.Pgmajfault)))
 		}
 		if !isRoot {
 			st.MemoryUsageBytes = known(float64(m.Usage))
-			st.MemoryWorkingSetBytes = known(float64(cgfSub(m.Usage, m.InactiveFile)))
+			st.MemoryWorkingSetBytes = known(float64(sub(m.Usage, m.InactiveFile)))
 			if m.UsageLimit != ^uint64(0) { // "max"
 				st.MemoryLimitBytes = known(float64(m.UsageLimit))
 			}
@@ -354,7 +303,7 @@ func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
 	// The library reads memory.pressure only along with memory.stat, and
 	// io.pressure only along with io.stat; PSI exists without controllers.
 	if memPSI == nil {
-		memPSI, err = cgfReadPSI(filepath.Join(dir, "memory.pressure"))
+		memPSI, err = readPSI(filepath.Join(dir, "memory.pressure"))
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -367,7 +316,7 @@ func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
 			st.PressureMemoryFullSeconds = known(float64(memPSI.Full.Total) / 1e6)
 		}
 	}
-	ioPSI, err := cgfReadPSI(filepath.Join(dir, "io.pressure"))
+	ioPSI, err := readPSI(filepath.Join(dir, "io.pressure"))
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -382,17 +331,17 @@ func (r *CgroupFileReader) readV2(rel string, st *CgroupFileStats) error {
 	return errors.Join(errs...)
 }
 
-type cgfControllerSet struct{ cpu, memory bool }
+type controllerSet struct{ cpu, memory bool }
 
-// cgfControllers reads cgroup.controllers: the controllers available in the
+// controllers reads cgroup.controllers: the controllers available in the
 // cgroup, and so which interface files it has.
-func cgfControllers(dir string) (cgfControllerSet, error) {
+func controllers(dir string) (controllerSet, error) {
 	var buf [512]byte
-	b, err := cgfReadSmall(filepath.Join(dir, "cgroup.controllers"), buf[:])
+	b, err := readSmall(filepath.Join(dir, "cgroup.controllers"), buf[:])
 	if err != nil {
-		return cgfControllerSet{}, err
+		return controllerSet{}, err
 	}
-	var s cgfControllerSet
+	var s controllerSet
 	for _, c := range bytes.Fields(b) {
 		switch string(c) {
 		case "cpu":
@@ -404,11 +353,11 @@ func cgfControllers(dir string) (cgfControllerSet, error) {
 	return s, nil
 }
 
-// cgfReadPSI reads the "total" of each line of a *.pressure file. A missing
+// readPSI reads the "total" of each line of a *.pressure file. A missing
 // file, or PSI disabled (EOPNOTSUPP on read), gives nil and no error.
-func cgfReadPSI(file string) (*v2stats.PSIStats, error) {
+func readPSI(file string) (*v2stats.PSIStats, error) {
 	var buf [256]byte
-	b, err := cgfReadSmall(file, buf[:])
+	b, err := readSmall(file, buf[:])
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.EOPNOTSUPP) {
 			return nil, nil
@@ -440,25 +389,25 @@ func cgfReadPSI(file string) (*v2stats.PSIStats, error) {
 	return psi, nil
 }
 
-// cgfReadSmall reads a file of at most len(buf) bytes, as cgroup control
+// readSmall reads a file of at most len(buf) bytes, as cgroup control
 // files are, with one read call (which is how the kernel serves them). It
 // calls the kernel directly: os.Open would also register each cgroupfs file
 // (they are pollable) with the runtime's epoll and unregister it on Close,
 // two more system calls per file, many thousands per scrape.
-func cgfReadSmall(file string, buf []byte) ([]byte, error) {
-	fd, err := cgfRetry(func() (int, error) { return syscall.Open(file, syscall.O_RDONLY|syscall.O_CLOEXEC, 0) })
+func readSmall(file string, buf []byte) ([]byte, error) {
+	fd, err := retryEINTR(func() (int, error) { return syscall.Open(file, syscall.O_RDONLY|syscall.O_CLOEXEC, 0) })
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: file, Err: err}
 	}
 	defer syscall.Close(fd)
-	n, err := cgfRetry(func() (int, error) { return syscall.Read(fd, buf) })
+	n, err := retryEINTR(func() (int, error) { return syscall.Read(fd, buf) })
 	if err != nil {
 		return nil, &fs.PathError{Op: "read", Path: file, Err: err}
 	}
 	return buf[:max(n, 0)], nil
 }
 
-func cgfRetry(f func() (int, error)) (int, error) {
+func retryEINTR(f func() (int, error)) (int, error) {
 	for {
 		n, err := f()
 		if err != syscall.EINTR {
@@ -467,13 +416,13 @@ func cgfRetry(f func() (int, error)) (int, error) {
 	}
 }
 
-func cgfExists(file string) bool {
+func exists(file string) bool {
 	_, err := os.Lstat(file)
 	return err == nil
 }
 
-// cgfSub is a − b floored at 0.
-func cgfSub(a, b uint64) uint64 {
+// sub is a − b floored at 0.
+func sub(a, b uint64) uint64 {
 	if b > a {
 		return 0
 	}

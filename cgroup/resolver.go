@@ -1,7 +1,6 @@
-package profiler
+package cgroup
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,13 +15,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// CgroupResolver maps cgroup2 ids, which BPF reports, to cgroup paths such as
+// Resolver maps cgroup2 ids, which BPF reports, to cgroup paths such as
 // "/system.slice/ssh.service". A cgroup2 id is the inode number of the
 // cgroup's directory and also its kernfs file handle: an unknown id is
 // opened by handle (exact and O(1), needs CAP_DAC_READ_SEARCH), else found by
 // walking the tree again, at most once per minInterval, so a storm of
 // samples from a just-deleted cgroup costs one walk.
-type CgroupResolver struct {
+type Resolver struct {
 	root        string
 	maxEntries  int
 	minInterval time.Duration
@@ -32,14 +31,14 @@ type CgroupResolver struct {
 	lastWalk time.Time
 }
 
-// NewCgroupResolver finds the cgroup2 mount (also on hybrid hosts, where it
+// NewResolver finds the cgroup2 mount (also on hybrid hosts, where it
 // sits at /sys/fs/cgroup/unified) and indexes it.
-func NewCgroupResolver(maxEntries int) (*CgroupResolver, error) {
-	root, err := Cgroup2Mount()
+func NewResolver(maxEntries int) (*Resolver, error) {
+	root, err := V2Mount()
 	if err != nil {
 		return nil, err
 	}
-	r := &CgroupResolver{root: root, maxEntries: maxEntries, minInterval: 2 * time.Second, paths: map[uint64]string{}}
+	r := &Resolver{root: root, maxEntries: maxEntries, minInterval: 2 * time.Second, paths: map[uint64]string{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.walk()
@@ -47,11 +46,11 @@ func NewCgroupResolver(maxEntries int) (*CgroupResolver, error) {
 }
 
 // Root returns the cgroup2 mount point.
-func (r *CgroupResolver) Root() string { return r.root }
+func (r *Resolver) Root() string { return r.root }
 
 // Path returns the cgroup path of id relative to the cgroup2 root ("/" for
 // the root itself), or "" if no such cgroup exists (any longer).
-func (r *CgroupResolver) Path(id uint64) string {
+func (r *Resolver) Path(id uint64) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p, ok := r.paths[id]; ok {
@@ -72,7 +71,7 @@ func (r *CgroupResolver) Path(id uint64) string {
 
 // walk re-indexes the whole tree. The index is rebuilt, not grown, so
 // deleted cgroups leave it and it stays bounded by maxEntries.
-func (r *CgroupResolver) walk() {
+func (r *Resolver) walk() {
 	r.lastWalk = time.Now()
 	paths := make(map[uint64]string, len(r.paths))
 	errStop := errors.New("cgroup index full")
@@ -107,7 +106,7 @@ const fileidKernfs = 0xfe
 
 // openByHandle resolves an id through the kernel: open_by_handle_at on the
 // cgroup2 mount, then read the opened directory's path.
-func (r *CgroupResolver) openByHandle(id uint64) (string, bool) {
+func (r *Resolver) openByHandle(id uint64) (string, bool) {
 	mount, err := unix.Open(r.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", false
@@ -130,34 +129,12 @@ func (r *CgroupResolver) openByHandle(id uint64) (string, bool) {
 	return "/", true
 }
 
-// Cgroup2Mount returns where the cgroup2 hierarchy is mounted.
-func Cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE SUPER
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
-			continue
-		}
-		fields := strings.Fields(pre)
-		if len(fields) >= 5 {
-			return fields[4], nil
-		}
-	}
-	return "", fmt.Errorf("no cgroup2 filesystem mounted (see /proc/self/mountinfo)")
-}
-
 // listInterval bounds how stale All may be: new cgroups show up in it
 // within this time, and a scrape costs no tree walk most of the time.
 const listInterval = 10 * time.Second
 
 // All returns every cgroup in the tree, by id, as of at most listInterval ago.
-func (r *CgroupResolver) All() map[uint64]string {
+func (r *Resolver) All() map[uint64]string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if time.Since(r.lastWalk) >= listInterval {
