@@ -15,41 +15,6 @@ type SamplerSource interface {
 	Stats() (profiler.Stats, error)
 }
 
-// ProgramStatsSource reports the kernel's bpf_stats of some BPF programs.
-type ProgramStatsSource interface {
-	ProgramStats() ([]profiler.ProgramStats, error)
-}
-
-// BPFProgramCollector exposes run count and run time of every BPF program
-// cgscope loaded, from the kernel's bpf_stats.
-type BPFProgramCollector struct{ sources []ProgramStatsSource }
-
-// NewBPFProgramCollector reads the sources at scrape time.
-func NewBPFProgramCollector(sources ...ProgramStatsSource) *BPFProgramCollector {
-	return &BPFProgramCollector{sources: sources}
-}
-
-// Describe implements prometheus.Collector.
-func (c *BPFProgramCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descProgRuns
-	ch <- descProgTime
-}
-
-// Collect implements prometheus.Collector.
-func (c *BPFProgramCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, src := range c.sources {
-		progs, err := src.ProgramStats()
-		if err != nil {
-			ch <- prometheus.NewInvalidMetric(descProgRuns, err)
-			continue
-		}
-		for _, p := range progs {
-			ch <- prometheus.MustNewConstMetric(descProgRuns, prometheus.CounterValue, float64(p.RunCount), p.Name)
-			ch <- prometheus.MustNewConstMetric(descProgTime, prometheus.CounterValue, p.Runtime.Seconds(), p.Name)
-		}
-	}
-}
-
 // SelfCollector exposes the agent's own health as Prometheus metrics: what
 // was sampled, what was lost and why, what symbolization achieved, and what
 // the BPF programs cost according to the kernel's bpf_stats.
@@ -89,10 +54,6 @@ var (
 		"Parsed ELF objects held in the symbolizer cache.", nil, nil)
 	descProcesses = prometheus.NewDesc("cgscope_symbolizer_cached_processes",
 		"Processes whose memory mappings the symbolizer holds.", nil, nil)
-	descProgRuns = prometheus.NewDesc("cgscope_bpf_program_runs_total",
-		"Times each BPF program ran, from the kernel's bpf_stats.", []string{"program"}, nil)
-	descProgTime = prometheus.NewDesc("cgscope_bpf_program_run_seconds_total",
-		"CPU time spent in each BPF program, from the kernel's bpf_stats.", []string{"program"}, nil)
 )
 
 // Describe implements prometheus.Collector.

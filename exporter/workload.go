@@ -29,9 +29,6 @@ func labelsOfWorkload(w *attribution.Workload) workloadLabels {
 	return workloadLabels{w.ContainerID, w.PodUID, w.Namespace, w.Pod, w.Container}
 }
 
-// workloadLabelNames are the label names, in the order of values().
-var workloadLabelNames = [...]string{"container_id", "pod_uid", "namespace", "pod", "container"}
-
 func (l workloadLabels) values() [5]string {
 	return [5]string{l.containerID, l.podUID, l.namespace, l.pod, l.container}
 }
@@ -40,7 +37,7 @@ func (l workloadLabels) values() [5]string {
 func (l workloadLabels) addTo(labels map[string][]string) {
 	for i, v := range l.values() {
 		if v != "" {
-			labels[workloadLabelNames[i]] = []string{v}
+			labels[attribution.LabelNames[i]] = []string{v}
 		}
 	}
 }

@@ -12,17 +12,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run the tests as root")
-		}
-		t.Skip("SKIPPED: not root; loading eBPF needs CAP_BPF and CAP_PERFMON")
-	}
-}
+	"github.com/cgscope/cgscope/internal/kerneltest"
+)
 
 // burn keeps one goroutine busy until stop is closed.
 func burn(stop <-chan struct{}) {
@@ -66,7 +58,7 @@ func perfFDs(t *testing.T) int {
 }
 
 func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	before := perfFDs(t)
 	s, err := NewSampler(DefaultConfig())
 	if err != nil {
@@ -91,7 +83,7 @@ func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
 // drained, the drained counts add up exactly to what the BPF program counted
 // as taken since load.
 func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Frequency = 1000
 	s, err := NewSampler(cfg)
@@ -145,7 +137,7 @@ func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
 // an exec, but not when one of its threads exits; once it has exited the
 // kernel side forgets it, so a reused pid is announced afresh.
 func TestProcessImagesAnnounced(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Frequency = 499
 	s, err := NewSampler(cfg)
@@ -161,8 +153,8 @@ func TestProcessImagesAnnounced(t *testing.T) {
 		mu.Unlock()
 	})
 
-	cg := newTestCgroup(t, "announce")
-	cmd := cg.command(t, nil, "burnexec", "300ms")
+	cg := kerneltest.NewCgroup(t, "announce")
+	cmd := cg.Command(t, nil, "burnexec", "300ms")
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("burnexec workload: %v", err)
 	}
@@ -204,7 +196,7 @@ func TestProcessImagesAnnounced(t *testing.T) {
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Frequency = 1000
 	cfg.MaxSampleKeys = 64

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -107,9 +108,9 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}
 	a.sampler = s
 	if f.bpfStatsOnOff {
-		if c, err := profiler.EnableBPFStats(); err == nil {
+		if c, err := bpfstats.Enable(); err == nil {
 			a.closers = append(a.closers, c.Close)
-		} else if !profiler.BPFStatsEnabled() {
+		} else if !bpfstats.Enabled() {
 			slog.Warn("BPF run-time statistics unavailable: cgscope_bpf_program_* metrics stay at 0; grant CAP_SYS_ADMIN or set sysctl kernel.bpf_stats_enabled=1", "err", err)
 		}
 	}

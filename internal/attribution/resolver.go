@@ -33,6 +33,19 @@ type Workload struct {
 // Named reports whether the runtime supplied the workload's names.
 func (w *Workload) Named() bool { return w != nil && w.Pod != "" }
 
+// LabelNames are a workload's labels wherever cgscope exports one (pprof
+// sample labels, /metrics, the history's filters), in LabelValues' order.
+var LabelNames = [5]string{"container_id", "pod_uid", "namespace", "pod", "container"}
+
+// LabelValues returns the workload's labels in LabelNames' order; "" is
+// unknown, and a nil workload knows none.
+func (w *Workload) LabelValues() [5]string {
+	if w == nil {
+		return [5]string{}
+	}
+	return [5]string{w.ContainerID, w.PodUID, w.Namespace, w.Pod, w.Container}
+}
+
 // DefaultEndpoints are the CRI sockets probed, in order, when no endpoint is
 // configured: containerd, CRI-O, cri-dockerd, k3s's and MicroK8s' containerd.
 var DefaultEndpoints = []string{

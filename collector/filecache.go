@@ -1,4 +1,4 @@
-package exporter
+package collector
 
 import (
 	"context"
@@ -9,14 +9,20 @@ import (
 	"github.com/cgscope/cgscope/internal/every"
 )
 
-// FileStatsCache keeps cgroup file figures fresh in the background, so a
+// FileSource reads what cgroup files know about a cgroup2 path
+// (cgroup.FileReader).
+type FileSource interface {
+	Read(path string) (cgroup.FileStats, error)
+}
+
+// FileCache keeps cgroup file figures fresh in the background, so a
 // scrape of a thousand cgroups costs map lookups rather than thousands of
 // file reads. A cgroup seen for the first time is read during the scrape
 // while the scrape's budget lasts; after that it is read by Run every
 // interval. Entries no scrape asked for in ten intervals are dropped, so the
 // cache is bounded by what is exported.
-type FileStatsCache struct {
-	src      CgroupFileSource
+type FileCache struct {
+	src      FileSource
 	interval time.Duration
 	budget   time.Duration // synchronous reads allowed per scrape
 
@@ -30,16 +36,16 @@ type fileEntry struct {
 	lastAsked time.Time
 }
 
-// NewFileStatsCache wraps src. interval is how often Run re-reads; budget
+// NewFileCache wraps src. interval is how often Run re-reads; budget
 // caps the reads one scrape may do itself.
-func NewFileStatsCache(src CgroupFileSource, interval, budget time.Duration) *FileStatsCache {
-	return &FileStatsCache{src: src, interval: interval, budget: budget, entries: map[string]*fileEntry{}}
+func NewFileCache(src FileSource, interval, budget time.Duration) *FileCache {
+	return &FileCache{src: src, interval: interval, budget: budget, entries: map[string]*fileEntry{}}
 }
 
-// read answers from the cache. It reads a cgroup it
+// Read answers from the cache. It reads a cgroup it
 // has never seen only while the scrape that began at scrapeStart is within
 // budget; past it, the cgroup's file figures appear from the next refresh.
-func (c *FileStatsCache) read(path string, scrapeStart time.Time) (cgroup.FileStats, bool) {
+func (c *FileCache) Read(path string, scrapeStart time.Time) (cgroup.FileStats, bool) {
 	c.mu.Lock()
 	e := c.entries[path]
 	if e == nil {
@@ -58,7 +64,7 @@ func (c *FileStatsCache) read(path string, scrapeStart time.Time) (cgroup.FileSt
 	return st, err == nil
 }
 
-func (c *FileStatsCache) store(path string, st cgroup.FileStats, err error) {
+func (c *FileCache) store(path string, st cgroup.FileStats, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.entries[path]; e != nil {
@@ -67,11 +73,12 @@ func (c *FileStatsCache) store(path string, st cgroup.FileStats, err error) {
 }
 
 // Run refreshes every cached cgroup each interval until ctx ends.
-func (c *FileStatsCache) Run(ctx context.Context) {
-	every.Run(ctx, c.interval, c.refresh)
+func (c *FileCache) Run(ctx context.Context) {
+	every.Run(ctx, c.interval, c.Refresh)
 }
 
-func (c *FileStatsCache) refresh() {
+// Refresh re-reads every cached cgroup at once; Run does it every interval.
+func (c *FileCache) Refresh() {
 	for _, path := range c.wanted() {
 		st, err := c.src.Read(path)
 		c.store(path, st, err)
@@ -79,7 +86,7 @@ func (c *FileStatsCache) refresh() {
 }
 
 // wanted drops entries no scrape asked for lately and lists the rest.
-func (c *FileStatsCache) wanted() []string {
+func (c *FileCache) wanted() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	stale := time.Now().Add(-10 * c.interval)

@@ -1,4 +1,4 @@
-package profiler
+package collector
 
 import (
 	"io"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/internal/kerneltest"
 )
 
 // BenchmarkCounterProgramCost runs a context-switch-heavy load (two threads
@@ -17,16 +18,16 @@ import (
 // attached, and reports each program's cost per run in ns, from the
 // kernel's bpf_stats. Targets: sched_switch < 300 ns, cgroup_skb < 150 ns.
 func BenchmarkCounterProgramCost(b *testing.B) {
-	withBPFStats(b)
+	kerneltest.WithBPFStats(b)
 	root, err := cgroup.V2Mount()
 	if err != nil {
 		b.Fatal(err)
 	}
 	all := map[string]bool{}
-	for _, c := range CounterCollectors {
+	for _, c := range bpfCollectors() {
 		all[c] = true
 	}
-	c, err := NewCgroupCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 65536, Collectors: all, CgroupRoot: root})
+	c, err := NewCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 65536, Collectors: all, CgroupRoot: root})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package profiler
+package collector
 
 import (
 	"bufio"
@@ -22,18 +22,19 @@ import (
 
 	"github.com/cgscope/cgscope/bpf"
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/internal/kerneltest"
 )
 
 var (
 	countersOnce sync.Once
-	counters     *CgroupCounters
+	counters     *Counters
 	countersErr  error
 )
 
 // sharedCounters attaches every collector once for all tests of this file.
-func sharedCounters(t *testing.T) *CgroupCounters {
+func sharedCounters(t *testing.T) *Counters {
 	t.Helper()
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	countersOnce.Do(func() {
 		root, err := cgroup.V2Mount()
 		if err != nil {
@@ -41,10 +42,10 @@ func sharedCounters(t *testing.T) *CgroupCounters {
 			return
 		}
 		all := map[string]bool{}
-		for _, c := range CounterCollectors {
+		for _, c := range bpfCollectors() {
 			all[c] = true
 		}
-		counters, countersErr = NewCgroupCounters(CountersConfig{
+		counters, countersErr = NewCounters(CountersConfig{
 			MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 65536, Collectors: all, CgroupRoot: root,
 		})
 	})
@@ -59,16 +60,16 @@ func sharedCounters(t *testing.T) *CgroupCounters {
 	return counters
 }
 
-func usageOf(t *testing.T, c *CgroupCounters, cg *testCgroup) *CgroupUsage {
+func usageOf(t *testing.T, c *Counters, cg *kerneltest.Cgroup) *Usage {
 	t.Helper()
 	all, err := c.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u := all[cg.id]; u != nil {
+	if u := all[cg.ID]; u != nil {
 		return u
 	}
-	return &CgroupUsage{}
+	return &Usage{}
 }
 
 func within(got, want, frac float64) bool { return math.Abs(got-want) <= frac*want }
@@ -76,10 +77,10 @@ func within(got, want, frac float64) bool { return math.Abs(got-want) <= frac*wa
 // CPU time from sched_switch matches the kernel's own cpu.stat usage_usec.
 func TestCounterCPUTime(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "cpu")
-	cg.run(t, "burn", "1", "2s")
+	cg := kerneltest.NewCgroup(t, "cpu")
+	cg.Run(t, "burn", "1", "2s")
 	got := usageOf(t, c, cg).CPUSeconds
-	want := cg.cpuStatUsage(t)
+	want := cg.CPUStatUsage(t)
 	t.Logf("BPF %.3f s, cpu.stat %.3f s", got, want)
 	if !within(got, want, 0.05) {
 		t.Errorf("cpu seconds %.3f, want %.3f ± 5%%", got, want)
@@ -90,8 +91,8 @@ func TestCounterCPUTime(t *testing.T) {
 // what the threads' own schedstat says they waited.
 func TestCounterRunQueueWait(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "runq")
-	out := cg.run(t, "burn", "4", "3s")
+	cg := kerneltest.NewCgroup(t, "runq")
+	out := cg.Run(t, "burn", "4", "3s")
 	waitNs, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
 	if err != nil {
 		t.Fatalf("workload output %q", out)
@@ -115,10 +116,10 @@ func TestCounterRunQueueWait(t *testing.T) {
 // 64 MiB over loopback TCP from cgroup A to cgroup B.
 func TestCounterNetworkAndTCP(t *testing.T) {
 	c := sharedCounters(t)
-	a, b := newTestCgroup(t, "net-a"), newTestCgroup(t, "net-b")
+	a, b := kerneltest.NewCgroup(t, "net-a"), kerneltest.NewCgroup(t, "net-b")
 	addr := freeLoopbackAddr(t)
 
-	server := b.command(t, nil, "serve", addr)
+	server := b.Command(t, nil, "serve", addr)
 	stdout, err := server.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +131,7 @@ func TestCounterNetworkAndTCP(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "listening" {
 		t.Fatalf("server did not start: %q", lines.Text())
 	}
-	a.run(t, "send", addr, "64")
+	a.Run(t, "send", addr, "64")
 	lines.Scan()
 	server.Wait()
 	if lines.Text() != strconv.Itoa(64<<20) {
@@ -160,8 +161,8 @@ func TestCounterNetworkAndTCP(t *testing.T) {
 // A connect to a closed port counts exactly one failure.
 func TestCounterConnectFailure(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "connfail")
-	cg.run(t, "dial", freeLoopbackAddr(t)) // nothing listens there
+	cg := kerneltest.NewCgroup(t, "connfail")
+	cg.Run(t, "dial", freeLoopbackAddr(t)) // nothing listens there
 	if got := usageOf(t, c, cg).TCPConnectFailures; got != 1 {
 		t.Errorf("connect failures %d, want 1", got)
 	}
@@ -170,7 +171,7 @@ func TestCounterConnectFailure(t *testing.T) {
 // Active connections rise while connections are open and fall back to 0.
 func TestCounterActiveConnections(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "active")
+	cg := kerneltest.NewCgroup(t, "active")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +186,7 @@ func TestCounterActiveConnections(t *testing.T) {
 			go func() { buf := make([]byte, 1); conn.Read(buf); conn.Close() }()
 		}
 	}()
-	client := cg.command(t, nil, "hold", l.Addr().String(), "5", "2s")
+	client := cg.Command(t, nil, "hold", l.Addr().String(), "5", "2s")
 	stdout, _ := client.StdoutPipe()
 	if err := client.Start(); err != nil {
 		t.Fatal(err)
@@ -208,8 +209,8 @@ func TestCounterActiveConnections(t *testing.T) {
 // Touching 256 MiB of fresh memory faults every page in.
 func TestCounterPageFaults(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "faults")
-	cg.run(t, "touch", "256")
+	cg := kerneltest.NewCgroup(t, "faults")
+	cg.Run(t, "touch", "256")
 	if got := usageOf(t, c, cg).PageFaults; got < 65536 {
 		t.Errorf("page faults %d, want at least 65536", got)
 	}
@@ -218,9 +219,9 @@ func TestCounterPageFaults(t *testing.T) {
 // A process over its cgroup's memory limit is OOM-killed, counted once.
 func TestCounterOOMKill(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "oom")
+	cg := kerneltest.NewCgroup(t, "oom")
 	joinV1 := limitMemory(t, cg, 64<<20)
-	cmd := cg.command(t, nil, "touch", "512")
+	cmd := cg.Command(t, nil, "touch", "512")
 	cmd.Env = append(cmd.Env, joinV1...)
 	cmd.Stderr = nil
 	err := cmd.Run()
@@ -236,17 +237,17 @@ func TestCounterOOMKill(t *testing.T) {
 // limitMemory caps the cgroup's memory: with cgroup2's memory controller when
 // it is enabled, else (hybrid hosts) in a v1 memory cgroup of the same name
 // that the workload joins first: it returns the environment that makes it.
-func limitMemory(t *testing.T, cg *testCgroup, bytes int64) (env []string) {
+func limitMemory(t *testing.T, cg *kerneltest.Cgroup, bytes int64) (env []string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(cg.abs, "memory.max"), []byte(strconv.FormatInt(bytes, 10)), 0); err == nil {
-		os.WriteFile(filepath.Join(cg.abs, "memory.swap.max"), []byte("0"), 0)
+	if err := os.WriteFile(filepath.Join(cg.Abs, "memory.max"), []byte(strconv.FormatInt(bytes, 10)), 0); err == nil {
+		os.WriteFile(filepath.Join(cg.Abs, "memory.swap.max"), []byte("0"), 0)
 		return nil
 	}
-	v1 := filepath.Join("/sys/fs/cgroup/memory", cg.rel)
+	v1 := filepath.Join("/sys/fs/cgroup/memory", cg.Rel)
 	if err := os.Mkdir(v1, 0o755); err != nil {
 		t.Fatalf("neither cgroup2 memory.max nor a v1 memory hierarchy: %v", err)
 	}
-	t.Cleanup(func() { removeCgroupDir(t, v1, "/sys/fs/cgroup/memory/cgroup.procs") })
+	t.Cleanup(func() { kerneltest.RemoveCgroupDir(t, v1, "/sys/fs/cgroup/memory/cgroup.procs") })
 	for file, v := range map[string]string{"memory.limit_in_bytes": strconv.FormatInt(bytes, 10), "memory.swappiness": "0"} {
 		if err := os.WriteFile(filepath.Join(v1, file), []byte(v), 0); err != nil {
 			t.Fatalf("%s: %v", file, err)
@@ -260,10 +261,10 @@ func limitMemory(t *testing.T, cg *testCgroup, bytes int64) (env []string) {
 // with a netem qdisc that drops packets, and counted for the sender.
 func TestCounterRetransmits(t *testing.T) {
 	c := sharedCounters(t)
-	cg := newTestCgroup(t, "retrans")
+	cg := kerneltest.NewCgroup(t, "retrans")
 	ns := setupLossyNetns(t)
 	server := exec.Command("ip", "netns", "exec", ns.server, os.Args[0])
-	server.Env = append(os.Environ(), "CGSCOPE_WORKLOAD=serve "+ns.serverAddr)
+	server.Env = append(os.Environ(), kerneltest.EnvWorkload+"=serve "+ns.serverAddr)
 	stdout, _ := server.StdoutPipe()
 	if err := server.Start(); err != nil {
 		t.Fatal(err)
@@ -273,7 +274,7 @@ func TestCounterRetransmits(t *testing.T) {
 	if !lines.Scan() {
 		t.Fatal("server did not start")
 	}
-	sender := cg.command(t, []string{"ip", "netns", "exec", ns.client}, "send", ns.serverAddr, "4")
+	sender := cg.Command(t, []string{"ip", "netns", "exec", ns.client}, "send", ns.serverAddr, "4")
 	if err := sender.Run(); err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +384,7 @@ func freeLoopbackAddr(t *testing.T) string {
 // A collector whose attach point the kernel lacks is disabled with its
 // reason, and the others keep running.
 func TestCounterCollectorDegrades(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	spec, err := bpf.LoadCgroupStats()
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +395,7 @@ func TestCounterCollectorDegrades(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newCgroupCounters(CountersConfig{
+	c, err := newCounters(CountersConfig{
 		MaxCgroups: 64, MaxTasks: 1024, MaxSockets: 64, CgroupRoot: root,
 		Collectors: map[string]bool{"faults": true, "sched": true, "tcp": false},
 	}, spec)
@@ -402,7 +403,7 @@ func TestCounterCollectorDegrades(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	got := map[string]CollectorStatus{}
+	got := map[string]Status{}
 	for _, st := range c.Collectors() {
 		got[st.Name] = st
 	}
@@ -427,4 +428,15 @@ func TestCounterCollectorDegrades(t *testing.T) {
 	if cpu == 0 {
 		t.Error("sched collector counted no CPU time")
 	}
+}
+
+// bpfCollectors names every BPF collector of the table.
+func bpfCollectors() []string {
+	var names []string
+	for _, c := range Table {
+		if c.Source == BPF {
+			names = append(names, c.Name)
+		}
+	}
+	return names
 }

@@ -1,12 +1,10 @@
-package profiler
+package collector
 
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/cgscope/cgscope/bpf"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 )
 
 // RunqBuckets is the number of run-queue latency histogram buckets. Bucket
@@ -22,9 +21,9 @@ import (
 // bucket counts everything longer.
 const RunqBuckets = len(bpf.CgroupStatsCgroupCounters{}.RunqHist)
 
-// CgroupUsage is what the BPF collectors counted for one cgroup since they
+// Usage is what the BPF collectors counted for one cgroup since they
 // were attached, summed over CPUs.
-type CgroupUsage struct {
+type Usage struct {
 	CPUSeconds          float64
 	RunqWaitSeconds     float64
 	RunqHistogram       [RunqBuckets]uint64
@@ -43,17 +42,15 @@ type CgroupUsage struct {
 	TCPActive           int64
 }
 
-// CounterCollectors lists the BPF collectors, each switchable on its own.
-var CounterCollectors = []string{"sched", "faults", "oom", "network", "tcp"}
+// DropReasons lists what the counter programs may lose, in index order.
+var DropReasons = []string{"cgroups_map_full", "tasks_map_full", "sockets_map_full"}
 
-// CgroupDropReasons lists what the counter programs may lose, in index order.
-var CgroupDropReasons = []string{"cgroups_map_full", "tasks_map_full", "sockets_map_full"}
-
-// CountersConfig sizes the counter maps and picks the collectors.
+// CountersConfig sizes the counter maps and picks the BPF collectors.
 type CountersConfig struct {
 	MaxCgroups int // cgroups with counters; more are counted as dropped
 	MaxTasks   int // threads tracked by the scheduler collector
 	MaxSockets int // established TCP sockets tracked for active connections
+	// Collectors says which collectors to run, by name; absent ones do not.
 	Collectors map[string]bool
 	// CgroupRoot is the cgroup2 mount, where cgroup_skb programs attach.
 	CgroupRoot string
@@ -61,53 +58,47 @@ type CountersConfig struct {
 	BTF *btf.Cache
 }
 
-// CollectorStatus says whether a collector runs, and why not.
-type CollectorStatus struct {
+// Status says whether a collector runs, and why not.
+type Status struct {
 	Name    string
-	Enabled bool   // asked for and attached
-	Reason  string // why it is not running: "disabled by flag" or the attach error
+	Enabled bool   // asked for and running
+	Reason  string // why it is not running: "disabled by flag", or the error
 }
 
-// CgroupCounters owns the per-cgroup counter programs and their maps.
-type CgroupCounters struct {
+// disabledByFlag is the Reason of a collector switched off.
+const disabledByFlag = "disabled by flag"
+
+// Counters owns the per-cgroup counter programs and their maps.
+type Counters struct {
 	maps     bpf.CgroupStatsMaps
 	mu       sync.Mutex // guards programs, links, status
 	programs map[string]*ebpf.Program
 	links    []link.Link
-	status   []CollectorStatus
+	status   []Status
 }
 
-// collectorPrograms names the programs of each collector.
-var collectorPrograms = map[string][]string{
-	"sched":   {"sched_switch", "sched_wakeup", "sched_wakeup_new", "sched_process_exit"},
-	"faults":  {"page_fault_user"},
-	"oom":     {"oom_mark_victim"},
-	"network": {"skb_ingress", "skb_egress"},
-	"tcp":     {"inet_sock_set_state", "tcp_retransmit_skb"},
-}
-
-// NewCgroupCounters loads the shared maps, then loads and attaches each
-// enabled collector on its own: a kernel without one attach point loses
-// that collector only, with one log line, and the others keep running.
-func NewCgroupCounters(cfg CountersConfig) (*CgroupCounters, error) {
+// NewCounters loads the shared maps, then loads and attaches each enabled
+// BPF collector of Table on its own: a kernel without one attach point
+// loses that collector only, with one log line, and the others keep running.
+func NewCounters(cfg CountersConfig) (*Counters, error) {
 	spec, err := bpf.LoadCgroupStats()
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
 	}
-	return newCgroupCounters(cfg, spec)
+	return newCounters(cfg, spec)
 }
 
-func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCounters, error) {
+func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, error) {
 	spec.Maps[bpf.CgroupStatsMapCountersByCgroup].MaxEntries = uint32(cfg.MaxCgroups)
 	spec.Maps[bpf.CgroupStatsMapTasks].MaxEntries = uint32(cfg.MaxTasks)
 	spec.Maps[bpf.CgroupStatsMapActiveSockets].MaxEntries = uint32(cfg.MaxSockets)
 
-	c := &CgroupCounters{programs: map[string]*ebpf.Program{}}
+	c := &Counters{programs: map[string]*ebpf.Program{}}
 	if cfg.BTF == nil {
 		cfg.BTF = btf.NewCache() // one parse of the kernel BTF for every collector
 	}
 	if err := spec.LoadAndAssign(&c.maps, &ebpf.CollectionOptions{Cache: cfg.BTF}); err != nil {
-		return nil, fmt.Errorf("%w: creating per-cgroup counter maps: %v", ErrPreflight, err)
+		return nil, fmt.Errorf("creating per-cgroup counter maps: %w", err)
 	}
 	shared := map[string]*ebpf.Map{
 		bpf.CgroupStatsMapCountersByCgroup: c.maps.CountersByCgroup,
@@ -115,18 +106,16 @@ func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCo
 		bpf.CgroupStatsMapActiveSockets:    c.maps.ActiveSockets,
 		bpf.CgroupStatsMapCgroupStats:      c.maps.CgroupStats,
 	}
-	for _, name := range CounterCollectors {
-		st := CollectorStatus{Name: name}
-		switch {
-		case !cfg.Collectors[name]:
-			st.Reason = "disabled by flag"
-		default:
-			if err := c.startCollector(spec, shared, name, cfg); err != nil {
-				st.Reason = err.Error()
-				slog.Warn("collector disabled: the kernel lacks what it needs; the others keep running",
-					"collector", name, "err", err)
-			} else {
-				st.Enabled = true
+	for _, info := range Table {
+		if info.Source != BPF {
+			continue
+		}
+		st := Status{Name: info.Name, Reason: disabledByFlag}
+		if cfg.Collectors[info.Name] {
+			err := c.start(spec, shared, info, cfg)
+			st.Enabled, st.Reason = err == nil, errorReason(err)
+			if err != nil {
+				logDisabled(info.Name, err)
 			}
 		}
 		c.status = append(c.status, st)
@@ -134,10 +123,19 @@ func newCgroupCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*CgroupCo
 	return c, nil
 }
 
-func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, name string, cfg CountersConfig) error {
+func errorReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// start loads the collector's programs against the shared maps and attaches
+// them; on any error, nothing of it stays loaded.
+func (c *Counters) start(spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, info *Info, cfg CountersConfig) error {
 	only := spec.Copy()
 	for prog := range only.Programs {
-		if !slices.Contains(collectorPrograms[name], prog) {
+		if !slices.Contains(info.Programs, prog) {
 			delete(only.Programs, prog)
 		}
 	}
@@ -146,7 +144,7 @@ func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[st
 		return fmt.Errorf("loading: %w", err)
 	}
 	var links []link.Link
-	for _, prog := range collectorPrograms[name] {
+	for _, prog := range info.Programs {
 		l, err := attachCounterProgram(spec.Programs[prog], coll.Programs[prog], cfg.CgroupRoot)
 		if err != nil {
 			for _, l := range links {
@@ -160,7 +158,7 @@ func (c *CgroupCounters) startCollector(spec *ebpf.CollectionSpec, shared map[st
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.links = append(c.links, links...)
-	for _, prog := range collectorPrograms[name] {
+	for _, prog := range info.Programs {
 		c.programs[prog] = coll.DetachProgram(prog)
 	}
 	coll.Close() // the programs and shared maps live on; this closes .rodata's fd copy only
@@ -178,7 +176,7 @@ func attachCounterProgram(spec *ebpf.ProgramSpec, prog *ebpf.Program, cgroupRoot
 		}
 		l, err := link.Tracepoint(group, tp, prog, nil)
 		if err != nil && !tracefsMounted() {
-			return nil, fmt.Errorf("%w (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)", err)
+			return nil, fmt.Errorf("%w (%w)", err, errNoTracefs)
 		}
 		return l, err
 	case ebpf.Tracing:
@@ -202,8 +200,8 @@ func tracefsMounted() bool {
 	return false
 }
 
-// Collectors reports every collector and whether it runs.
-func (c *CgroupCounters) Collectors() []CollectorStatus {
+// Collectors reports every BPF collector and whether it runs.
+func (c *Counters) Collectors() []Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.status)
@@ -212,20 +210,20 @@ func (c *CgroupCounters) Collectors() []CollectorStatus {
 // Read returns the counters of every cgroup seen, keyed by cgroup2 id. It
 // reads the map in batches: one syscall per few hundred cgroups rather than
 // two per cgroup.
-func (c *CgroupCounters) Read() (map[uint64]*CgroupUsage, error) {
+func (c *Counters) Read() (map[uint64]*Usage, error) {
 	const batch = 256
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, err
 	}
-	out := map[uint64]*CgroupUsage{}
+	out := map[uint64]*Usage{}
 	keys := make([]uint64, batch)
 	values := make([]bpf.CgroupStatsCgroupCounters, batch*ncpu)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := c.maps.CountersByCgroup.BatchLookup(&cursor, keys, values, nil)
 		for i := 0; i < n; i++ {
-			u := &CgroupUsage{}
+			u := &Usage{}
 			for cpu := 0; cpu < ncpu; cpu++ {
 				u.add(&values[i*ncpu+cpu])
 			}
@@ -241,8 +239,8 @@ func (c *CgroupCounters) Read() (map[uint64]*CgroupUsage, error) {
 }
 
 // add sums one CPU's kernel counters into u.
-func (u *CgroupUsage) add(v *bpf.CgroupStatsCgroupCounters) {
-	u.Add(&CgroupUsage{
+func (u *Usage) add(v *bpf.CgroupStatsCgroupCounters) {
+	u.Add(&Usage{
 		CPUSeconds:          float64(v.CpuNs) / 1e9,
 		RunqWaitSeconds:     float64(v.RunqWaitNs) / 1e9,
 		RunqHistogram:       v.RunqHist,
@@ -265,7 +263,7 @@ func (u *CgroupUsage) add(v *bpf.CgroupStatsCgroupCounters) {
 
 // Forget deletes the counters of cgroups that no longer exist, keeping the
 // map bounded by the live cgroups.
-func (c *CgroupCounters) Forget(ids []uint64) error {
+func (c *Counters) Forget(ids []uint64) error {
 	var errs []error
 	for _, id := range ids {
 		if err := c.maps.CountersByCgroup.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -276,9 +274,9 @@ func (c *CgroupCounters) Forget(ids []uint64) error {
 }
 
 // Dropped returns what the counter programs lost, by reason.
-func (c *CgroupCounters) Dropped() (map[string]uint64, error) {
-	out := make(map[string]uint64, len(CgroupDropReasons))
-	for i, reason := range CgroupDropReasons {
+func (c *Counters) Dropped() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(DropReasons))
+	for i, reason := range DropReasons {
 		var perCPU []uint64
 		if err := c.maps.CgroupStats.Lookup(uint32(i), &perCPU); err != nil {
 			return nil, fmt.Errorf("reading counter drops: %w", err)
@@ -291,27 +289,14 @@ func (c *CgroupCounters) Dropped() (map[string]uint64, error) {
 }
 
 // ProgramStats returns bpf_stats of every attached counter program.
-func (c *CgroupCounters) ProgramStats() ([]ProgramStats, error) {
+func (c *Counters) ProgramStats() ([]bpfstats.Program, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	names := make([]string, 0, len(c.programs))
-	for n := range c.programs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make([]ProgramStats, 0, len(names))
-	for _, n := range names {
-		st, err := c.programs[n].Stats()
-		if err != nil {
-			return nil, fmt.Errorf("reading BPF stats of %s: %w", n, err)
-		}
-		out = append(out, ProgramStats{Name: n, RunCount: st.RunCount, Runtime: st.Runtime})
-	}
-	return out, nil
+	return bpfstats.Of(c.programs)
 }
 
 // Close detaches every program and frees the maps.
-func (c *CgroupCounters) Close() error {
+func (c *Counters) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
@@ -328,7 +313,7 @@ func (c *CgroupCounters) Close() error {
 }
 
 // Add sums o into u, for cgroups exported under one label.
-func (u *CgroupUsage) Add(o *CgroupUsage) {
+func (u *Usage) Add(o *Usage) {
 	u.CPUSeconds += o.CPUSeconds
 	u.RunqWaitSeconds += o.RunqWaitSeconds
 	for i, n := range o.RunqHistogram {

@@ -1,4 +1,11 @@
-package profiler
+// Package kerneltest helps tests that run on the real kernel: it checks for
+// root, keeps the kernel's BPF statistics on, gives a test a cgroup2
+// directory of its own and runs workloads inside it. The test binary
+// doubles as the workload: a package's TestMain calls Main, and a
+// re-executed binary with CGSCOPE_WORKLOAD set runs that workload instead of
+// the tests, started directly inside the cgroup (CLONE_INTO_CGROUP). Only
+// test binaries import it.
+package kerneltest
 
 import (
 	"fmt"
@@ -15,25 +22,57 @@ import (
 	"time"
 
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 )
 
-// The test binary doubles as the workload: re-executed with
-// CGSCOPE_WORKLOAD set, it runs that workload instead of the tests, so a
-// workload can be started directly inside a test cgroup.
+// EnvWorkload names the workload a re-executed test binary runs: its value
+// is the workload and its arguments, separated by spaces.
+const EnvWorkload = "CGSCOPE_WORKLOAD"
+
 // A workload runs on the process's main thread (the thread group leader):
 // locking the main goroutine in an init function keeps it there, so what a
 // workload does (exec, exit) is the leader's doing.
 func init() {
-	if os.Getenv("CGSCOPE_WORKLOAD") != "" {
+	if os.Getenv(EnvWorkload) != "" {
 		runtime.LockOSThread()
 	}
 }
 
-func TestMain(m *testing.M) {
-	if w := os.Getenv("CGSCOPE_WORKLOAD"); w != "" {
+// Main is a TestMain: it runs the workload CGSCOPE_WORKLOAD names, if any,
+// else the tests.
+func Main(m *testing.M) {
+	if w := os.Getenv(EnvWorkload); w != "" {
 		os.Exit(runWorkload(strings.Fields(w)))
 	}
 	os.Exit(m.Run())
+}
+
+// WithBPFStats skips the benchmark without root, and keeps the kernel's BPF
+// run-time statistics on while it runs.
+func WithBPFStats(b *testing.B) {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("SKIPPED: not root; the benchmark loads eBPF")
+	}
+	stats, err := bpfstats.Enable()
+	if err != nil && !bpfstats.Enabled() {
+		b.Fatal(err)
+	}
+	if stats != nil {
+		b.Cleanup(func() { stats.Close() })
+	}
+}
+
+// RequireRoot skips a test that loads eBPF or creates cgroups when not
+// root, and fails it in CI, which must run as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run the tests as root")
+		}
+		t.Skip("SKIPPED: not root; loading eBPF needs CAP_BPF and CAP_PERFMON")
+	}
 }
 
 func runWorkload(args []string) int {
@@ -84,9 +123,9 @@ func runWorkload(args []string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		env := []string{"CGSCOPE_WORKLOAD=burn 1 " + args[1]}
+		env := []string{EnvWorkload + "=burn 1 " + args[1]}
 		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "CGSCOPE_WORKLOAD=") {
+			if !strings.HasPrefix(kv, EnvWorkload+"=") {
 				env = append(env, kv)
 			}
 		}
@@ -191,15 +230,15 @@ func processRunDelay() uint64 {
 	return total
 }
 
-// testCgroup is a cgroup2 directory created for one test.
-type testCgroup struct {
-	rel, abs string
-	id       uint64
+// Cgroup is a cgroup2 directory created for one test.
+type Cgroup struct {
+	Rel, Abs string // path below the cgroup2 root, and absolute
+	ID       uint64 // cgroup2 id, as BPF reports it
 }
 
-// newTestCgroup creates a cgroup under the cgroup2 root and removes it when
-// the test ends (after moving any straggler out).
-func newTestCgroup(t *testing.T, name string) *testCgroup {
+// NewCgroup creates a cgroup under the cgroup2 root and removes it when the test
+// ends (after moving any straggler out).
+func NewCgroup(t *testing.T, name string) *Cgroup {
 	t.Helper()
 	root, err := cgroup.V2Mount()
 	if err != nil {
@@ -210,15 +249,17 @@ func newTestCgroup(t *testing.T, name string) *testCgroup {
 	if err := os.Mkdir(abs, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeCgroupDir(t, abs, filepath.Join(root, "cgroup.procs")) })
+	t.Cleanup(func() { RemoveCgroupDir(t, abs, filepath.Join(root, "cgroup.procs")) })
 	var st syscall.Stat_t
 	if err := syscall.Stat(abs, &st); err != nil {
 		t.Fatal(err)
 	}
-	return &testCgroup{rel: rel, abs: abs, id: st.Ino}
+	return &Cgroup{Rel: rel, Abs: abs, ID: st.Ino}
 }
 
-func removeCgroupDir(t *testing.T, abs, parentProcs string) {
+// RemoveCgroupDir removes a cgroup directory, moving the processes left in
+// it to the cgroup.procs file parentProcs first.
+func RemoveCgroupDir(t *testing.T, abs, parentProcs string) {
 	if procs, err := os.ReadFile(filepath.Join(abs, "cgroup.procs")); err == nil {
 		for _, pid := range strings.Fields(string(procs)) {
 			os.WriteFile(parentProcs, []byte(pid), 0)
@@ -233,12 +274,12 @@ func removeCgroupDir(t *testing.T, abs, parentProcs string) {
 	t.Errorf("could not remove cgroup %s", abs)
 }
 
-// command prepares the test binary as a workload that starts inside the
+// Command prepares the test binary as a workload that starts inside the
 // cgroup (clone3 with CLONE_INTO_CGROUP), so none of its work is counted
 // elsewhere. prefix is prepended (e.g. "ip netns exec X").
-func (cg *testCgroup) command(t *testing.T, prefix []string, workload ...string) *exec.Cmd {
+func (cg *Cgroup) Command(t *testing.T, prefix []string, workload ...string) *exec.Cmd {
 	t.Helper()
-	dir, err := os.Open(cg.abs)
+	dir, err := os.Open(cg.Abs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,27 +292,27 @@ func (cg *testCgroup) command(t *testing.T, prefix []string, workload ...string)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	// GOMAXPROCS above the thread count: every busy thread is runnable in
 	// the kernel, not parked by the Go scheduler.
-	cmd.Env = append(os.Environ(), "CGSCOPE_WORKLOAD="+strings.Join(workload, " "), "GOMAXPROCS=16")
+	cmd.Env = append(os.Environ(), EnvWorkload+"="+strings.Join(workload, " "), "GOMAXPROCS=16")
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
 	return cmd
 }
 
-// run runs a workload in the cgroup to completion.
-func (cg *testCgroup) run(t *testing.T, workload ...string) string {
+// Run runs a workload in the cgroup to completion.
+func (cg *Cgroup) Run(t *testing.T, workload ...string) string {
 	t.Helper()
-	out, err := cg.command(t, nil, workload...).Output()
+	out, err := cg.Command(t, nil, workload...).Output()
 	if err != nil {
 		t.Fatalf("workload %v: %v", workload, err)
 	}
 	return string(out)
 }
 
-// cpuStatUsage reads usage_usec from the cgroup's cpu.stat (cgroup2 keeps
+// CPUStatUsage reads usage_usec from the cgroup's cpu.stat (cgroup2 keeps
 // it for every cgroup, with or without the cpu controller).
-func (cg *testCgroup) cpuStatUsage(t *testing.T) float64 {
+func (cg *Cgroup) CPUStatUsage(t *testing.T) float64 {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(cg.abs, "cpu.stat"))
+	data, err := os.ReadFile(filepath.Join(cg.Abs, "cpu.stat"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package exporter
+package cgroupmetrics
 
 import (
 	"slices"
@@ -8,16 +8,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cgscope/cgscope/collector"
 	"github.com/cgscope/cgscope/internal/attribution"
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // fixedCounters and fixedPaths stand in for the kernel maps and the cgroup
 // tree; the e2e tests drive the collector with the real ones.
-type fixedCounters map[uint64]*profiler.CgroupUsage
+type fixedCounters map[uint64]*collector.Usage
 
-func (f fixedCounters) Read() (map[uint64]*profiler.CgroupUsage, error) {
-	out := map[uint64]*profiler.CgroupUsage{}
+func (f fixedCounters) Read() (map[uint64]*collector.Usage, error) {
+	out := map[uint64]*collector.Usage{}
 	for id, u := range f {
 		c := *u
 		out[id] = &c
@@ -39,22 +39,24 @@ type fixedWorkloads map[string]*attribution.Workload
 // duplicate series, types consistent), and each series has exactly its
 // family's label names.
 func TestCgroupFamiliesAreWellFormed(t *testing.T) {
-	usage := func(cpu float64) *profiler.CgroupUsage {
-		u := &profiler.CgroupUsage{CPUSeconds: cpu, RunqWaitSeconds: cpu / 10, SwitchesVoluntary: 3, RxBytes: 100, TCPActive: -1}
-		u.RunqHistogram[0], u.RunqHistogram[5], u.RunqHistogram[profiler.RunqBuckets-1] = 4, 2, 1
+	usage := func(cpu float64) *collector.Usage {
+		u := &collector.Usage{CPUSeconds: cpu, RunqWaitSeconds: cpu / 10, SwitchesVoluntary: 3, RxBytes: 100, TCPActive: -1}
+		u.RunqHistogram[0], u.RunqHistogram[5], u.RunqHistogram[collector.RunqBuckets-1] = 4, 2, 1
 		return u
 	}
 	pod := "/kubepods/burstable/pod01234567-89ab-cdef-0123-456789abcdef/0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0"
 	counters := fixedCounters{1: usage(1), 2: usage(2), 3: usage(3), 4: usage(4)}
 	paths := fixedPaths{1: "/system.slice/a.service", 2: pod, 3: "/bad\xffname", 4: "/overflow"}
 	all := map[string]bool{}
-	for _, c := range profiler.CounterCollectors {
-		all[c] = true
+	for _, c := range collector.Table {
+		if c.Source == collector.BPF {
+			all[c.Name] = true
+		}
 	}
-	opts := CgroupOptions{MaxCgroups: 10, GracePeriod: time.Minute, Collectors: all,
+	opts := Options{MaxCgroups: 10, GracePeriod: time.Minute, Collectors: all,
 		Workloads: fixedWorkloads{pod: {ContainerID: "0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0",
 			PodUID: "01234567-89ab-cdef-0123-456789abcdef", Namespace: "shop", Pod: "cart", Container: "app"}}}
-	direct, err := NewCgroupCollector(counters, paths, nil, opts).Gather()
+	direct, err := New(counters, paths, nil, opts).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +64,7 @@ func TestCgroupFamiliesAreWellFormed(t *testing.T) {
 
 	// Beyond MaxCgroups one cgroup (whichever came last) is "other".
 	opts.MaxCgroups = 3
-	capped, err := NewCgroupCollector(counters, paths, nil, opts).Gather()
+	capped, err := New(counters, paths, nil, opts).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,19 +84,27 @@ func checkCgroupFamilies(t *testing.T, direct []*dto.MetricFamily, wantPod bool)
 		t.Fatalf("client_golang rejects the families: %v", err)
 	}
 	want := map[string][]string{}
-	for _, m := range cgroupDescs() {
-		names := slices.Clone(m.extra)
-		if m.perCgroup {
+	describe := func(m *collector.Metric, perCgroup bool) {
+		names := slices.Clone(m.Labels)
+		if perCgroup {
 			names = append(names, cgroupLabels...)
 		}
 		slices.Sort(names)
-		want[m.name] = names
+		want[m.Name] = names
+	}
+	for _, c := range collector.Table {
+		for _, m := range c.Metrics {
+			describe(m, true)
+		}
+	}
+	for _, m := range []*collector.Metric{descCgroupsFolded, descCgroupsFiltered, descCgroupsExported, descScrapeDuration, descScrapeSuccess} {
+		describe(m, false)
 	}
 	series, named := 0, false
 	for _, mf := range checked {
 		names, ok := want[mf.GetName()]
 		if !ok {
-			t.Errorf("family %s has no description in cgroupDescs", mf.GetName())
+			t.Errorf("family %s has no description in the collector table or the own families", mf.GetName())
 			continue
 		}
 		for _, m := range mf.Metric {

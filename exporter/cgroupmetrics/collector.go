@@ -1,4 +1,10 @@
-package exporter
+// Package cgroupmetrics serves the per-cgroup metrics in Prometheus form:
+// the series of every running collector of collector.Table, one label set
+// per cgroup (its path and Kubernetes workload), bounded by filters, a depth
+// and a cap, plus the collector's own gauges and each collector's scrape
+// duration and success. It reads what package collector produces and never
+// talks to the kernel itself.
+package cgroupmetrics
 
 import (
 	"regexp"
@@ -9,29 +15,38 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/collector"
 	"github.com/cgscope/cgscope/internal/attribution"
-	"github.com/cgscope/cgscope/profiler"
 )
 
-// CgroupCounterSource is the BPF side of the per-cgroup metrics.
-type CgroupCounterSource interface {
-	Read() (map[uint64]*profiler.CgroupUsage, error)
+// CounterSource is the BPF side of the per-cgroup metrics
+// (collector.Counters).
+type CounterSource interface {
+	Read() (map[uint64]*collector.Usage, error)
 	Forget(ids []uint64) error
 }
 
-// CgroupPathResolver names cgroup2 ids and lists the cgroups that exist.
-type CgroupPathResolver interface {
+// PathResolver names cgroup2 ids and lists the cgroups that exist
+// (cgroup.Resolver).
+type PathResolver interface {
 	Path(id uint64) string
 	All() map[uint64]string
 }
 
-// CgroupFileSource reads what cgroup files know about a cgroup2 path.
-type CgroupFileSource interface {
-	Read(path string) (cgroup.FileStats, error)
+// FileSource answers what cgroup files know about a cgroup without making
+// a scrape wait long (collector.FileCache).
+type FileSource interface {
+	Read(path string, scrapeStart time.Time) (cgroup.FileStats, bool)
 }
 
-// CgroupOptions shape which cgroups become series, and how many.
-type CgroupOptions struct {
+// WorkloadResolver names the container or pod of a cgroup path without
+// blocking (attribution.Resolver).
+type WorkloadResolver interface {
+	Lookup(cgroupPath string) *attribution.Workload
+}
+
+// Options shape which cgroups become series, and how many.
+type Options struct {
 	Include, Exclude *regexp.Regexp // on the cgroup path; nil = no filter
 	// MaxCgroups caps the cgroups exported with their own labels; the rest
 	// are summed into cgroup="other".
@@ -42,8 +57,8 @@ type CgroupOptions struct {
 	// GracePeriod keeps a deleted cgroup's series this long, so its last
 	// values are scraped, before they go away.
 	GracePeriod time.Duration
-	// Collectors names the running BPF collectors (profiler.CounterCollectors);
-	// series of the others are not exported rather than exported as zeros.
+	// Collectors names the running collectors of collector.Table; series
+	// of the others are not exported rather than exported as zeros.
 	Collectors map[string]bool
 	// Workloads names containers and pods (namespace, pod, container
 	// labels); nil takes container_id and pod_uid from the cgroup path.
@@ -53,13 +68,13 @@ type CgroupOptions struct {
 // OtherCgroup is the cgroup label of everything beyond MaxCgroups.
 const OtherCgroup = "other"
 
-// CgroupCollector exports per-cgroup CPU, memory and network metrics,
-// merging BPF counters with cgroup files, under a bounded label set.
-type CgroupCollector struct {
-	counters CgroupCounterSource
-	paths    CgroupPathResolver
-	files    *FileStatsCache // nil when the cgroupfs collector is off
-	opts     CgroupOptions
+// Collector exports per-cgroup CPU, memory and network metrics, merging BPF
+// counters with cgroup files, under a bounded label set.
+type Collector struct {
+	counters CounterSource // nil when no BPF collector runs
+	paths    PathResolver
+	files    FileSource // nil when the cgroupfs collector does not run
+	opts     Options
 	now      func() time.Time
 
 	mu         sync.Mutex // serializes scrapes; guards the fields below
@@ -78,13 +93,13 @@ type foldStats struct {
 	other, unresolved, filtered int
 }
 
-// NewCgroupCollector builds the collector. counters may be nil (every BPF
-// collector off) and files may be nil (cgroupfs collector off).
-func NewCgroupCollector(c CgroupCounterSource, p CgroupPathResolver, files *FileStatsCache, opts CgroupOptions) *CgroupCollector {
+// New builds the collector. counters may be nil (every BPF collector off)
+// and files may be nil (cgroupfs collector off).
+func New(c CounterSource, p PathResolver, files FileSource, opts Options) *Collector {
 	if opts.Workloads == nil {
 		opts.Workloads = attribution.PathOnly()
 	}
-	return &CgroupCollector{
+	return &Collector{
 		counters: c, paths: p, files: files, opts: opts, now: time.Now,
 		known: map[uint64]*cgroupEntry{}, admitted: map[string]*admission{},
 	}
@@ -104,41 +119,88 @@ type cgroupSeries struct {
 	labels []string         // cgroupLabels' values
 	pairs  []*dto.LabelPair // the same as label pairs, sorted by name
 	path   string           // the cgroup path whose files describe it; "" for other
-	usage  profiler.CgroupUsage
+	in     collector.Input
+	usage  collector.Usage
 }
 
 // Gather returns the per-cgroup families and the collector's own (folded,
-// filtered and exported cgroups, scrape duration and success). A failure
-// to read the counters is returned with the families that could be built.
-func (c *CgroupCollector) Gather() ([]*dto.MetricFamily, error) {
+// filtered and exported cgroups; scrape duration and success of the whole,
+// as collector "cgroup", and of each running collector). A failure to read
+// the counters is returned with the families that could be built.
+func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	start := c.now()
 	series, err := c.gather()
 	out := newFamilySink()
-	for _, s := range series {
-		emitUsage(out, s, c.opts.Collectors)
-		faultsFromFiles := false
-		if c.files != nil && s.path != "" {
-			faultsFromFiles = c.emitFiles(out, s, start)
-		}
-		if !faultsFromFiles && c.opts.Collectors["faults"] {
-			out.add(descCgroupFaults, s.pairs, float64(s.usage.PageFaults), "minor")
-		}
-	}
+	scrapes := c.emit(out, series, start)
 	out.add(descCgroupsFolded, nil, float64(c.lastFold.other), "over_limit")
 	out.add(descCgroupsFolded, nil, float64(c.lastFold.unresolved), "unresolved")
 	out.add(descCgroupsFiltered, nil, float64(c.lastFold.filtered))
 	out.add(descCgroupsExported, nil, float64(len(series)))
-	out.add(descScrapeDuration, nil, c.now().Sub(start).Seconds(), "cgroup")
-	out.add(descScrapeSuccess, nil, boolFloat(err == nil), "cgroup")
+	scrapes = append([]scrape{{"cgroup", c.now().Sub(start), err == nil}}, scrapes...)
+	for _, s := range scrapes {
+		out.add(descScrapeDuration, nil, s.took.Seconds(), s.name)
+		out.add(descScrapeSuccess, nil, boolFloat(s.ok), s.name)
+	}
 	return out.order, err
+}
+
+// scrape is how one collector fared.
+type scrape struct {
+	name string
+	took time.Duration
+	ok   bool
+}
+
+// emit writes the series of every running collector, one collector at a
+// time, timing each. The cgroup files are read first (timed as cgroupfs's),
+// since the faults collector counts only where they hold no faults.
+func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Time) []scrape {
+	var took time.Duration
+	if c.files != nil {
+		t := c.now()
+		for _, s := range series {
+			if s.path == "" {
+				continue
+			}
+			if fs, ok := c.files.Read(s.path, start); ok {
+				s.in.Files = &fs
+			}
+		}
+		took = c.now().Sub(t)
+	}
+	var scrapes []scrape
+	sink := &seriesSink{out: out}
+	for _, info := range collector.Table {
+		if !c.running(info) {
+			continue
+		}
+		t := c.now()
+		for _, s := range series {
+			sink.pairs = s.pairs
+			info.Emit(&s.in, sink)
+		}
+		d := c.now().Sub(t)
+		if info.Source == collector.Files {
+			d += took
+		}
+		scrapes = append(scrapes, scrape{info.Name, d, true})
+	}
+	return scrapes
+}
+
+func (c *Collector) running(info *collector.Info) bool {
+	if info.Source == collector.Files && c.files == nil {
+		return false
+	}
+	return c.opts.Collectors[info.Name]
 }
 
 // gather reads the counters and groups them into series: filtered, folded
 // to MaxDepth, capped at MaxCgroups, deleted cgroups kept for the grace
 // period and then forgotten in the kernel map too.
-func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
+func (c *Collector) gather() ([]*cgroupSeries, error) {
 	usage, err := c.usage()
 	if err != nil {
 		return nil, err
@@ -170,6 +232,7 @@ func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
 		s := byLabel[labels[0]]
 		if s == nil {
 			s = &cgroupSeries{labels: labels, pairs: c.pairsOf(labels)}
+			s.in.Usage = &s.usage
 			if labels[0] != OtherCgroup {
 				s.path = path
 			}
@@ -193,11 +256,11 @@ func (c *CgroupCollector) gather() ([]*cgroupSeries, error) {
 // usage returns the BPF counters of every cgroup they saw and, when cgroup
 // files are read too, an empty entry for every other existing cgroup, so
 // idle cgroups still get their memory series.
-func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
+func (c *Collector) usage() (map[uint64]*collector.Usage, error) {
 	// Listing the tree also refreshes the resolver, which is how deleted
 	// cgroups are noticed.
 	existing := c.paths.All()
-	usage := map[uint64]*profiler.CgroupUsage{}
+	usage := map[uint64]*collector.Usage{}
 	if c.counters != nil {
 		var err error
 		if usage, err = c.counters.Read(); err != nil {
@@ -207,7 +270,7 @@ func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
 	if c.files != nil {
 		for id := range existing {
 			if usage[id] == nil {
-				usage[id] = &profiler.CgroupUsage{}
+				usage[id] = &collector.Usage{}
 			}
 		}
 	}
@@ -216,7 +279,7 @@ func (c *CgroupCollector) usage() (map[uint64]*profiler.CgroupUsage, error) {
 
 // pathOf returns the cgroup's path, remembering it past deletion for the
 // grace period. keep is false once a deleted cgroup's grace has passed.
-func (c *CgroupCollector) pathOf(id uint64, now time.Time) (path string, keep bool) {
+func (c *Collector) pathOf(id uint64, now time.Time) (path string, keep bool) {
 	e := c.known[id]
 	if e == nil {
 		e = &cgroupEntry{}
@@ -236,7 +299,7 @@ func (c *CgroupCollector) pathOf(id uint64, now time.Time) (path string, keep bo
 	return e.path, true
 }
 
-func (c *CgroupCollector) selected(path string) bool {
+func (c *Collector) selected(path string) bool {
 	if c.opts.Include != nil && !c.opts.Include.MatchString(path) {
 		return false
 	}
@@ -249,7 +312,7 @@ var otherLabels = []string{OtherCgroup, "", "", "", "", ""}
 // its workload's) while fewer than MaxCgroups are admitted (first come,
 // first kept, so series do not flap between scrapes), else those of
 // "other". Unresolved cgroups are "other".
-func (c *CgroupCollector) admit(path string) []string {
+func (c *Collector) admit(path string) []string {
 	if path == "" {
 		return otherLabels
 	}
@@ -264,7 +327,7 @@ func (c *CgroupCollector) admit(path string) []string {
 	w := c.opts.Workloads.Lookup(path)
 	if a.labels == nil || w != a.workload {
 		a.workload = w
-		v := labelsOfWorkload(w).values()
+		v := w.LabelValues()
 		a.labels = append([]string{path}, v[:]...)
 		a.pairs = nil
 	}
@@ -273,7 +336,7 @@ func (c *CgroupCollector) admit(path string) []string {
 
 // pairsOf returns the label pairs of an admitted label set, built once per
 // label set and shared by all its series.
-func (c *CgroupCollector) pairsOf(labels []string) []*dto.LabelPair {
+func (c *Collector) pairsOf(labels []string) []*dto.LabelPair {
 	if labels[0] == OtherCgroup {
 		if c.otherPairs == nil {
 			c.otherPairs = labelPairs(cgroupLabels, otherLabels)
@@ -288,7 +351,7 @@ func (c *CgroupCollector) pairsOf(labels []string) []*dto.LabelPair {
 }
 
 // pruneAdmitted frees the slots of cgroups that are gone.
-func (c *CgroupCollector) pruneAdmitted(live map[string]bool) {
+func (c *Collector) pruneAdmitted(live map[string]bool) {
 	for p := range c.admitted {
 		if !live[p] {
 			delete(c.admitted, p)

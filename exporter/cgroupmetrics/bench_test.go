@@ -1,4 +1,4 @@
-package exporter
+package cgroupmetrics
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/collector"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/attribution/critest"
-	"github.com/cgscope/cgscope/profiler"
 )
 
 // scrapeBench is a registry with the cgroup collector over real cgroups,
@@ -39,10 +39,10 @@ func newScrapeBench(b *testing.B, dirs []string, workloads WorkloadResolver) *sc
 		b.Fatal(err)
 	}
 	all := map[string]bool{}
-	for _, c := range profiler.CounterCollectors {
-		all[c] = true
+	for _, c := range collector.Table {
+		all[c.Name] = true
 	}
-	counters, err := profiler.NewCgroupCounters(profiler.CountersConfig{
+	counters, err := collector.NewCounters(collector.CountersConfig{
 		MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 65536, Collectors: all, CgroupRoot: root,
 	})
 	if err != nil {
@@ -76,13 +76,13 @@ func newScrapeBench(b *testing.B, dirs []string, workloads WorkloadResolver) *sc
 	if err != nil {
 		b.Fatal(err)
 	}
-	files := NewFileStatsCache(reader, 10*time.Second, 20*time.Millisecond)
-	opts := CgroupOptions{MaxCgroups: 4000, GracePeriod: time.Minute, Collectors: all, Workloads: workloads}
-	sb.reg = CombineGatherers(prometheus.NewRegistry(), NewCgroupCollector(counters, resolver, files, opts))
+	files := collector.NewFileCache(reader, 10*time.Second, 20*time.Millisecond)
+	opts := Options{MaxCgroups: 4000, GracePeriod: time.Minute, Collectors: all, Workloads: workloads}
+	sb.reg = CombineGatherers(prometheus.NewRegistry(), New(counters, resolver, files, opts))
 	if _, err := sb.reg.Gather(); err != nil { // first scrape fills the file cache
 		b.Fatal(err)
 	}
-	files.refresh()
+	files.Refresh()
 	return sb
 }
 
