@@ -116,6 +116,10 @@ func (h *History) run() {
 // another.
 func (h *History) storeWindow(w *pipeline.Window) error {
 	return h.st.AppendFunc(func(gen uint64) ([]store.Record, error) {
-		return h.enc.encode(w, gen), nil
+		recs, err := h.enc.encode(w, gen)
+		if err != nil {
+			h.encErrs.Add(1)
+		}
+		return recs, err
 	})
 }

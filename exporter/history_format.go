@@ -148,8 +148,10 @@ func (e *windowEncoder) reset(gen uint64) {
 }
 
 // encode returns the records of w for generation gen: a dictionary record
-// with what w adds to gen's dictionary (if anything), then the window.
-func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) []store.Record {
+// with what w adds to gen's dictionary (if anything), then the window. It
+// fails, writing nothing, when gen's dictionary has outgrown the ids a
+// reader accepts: records a query would reject are not worth storing.
+func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) ([]store.Record, error) {
 	if gen != e.gen || e.strings == nil {
 		e.reset(gen)
 	}
@@ -195,13 +197,18 @@ func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) []store.Record {
 	for _, r := range rows {
 		b = binary.AppendUvarint(b, r.count)
 	}
+	if max(e.nStr, e.nFrame, e.nLabel, e.nStack) > maxDictIDs {
+		return nil, errDictFull
+	}
 	meta := store.Meta{Level: levelWindow, Start: w.Start, End: w.End}
 	var recs []store.Record
 	if d := e.flushDict(); d != nil {
 		recs = append(recs, store.Record{Meta: store.Meta{Level: levelDict, Start: w.Start, End: w.End}, Data: d})
 	}
-	return append(recs, store.Record{Meta: meta, Data: compress(b)})
+	return append(recs, store.Record{Meta: meta, Data: compress(b)}), nil
 }
+
+var errDictFull = errors.New("history: the generation's dictionary is full")
 
 func compress(b []byte) []byte {
 	return zstdEncoder.EncodeAll(b, []byte{formatVersion})

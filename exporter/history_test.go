@@ -338,3 +338,26 @@ func TestHistoryRejectsMisplacedInlinedCalls(t *testing.T) {
 		t.Errorf("the same record without the flag: %v, stack defined %v", err, d.stackDefined(0))
 	}
 }
+
+// A window the encoder cannot write (its generation's dictionary has more
+// ids than a reader accepts) is not stored and is counted.
+func TestHistoryCountsEncodeErrors(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(2, start)
+	st := store.NewMemory(4 << 20)
+	h := NewHistory(HistoryOptions{Store: st})
+	if err := h.storeWindow(ws[0]); err != nil {
+		t.Fatal(err)
+	}
+	before := st.Stats().Appended
+	h.enc.nStr = maxDictIDs + 1
+	if err := h.storeWindow(ws[1]); err == nil {
+		t.Fatal("a window past the dictionary's ids was stored")
+	}
+	if got := h.encErrs.Load(); got != 1 {
+		t.Errorf("encode errors %d, want 1", got)
+	}
+	if got := st.Stats().Appended; got != before {
+		t.Errorf("%d records written for a window that failed to encode", got-before)
+	}
+}

@@ -70,7 +70,7 @@ func startHistory(f *historyFlags, reg prometheus.Registerer, p *pipeline.Pipeli
 		return nil, nil, err
 	}
 	h := exporter.NewHistory(exporter.HistoryOptions{Store: st})
-	reg.MustRegister(exporter.NewHistoryCollector(h))
+	reg.MustRegister(h)
 	h.Start()
 	cancel := p.Subscribe(h.Offer)
 	slog.Info("profile history on", "path", f.path, "memory_limit", f.memoryLimit, "size_limit", f.sizeLimit, "retention", f.retention)

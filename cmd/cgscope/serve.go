@@ -89,8 +89,7 @@ func (c *serveCommand) run() error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		exporter.NewSelfCollector(a.sampler, a.sym.Stats, a.pipeline.Stats),
-		a.workloads,
+		a.sampler, a.sym, a.pipeline, a.workloads,
 	)
 	cgroupOpts.Workloads = a.workloads
 	collectors, cgroupMetrics, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
