@@ -50,7 +50,7 @@ go build -o "$tmpdir/overhead" ./internal/bench/overhead
 	go test ./cgroup -run '^$' -bench 'CgroupFileRead' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
 	go test ./internal/containerid -run '^$' -bench 'ParseContainerPath' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
 	go test ./exporter/cgroupmetrics -run '^$' -bench 'CgroupScrape' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
-	go test ./exporter -run '^$' -bench 'History' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./exporter/history -run '^$' -bench 'History' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
 	otlp=$(go test ./exporter/otlp -run '^$' -bench . -benchtime 40x 2>&1 | grep -E '^(Benchmark|ok|FAIL)')
 	echo "$otlp"
 	echo '```'

@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/cgscope/cgscope/collector"
-	"github.com/cgscope/cgscope/exporter"
 	"github.com/cgscope/cgscope/exporter/cgroupmetrics"
+	"github.com/cgscope/cgscope/exporter/server"
 	"github.com/cgscope/cgscope/internal/bpfstats"
 )
 
@@ -106,12 +106,12 @@ func (c *serveCommand) run() error {
 	if err != nil {
 		return err
 	}
-	history, stopHistory, err := startHistory(c.history, reg, a.pipeline, c.selfProfiling)
+	history, stopHistory, err := startHistory(c.history, reg, a.pipeline)
 	if err != nil {
 		return err
 	}
 	defer stopHistory() // after the pipeline's last window, so it is stored too
-	handler, err := exporter.NewHandler(exporter.HandlerOptions{
+	handler, err := server.New(server.Options{
 		Capturer:              a.pipeline,
 		Gatherer:              gatherer,
 		DefaultCaptureSeconds: c.defaultSeconds,

@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/pprof/profile"
 
+	"github.com/cgscope/cgscope/exporter/pprof"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
 )
@@ -32,7 +33,7 @@ func testWindows(n int, start time.Time) []*pipeline.Window {
 
 func writeAll(t *testing.T, st store.Store, ws []*pipeline.Window) *History {
 	t.Helper()
-	h := NewHistory(HistoryOptions{Store: st, QueueSize: 1})
+	h := New(Options{Store: st, QueueSize: 1})
 	h.Start()
 	for _, w := range ws {
 		h.queue <- w
@@ -84,7 +85,7 @@ func sameLines(t *testing.T, got, want []string) {
 	}
 }
 
-// The stored windows sum back to exactly what BuildProfile makes of them,
+// The stored windows sum back to exactly what pprof.Build makes of them,
 // across generations (small segments force several dictionaries), for the
 // memory and the disk store, with and without filters.
 func TestHistoryRoundTrip(t *testing.T) {
@@ -108,12 +109,12 @@ func TestHistoryRoundTrip(t *testing.T) {
 			if len(st.List(levelWindow, start, start.Add(time.Hour))) != len(ws) {
 				t.Fatalf("windows were evicted; raise the limit (%d, %+v)", len(st.List(levelWindow, start, start.Add(time.Hour))), st.Stats())
 			}
-			q := HistoryQuery{From: start.Add(25 * time.Second), To: start.Add(255 * time.Second)}
+			q := Query{From: start.Add(25 * time.Second), To: start.Add(255 * time.Second)}
 			got, err := h.Profile(context.Background(), q)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := BuildProfile(ws[2:26], Filter{})
+			want := pprof.Build(ws[2:26], pprof.Selector{})
 			sameLines(t, canon(got, true), canon(want, true))
 			if err := got.CheckValid(); err != nil {
 				t.Fatal(err)
@@ -123,12 +124,12 @@ func TestHistoryRoundTrip(t *testing.T) {
 			// Kubernetes names are stored, so a filter on them selects
 			// what the same filter selects live.
 			byNS := q
-			byNS.Workload = WorkloadFilter{Namespace: "team-1", Container: "app"}
+			byNS.Workload = pprof.WorkloadSelector{Namespace: "team-1", Container: "app"}
 			got, err = h.Profile(context.Background(), byNS)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want = BuildProfile(ws[2:26], Filter{Workload: byNS.Workload})
+			want = pprof.Build(ws[2:26], pprof.Selector{Workload: byNS.Workload})
 			if len(want.Sample) == 0 || len(want.Sample) == len(ws[2].Samples) {
 				t.Fatalf("the namespace filter selects %d samples: not a test", len(want.Sample))
 			}
@@ -139,7 +140,7 @@ func TestHistoryRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sameLines(t, canon(got, false), canon(BuildProfile(ws[2:26], Filter{PID: q.PID}), false))
+			sameLines(t, canon(got, false), canon(pprof.Build(ws[2:26], pprof.Selector{PID: q.PID}), false))
 
 			tg, err := h.Targets(context.Background(), q)
 			if err != nil {
@@ -207,9 +208,9 @@ func TestHistoryReadsFormat2(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer disk.Close()
-	h := NewHistory(HistoryOptions{Store: disk, QueueSize: 1})
+	h := New(Options{Store: disk, QueueSize: 1})
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-	got, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(time.Hour)})
+	got, err := h.Profile(context.Background(), Query{From: start, To: start.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +224,7 @@ func TestHistoryReadsFormat2(t *testing.T) {
 			w.Samples[i].Frames = frames
 		}
 	}
-	sameLines(t, canon(got, false), canon(BuildProfile(ws, Filter{}), false))
+	sameLines(t, canon(got, false), canon(pprof.Build(ws, pprof.Selector{}), false))
 	if h.undecodable.Load() != 0 {
 		t.Fatalf("%d windows undecodable", h.undecodable.Load())
 	}
@@ -263,8 +264,8 @@ func TestHistoryLostDictionary(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	h := NewHistory(HistoryOptions{Store: st})
-	p, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(time.Hour)})
+	h := New(Options{Store: st})
+	p, err := h.Profile(context.Background(), Query{From: start, To: start.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,11 +279,11 @@ func TestHistoryLostDictionary(t *testing.T) {
 		t.Fatalf("stats %+v", st.Stats())
 	}
 	// The first window only uses the first dictionary record.
-	first, err := h.Profile(context.Background(), HistoryQuery{From: start, To: start.Add(benchInterval)})
+	first, err := h.Profile(context.Background(), Query{From: start, To: start.Add(benchInterval)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameLines(t, canon(first, false), canon(BuildProfile(ws[:1], Filter{}), false))
+	sameLines(t, canon(first, false), canon(pprof.Build(ws[:1], pprof.Selector{}), false))
 }
 
 // indexOfRecord returns the offset of the data of the i-th dictionary
@@ -345,7 +346,7 @@ func TestHistoryCountsEncodeErrors(t *testing.T) {
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(2, start)
 	st := store.NewMemory(4 << 20)
-	h := NewHistory(HistoryOptions{Store: st})
+	h := New(Options{Store: st})
 	if err := h.storeWindow(ws[0]); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import "github.com/prometheus/client_golang/prometheus"
 

@@ -1,9 +1,11 @@
-package exporter
+package history
 
 import (
 	"context"
 	"sort"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/attribution"
 )
 
 // Targets is the answer of /api/v1/targets: who burnt CPU in a range.
@@ -35,7 +37,7 @@ type Target struct {
 type processKey struct {
 	pid          uint32
 	comm, cgroup string
-	workload     workloadLabels
+	workload     attribution.Workload
 }
 
 type tally struct{ samples, cpuNanos int64 }
@@ -47,7 +49,7 @@ const MaxTargets = 500
 // Targets sums the query's samples by process and by cgroup. It reads the
 // same windows as Profile but sums by label set only, never touching a
 // stack.
-func (h *History) Targets(ctx context.Context, q HistoryQuery) (*Targets, error) {
+func (h *History) Targets(ctx context.Context, q Query) (*Targets, error) {
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -97,7 +99,7 @@ func add[K comparable](m map[K]*tally, k K, s rowSum) {
 func (f *sampleFilter) target(k processKey, t *tally, total int64) Target {
 	w := k.workload
 	tg := Target{PID: k.pid, Comm: k.comm, Cgroup: k.cgroup,
-		ContainerID: w.containerID, PodUID: w.podUID, Namespace: w.namespace, Pod: w.pod, Container: w.container,
+		ContainerID: w.ContainerID, PodUID: w.PodUID, Namespace: w.Namespace, Pod: w.Pod, Container: w.Container,
 		Samples: t.samples, CPU: float64(t.cpuNanos) / 1e9}
 	if total > 0 {
 		tg.Share = float64(t.samples) / float64(total)

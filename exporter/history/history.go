@@ -1,4 +1,9 @@
-package exporter
+// Package history is cgscope's profile history: it stores every pipeline
+// window in internal/store in a compact per-generation format (format.go),
+// answers range queries with a merged pprof profile or the CPU of each
+// cgroup and process (query.go, targets.go), serves them over HTTP
+// (api.go: /api/v1/profile, /api/v1/targets) and exports its own metrics.
+package history
 
 import (
 	"log/slog"
@@ -15,7 +20,7 @@ import (
 // blocks the pipeline; a bounded queue hands them to the writer goroutine,
 // and windows that find the queue full are dropped and counted.
 //
-// Windows are stored compactly (see history_format.go): each store
+// Windows are stored compactly (see format.go): each store
 // generation has a dictionary of strings, frames, label sets and stacks,
 // written as records just before the windows that first use them, and a
 // window is only rows of (label set, stack, count). A query sums counts by
@@ -37,8 +42,8 @@ type History struct {
 	undecodable atomic.Uint64
 }
 
-// HistoryOptions configure a History.
-type HistoryOptions struct {
+// Options configure a History.
+type Options struct {
 	Store store.Store
 	// QueueSize is how many windows may wait for the writer (default 16).
 	QueueSize int
@@ -47,8 +52,8 @@ type HistoryOptions struct {
 	Logger               *slog.Logger
 }
 
-// NewHistory returns a History writing to opts.Store; call Start to run it.
-func NewHistory(opts HistoryOptions) *History {
+// New returns a History writing to opts.Store; call Start to run it.
+func New(opts Options) *History {
 	h := &History{
 		st:    opts.Store,
 		log:   opts.Logger,

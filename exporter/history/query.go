@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import (
 	"context"
@@ -7,101 +7,46 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/pprof/profile"
 
+	"github.com/cgscope/cgscope/exporter/pprof"
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/containerid"
 	"github.com/cgscope/cgscope/internal/store"
 )
 
-// HistoryQuery selects a time range of the history and the samples in it.
-type HistoryQuery struct {
+// Query selects a time range of the history and the samples in it.
+type Query struct {
 	From, To time.Time
-	PID      uint32
-	Comm     string
-	Cgroup   string // path prefix by whole components, like Filter
-	Workload WorkloadFilter
+	pprof.Selector
 }
 
-// QueryError is a malformed query: HTTP handlers answer 400 with it.
-type QueryError struct{ msg string }
+// DefaultRange is the range of a query without from=.
+const DefaultRange = 5 * time.Minute
 
-func (e *QueryError) Error() string { return e.msg }
-
-// BadRequest marks the error as the client's fault.
-func (e *QueryError) BadRequest() bool { return true }
-
-func queryErrorf(format string, args ...any) error {
-	return &QueryError{msg: fmt.Sprintf(format, args...)}
-}
-
-// DefaultHistoryRange is the range of a query without from=.
-const DefaultHistoryRange = 5 * time.Minute
-
-// ParseHistoryQuery validates q strictly: unknown, repeated or malformed
-// parameters are errors, never ignored.
-func ParseHistoryQuery(q url.Values, now time.Time) (HistoryQuery, error) {
-	hq := HistoryQuery{To: now}
+// ParseQuery reads a query from URL parameters (from, to and the
+// selector's) strictly: unknown, repeated or malformed parameters are
+// errors (*pprof.ParamError), never ignored.
+func ParseQuery(q url.Values, now time.Time) (Query, error) {
+	hq := Query{To: now}
 	var haveFrom bool
-	for name, values := range q {
-		if len(values) != 1 {
-			return hq, queryErrorf("parameter %q given %d times, want once", name, len(values))
-		}
-		v := values[0]
-		var err error
-		switch name {
-		case "from":
-			hq.From, err = parseTime(name, v)
-			haveFrom = true
-		case "to":
-			hq.To, err = parseTime(name, v)
-		default:
-			err = hq.parseFilter(name, v)
-		}
-		if err != nil {
-			return hq, err
-		}
+	var err error
+	hq.Selector, err = pprof.ParseParams(q,
+		pprof.Param{Name: "from", Set: func(v string) (err error) { hq.From, err = parseTime("from", v); haveFrom = true; return err }},
+		pprof.Param{Name: "to", Set: func(v string) (err error) { hq.To, err = parseTime("to", v); return err }})
+	if err != nil {
+		return hq, err
 	}
 	if !haveFrom {
-		hq.From = hq.To.Add(-DefaultHistoryRange)
+		hq.From = hq.To.Add(-DefaultRange)
 	}
 	if !hq.From.Before(hq.To) {
-		return hq, queryErrorf("from=%s is not before to=%s", hq.From.Format(time.RFC3339), hq.To.Format(time.RFC3339))
+		return hq, pprof.ParamErrorf("from=%s is not before to=%s", hq.From.Format(time.RFC3339), hq.To.Format(time.RFC3339))
 	}
 	return hq, nil
-}
-
-func (hq *HistoryQuery) parseFilter(name, v string) error {
-	switch name {
-	case "pid":
-		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil || n == 0 {
-			return queryErrorf("pid=%q: want a positive process id", v)
-		}
-		hq.PID = uint32(n)
-	case "comm":
-		if v == "" || len(v) > 64 {
-			return queryErrorf("comm=%q: want a process name", v)
-		}
-		hq.Comm = v
-	case "cgroup":
-		if !strings.HasPrefix(v, "/") {
-			return queryErrorf("cgroup=%q: want a cgroup2 path starting with /", v)
-		}
-		hq.Cgroup = v
-	default:
-		known, err := hq.Workload.parseParam(name, v)
-		if err != nil {
-			return &QueryError{msg: err.Error()}
-		}
-		if !known {
-			return queryErrorf("unknown parameter %q (known: from, to, pid, comm, cgroup, %s)", name, workloadParams)
-		}
-	}
-	return nil
 }
 
 // parseTime accepts RFC 3339 or Unix seconds (fractions allowed).
@@ -111,7 +56,7 @@ func parseTime(name, v string) (time.Time, error) {
 	}
 	f, err := strconv.ParseFloat(v, 64)
 	if err != nil || f < 0 || f > 1e11 || math.IsNaN(f) {
-		return time.Time{}, queryErrorf("%s=%q: want RFC 3339 (2006-01-02T15:04:05Z) or Unix seconds", name, v)
+		return time.Time{}, fmt.Errorf("%s=%q: want RFC 3339 (2006-01-02T15:04:05Z) or Unix seconds", name, v)
 	}
 	sec, frac := math.Modf(f)
 	return time.Unix(int64(sec), int64(frac*1e9)), nil
@@ -122,12 +67,12 @@ func parseTime(name, v string) (time.Time, error) {
 // Kubernetes names but not the ids, which the path gives): a query sees few
 // distinct cgroups.
 type sampleFilter struct {
-	q          *HistoryQuery
+	q          *Query
 	mu         sync.Mutex
 	containers map[string]containerid.Identity
 }
 
-func newSampleFilter(q *HistoryQuery) *sampleFilter {
+func newSampleFilter(q *Query) *sampleFilter {
 	return &sampleFilter{q: q, containers: map[string]containerid.Identity{}}
 }
 
@@ -142,24 +87,21 @@ func (f *sampleFilter) container(cgroup string) containerid.Identity {
 	return id
 }
 
-// workload returns the Kubernetes labels of a stored label set.
-func (f *sampleFilter) workload(d *genDict, lr labelRec) workloadLabels {
+// workload returns the Kubernetes identity of a stored label set.
+func (f *sampleFilter) workload(d *genDict, lr labelRec) attribution.Workload {
 	id := f.container(d.strs[lr.cgroup])
-	return workloadLabels{id.ContainerID, id.PodUID, d.strs[lr.namespace], d.strs[lr.pod], d.strs[lr.container]}
+	return attribution.Workload{ContainerID: id.ContainerID, PodUID: id.PodUID,
+		Namespace: d.strs[lr.namespace], Pod: d.strs[lr.pod], Container: d.strs[lr.container]}
 }
 
+// match works out a label set's workload only when the rest matched and
+// the query selects by workload.
 func (f *sampleFilter) match(d *genDict, lr labelRec) bool {
 	q := f.q
-	if q.PID != 0 && lr.pid != q.PID {
+	if !q.MatchProcess(lr.pid, d.strs[lr.comm], d.strs[lr.cgroup]) {
 		return false
 	}
-	if q.Comm != "" && d.strs[lr.comm] != q.Comm {
-		return false
-	}
-	if q.Cgroup != "" && !(Filter{CgroupPrefix: q.Cgroup}).matchCgroup(d.strs[lr.cgroup]) {
-		return false
-	}
-	return q.Workload.IsZero() || q.Workload.match(f.workload(d, lr))
+	return q.Workload.IsZero() || q.Workload.Match(f.workload(d, lr))
 }
 
 // rowKey is what a query sums by within one generation. Targets leave
@@ -308,17 +250,17 @@ func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, bySta
 }
 
 // profileSink builds the answer of Profile from generation sums: frames
-// become pprof locations and samples as BuildProfile makes them, and equal
+// become pprof locations and samples as pprof.Build makes them, and equal
 // samples from several generations become one.
 type profileSink struct {
-	b *profileBuilder
+	b *pprof.Builder
 	f *sampleFilter
 }
 
 func (ps *profileSink) add(gs *genSums) error {
 	d := gs.dict
 	if gs.period > 0 {
-		ps.b.p.Period = int64(gs.period)
+		ps.b.SetPeriod(gs.period)
 	}
 	locs := map[uint32][]*profile.Location{} // this generation's stacks
 	for k, s := range gs.sums {
@@ -327,33 +269,30 @@ func (ps *profileSink) add(gs *genSums) error {
 			frames := d.symFrames(d.stacks[k.stack])
 			ls = make([]*profile.Location, len(frames))
 			for i := range frames {
-				ls[i] = ps.b.location(&frames[i])
+				ls[i] = ps.b.Location(&frames[i])
 			}
 			locs[k.stack] = ls
 		}
 		lr := d.labels[k.label]
-		ps.b.addRow(sampleRow{pid: lr.pid, tid: lr.tid, comm: d.strs[lr.comm], cgroup: d.strs[lr.cgroup],
-			workload: ps.f.workload(d, lr), samples: s.samples, nanos: s.nanos}, ls)
+		ps.b.AddRow(pprof.Row{PID: lr.pid, TID: lr.tid, Comm: d.strs[lr.comm], Cgroup: d.strs[lr.cgroup],
+			Workload: ps.f.workload(d, lr), Samples: s.samples, Nanos: s.nanos}, ls)
 	}
 	return nil
 }
 
 // Profile returns the profile of the query's range and filters: the sum of
 // the windows overlapping it.
-func (h *History) Profile(ctx context.Context, q HistoryQuery) (*profile.Profile, error) {
+func (h *History) Profile(ctx context.Context, q Query) (*profile.Profile, error) {
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer h.release()
 	f := newSampleFilter(&q)
-	ps := &profileSink{b: newProfileBuilder(), f: f}
+	ps := &profileSink{b: pprof.NewBuilder(), f: f}
 	if err := h.scan(ctx, q.From, q.To, f, true, ps.add); err != nil {
 		return nil, err
 	}
-	p := ps.b.p
-	p.TimeNanos = q.From.UnixNano()
-	p.DurationNanos = q.To.Sub(q.From).Nanoseconds()
-	return p, nil
+	return ps.b.Profile(q.From, q.To), nil
 }
 
 func (h *History) acquire(ctx context.Context) error {

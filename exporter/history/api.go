@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import (
 	"context"
@@ -9,11 +9,11 @@ import (
 	"time"
 )
 
-// HistoryAPI serves the history over HTTP:
+// API serves the history over HTTP; the server routes to it:
 //
-//	GET /api/v1/profile?from=&to=&<filters>  summed gzip pprof
-//	GET /api/v1/targets?from=&to=&<filters>  CPU by cgroup and process, JSON
-type HistoryAPI struct {
+//	GET /api/v1/profile?from=&to=&<selector>  summed gzip pprof (ServeProfile)
+//	GET /api/v1/targets?from=&to=&<selector>  CPU by cgroup and process, JSON (ServeTargets)
+type API struct {
 	H *History
 	// Now is the clock for default ranges (time.Now when nil).
 	Now func() time.Time
@@ -21,20 +21,12 @@ type HistoryAPI struct {
 	Timeout time.Duration
 }
 
-// Handler returns the API's handler, to mount at /api/v1/.
-func (a *HistoryAPI) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/profile", a.profile)
-	mux.HandleFunc("GET /api/v1/targets", a.targets)
-	return mux
-}
-
-func (a *HistoryAPI) query(w http.ResponseWriter, r *http.Request) (HistoryQuery, context.Context, context.CancelFunc, bool) {
+func (a *API) query(w http.ResponseWriter, r *http.Request) (Query, context.Context, context.CancelFunc, bool) {
 	now := time.Now
 	if a.Now != nil {
 		now = a.Now
 	}
-	q, err := ParseHistoryQuery(r.URL.Query(), now())
+	q, err := ParseQuery(r.URL.Query(), now())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return q, nil, nil, false
@@ -47,7 +39,8 @@ func (a *HistoryAPI) query(w http.ResponseWriter, r *http.Request) (HistoryQuery
 	return q, ctx, cancel, true
 }
 
-func (a *HistoryAPI) profile(w http.ResponseWriter, r *http.Request) {
+// ServeProfile answers /api/v1/profile.
+func (a *API) ServeProfile(w http.ResponseWriter, r *http.Request) {
 	q, ctx, cancel, ok := a.query(w, r)
 	if !ok {
 		return
@@ -65,7 +58,8 @@ func (a *HistoryAPI) profile(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *HistoryAPI) targets(w http.ResponseWriter, r *http.Request) {
+// ServeTargets answers /api/v1/targets.
+func (a *API) ServeTargets(w http.ResponseWriter, r *http.Request) {
 	q, ctx, cancel, ok := a.query(w, r)
 	if !ok {
 		return

@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import (
 	"context"
@@ -116,7 +116,7 @@ func fillHistory(b *testing.B, st store.Store, end time.Time, d time.Duration) *
 	r := rand.New(rand.NewPCG(1, 2))
 	progs := newBenchPrograms(r)
 	zipf := rand.NewZipf(r, 1.3, 1, benchStacks-1)
-	h := NewHistory(HistoryOptions{Store: st, QueueSize: 4})
+	h := New(Options{Store: st, QueueSize: 4})
 	h.Start()
 	for t := end.Add(-d); t.Before(end); t = t.Add(benchInterval) {
 		w := benchWindow(r, progs, zipf, t)
@@ -172,7 +172,7 @@ func BenchmarkHistoryQuery(b *testing.B) {
 			continue
 		}
 		b.Run(d.String(), func(b *testing.B) {
-			q := HistoryQuery{From: benchEnd.Add(-d), To: benchEnd}
+			q := Query{From: benchEnd.Add(-d), To: benchEnd}
 			for range b.N {
 				p, err := h.Profile(context.Background(), q)
 				if err != nil || len(p.Sample) == 0 {

@@ -1,44 +1,26 @@
-package exporter
+// Package pprof builds CPU profiles in pprof's format (google/pprof's
+// profile package) from symbolized pipeline windows or from the history's
+// sums, and selects their samples: one Selector and one query-parameter
+// parser serve the live capture, the history API and the web UI.
+package pprof
 
 import (
 	"encoding/binary"
-	"strings"
 	"time"
 
 	"github.com/google/pprof/profile"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/symbolizer"
 )
 
-// Filter selects the samples that go into a profile. Zero values match all.
-type Filter struct {
-	PID          uint32 // 0 = any process
-	CgroupPrefix string // cgroup2 path prefix, "" = any cgroup
-	Workload     WorkloadFilter
-}
-
-// Match reports whether a sample passes the filter. A cgroup prefix matches
-// whole path components: "/a" matches "/a" and "/a/b", not "/ab".
-func (f Filter) Match(s *pipeline.Sample) bool {
-	if f.PID != 0 && s.PID != f.PID {
-		return false
-	}
-	return f.matchCgroup(s.Cgroup) && (f.Workload.IsZero() || f.Workload.match(labelsOfWorkload(s.Workload)))
-}
-
-// matchCgroup reports whether cg is the prefix's cgroup or below it.
-func (f Filter) matchCgroup(cg string) bool {
-	p := strings.TrimSuffix(f.CgroupPrefix, "/")
-	return p == "" || cg == p || strings.HasPrefix(cg, p+"/")
-}
-
 // kernelMappingName is how perf and pprof name the kernel image.
 const kernelMappingName = "[kernel.kallsyms]"
 
-// profileBuilder interns mappings, functions and locations while samples are
+// Builder interns mappings, functions and locations while samples are
 // added, so a frame shared by many samples is stored once.
-type profileBuilder struct {
+type Builder struct {
 	p         *profile.Profile
 	mappings  map[mappingKey]*profile.Mapping
 	functions map[functionKey]*profile.Function
@@ -55,20 +37,23 @@ type locationKey struct {
 	fn      string
 }
 
-// BuildProfile merges windows into one CPU profile in pprof conventions:
-// sample types samples/count and cpu/nanoseconds, period from the sampling
-// frequency, labels pid, tid, comm and cgroup on every sample, and
-// container_id, pod_uid, namespace, pod and container where known.
-func BuildProfile(windows []*pipeline.Window, f Filter) *profile.Profile {
-	b := newProfileBuilder()
+// Build merges the samples of windows that sel selects into one CPU profile
+// in pprof conventions: sample types samples/count and cpu/nanoseconds,
+// period from the sampling frequency, labels pid, tid, comm and cgroup on
+// every sample, and container_id, pod_uid, namespace, pod and container
+// where known.
+func Build(windows []*pipeline.Window, sel Selector) *profile.Profile {
+	b := NewBuilder()
 	for _, w := range windows {
-		b.addWindow(w, f)
+		b.addWindow(w, &sel)
 	}
 	return b.finish()
 }
 
-func newProfileBuilder() *profileBuilder {
-	return &profileBuilder{
+// NewBuilder starts an empty profile, for samples summed elsewhere (the
+// history's); Build is the way for windows.
+func NewBuilder() *Builder {
+	return &Builder{
 		p: &profile.Profile{
 			SampleType: []*profile.ValueType{
 				{Type: "samples", Unit: "count"},
@@ -84,19 +69,19 @@ func newProfileBuilder() *profileBuilder {
 	}
 }
 
-func (b *profileBuilder) addWindow(w *pipeline.Window, f Filter) {
+func (b *Builder) addWindow(w *pipeline.Window, sel *Selector) {
 	b.extendTime(w)
 	period := int64(w.Period)
 	for i := range w.Samples {
 		s := &w.Samples[i]
-		if !f.Match(s) {
+		if !sel.Match(s) {
 			continue
 		}
 		b.addSample(s, period)
 	}
 }
 
-func (b *profileBuilder) extendTime(w *pipeline.Window) {
+func (b *Builder) extendTime(w *pipeline.Window) {
 	if w.Period > 0 {
 		b.p.Period = int64(w.Period)
 	}
@@ -109,54 +94,59 @@ func (b *profileBuilder) extendTime(w *pipeline.Window) {
 	}
 }
 
-func (b *profileBuilder) addSample(s *pipeline.Sample, period int64) {
+func (b *Builder) addSample(s *pipeline.Sample, period int64) {
 	locs := make([]*profile.Location, len(s.Frames))
 	for i := range s.Frames {
-		locs[i] = b.location(&s.Frames[i])
+		locs[i] = b.Location(&s.Frames[i])
 	}
-	b.addRow(sampleRow{pid: s.PID, tid: s.TID, comm: s.Comm, cgroup: s.Cgroup, workload: labelsOfWorkload(s.Workload),
-		samples: int64(s.Count), nanos: int64(s.Count) * period}, locs)
+	r := Row{PID: s.PID, TID: s.TID, Comm: s.Comm, Cgroup: s.Cgroup, Samples: int64(s.Count), Nanos: int64(s.Count) * period}
+	if s.Workload != nil {
+		r.Workload = *s.Workload
+	}
+	b.AddRow(r, locs)
 }
 
-// sampleRow is one sample's labels and values, however it was stored.
-type sampleRow struct {
-	pid, tid       uint32
-	comm, cgroup   string
-	workload       workloadLabels
-	samples, nanos int64
+// Row is one sample's labels and values, however it was stored.
+type Row struct {
+	PID, TID       uint32
+	Comm, Cgroup   string
+	Workload       attribution.Workload
+	Samples, Nanos int64
 }
 
-// addRow adds a row's values to the sample with the same labels and
-// locations, so the same stack from several windows becomes one sample. It
-// returns the sample when the row created it, nil when it merged.
-func (b *profileBuilder) addRow(r sampleRow, locs []*profile.Location) *profile.Sample {
+// AddRow adds a row's values to the sample with the same labels and
+// locations, so the same stack from several windows becomes one sample.
+func (b *Builder) AddRow(r Row, locs []*profile.Location) {
 	b.key = appendSampleKey(b.key[:0], &r, locs)
 	if existing, ok := b.samples[string(b.key)]; ok {
-		existing.Value[0] += r.samples
-		existing.Value[1] += r.nanos
-		return nil
+		existing.Value[0] += r.Samples
+		existing.Value[1] += r.Nanos
+		return
 	}
 	ps := &profile.Sample{
 		Location: locs,
-		Value:    []int64{r.samples, r.nanos},
-		Label:    map[string][]string{"comm": {r.comm}, "cgroup": {r.cgroup}},
-		NumLabel: map[string][]int64{"pid": {int64(r.pid)}, "tid": {int64(r.tid)}},
+		Value:    []int64{r.Samples, r.Nanos},
+		Label:    map[string][]string{"comm": {r.Comm}, "cgroup": {r.Cgroup}},
+		NumLabel: map[string][]int64{"pid": {int64(r.PID)}, "tid": {int64(r.TID)}},
 	}
-	r.workload.addTo(ps.Label)
+	for i, v := range r.Workload.LabelValues() {
+		if v != "" {
+			ps.Label[attribution.LabelNames[i]] = []string{v}
+		}
+	}
 	b.samples[string(b.key)] = ps
 	b.p.Sample = append(b.p.Sample, ps)
-	return ps
 }
 
 // appendSampleKey identifies a sample by its labels and location ids.
-func appendSampleKey(key []byte, r *sampleRow, locs []*profile.Location) []byte {
-	key = binary.AppendUvarint(key, uint64(r.pid))
-	key = binary.AppendUvarint(key, uint64(r.tid))
-	key = binary.AppendUvarint(key, uint64(len(r.comm)))
-	key = append(key, r.comm...)
-	key = binary.AppendUvarint(key, uint64(len(r.cgroup)))
-	key = append(key, r.cgroup...)
-	for _, v := range r.workload.values() {
+func appendSampleKey(key []byte, r *Row, locs []*profile.Location) []byte {
+	key = binary.AppendUvarint(key, uint64(r.PID))
+	key = binary.AppendUvarint(key, uint64(r.TID))
+	key = binary.AppendUvarint(key, uint64(len(r.Comm)))
+	key = append(key, r.Comm...)
+	key = binary.AppendUvarint(key, uint64(len(r.Cgroup)))
+	key = append(key, r.Cgroup...)
+	for _, v := range r.Workload.LabelValues() {
 		key = binary.AppendUvarint(key, uint64(len(v)))
 		key = append(key, v...)
 	}
@@ -166,7 +156,8 @@ func appendSampleKey(key []byte, r *sampleRow, locs []*profile.Location) []byte 
 	return key
 }
 
-func (b *profileBuilder) location(fr *symbolizer.Frame) *profile.Location {
+// Location returns the profile's location of a frame, made on first use.
+func (b *Builder) Location(fr *symbolizer.Frame) *profile.Location {
 	m := b.mapping(fr)
 	key := locationKey{mapping: m, addr: fr.ObjAddress, fn: fr.Function}
 	if l, ok := b.locations[key]; ok {
@@ -200,7 +191,7 @@ func (b *profileBuilder) location(fr *symbolizer.Frame) *profile.Location {
 // mapping returns the pprof mapping of the object a frame belongs to. Frames
 // carry addresses normalized to the object's own address space (ObjAddress),
 // so one mapping per object serves every process that maps it.
-func (b *profileBuilder) mapping(fr *symbolizer.Frame) *profile.Mapping {
+func (b *Builder) mapping(fr *symbolizer.Frame) *profile.Mapping {
 	var key mappingKey
 	switch {
 	case fr.Kernel:
@@ -225,7 +216,7 @@ func (b *profileBuilder) mapping(fr *symbolizer.Frame) *profile.Mapping {
 	return m
 }
 
-func (b *profileBuilder) function(name, file string) *profile.Function {
+func (b *Builder) function(name, file string) *profile.Function {
 	key := functionKey{name: name, file: file}
 	if f, ok := b.functions[key]; ok {
 		return f
@@ -241,9 +232,19 @@ func (b *profileBuilder) function(name, file string) *profile.Function {
 	return f
 }
 
-func (b *profileBuilder) finish() *profile.Profile {
+func (b *Builder) finish() *profile.Profile {
 	if b.p.TimeNanos == 0 {
 		b.p.TimeNanos = time.Now().UnixNano()
 	}
+	return b.p
+}
+
+// SetPeriod sets the sampling period: what one sample stands for.
+func (b *Builder) SetPeriod(d time.Duration) { b.p.Period = int64(d) }
+
+// Profile returns the profile built so far, covering [from, to).
+func (b *Builder) Profile(from, to time.Time) *profile.Profile {
+	b.p.TimeNanos = from.UnixNano()
+	b.p.DurationNanos = to.Sub(from).Nanoseconds()
 	return b.p
 }

@@ -1,4 +1,4 @@
-package exporter
+package history
 
 import (
 	"encoding/binary"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -226,8 +227,11 @@ func (e *windowEncoder) str(s string) uint32 {
 }
 
 func (e *windowEncoder) label(s *pipeline.Sample) uint32 {
-	l := labelsOfWorkload(s.Workload)
-	k := labelKey{s.PID, s.TID, s.Comm, s.Cgroup, l.namespace, l.pod, l.container}
+	var l attribution.Workload
+	if s.Workload != nil {
+		l = *s.Workload
+	}
+	k := labelKey{s.PID, s.TID, s.Comm, s.Cgroup, l.Namespace, l.Pod, l.Container}
 	if id, ok := e.labels[k]; ok {
 		return id
 	}
@@ -235,11 +239,11 @@ func (e *windowEncoder) label(s *pipeline.Sample) uint32 {
 	e.nLabel++
 	e.labels[k] = id
 	e.pLabel = append(e.pLabel, labelRec{s.PID, s.TID, e.str(s.Comm), e.str(s.Cgroup),
-		e.str(l.namespace), e.str(l.pod), e.str(l.container)})
+		e.str(l.Namespace), e.str(l.Pod), e.str(l.Container)})
 	return id
 }
 
-// frameKeyOf is what BuildProfile distinguishes of a frame.
+// frameKeyOf is what pprof.Build distinguishes of a frame.
 func frameKeyOf(fr *symbolizer.Frame) frameKey {
 	k := frameKey{fn: fr.Function, file: fr.File, line: int64(fr.Line), addr: fr.ObjAddress}
 	switch {
@@ -574,7 +578,7 @@ func decodeWindow(data []byte, d *genDict, w *windowRows) error {
 
 var errMissingDict = errors.New("window refers to a dictionary entry that was lost")
 
-// symFrames rebuilds the frames of stack st that BuildProfile would have
+// symFrames rebuilds the frames of stack st that pprof.Build would have
 // seen: the calls inlined at an address go back into its frame's Inlined.
 func (d *genDict) symFrames(st []uint32) []symbolizer.Frame {
 	frames := make([]symbolizer.Frame, 0, len(st))
