@@ -121,7 +121,14 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		cgroups = nil
 	}
 	a.cgroups = cgroups
-	a.pipeline = pipeline.New(s, a.sym, cgroups, f.interval)
+	if namer := s.KernelNamer(); namer != nil {
+		a.sym.SetKernelNamer(namer) // the kernel names its addresses: no /proc/kallsyms
+	}
+	var paths pipeline.CgroupPaths // a nil *cgroup.Resolver would be a non-nil interface
+	if cgroups != nil {
+		paths = cgroups
+	}
+	a.pipeline = pipeline.New(s, a.sym, paths, f.interval)
 	workloads, stopWorkloads, err := f.kube.startWorkloads()
 	if err != nil {
 		a.close()
@@ -147,7 +154,8 @@ func (a *agent) runPipeline(ctx context.Context) { a.pipeline.Run(ctx) }
 // needed while programs load, and it is several MiB of heap.
 func (a *agent) releaseBTF() { a.btf = nil }
 
-// addCloser runs c when the agent closes, before the sampler.
+// addCloser runs c when the agent closes, after the sampler is closed, in
+// the order added.
 func (a *agent) addCloser(c func() error) { a.closers = append(a.closers, c) }
 
 func (a *agent) close() error {
