@@ -19,7 +19,7 @@ enum control_index {
 	CONTROL_MAX,
 };
 
-/* Keep in step with profiler.StatNames. */
+/* Keep in step with profiler.DropReasons: the drop reasons, in this order. */
 enum stat_index {
 	STAT_SAMPLES = 0,             /* samples taken (not idle) */
 	STAT_DROP_COUNTS_FULL,        /* sample lost: counts map full */

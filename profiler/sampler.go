@@ -83,8 +83,23 @@ type Sampler struct {
 }
 
 // NewSampler checks the host, loads the programs and starts sampling on every
-// online CPU. The caller must Close it.
+// online CPU: Load, then Attach. The caller must Close it.
 func NewSampler(cfg Config) (*Sampler, error) {
+	s, err := Load(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Attach(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load checks cfg and the host, and loads the sampler's programs and maps
+// into the kernel, attaching nothing: nothing is sampled until Attach. The
+// caller must Close it.
+func Load(cfg Config) (*Sampler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -97,10 +112,6 @@ func NewSampler(cfg Config) (*Sampler, error) {
 	// it in cfg would keep it for the Sampler's life.
 	s.cfg.BTF = nil
 	if err != nil {
-		return nil, err
-	}
-	if err := s.attach(); err != nil {
-		s.Close()
 		return nil, err
 	}
 	events, err := ringbuf.NewReader(s.objs.ProcEvents)
@@ -147,7 +158,7 @@ func (s *Sampler) load() error {
 		if errors.As(err, &verr) {
 			slog.Error("BPF verifier rejected the CPU sampler", "log", fmt.Sprintf("%+v", verr))
 		}
-		return fmt.Errorf("%w: loading the CPU sampler BPF program: %v", ErrPreflight, err)
+		return fmt.Errorf("%w: loading the CPU sampler BPF program: %w", ErrPreflight, err)
 	}
 	if s.namer, err = loadKernelNamer(spec, s.cfg.BTF); err != nil {
 		slog.Warn("kernel frames will be named from /proc/kallsyms", "err", err)
@@ -155,17 +166,18 @@ func (s *Sampler) load() error {
 	return nil
 }
 
-// attach opens one cpu-clock event per online CPU and attaches the program,
-// after the exec and exit hooks, so that no process image is announced
-// before its exec can be seen.
-func (s *Sampler) attach() error {
+// Attach starts sampling: it attaches the exec and exit hooks, then opens
+// one cpu-clock event per online CPU with the sampling program, so that no
+// process image is announced before its exec can be seen. On error, what
+// was attached stays until Close.
+func (s *Sampler) Attach() error {
 	for _, tp := range []struct {
 		name string
 		prog *ebpf.Program
 	}{{"sched_process_exec", s.objs.ProcessExec}, {"sched_process_exit", s.objs.ProcessExit}} {
 		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
 		if err != nil {
-			return fmt.Errorf("%w: attaching to the %s raw tracepoint: %v", ErrPreflight, tp.name, err)
+			return fmt.Errorf("%w: attaching to the %s raw tracepoint: %w", ErrPreflight, tp.name, err)
 		}
 		s.links = append(s.links, l)
 	}
@@ -173,22 +185,34 @@ func (s *Sampler) attach() error {
 	if err != nil {
 		return fmt.Errorf("listing online CPUs: %w", err)
 	}
+	s.drainMu.Lock()
+	s.lastDrain = time.Now() // the first window starts with sampling
+	s.drainMu.Unlock()
 	for _, cpu := range cpus {
-		fd, err := openCPUClock(cpu, s.cfg.Frequency)
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrPreflight, err)
+		if err := s.attachCPU(cpu); err != nil {
+			return err
 		}
-		s.perfFDs = append(s.perfFDs, fd)
-		l, err := link.AttachRawLink(link.RawLinkOptions{
-			Target:  fd,
-			Program: s.objs.SampleCpu,
-			Attach:  ebpf.AttachPerfEvent,
-		})
-		if err != nil {
-			return fmt.Errorf("%w: attaching the CPU sampler to CPU %d: %v", ErrPreflight, cpu, err)
-		}
-		s.links = append(s.links, l)
 	}
+	return nil
+}
+
+// attachCPU opens the cpu-clock event of one CPU and attaches the sampling
+// program to it.
+func (s *Sampler) attachCPU(cpu int) error {
+	fd, err := openCPUClock(cpu, s.cfg.Frequency)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPreflight, err)
+	}
+	s.perfFDs = append(s.perfFDs, fd)
+	l, err := link.AttachRawLink(link.RawLinkOptions{
+		Target:  fd,
+		Program: s.objs.SampleCpu,
+		Attach:  ebpf.AttachPerfEvent,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: attaching the CPU sampler to CPU %d: %w", ErrPreflight, cpu, err)
+	}
+	s.links = append(s.links, l)
 	return nil
 }
 

@@ -78,6 +78,33 @@ func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
 	}
 }
 
+// Load attaches nothing: no CPU is sampled and no sample is taken until
+// Attach.
+func TestLoadThenAttach(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Frequency = 1000
+	s, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go burn(stop)
+	time.Sleep(100 * time.Millisecond)
+	if st, err := s.Stats(); err != nil || st.Samples != 0 || s.CPUs() != 0 {
+		t.Fatalf("loaded only: %d samples on %d CPUs (%v), want none", st.Samples, s.CPUs(), err)
+	}
+	if err := s.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st, err := s.Stats(); err != nil || st.Samples == 0 || s.CPUs() == 0 {
+		t.Fatalf("attached: %d samples on %d CPUs (%v), want some", st.Samples, s.CPUs(), err)
+	}
+}
+
 // Draining often while both CPUs are busy must neither lose nor double-count
 // samples at the generation boundaries: once sampling stops and the rest is
 // drained, the drained counts add up exactly to what the BPF program counted
