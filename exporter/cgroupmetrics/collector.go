@@ -133,7 +133,7 @@ func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 	start := c.now()
 	series, err := c.gather()
 	out := newFamilySink()
-	scrapes := c.emit(out, series, start)
+	scrapes := c.emit(out, series, start, err == nil)
 	out.add(descCgroupsFolded, nil, float64(c.lastFold.other), "over_limit")
 	out.add(descCgroupsFolded, nil, float64(c.lastFold.unresolved), "unresolved")
 	out.add(descCgroupsFiltered, nil, float64(c.lastFold.filtered))
@@ -155,8 +155,9 @@ type scrape struct {
 
 // emit writes the series of every running collector, one collector at a
 // time, timing each. The cgroup files are read first (timed as cgroupfs's),
-// since the faults collector counts only where they hold no faults.
-func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Time) []scrape {
+// since the faults collector counts only where they hold no faults. When
+// the cgroups could not be gathered (ok false), no collector has series.
+func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Time, ok bool) []scrape {
 	var took time.Duration
 	if c.files != nil {
 		t := c.now()
@@ -185,7 +186,7 @@ func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Tim
 		if info.Source == collector.Files {
 			d += took
 		}
-		scrapes = append(scrapes, scrape{info.Name, d, true})
+		scrapes = append(scrapes, scrape{info.Name, d, ok})
 	}
 	return scrapes
 }

@@ -21,5 +21,5 @@ var (
 	descScrapeDuration = &collector.Metric{Kind: collector.Gauge, Name: "cgscope_scrape_collector_duration_seconds", Labels: []string{"collector"},
 		Help: "How long a collector took at the last scrape: cgroup is the whole of the per-cgroup metrics (reading the counters, naming, folding and writing every series), the others each running collector's part of it (cgroupfs includes its file reads)."}
 	descScrapeSuccess = &collector.Metric{Kind: collector.Gauge, Name: "cgscope_scrape_collector_success", Labels: []string{"collector"},
-		Help: "Whether a collector succeeded at the last scrape (cgroup: whether the BPF counters could be read)."}
+		Help: "Whether a collector succeeded at the last scrape: 0 for all of them when the cgroups and their BPF counters could not be gathered."}
 )

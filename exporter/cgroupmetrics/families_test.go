@@ -1,6 +1,8 @@
 package cgroupmetrics
 
 import (
+	"errors"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -133,4 +135,35 @@ func familyNamed(mfs []*dto.MetricFamily, name string) *dto.MetricFamily {
 		}
 	}
 	return nil
+}
+
+type failingCounters struct{}
+
+func (failingCounters) Read() (map[uint64]*collector.Usage, error) {
+	return nil, errors.New("map gone")
+}
+func (failingCounters) Forget([]uint64) error { return nil }
+
+// Every running collector reports its scrape duration and success beside
+// the whole ("cgroup"); a failed read of the counters fails them all.
+func TestScrapeMetricsPerCollector(t *testing.T) {
+	running := map[string]bool{collector.Sched: true, collector.TCP: true}
+	paths := fixedPaths{1: "/a"}
+	for _, c := range []struct {
+		counters CounterSource
+		want     float64
+	}{{fixedCounters{1: &collector.Usage{CPUSeconds: 1}}, 1}, {failingCounters{}, 0}} {
+		mfs, _ := New(c.counters, paths, nil, Options{MaxCgroups: 10, Collectors: running}).Gather()
+		got := map[string]float64{}
+		for _, m := range familyNamed(mfs, "cgscope_scrape_collector_success").GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+		want := map[string]float64{"cgroup": c.want, collector.Sched: c.want, collector.TCP: c.want}
+		if !maps.Equal(got, want) {
+			t.Errorf("%T: success %v, want %v", c.counters, got, want)
+		}
+		if n := len(familyNamed(mfs, "cgscope_scrape_collector_duration_seconds").GetMetric()); n != len(want) {
+			t.Errorf("%T: %d durations, want %d", c.counters, n, len(want))
+		}
+	}
 }
