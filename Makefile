@@ -32,7 +32,7 @@ fuzz:
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzParseMaps$$'
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzOpenObject$$'
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzGoTable$$'
-	$(GO) test ./profiler $(FUZZ) -fuzz '^FuzzParseContainerPath$$'
+	$(GO) test ./internal/containerid $(FUZZ) -fuzz '^FuzzParseContainerPath$$'
 
 # Regenerates the committed BPF objects and Go bindings with the pinned clang.
 generate: deps

@@ -21,8 +21,8 @@ enum control_index {
 	CONTROL_MAX,
 };
 
-/* Keep in step with profiler.DropReasons, profiler.StackEnds and
- * profiler.Stats. */
+/* Keep in step with profiler.DropReasons (the drop reasons, in this
+ * order), profiler.StackEnds and profiler.Sampler.Stats. */
 enum stat_index {
 	STAT_SAMPLES = 0,             /* samples taken (not idle) */
 	STAT_DROP_COUNTS_FULL,        /* sample lost: counts map full */

@@ -29,6 +29,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cgscope/cgscope/collector"
 	"github.com/cgscope/cgscope/profiler"
 )
 
@@ -1101,4 +1102,22 @@ func (n schemaNode) leaves(prefix string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// values.yaml switches exactly the collectors cgscope has, with their
+// defaults (collector.Table, where the --collector.NAME flags come from).
+func TestValuesListEveryCollector(t *testing.T) {
+	got, ok := valuesFile(t, filepath.Join(chartDir, "values.yaml"))["collectors"].(map[string]any)
+	if !ok {
+		t.Fatal("values.yaml has no collectors map")
+	}
+	for _, c := range collector.Table {
+		if on, ok := got[c.Name].(bool); !ok || on != c.Default {
+			t.Errorf("collectors.%s = %v, want %v", c.Name, got[c.Name], c.Default)
+		}
+		delete(got, c.Name)
+	}
+	for name := range got {
+		t.Errorf("collectors.%s: cgscope has no such collector", name)
+	}
 }

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/cgscope/cgscope/bpf"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 )
 
 var nativeEndian = binary.NativeEndian
@@ -297,39 +296,10 @@ func (s *Sampler) Stats() (Stats, error) {
 	return st, nil
 }
 
-// ProgramStats is the kernel's accounting of one BPF program (bpf_stats).
-type ProgramStats struct {
-	Name     string
-	RunCount uint64
-	Runtime  time.Duration
-}
-
-// ProgramStats returns run count and run time of the sampler's programs. The
-// kernel counts them only while BPF statistics are enabled (EnableBPFStats).
-func (s *Sampler) ProgramStats() ([]ProgramStats, error) {
-	st, err := s.objs.SampleCpu.Stats()
-	if err != nil {
-		return nil, fmt.Errorf("reading BPF program stats: %w", err)
-	}
-	return []ProgramStats{{Name: "sample_cpu", RunCount: st.RunCount, Runtime: st.Runtime}}, nil
-}
-
-// BPFStatsEnabled reports whether kernel.bpf_stats_enabled is set, in which
-// case the kernel keeps run-time statistics for every program anyway.
-func BPFStatsEnabled() bool {
-	data, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
-	return err == nil && strings.TrimSpace(string(data)) == "1"
-}
-
-// EnableBPFStats turns on the kernel's per-program run-time accounting for as
-// long as the returned closer stays open, like kernel.bpf_stats_enabled=1
-// but scoped to this process.
-func EnableBPFStats() (interface{ Close() error }, error) {
-	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		return nil, fmt.Errorf("enabling BPF run-time statistics: %w", err)
-	}
-	return c, nil
+// ProgramStats returns run count and run time of the sampler's program. The
+// kernel counts them only while BPF statistics are enabled (bpfstats.Enable).
+func (s *Sampler) ProgramStats() ([]bpfstats.Program, error) {
+	return bpfstats.Of(map[string]*ebpf.Program{bpf.ProfileProgSampleCpu: s.objs.SampleCpu})
 }
 
 // forgetExited removes the processes that no longer exist from the kernel

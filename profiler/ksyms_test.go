@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cgscope/cgscope/internal/kerneltest"
 )
 
 // kallsymsText returns the names of the running kernel's text symbols (not
@@ -39,7 +41,7 @@ func kallsymsText(t *testing.T) map[uint64][]string {
 // The kernel names addresses inside its functions, in batches larger than
 // one run of the program, and leaves addresses outside any symbol unnamed.
 func TestKernelNamer(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	s, err := NewSampler(DefaultConfig())
 	if err != nil {
 		t.Fatal(err)

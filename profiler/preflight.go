@@ -31,7 +31,7 @@ func Preflight() error {
 	var missing []string
 	caps, err := effectiveCaps()
 	if err != nil {
-		return fmt.Errorf("%w: reading capabilities: %v", ErrPreflight, err)
+		return fmt.Errorf("%w: reading capabilities: %w", ErrPreflight, err)
 	}
 	has := func(c uint) bool { return caps&(1<<c) != 0 }
 	if !has(capSysAdmin) {

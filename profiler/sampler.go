@@ -95,8 +95,23 @@ type Sampler struct {
 }
 
 // NewSampler checks the host, loads the programs and starts sampling on every
-// online CPU. The caller must Close it.
+// online CPU: Load, then Attach. The caller must Close it.
 func NewSampler(cfg Config) (*Sampler, error) {
+	s, err := Load(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Attach(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load checks cfg and the host, and loads the sampler's programs and maps
+// into the kernel, attaching nothing: nothing is sampled until Attach. The
+// caller must Close it.
+func Load(cfg Config) (*Sampler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -109,10 +124,6 @@ func NewSampler(cfg Config) (*Sampler, error) {
 	// it in cfg would keep it for the Sampler's life.
 	s.cfg.BTF = nil
 	if err != nil {
-		return nil, err
-	}
-	if err := s.attach(); err != nil {
-		s.Close()
 		return nil, err
 	}
 	events, err := ringbuf.NewReader(s.objs.ProcEvents)
@@ -167,7 +178,7 @@ func (s *Sampler) load() error {
 		if errors.As(err, &verr) {
 			slog.Error("BPF verifier rejected the CPU sampler", "log", fmt.Sprintf("%+v", verr))
 		}
-		return fmt.Errorf("%w: loading the CPU sampler BPF program: %v", ErrPreflight, err)
+		return fmt.Errorf("%w: loading the CPU sampler BPF program: %w", ErrPreflight, err)
 	}
 	s.unwind = newUnwindTables(&s.objs, leaves)
 	if s.namer, err = loadKernelNamer(spec, s.cfg.BTF); err != nil {
@@ -176,10 +187,11 @@ func (s *Sampler) load() error {
 	return nil
 }
 
-// attach opens one cpu-clock event per online CPU and attaches the program,
-// after the exec and exit hooks, so that no process image is announced
-// before its exec can be seen.
-func (s *Sampler) attach() error {
+// Attach starts sampling: it attaches the exec and exit hooks, then opens
+// one cpu-clock event per online CPU with the sampling program, so that no
+// process image is announced before its exec can be seen. On error, what
+// was attached stays until Close.
+func (s *Sampler) Attach() error {
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: s.objs.ProcessExec})
 	if err != nil {
 		return fmt.Errorf("%w: attaching to the sched_process_exec raw tracepoint: %w", ErrPreflight, err)
@@ -198,22 +210,34 @@ func (s *Sampler) attach() error {
 	if err != nil {
 		return fmt.Errorf("listing online CPUs: %w", err)
 	}
+	s.drainMu.Lock()
+	s.lastDrain = time.Now() // the first window starts with sampling
+	s.drainMu.Unlock()
 	for _, cpu := range cpus {
-		fd, err := openCPUClock(cpu, s.cfg.Frequency)
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrPreflight, err)
+		if err := s.attachCPU(cpu); err != nil {
+			return err
 		}
-		s.perfFDs = append(s.perfFDs, fd)
-		l, err := link.AttachRawLink(link.RawLinkOptions{
-			Target:  fd,
-			Program: s.objs.SampleCpu,
-			Attach:  ebpf.AttachPerfEvent,
-		})
-		if err != nil {
-			return fmt.Errorf("%w: attaching the CPU sampler to CPU %d: %v", ErrPreflight, cpu, err)
-		}
-		s.links = append(s.links, l)
 	}
+	return nil
+}
+
+// attachCPU opens the cpu-clock event of one CPU and attaches the sampling
+// program to it.
+func (s *Sampler) attachCPU(cpu int) error {
+	fd, err := openCPUClock(cpu, s.cfg.Frequency)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPreflight, err)
+	}
+	s.perfFDs = append(s.perfFDs, fd)
+	l, err := link.AttachRawLink(link.RawLinkOptions{
+		Target:  fd,
+		Program: s.objs.SampleCpu,
+		Attach:  ebpf.AttachPerfEvent,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: attaching the CPU sampler to CPU %d: %w", ErrPreflight, cpu, err)
+	}
+	s.links = append(s.links, l)
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/cgscope/cgscope/internal/kerneltest"
 )
 
 // cpuTime is this process's user+sys time so far.
@@ -17,22 +19,6 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// withBPFStats skips the benchmark without root, and keeps the kernel's BPF
-// run-time statistics on while it runs.
-func withBPFStats(b *testing.B) {
-	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("SKIPPED: not root; the benchmark loads eBPF")
-	}
-	stats, err := EnableBPFStats()
-	if err != nil && !BPFStatsEnabled() {
-		b.Fatal(err)
-	}
-	if stats != nil {
-		b.Cleanup(func() { stats.Close() })
-	}
 }
 
 // BenchmarkSamplerLoad reports the CPU time (user+sys, kernel work of map
@@ -64,7 +50,7 @@ func BenchmarkSamplerLoad(b *testing.B) {
 // burn CPU 20 calls deep and one makes system calls (kernel stacks), and
 // reports the sampling program's cost per run from bpf_stats, and its drain.
 func BenchmarkSamplerProgramCost(b *testing.B) {
-	withBPFStats(b)
+	kerneltest.WithBPFStats(b)
 	cfg := DefaultConfig()
 	cfg.Frequency = 999
 	s, err := NewSampler(cfg)

@@ -9,22 +9,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run the tests as root")
-		}
-		t.Skip("SKIPPED: not root; loading eBPF needs CAP_BPF and CAP_PERFMON")
-	}
-}
+	"github.com/cgscope/cgscope/internal/kerneltest"
+)
 
 // burn keeps one goroutine busy until stop is closed.
 func burn(stop <-chan struct{}) {
@@ -68,7 +59,7 @@ func perfFDs(t *testing.T) int {
 }
 
 func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	before := perfFDs(t)
 	s, err := NewSampler(DefaultConfig())
 	if err != nil {
@@ -88,12 +79,39 @@ func TestSamplerCloseLeaksNoDescriptors(t *testing.T) {
 	}
 }
 
+// Load attaches nothing: no CPU is sampled and no sample is taken until
+// Attach.
+func TestLoadThenAttach(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Frequency = 1000
+	s, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go burn(stop)
+	time.Sleep(100 * time.Millisecond)
+	if st, err := s.Stats(); err != nil || st.Samples != 0 || s.CPUs() != 0 {
+		t.Fatalf("loaded only: %d samples on %d CPUs (%v), want none", st.Samples, s.CPUs(), err)
+	}
+	if err := s.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st, err := s.Stats(); err != nil || st.Samples == 0 || s.CPUs() == 0 {
+		t.Fatalf("attached: %d samples on %d CPUs (%v), want some", st.Samples, s.CPUs(), err)
+	}
+}
+
 // Draining often while both CPUs are busy must neither lose nor double-count
 // samples at the generation boundaries: once sampling stops and the rest is
 // drained, the drained counts add up exactly to what the BPF program counted
 // as taken since load.
 func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Frequency = 1000
 	s, err := NewSampler(cfg)
@@ -147,12 +165,12 @@ func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
 // an exec, but not when one of its threads exits; once it has exited the
 // kernel side forgets it, so a reused pid is announced afresh.
 func TestProcessImagesAnnounced(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	// The workload is started, and waits, before the sampler: the moments
 	// between the fork and the exec of its first image belong to this test
 	// process's image, and a sample there would announce a third one.
-	cg := newTestCgroup(t, "announce")
-	cmd := cg.command(t, nil, "burnexec", "300ms")
+	cg := kerneltest.NewCgroup(t, "announce")
+	cmd := cg.Command(t, nil, "burnexec", "300ms")
 	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -234,7 +252,7 @@ func (l *processLog) ProcessMappingsChanged(uint32) {}
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {
-	requireRoot(t)
+	kerneltest.RequireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Frequency = 1000
 	cfg.MaxSampleKeys = 64
@@ -301,33 +319,5 @@ func TestParseCPUList(t *testing.T) {
 		if _, err := parseCPUList(bad); err == nil {
 			t.Errorf("parseCPUList(%q) accepted", bad)
 		}
-	}
-}
-
-func TestCgroupResolver(t *testing.T) {
-	requireRoot(t)
-	r, err := NewCgroupResolver(1 << 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p := r.Path(1); p != "/" {
-		t.Errorf("root cgroup id 1 resolved to %q", p)
-	}
-	dir := filepath.Join(r.Root(), "cgscope-resolver-test")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(dir)
-	st, err := os.Stat(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.minInterval = time.Hour // no re-walk: found by handle
-	ino := st.Sys().(*syscall.Stat_t).Ino
-	if p := r.Path(ino); p != "/cgscope-resolver-test" {
-		t.Errorf("new cgroup resolved to %q", p)
-	}
-	if p := r.Path(1 << 62); p != "" {
-		t.Errorf("unknown id resolved to %q", p)
 	}
 }

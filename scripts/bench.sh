@@ -46,8 +46,11 @@ go build -o "$tmpdir/overhead" ./internal/bench/overhead
 	echo "processes at 19 Hz, a 1 h query under 300 ms and a 24 h query under 3 s."
 	echo
 	echo '```'
-	go test ./profiler -run '^$' -bench 'CounterProgramCost|CgroupFileRead|ParseContainerPath' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
-	go test ./exporter -run '^$' -bench 'CgroupScrape|History' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./collector -run '^$' -bench 'CounterProgramCost' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./cgroup -run '^$' -bench 'CgroupFileRead' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./internal/containerid -run '^$' -bench 'ParseContainerPath' -benchtime 3x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./exporter/cgroupmetrics -run '^$' -bench 'CgroupScrape' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
+	go test ./exporter/history -run '^$' -bench 'History' -benchtime 10x 2>&1 | grep -E '^(Benchmark|ok|FAIL)'
 	otlp=$(go test ./exporter/otlp -run '^$' -bench . -benchtime 40x 2>&1 | grep -E '^(Benchmark|ok|FAIL)')
 	echo "$otlp"
 	echo '```'

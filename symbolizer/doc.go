@@ -16,5 +16,5 @@
 // parameter lists.
 // Addresses that cannot be named keep their mapping and object-relative address, so they
 // can be symbolized later from the build ID; a name is never guessed. All methods are safe
-// for concurrent use.
+// for concurrent use. A Symbolizer's Stats are also a Prometheus collector (metrics.go).
 package symbolizer

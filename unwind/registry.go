@@ -66,7 +66,8 @@ type Stats struct {
 	CompileSeconds                       float64
 	LoadFailed                           uint64            // tables or processes the sink refused
 	Evicted                              map[string]uint64 // tables unloaded, by reason
-	Tables, Processes                    int               // loaded now
+	Tables                               int               // loaded now
+	Processes                            int               // whose ranges are loaded now
 	TableBytes                           int               // kernel bytes of the loaded tables
 	Rows                                 int               // rows of the loaded tables
 	QueueDropped                         uint64            // notices lost to a full queue
@@ -153,6 +154,7 @@ type proc struct {
 	objects   []*object
 	loaded    time.Time
 	refreshed bool // its mappings were read again once already
+	ranges    bool // the sink holds its ranges (some object has a table)
 }
 
 // ProcessStarted asks for pid's tables, once its mappings are known to the
@@ -262,14 +264,15 @@ func (r *Registry) add(pid uint32) {
 		}
 		ranges = append(ranges, rg)
 	}
-	r.procs[pid] = &proc{objects: held, loaded: now}
-	if !tables {
-		r.publish()
-		return
-	}
-	if err := r.sink.LoadProcess(pid, ranges); err != nil {
-		r.count(func(s *Stats) { s.LoadFailed++ })
-		slog.Debug("unwind: loading the ranges of a process", "pid", pid, "err", err)
+	p := &proc{objects: held, loaded: now}
+	r.procs[pid] = p
+	if tables {
+		if err := r.sink.LoadProcess(pid, ranges); err != nil {
+			r.count(func(s *Stats) { s.LoadFailed++ })
+			slog.Debug("unwind: loading the ranges of a process", "pid", pid, "err", err)
+		} else {
+			p.ranges = true
+		}
 	}
 	r.publish()
 }
@@ -436,7 +439,7 @@ func (r *Registry) count(f func(*Stats)) {
 
 // publish updates the gauges of Stats from the worker's state.
 func (r *Registry) publish() {
-	tables, bytes, rows := 0, 0, 0
+	tables, bytes, rows, procs := 0, 0, 0, 0
 	for _, o := range r.objects {
 		if o.id != 0 {
 			tables++
@@ -444,7 +447,12 @@ func (r *Registry) publish() {
 			rows += o.rows
 		}
 	}
-	r.count(func(s *Stats) { s.Tables, s.TableBytes, s.Rows, s.Processes = tables, bytes, rows, len(r.procs) })
+	for _, p := range r.procs {
+		if p.ranges {
+			procs++
+		}
+	}
+	r.count(func(s *Stats) { s.Tables, s.TableBytes, s.Rows, s.Processes = tables, bytes, rows, procs })
 }
 
 // Stats returns the registry's counters.

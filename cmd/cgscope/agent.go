@@ -10,7 +10,9 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf/btf"
 
+	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -94,7 +96,7 @@ var samplerFlagNames = map[string]string{
 type agent struct {
 	sampler *profiler.Sampler
 	sym     *symbolizer.Symbolizer
-	cgroups *profiler.CgroupResolver // nil without a cgroup2 mount
+	cgroups *cgroup.Resolver // nil without a cgroup2 mount
 	// workloads names the containers and pods of cgroups.
 	workloads *attribution.Resolver
 	// btf is the kernel BTF parsed once for every BPF load at start-up;
@@ -117,20 +119,27 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}
 	a.sampler = s
 	if f.bpfStatsOnOff {
-		if c, err := profiler.EnableBPFStats(); err == nil {
+		if c, err := bpfstats.Enable(); err == nil {
 			a.closers = append(a.closers, c.Close)
-		} else if !profiler.BPFStatsEnabled() {
+		} else if !bpfstats.Enabled() {
 			slog.Warn("BPF run-time statistics unavailable: cgscope_bpf_program_* metrics stay at 0; grant CAP_SYS_ADMIN or set sysctl kernel.bpf_stats_enabled=1", "err", err)
 		}
 	}
 	a.sym = symbolizer.New(symbolizer.Options{MaxObjects: f.maxObjects, MaxProcesses: f.maxProcesses})
-	cgroups, err := profiler.NewCgroupResolver(f.maxCgroups)
+	cgroups, err := cgroup.NewResolver(f.maxCgroups)
 	if err != nil {
 		slog.Warn("cgroup paths unavailable; samples get an empty cgroup label", "err", err)
 		cgroups = nil
 	}
 	a.cgroups = cgroups
-	a.pipeline = pipeline.New(s, a.sym, cgroups, f.interval)
+	if namer := s.KernelNamer(); namer != nil {
+		a.sym.SetKernelNamer(namer) // the kernel names its addresses: no /proc/kallsyms
+	}
+	var paths pipeline.CgroupPaths // a nil *cgroup.Resolver would be a non-nil interface
+	if cgroups != nil {
+		paths = cgroups
+	}
+	a.pipeline = pipeline.New(s, a.sym, paths, f.interval)
 	workloads, stopWorkloads, err := f.kube.startWorkloads()
 	if err != nil {
 		a.close()
@@ -166,7 +175,8 @@ func (a *agent) runPipeline(ctx context.Context) { a.pipeline.Run(ctx) }
 // needed while programs load, and it is several MiB of heap.
 func (a *agent) releaseBTF() { a.btf = nil }
 
-// addCloser runs c when the agent closes, before the sampler.
+// addCloser runs c when the agent closes, after the sampler is closed, in
+// the order added.
 func (a *agent) addCloser(c func() error) { a.closers = append(a.closers, c) }
 
 func (a *agent) close() error {

@@ -1,22 +1,22 @@
 package main
 
 import (
+	"context"
 	"fmt"
-	"log/slog"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/cgscope/cgscope/exporter"
-	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/collector"
+	"github.com/cgscope/cgscope/exporter/cgroupmetrics"
 )
 
-// counterFlags configure the per-cgroup metrics.
+// counterFlags configure the per-cgroup collectors and metrics.
 type counterFlags struct {
-	collectors    map[string]*bool
-	cgroupFiles   bool
+	enabled       map[string]*bool // by collector name
 	filesInterval time.Duration
 	include       string
 	exclude       string
@@ -28,22 +28,12 @@ type counterFlags struct {
 	maxSockets    int
 }
 
-var collectorHelp = map[string]string{
-	"sched":   "CPU time, context switches and run-queue latency per cgroup (sched tracepoints).",
-	"faults":  "User page faults per cgroup (exceptions:page_fault_user).",
-	"oom":     "OOM kills per cgroup (tp_btf/mark_victim).",
-	"network": "Bytes and packets per cgroup (cgroup_skb at the cgroup2 root).",
-	"tcp":     "TCP connections opened, failed, closed, active, and retransmits per cgroup (sock and tcp tracepoints).",
-}
-
 func addCounterFlags(cmd *kingpin.CmdClause) *counterFlags {
-	f := &counterFlags{collectors: map[string]*bool{}}
-	for _, name := range profiler.CounterCollectors {
-		f.collectors[name] = cmd.Flag("collector."+name, collectorHelp[name]+" Disable with --no-collector."+name+".").
-			Default("true").Bool()
+	f := &counterFlags{enabled: map[string]*bool{}}
+	for _, c := range collector.Table {
+		f.enabled[c.Name] = cmd.Flag("collector."+c.Name, c.Help+" Disable with --no-collector."+c.Name+".").
+			Default(strconv.FormatBool(c.Default)).Bool()
 	}
-	cmd.Flag("collector.cgroupfs", "Memory, CPU throttling, page faults and PSI per cgroup from cgroup files.").
-		Default("true").BoolVar(&f.cgroupFiles)
 	cmd.Flag("collector.cgroupfs.interval", "How often cgroup files are re-read in the background (scrapes read a cache).").
 		Default("10s").DurationVar(&f.filesInterval)
 	cmd.Flag("cgroup.include", "Export only cgroups whose path matches this regular expression.").StringVar(&f.include)
@@ -61,10 +51,10 @@ func addCounterFlags(cmd *kingpin.CmdClause) *counterFlags {
 	return f
 }
 
-// options validates the flags and turns them into collector options; it
-// runs before anything is attached.
-func (f *counterFlags) options() (exporter.CgroupOptions, error) {
-	opts := exporter.CgroupOptions{MaxCgroups: f.maxExported, MaxDepth: f.maxDepth, GracePeriod: f.grace}
+// options validates the flags and turns them into the per-cgroup metrics'
+// options; it runs before anything is attached.
+func (f *counterFlags) options() (cgroupmetrics.Options, error) {
+	opts := cgroupmetrics.Options{MaxCgroups: f.maxExported, MaxDepth: f.maxDepth, GracePeriod: f.grace}
 	var err error
 	if f.include != "" {
 		if opts.Include, err = regexp.Compile(f.include); err != nil {
@@ -100,37 +90,17 @@ func (f *counterFlags) options() (exporter.CgroupOptions, error) {
 	return opts, nil
 }
 
-// anyBPFCollector reports whether any counter program is wanted.
-func (f *counterFlags) anyBPFCollector() bool {
-	for _, on := range f.collectors {
-		if *on {
-			return true
-		}
-	}
-	return false
-}
-
-// startCounters attaches the enabled counter collectors. It returns nil
-// counters (and no error) when every BPF collector is switched off.
-func (f *counterFlags) startCounters(cgroupRoot string, kernelBTF *btf.Cache) (*profiler.CgroupCounters, error) {
-	if !f.anyBPFCollector() {
-		return nil, nil
-	}
+// startCollectors starts the collectors the flags enable; the cgroup-file
+// cache refreshes until ctx ends.
+func (f *counterFlags) startCollectors(ctx context.Context, cgroupRoot string, kernelBTF *btf.Cache) (*collector.Set, error) {
 	enabled := map[string]bool{}
-	for name, on := range f.collectors {
+	for name, on := range f.enabled {
 		enabled[name] = *on
 	}
-	c, err := profiler.NewCgroupCounters(profiler.CountersConfig{
+	return collector.Start(ctx, collector.Config{
+		Enabled:    enabled,
 		MaxCgroups: f.maxTracked, MaxTasks: f.maxTasks, MaxSockets: f.maxSockets,
-		Collectors: enabled, CgroupRoot: cgroupRoot, BTF: kernelBTF,
+		CgroupRoot: cgroupRoot, BTF: kernelBTF,
+		FilesInterval: f.filesInterval, FilesBudget: 20 * time.Millisecond,
 	})
-	if err != nil {
-		return nil, err
-	}
-	for _, st := range c.Collectors() {
-		if st.Enabled {
-			slog.Info("collector running", "collector", st.Name)
-		}
-	}
-	return c, nil
 }

@@ -1,20 +1,15 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/alecthomas/units"
-	"github.com/google/pprof/profile"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cgscope/cgscope/exporter"
-	"github.com/cgscope/cgscope/exporter/ui"
+	"github.com/cgscope/cgscope/exporter/history"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
 )
@@ -61,34 +56,19 @@ func (f *historyFlags) open() (store.Store, error) {
 }
 
 // startHistory opens the store, stores every pipeline window in it and
-// registers its self-metrics. The handler serves the web UI (/ and /ui/)
-// and the history API (/api/v1/). stop stores what is still queued and
-// closes the store; call it after the pipeline's last flush.
-func startHistory(f *historyFlags, reg prometheus.Registerer, p *pipeline.Pipeline, selfProfiling bool) (http.Handler, func(), error) {
+// registers its self-metrics; the server answers queries from it. stop
+// stores what is still queued and closes the store; call it after the
+// pipeline's last flush.
+func startHistory(f *historyFlags, reg prometheus.Registerer, p *pipeline.Pipeline) (*history.History, func(), error) {
 	st, err := f.open()
 	if err != nil {
 		return nil, nil, err
 	}
-	h := exporter.NewHistory(exporter.HistoryOptions{Store: st})
-	reg.MustRegister(exporter.NewHistoryCollector(h))
+	h := history.New(history.Options{Store: st})
+	reg.MustRegister(h)
 	h.Start()
 	cancel := p.Subscribe(h.Offer)
 	slog.Info("profile history on", "path", f.path, "memory_limit", f.memoryLimit, "size_limit", f.sizeLimit, "retention", f.retention)
-
-	api := &exporter.HistoryAPI{H: h}
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", api.Handler())
-	mux.Handle("/", ui.New(ui.Options{
-		Source: func(ctx context.Context, q url.Values) (*profile.Profile, error) {
-			hq, err := exporter.ParseHistoryQuery(q, time.Now())
-			if err != nil {
-				return nil, err
-			}
-			return h.Profile(ctx, hq)
-		},
-		Links:   uiLinks(selfProfiling),
-		Version: version,
-	}))
 	stop := func() {
 		cancel()
 		h.Stop()
@@ -96,17 +76,5 @@ func startHistory(f *historyFlags, reg prometheus.Registerer, p *pipeline.Pipeli
 			slog.Warn("closing the profile history", "err", err)
 		}
 	}
-	return mux, stop, nil
-}
-
-func uiLinks(selfProfiling bool) []ui.Link {
-	links := []ui.Link{
-		{Address: "/debug/pprof/profile?seconds=10", Text: "Live CPU profile", Description: "gzip pprof of the next N seconds of the whole host (filters: pid=, cgroup=)"},
-		{Address: "/metrics", Text: "Metrics", Description: "the agent's own metrics in Prometheus format"},
-		{Address: "/healthz", Text: "Health", Description: "200 when the agent is serving"},
-	}
-	if selfProfiling {
-		links = append(links, ui.Link{Address: "/debug/self/pprof/", Text: "Self profiling", Description: "Go pprof of cgscope itself"})
-	}
-	return links
+	return h, stop, nil
 }

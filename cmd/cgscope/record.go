@@ -12,7 +12,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"golang.org/x/term"
 
-	"github.com/cgscope/cgscope/exporter"
+	"github.com/cgscope/cgscope/exporter/pprof"
 )
 
 type recordCommand struct {
@@ -71,7 +71,7 @@ func (c *recordCommand) run() error {
 	if err != nil {
 		return fmt.Errorf("recording: %w", err)
 	}
-	p := exporter.BuildProfile(windows, exporter.Filter{PID: c.pid, CgroupPrefix: c.cgroup})
+	p := pprof.Build(windows, pprof.Selector{PID: c.pid, Cgroup: c.cgroup})
 	f, err := os.Create(c.output)
 	if err != nil {
 		return err

@@ -17,8 +17,10 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
-	"github.com/cgscope/cgscope/exporter"
-	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/collector"
+	"github.com/cgscope/cgscope/exporter/cgroupmetrics"
+	"github.com/cgscope/cgscope/exporter/server"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 )
 
 type serveCommand struct {
@@ -87,34 +89,32 @@ func (c *serveCommand) run() error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		exporter.NewSelfCollector(a.sampler, a.sym.Stats, a.pipeline.Stats),
-		a.workloads,
+		a.sampler, a.sym, a.pipeline, a.workloads,
 	)
+	if a.unwind != nil {
+		reg.MustRegister(a.unwind)
+	}
 	cgroupOpts.Workloads = a.workloads
-	counters, cgroupMetrics, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
+	collectors, cgroupMetrics, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
 	if err != nil {
 		return err
 	}
 	gatherer := prometheus.Gatherer(reg)
 	if cgroupMetrics != nil {
-		gatherer = exporter.CombineGatherers(reg, cgroupMetrics)
+		gatherer = cgroupmetrics.CombineGatherers(reg, cgroupMetrics)
 	}
-	programs := []exporter.ProgramStatsSource{a.sampler}
-	if counters != nil {
-		programs = append(programs, counters)
-	}
-	reg.MustRegister(exporter.NewBPFProgramCollector(programs...))
+	reg.MustRegister(bpfstats.NewCollector(a.sampler, collectors))
 	a.releaseBTF()
 	stopPush, err := startPushExporters(ctx, pushCfg, reg, gatherer, a.pipeline)
 	if err != nil {
 		return err
 	}
-	history, stopHistory, err := startHistory(c.history, reg, a.pipeline, c.selfProfiling)
+	history, stopHistory, err := startHistory(c.history, reg, a.pipeline)
 	if err != nil {
 		return err
 	}
 	defer stopHistory() // after the pipeline's last window, so it is stored too
-	handler, err := exporter.NewHandler(exporter.HandlerOptions{
+	handler, err := server.New(server.Options{
 		Capturer:              a.pipeline,
 		Gatherer:              gatherer,
 		DefaultCaptureSeconds: c.defaultSeconds,
@@ -155,37 +155,35 @@ func (c *serveCommand) run() error {
 	return err
 }
 
-// registerCgroupMetrics starts the per-cgroup collectors and registers their
-// health metrics; it returns the counter programs (nil when none run) and
-// the per-cgroup collector, which is gathered beside the registry (nil
-// without cgroup2: such a host gets no per-cgroup metrics, with a warning).
-func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheus.Registry, a *agent, opts exporter.CgroupOptions) (*profiler.CgroupCounters, *exporter.CgroupCollector, error) {
+// registerCgroupMetrics starts the per-cgroup collectors and registers
+// their own metrics; it returns them and the per-cgroup metrics, which are
+// gathered beside the registry (nil without cgroup2: such a host gets no
+// per-cgroup metrics, with a warning).
+func (c *serveCommand) registerCgroupMetrics(ctx context.Context, reg *prometheus.Registry, a *agent, opts cgroupmetrics.Options) (*collector.Set, *cgroupmetrics.Collector, error) {
 	if a.cgroups == nil {
 		slog.Warn("no cgroup2 hierarchy: per-cgroup metrics are off")
-		return nil, nil, nil
+		set := collector.Unavailable("no cgroup2 hierarchy")
+		reg.MustRegister(set)
+		return set, nil, nil
 	}
-	counters, err := c.counters.startCounters(a.cgroups.Root(), a.btf)
+	set, err := c.counters.startCollectors(ctx, a.cgroups.Root(), a.btf)
 	if err != nil {
 		return nil, nil, err
 	}
+	a.addCloser(set.Close)
+	reg.MustRegister(set)
 	opts.Collectors = map[string]bool{}
-	var source exporter.CgroupCounterSource
-	if counters != nil {
-		a.addCloser(counters.Close)
-		reg.MustRegister(exporter.NewCounterHealthCollector(counters))
-		for _, st := range counters.Collectors() {
-			opts.Collectors[st.Name] = st.Enabled
-		}
-		source = counters
+	for _, st := range set.Status() {
+		opts.Collectors[st.Name] = st.Enabled
 	}
-	var files *exporter.FileStatsCache
-	if c.counters.cgroupFiles {
-		if r, err := profiler.NewCgroupFileReader(); err != nil {
-			slog.Warn("collector disabled: cgroup files unreadable", "collector", "cgroupfs", "err", err)
-		} else {
-			files = exporter.NewFileStatsCache(r, c.counters.filesInterval, 20*time.Millisecond)
-			go files.Run(ctx)
-		}
+	// Interfaces holding a nil pointer are not nil: pass only what runs.
+	var counters cgroupmetrics.CounterSource
+	if set.Counters() != nil {
+		counters = set.Counters()
 	}
-	return counters, exporter.NewCgroupCollector(source, a.cgroups, files, opts), nil
+	var files cgroupmetrics.FileSource
+	if set.Files() != nil {
+		files = set.Files()
+	}
+	return set, cgroupmetrics.New(counters, a.cgroups, files, opts), nil
 }

@@ -11,7 +11,7 @@ import (
 
 	kgzip "github.com/klauspost/compress/gzip"
 
-	"github.com/cgscope/cgscope/exporter"
+	"github.com/cgscope/cgscope/exporter/pprof"
 	"github.com/cgscope/cgscope/internal/pipeline"
 )
 
@@ -167,7 +167,7 @@ func BenchmarkWireBytesPerMinute(b *testing.B) {
 		for _, w := range windows {
 			otlpBytes += gzipLen(mustEncode(b, c, []*pipeline.Window{w}), gzipLevel)
 			var buf bytes.Buffer
-			if err := exporter.BuildProfile([]*pipeline.Window{w}, exporter.Filter{}).Write(&buf); err != nil {
+			if err := pprof.Build([]*pipeline.Window{w}, pprof.Selector{}).Write(&buf); err != nil {
 				b.Fatal(err)
 			}
 			pprofBytes += buf.Len()

@@ -1,6 +1,6 @@
 // Package attribution names the Kubernetes workload behind a cgroup. The
 // cgroup path alone gives the container id and pod UID (the kubelet's and the
-// runtimes' naming rules, profiler.ParseContainerPath); the node's container
+// runtimes' naming rules, containerid.Parse); the node's container
 // runtime, asked over the CRI API (k8s.io/cri-client), adds the namespace,
 // pod and container names. Lookups only read a cache and never wait for the
 // runtime: an unknown container asks a background refresher for a new
@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cgscope/cgscope/profiler"
+	"github.com/cgscope/cgscope/internal/containerid"
 )
 
 // Workload is what cgscope knows about the container or pod a cgroup belongs
@@ -32,6 +32,19 @@ type Workload struct {
 
 // Named reports whether the runtime supplied the workload's names.
 func (w *Workload) Named() bool { return w != nil && w.Pod != "" }
+
+// LabelNames are a workload's labels wherever cgscope exports one (pprof
+// sample labels, /metrics, the history's filters), in LabelValues' order.
+var LabelNames = [5]string{"container_id", "pod_uid", "namespace", "pod", "container"}
+
+// LabelValues returns the workload's labels in LabelNames' order; "" is
+// unknown, and a nil workload knows none.
+func (w *Workload) LabelValues() [5]string {
+	if w == nil {
+		return [5]string{}
+	}
+	return [5]string{w.ContainerID, w.PodUID, w.Namespace, w.Pod, w.Container}
+}
 
 // DefaultEndpoints are the CRI sockets probed, in order, when no endpoint is
 // configured: containerd, CRI-O, cri-dockerd, k3s's and MicroK8s' containerd.
@@ -109,7 +122,7 @@ type Resolver struct {
 	refresh chan struct{}            // a miss asks for a listing; capacity 1
 
 	mu         sync.Mutex
-	paths      map[string]profiler.ContainerIdentity
+	paths      map[string]containerid.Identity
 	unresolved map[string]*Workload // path-only workloads, by container id or pod UID
 	asked      map[string]time.Time // when a listing was last asked for an unknown id
 
@@ -140,7 +153,7 @@ func NewResolver(cfg Config) (*Resolver, error) {
 	r := &Resolver{
 		cfg:        cfg,
 		refresh:    make(chan struct{}, 1),
-		paths:      map[string]profiler.ContainerIdentity{},
+		paths:      map[string]containerid.Identity{},
 		unresolved: map[string]*Workload{},
 		asked:      map[string]time.Time{},
 	}
@@ -184,7 +197,7 @@ func (r *Resolver) Lookup(path string) *Workload {
 
 // parse returns the cached identity of a path. The cache is bounded by
 // starting over when full: paths are cheap to parse again.
-func (r *Resolver) parse(path string) profiler.ContainerIdentity {
+func (r *Resolver) parse(path string) containerid.Identity {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if id, ok := r.paths[path]; ok {
@@ -193,7 +206,7 @@ func (r *Resolver) parse(path string) profiler.ContainerIdentity {
 	if len(r.paths) >= r.cfg.MaxPaths {
 		clear(r.paths)
 	}
-	id := profiler.ParseContainerPath(path)
+	id := containerid.Parse(path)
 	r.paths[path] = id
 	return id
 }
@@ -202,7 +215,7 @@ func (r *Resolver) parse(path string) profiler.ContainerIdentity {
 // per id) and asks for a listing, at most once per Resync for the same id:
 // containers the runtime does not know (plain Docker, Podman) must not make
 // every lookup a listing.
-func (r *Resolver) pathOnly(id profiler.ContainerIdentity) *Workload {
+func (r *Resolver) pathOnly(id containerid.Identity) *Workload {
 	key := id.ContainerID
 	if key == "" {
 		key = "pod:" + id.PodUID

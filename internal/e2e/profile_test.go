@@ -274,6 +274,26 @@ func TestCaptureFilters(t *testing.T) {
 	}
 }
 
+// comm= returns only the samples of processes of that name, as the
+// history's comm= does.
+func TestCaptureCommFilter(t *testing.T) {
+	d := sharedCgscope(t)
+	dir := artifacts(t)
+	wanted := workload(t, filepath.Join(dir, "cwork"), "60")
+	workload(t, filepath.Join(dir, "gosplit"))
+	time.Sleep(300 * time.Millisecond)
+
+	p := d.capture(t, "seconds=2&comm=cwork")
+	if n := samplesWhere(p, pidIs(wanted.Process.Pid)); n == 0 {
+		t.Errorf("comm filter: no samples of cwork (pid %d)", wanted.Process.Pid)
+	}
+	for _, s := range p.Sample {
+		if got := s.Label["comm"]; len(got) != 1 || got[0] != "cwork" {
+			t.Fatalf("comm filter cwork let through a sample of comm %v", got)
+		}
+	}
+}
+
 func TestCaptureBadParameters(t *testing.T) {
 	d := sharedCgscope(t)
 	for _, q := range []string{"seconds=abc", "seconds=0", "seconds=-1", "seconds=100000", "pid=-1", "pid=x", "pid=0",

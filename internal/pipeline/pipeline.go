@@ -1,9 +1,10 @@
 // Package pipeline drives profiling between the kernel and the exporters: it
 // drains the sampler every interval (or on demand), symbolizes each raw batch
-// once, labels samples with their cgroup path, and hands the resulting Window
-// to every subscriber — the live capture endpoint now, the profile store and
-// the OTLP exporter later. It is the only place that knows both the profiler
-// and the symbolizer.
+// once, labels samples with their cgroup path and workload, and hands the
+// resulting Window to every subscriber: the live capture, the profile
+// history and the OTLP exporter. It is the only place that knows both the
+// profiler and the symbolizer, and takes both (and the cgroup resolver) as
+// interfaces, so its logic is tested without a kernel.
 package pipeline
 
 import (
@@ -40,18 +41,34 @@ type Window struct {
 	Samples []Sample
 }
 
-// Sampler is what the pipeline needs from the kernel side.
+// Sampler is what the pipeline needs from the kernel side
+// (profiler.Sampler).
 type Sampler interface {
 	Drain() (*profiler.RawBatch, error)
 	Frequency() int
 	Stop() error
 }
 
+// Symbolizer names addresses (symbolizer.Symbolizer).
+type Symbolizer interface {
+	Kernel(addrs []uint64) []symbolizer.Frame
+	User(pid uint32, addrs []uint64) []symbolizer.Frame
+	// ExecutableAddress reports whether addr lies in executable code of pid.
+	ExecutableAddress(pid uint32, addr uint64) bool
+	// ProcessStarted snapshots a new process's mappings while it lives.
+	ProcessStarted(pid uint32) error
+}
+
+// CgroupPaths names cgroup2 ids (cgroup.Resolver); "" when gone.
+type CgroupPaths interface {
+	Path(id uint64) string
+}
+
 // Pipeline turns drained batches into Windows for its subscribers.
 type Pipeline struct {
 	sampler   Sampler
-	sym       *symbolizer.Symbolizer
-	cgroups   *profiler.CgroupResolver
+	sym       Symbolizer
+	cgroups   CgroupPaths // nil without cgroup2
 	workloads WorkloadResolver
 	unwinder  Unwinder // nil: no unwind tables
 	interval  time.Duration
@@ -80,21 +97,8 @@ type WorkloadResolver interface {
 // before Run.
 func (p *Pipeline) SetWorkloads(r WorkloadResolver) { p.workloads = r }
 
-// kernelNamer is implemented by a Sampler that names kernel addresses by
-// asking the running kernel (profiler.Sampler does, through BPF); the
-// symbolizer then never reads /proc/kallsyms.
-type kernelNamer interface {
-	KernelNamer() func(addrs []uint64) ([]string, error)
-}
-
-// New builds a pipeline. cgroups may be nil (no cgroup2 mounted). When the
-// sampler can name kernel addresses, sym is told to ask it.
-func New(s Sampler, sym *symbolizer.Symbolizer, cgroups *profiler.CgroupResolver, interval time.Duration) *Pipeline {
-	if kn, ok := s.(kernelNamer); ok {
-		if namer := kn.KernelNamer(); namer != nil {
-			sym.SetKernelNamer(namer)
-		}
-	}
+// New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
+func New(s Sampler, sym Symbolizer, cgroups CgroupPaths, interval time.Duration) *Pipeline {
 	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){}}
 }
 

@@ -25,7 +25,7 @@ type userStackKey struct {
 // batchSymbolizer symbolizes each unique stack of a batch once: many sample
 // keys (one per thread) share a stack.
 type batchSymbolizer struct {
-	sym    *symbolizer.Symbolizer
+	sym    Symbolizer
 	user   map[userStackKey][]symbolizer.Frame
 	kernel map[uint64][]symbolizer.Frame
 }

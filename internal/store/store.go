@@ -1,11 +1,12 @@
 // Package store keeps cgscope's recent profile history: opaque, already
 // encoded records indexed by time and level. It knows nothing about pprof;
-// the exporter decides what a record holds and what its levels mean.
+// its writer (exporter/history) decides what a record holds and what its
+// levels mean.
 //
 // Records live in generations: a segment file on Disk, a run of records of
 // bounded size in Memory. A generation is evicted whole, never in part, so a
 // writer may make records depend on earlier records of the same generation
-// (the exporter keeps a dictionary of stacks per generation). AppendFunc
+// (the history keeps a dictionary of stacks per generation). AppendFunc
 // tells the writer which generation its records go into, and ListGen finds
 // the records of one generation.
 //
@@ -31,7 +32,7 @@ type Record struct {
 
 // Meta describes a record without its data.
 type Meta struct {
-	// Level is the caller's kind of record (the exporter uses one level for
+	// Level is the caller's kind of record (the history uses one level for
 	// profiling windows, another for dictionary records); the store only
 	// filters by it.
 	Level      uint8

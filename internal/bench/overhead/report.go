@@ -14,7 +14,7 @@ const (
 	targetReady    = time.Second
 	targetFreqHz   = 19
 	noisyShare     = 0.97 // below this share of their CPUs the workloads were crowded out by other work
-	reportFileNote = "This file is overwritten by every run of the benchmark; it holds only the newest results."
+	reportFileNote = "This file is overwritten by every run of the benchmark; it holds only the newest results. Figures measured once, behind design choices, are in [measurements.md](measurements.md)."
 )
 
 func (r *report) markdown() string {

@@ -1,0 +1,9 @@
+package collector
+
+import (
+	"testing"
+
+	"github.com/cgscope/cgscope/internal/kerneltest"
+)
+
+func TestMain(m *testing.M) { kerneltest.Main(m) }

@@ -1,0 +1,261 @@
+// Package collector is cgscope's per-cgroup collectors: one table of them
+// (name, flag help, default, source, BPF programs, the series each emits),
+// the loading and attaching of each BPF collector's counter programs on its
+// own, and the background cache of cgroup files. The flags, the programs
+// loaded, the series exported and the collectors' own metrics all come from
+// Table. It produces figures; exporter/cgroupmetrics turns them into
+// Prometheus series.
+package collector
+
+import (
+	"math"
+
+	"github.com/cgscope/cgscope/bpf"
+	"github.com/cgscope/cgscope/cgroup"
+)
+
+// Collector names, as the --collector.<name> flags and the collector label
+// spell them.
+const (
+	Sched    = "sched"
+	Faults   = "faults"
+	OOM      = "oom"
+	Network  = "network"
+	TCP      = "tcp"
+	CgroupFS = "cgroupfs"
+)
+
+// Source says where a collector's figures come from.
+type Source uint8
+
+const (
+	// BPF collectors count in the programs of bpf/cgroups.bpf.c, per cgroup
+	// in one shared per-CPU map (Counters).
+	BPF Source = iota
+	// Files collectors read cgroup files in the background (FileCache).
+	Files
+)
+
+// Info describes one collector.
+type Info struct {
+	Name    string
+	Help    string // the --collector.<name> flag's help
+	Default bool
+	Source  Source
+	// Programs are the BPF programs it loads and attaches, by the names
+	// bpf2go generated for them.
+	Programs []string
+	// Metrics are the per-cgroup families it emits.
+	Metrics []*Metric
+	emit    func(in *Input, out Sink)
+}
+
+// Table is every collector, in the order of their flags.
+var Table = []*Info{
+	{Name: Sched, Default: true, Source: BPF,
+		Help: "CPU time, context switches and run-queue latency per cgroup (sched tracepoints).",
+		Programs: []string{bpf.CgroupStatsProgSchedSwitch, bpf.CgroupStatsProgSchedWakeup,
+			bpf.CgroupStatsProgSchedWakeupNew, bpf.CgroupStatsProgSchedProcessExit},
+		Metrics: []*Metric{cpuSeconds, runqWait, runqLatency, contextSwitches},
+		emit:    emitSched},
+	{Name: Faults, Default: true, Source: BPF,
+		Help:     "User page faults per cgroup (exceptions:page_fault_user).",
+		Programs: []string{bpf.CgroupStatsProgPageFaultUser},
+		Metrics:  []*Metric{pageFaults},
+		emit:     emitFaults},
+	{Name: OOM, Default: true, Source: BPF,
+		Help:     "OOM kills per cgroup (tp_btf/mark_victim).",
+		Programs: []string{bpf.CgroupStatsProgOomMarkVictim},
+		Metrics:  []*Metric{oomKills},
+		emit:     emitOOM},
+	{Name: Network, Default: true, Source: BPF,
+		Help:     "Bytes and packets per cgroup (cgroup_skb at the cgroup2 root).",
+		Programs: []string{bpf.CgroupStatsProgSkbIngress, bpf.CgroupStatsProgSkbEgress},
+		Metrics:  []*Metric{rxBytes, txBytes, rxPackets, txPackets},
+		emit:     emitNetwork},
+	{Name: TCP, Default: true, Source: BPF,
+		Help:     "TCP connections opened, failed, closed, active, and retransmits per cgroup (sock and tcp tracepoints).",
+		Programs: []string{bpf.CgroupStatsProgInetSockSetState, bpf.CgroupStatsProgTcpRetransmitSkb},
+		Metrics:  []*Metric{tcpOpened, tcpFailures, tcpClosed, tcpRetransmits, tcpActive},
+		emit:     emitTCP},
+	{Name: CgroupFS, Default: true, Source: Files,
+		Help: "Memory, CPU throttling, page faults and PSI per cgroup from cgroup files.",
+		Metrics: []*Metric{cpuThrottled, memUsage, memWorkingSet, memRSS, memCache, memLimit, pageFaults,
+			pressure},
+		emit: emitFiles},
+}
+
+// Lookup returns the collector of that name, nil if there is none.
+func Lookup(name string) *Info {
+	for _, c := range Table {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Input is what is known of one exported cgroup at a scrape.
+type Input struct {
+	// Usage are the BPF counters (zero for a cgroup they never saw).
+	Usage *Usage
+	// Files are what its cgroup files said; nil when not read (the
+	// cgroupfs collector is off, or the cgroup was not read yet).
+	Files *cgroup.FileStats
+}
+
+// Emit writes the collector's series of one cgroup to out.
+func (c *Info) Emit(in *Input, out Sink) { c.emit(in, out) }
+
+// Kind is a metric family's type.
+type Kind uint8
+
+const (
+	Counter Kind = iota
+	Gauge
+	Histogram
+)
+
+// Metric describes one per-cgroup family. Its series carry the cgroup's
+// labels, then Labels.
+type Metric struct {
+	Name, Help string
+	Kind       Kind
+	Labels     []string  // label names after the cgroup's, in the order values are given
+	Buckets    []float64 // a histogram's upper bounds, +Inf left out
+}
+
+// Sink receives the series of one cgroup.
+type Sink interface {
+	// Add adds a counter or gauge sample with the values of m.Labels.
+	Add(m *Metric, v float64, labelValues ...string)
+	// Histogram adds a histogram from per-bucket (not cumulative) counts,
+	// one per m.Buckets and a last one for +Inf.
+	Histogram(m *Metric, counts []uint64, sum float64)
+}
+
+// runqBuckets are the upper bounds (s) of the BPF histogram buckets:
+// bucket i holds waits under 2^i µs; the last one is +Inf.
+var runqBuckets = func() []float64 {
+	b := make([]float64, RunqBuckets-1)
+	for i := range b {
+		b[i] = math.Ldexp(1e-6, i)
+	}
+	return b
+}()
+
+var (
+	cpuSeconds = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_seconds_total",
+		Help: "CPU time the cgroup's threads spent on CPU, from sched_switch (eBPF). Charged when a thread leaves the CPU."}
+	runqWait = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_runqueue_wait_seconds_total",
+		Help: "Time the cgroup's runnable threads waited in a CPU run queue, from wakeup or preemption to running (sched_wakeup, sched_wakeup_new, sched_switch; eBPF)."}
+	runqLatency = &Metric{Kind: Histogram, Name: "cgscope_cgroup_cpu_runqueue_latency_seconds", Buckets: runqBuckets,
+		Help: "Distribution of single run-queue waits of the cgroup's threads (eBPF, log2 buckets)."}
+	contextSwitches = &Metric{Kind: Counter, Name: "cgscope_cgroup_context_switches_total", Labels: []string{"kind"},
+		Help: "Context switches of the cgroup's threads from sched_switch (eBPF): voluntary (blocked) or involuntary (preempted)."}
+	cpuThrottled = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_throttled_seconds_total",
+		Help: "Time the cgroup was throttled by its CPU quota, from cpu.stat (cgroup files)."}
+	memUsage = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_usage_bytes",
+		Help: "Memory charged to the cgroup: memory.current (v2) or memory.usage_in_bytes (v1)."}
+	memWorkingSet = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_working_set_bytes",
+		Help: "Memory usage minus inactive file cache, as cAdvisor and the kubelet compute it (cgroup files)."}
+	memRSS = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_rss_bytes",
+		Help: "Anonymous memory of the cgroup: memory.stat anon (v2) or total_rss (v1)."}
+	memCache = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_cache_bytes",
+		Help: "Page cache charged to the cgroup: memory.stat file (v2) or total_cache (v1)."}
+	memLimit = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_limit_bytes",
+		Help: "Memory limit of the cgroup: memory.max (v2) or memory.limit_in_bytes (v1); absent when unlimited."}
+	pageFaults = &Metric{Kind: Counter, Name: "cgscope_cgroup_page_faults_total", Labels: []string{"kind"},
+		Help: "Page faults of the cgroup by kind, from memory.stat pgfault/pgmajfault where the memory controller is available; otherwise all user page faults from the exceptions:page_fault_user tracepoint (eBPF), reported as minor."}
+	oomKills = &Metric{Kind: Counter, Name: "cgscope_cgroup_oom_kills_total",
+		Help: "Processes of the cgroup killed by the OOM killer, from oom:mark_victim (eBPF)."}
+	rxBytes = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_receive_bytes_total",
+		Help: "Bytes received by the cgroup's sockets, IP headers included, from cgroup_skb ingress at the cgroup2 root (eBPF)."}
+	txBytes = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_transmit_bytes_total",
+		Help: "Bytes sent by the cgroup's sockets, IP headers included, from cgroup_skb egress at the cgroup2 root (eBPF)."}
+	rxPackets = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_receive_packets_total",
+		Help: "Packets received by the cgroup's sockets, from cgroup_skb ingress (eBPF)."}
+	txPackets = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_transmit_packets_total",
+		Help: "Packets sent by the cgroup's sockets, from cgroup_skb egress (eBPF)."}
+	tcpOpened = &Metric{Kind: Counter, Name: "cgscope_cgroup_tcp_connections_opened_total", Labels: []string{"direction"},
+		Help: "TCP connections established by the cgroup's sockets, outbound (connect) or inbound (accept), from sock:inet_sock_set_state (eBPF)."}
+	tcpFailures = &Metric{Kind: Counter, Name: "cgscope_cgroup_tcp_connect_failures_total",
+		Help: "TCP connects of the cgroup that failed (SYN_SENT to CLOSE), from sock:inet_sock_set_state (eBPF)."}
+	tcpClosed = &Metric{Kind: Counter, Name: "cgscope_cgroup_tcp_connections_closed_total",
+		Help: "Established TCP connections of the cgroup that closed, from sock:inet_sock_set_state (eBPF)."}
+	tcpActive = &Metric{Kind: Gauge, Name: "cgscope_cgroup_tcp_active_connections",
+		Help: "TCP connections of the cgroup established since cgscope started and not yet closed (eBPF)."}
+	tcpRetransmits = &Metric{Kind: Counter, Name: "cgscope_cgroup_tcp_retransmits_total",
+		Help: "TCP segments the cgroup's sockets retransmitted, from tcp:tcp_retransmit_skb (eBPF)."}
+	pressure = &Metric{Kind: Counter, Name: "cgscope_cgroup_pressure_seconds_total", Labels: []string{"resource", "kind"},
+		Help: "Time tasks of the cgroup were stalled on a resource, from PSI (*.pressure files) where enabled: some = at least one task, full = all tasks."}
+)
+
+func emitSched(in *Input, out Sink) {
+	u := in.Usage
+	out.Add(cpuSeconds, u.CPUSeconds)
+	out.Add(runqWait, u.RunqWaitSeconds)
+	out.Histogram(runqLatency, u.RunqHistogram[:], u.RunqWaitSeconds)
+	out.Add(contextSwitches, float64(u.SwitchesVoluntary), "voluntary")
+	out.Add(contextSwitches, float64(u.SwitchesInvoluntary), "involuntary")
+}
+
+// emitFaults counts every user fault as minor, and only where memory.stat
+// (the memory controller, through cgroupfs) does not give both kinds.
+func emitFaults(in *Input, out Sink) {
+	if in.Files != nil && in.Files.PageFaultsMinor.Known {
+		return
+	}
+	out.Add(pageFaults, float64(in.Usage.PageFaults), "minor")
+}
+
+func emitOOM(in *Input, out Sink) {
+	out.Add(oomKills, float64(in.Usage.OOMKills))
+}
+
+func emitNetwork(in *Input, out Sink) {
+	u := in.Usage
+	out.Add(rxBytes, float64(u.RxBytes))
+	out.Add(txBytes, float64(u.TxBytes))
+	out.Add(rxPackets, float64(u.RxPackets))
+	out.Add(txPackets, float64(u.TxPackets))
+}
+
+func emitTCP(in *Input, out Sink) {
+	u := in.Usage
+	out.Add(tcpOpened, float64(u.TCPOpenedOutbound), "outbound")
+	out.Add(tcpOpened, float64(u.TCPOpenedInbound), "inbound")
+	out.Add(tcpFailures, float64(u.TCPConnectFailures))
+	out.Add(tcpClosed, float64(u.TCPClosed))
+	out.Add(tcpRetransmits, float64(u.TCPRetransmits))
+	out.Add(tcpActive, float64(max(u.TCPActive, 0)))
+}
+
+// emitFiles exports what the cgroup's files know; an unknown value (no
+// controller, no PSI, no limit) is no series rather than a zero.
+func emitFiles(in *Input, out Sink) {
+	fs := in.Files
+	if fs == nil {
+		// Gone since the counters were read, or not read yet: the BPF
+		// series are out already; files have nothing (yet) to say.
+		return
+	}
+	emit := func(m *Metric, v cgroup.Value, labelValues ...string) {
+		if v.Known {
+			out.Add(m, v.V, labelValues...)
+		}
+	}
+	emit(cpuThrottled, fs.CPUThrottledSeconds)
+	emit(memUsage, fs.MemoryUsageBytes)
+	emit(memWorkingSet, fs.MemoryWorkingSetBytes)
+	emit(memRSS, fs.MemoryRSSBytes)
+	emit(memCache, fs.MemoryCacheBytes)
+	emit(memLimit, fs.MemoryLimitBytes)
+	emit(pageFaults, fs.PageFaultsMinor, "minor")
+	emit(pageFaults, fs.PageFaultsMajor, "major")
+	emit(pressure, fs.PressureCPUSomeSeconds, "cpu", "some")
+	emit(pressure, fs.PressureMemorySomeSeconds, "memory", "some")
+	emit(pressure, fs.PressureMemoryFullSeconds, "memory", "full")
+	emit(pressure, fs.PressureIOSomeSeconds, "io", "some")
+	emit(pressure, fs.PressureIOFullSeconds, "io", "full")
+}
