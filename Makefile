@@ -26,6 +26,7 @@ test: deps
 	$(MAKE) fuzz
 
 # Short fuzz runs of the parsers of untrusted input (ELF objects, Go pclntab,
+# call-frame information,
 # /proc/PID/maps, cgroup paths).
 FUZZ = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 fuzz:
@@ -33,6 +34,7 @@ fuzz:
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzOpenObject$$'
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzGoTable$$'
 	$(GO) test ./internal/containerid $(FUZZ) -fuzz '^FuzzParseContainerPath$$'
+	$(GO) test ./unwind $(FUZZ) -fuzz '^FuzzCompileSection$$'
 
 # Regenerates the committed BPF objects and Go bindings with the pinned clang.
 generate: deps

@@ -527,4 +527,5 @@ const enum stat_index *unused_stat_index __attribute__((unused));
 const enum stack_end *unused_stack_end __attribute__((unused));
 const enum process_event_kind *unused_process_event_kind __attribute__((unused));
 const enum unwind_proc_flags *unused_unwind_proc_flags __attribute__((unused));
+const struct unwind_probe_args *unused_unwind_probe_args __attribute__((unused));
 const enum cfa_kind *unused_cfa_kind __attribute__((unused));

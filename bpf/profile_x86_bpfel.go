@@ -106,6 +106,16 @@ type ProfileUnwindLeafKey struct {
 	Leaf  uint32
 }
 
+type ProfileUnwindProbeArgs struct {
+	_     structs.HostLayout
+	Pid   uint32
+	Found uint32
+	Pc    uint64
+	Range uint32
+	Table uint32
+	Row   ProfileUnwindRow
+}
+
 type ProfileUnwindProc struct {
 	_       structs.HostLayout
 	Nranges uint32
@@ -168,6 +178,7 @@ const (
 	ProfileProgProcessExit           = "process_exit"
 	ProfileProgProcessExitLeader     = "process_exit_leader"
 	ProfileProgSampleCpu             = "sample_cpu"
+	ProfileProgUnwindProbe           = "unwind_probe"
 	ProfileVarKsymNames              = "ksym_names"
 	ProfileVarProcEpoch              = "proc_epoch"
 	ProfileVarUnusedCfaKind          = "unused_cfa_kind"
@@ -175,6 +186,7 @@ const (
 	ProfileVarUnusedProcessEventKind = "unused_process_event_kind"
 	ProfileVarUnusedStackEnd         = "unused_stack_end"
 	ProfileVarUnusedStatIndex        = "unused_stat_index"
+	ProfileVarUnusedUnwindProbeArgs  = "unused_unwind_probe_args"
 	ProfileVarUnusedUnwindProcFlags  = "unused_unwind_proc_flags"
 )
 
@@ -225,6 +237,7 @@ type ProfileProgramSpecs struct {
 	ProcessExit       *ebpf.ProgramSpec `ebpf:"process_exit"`
 	ProcessExitLeader *ebpf.ProgramSpec `ebpf:"process_exit_leader"`
 	SampleCpu         *ebpf.ProgramSpec `ebpf:"sample_cpu"`
+	UnwindProbe       *ebpf.ProgramSpec `ebpf:"unwind_probe"`
 }
 
 // ProfileMapSpecs contains maps before they are loaded into the kernel.
@@ -261,6 +274,7 @@ type ProfileVariableSpecs struct {
 	UnusedProcessEventKind *ebpf.VariableSpec `ebpf:"unused_process_event_kind"`
 	UnusedStackEnd         *ebpf.VariableSpec `ebpf:"unused_stack_end"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedUnwindProbeArgs  *ebpf.VariableSpec `ebpf:"unused_unwind_probe_args"`
 	UnusedUnwindProcFlags  *ebpf.VariableSpec `ebpf:"unused_unwind_proc_flags"`
 }
 
@@ -336,6 +350,7 @@ type ProfileVariables struct {
 	UnusedProcessEventKind *ebpf.Variable `ebpf:"unused_process_event_kind"`
 	UnusedStackEnd         *ebpf.Variable `ebpf:"unused_stack_end"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedUnwindProbeArgs  *ebpf.Variable `ebpf:"unused_unwind_probe_args"`
 	UnusedUnwindProcFlags  *ebpf.Variable `ebpf:"unused_unwind_proc_flags"`
 }
 
@@ -348,6 +363,7 @@ type ProfilePrograms struct {
 	ProcessExit       *ebpf.Program `ebpf:"process_exit"`
 	ProcessExitLeader *ebpf.Program `ebpf:"process_exit_leader"`
 	SampleCpu         *ebpf.Program `ebpf:"sample_cpu"`
+	UnwindProbe       *ebpf.Program `ebpf:"unwind_probe"`
 }
 
 func (p *ProfilePrograms) Close() error {
@@ -357,6 +373,7 @@ func (p *ProfilePrograms) Close() error {
 		p.ProcessExit,
 		p.ProcessExitLeader,
 		p.SampleCpu,
+		p.UnwindProbe,
 	)
 }
 

@@ -383,3 +383,40 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	*leaf_fp = w.leaf_fp;
 	return w.end;
 }
+
+// unwind_probe looks a pc of a process up as the walker does: which range
+// holds it and which row of its table covers it. Tests run it with
+// BPF_PROG_TEST_RUN to check the kernel side of the tables against the
+// tables compiled in userspace; the sampler never loads it.
+struct unwind_probe_args {
+	__u32 pid;
+	__u32 found; // 0: no range holds pc; 1: a range without a row for it; 2: a row
+	__u64 pc;
+	__u32 range;
+	__u32 table;
+	struct unwind_row row;
+};
+
+SEC("syscall")
+int unwind_probe(struct unwind_probe_args *a)
+{
+	__u32 pid = a->pid;
+	__u64 pc = a->pc;
+	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &pid);
+	a->found = 0;
+	if (!proc)
+		return 0;
+	__u32 ri = find_range(proc, pc, UNWIND_MAX_RANGES);
+	if (ri >= UNWIND_MAX_RANGES)
+		return 0;
+	struct unwind_range *r = &proc->ranges[ri];
+	struct unwind_row row = {};
+	a->range = ri;
+	a->table = r->table;
+	a->found = 1;
+	if (r->table && find_row(r->table, pc - r->bias, &row)) {
+		a->row = row;
+		a->found = 2;
+	}
+	return 0;
+}

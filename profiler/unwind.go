@@ -218,8 +218,8 @@ func (u *UnwindTables) releaseQuarantined(now time.Time) {
 // LoadProcess gives the walker the executable mappings of pid. Ranges
 // beyond MaxProcessRanges are left out, those without a table first.
 func (u *UnwindTables) LoadProcess(pid uint32, ranges []unwind.Range) error {
+	ranges = slices.Clone(ranges) // sorted here, the caller's left alone
 	if len(ranges) > MaxProcessRanges {
-		ranges = slices.Clone(ranges)
 		slices.SortStableFunc(ranges, func(a, b unwind.Range) int { return boolInt(a.Table == 0) - boolInt(b.Table == 0) })
 		ranges = ranges[:MaxProcessRanges]
 	}
