@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -329,8 +330,18 @@ func (r *Registry) object(pid uint32, key any, now time.Time) *object {
 	}
 	o.id = r.nextID
 	r.forgetRows(o)
+	if o.rows > largeTableRows {
+		// Compiling it took tens of MB that are garbage now: give them back
+		// at once rather than when the heap next grows, so a large object
+		// (libLLVM) does not raise the daemon's resident memory for good.
+		debug.FreeOSMemory()
+	}
 	return o
 }
+
+// largeTableRows is a table whose compilation is worth returning memory
+// to the system for.
+const largeTableRows = 256 << 10
 
 // bias places o's table in a process by one of its mappings; false when
 // o has no table loaded.

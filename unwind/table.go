@@ -249,19 +249,16 @@ func rbpRule(r *regRule) int8 {
 }
 
 // builder collects rows in address order, merging a row into the previous
-// one when their rules are the same. Rows are kept in chunks, so that
-// growing never copies the rows of a large object (a million for libLLVM).
+// one when their rules are the same. Its rows become the Table's: sized
+// from the section up front, they are not copied as they grow (a million
+// rows, 9 MB, for libLLVM).
 type builder struct {
-	base   uint64 // the lowest address; rows hold offsets from it
-	chunks [][]Row
-	last   *Row // the row added last
-	n      int
+	base uint64 // the lowest address; rows hold offsets from it
+	rows []Row
 	// end is where the code covered so far ends.
 	end uint64
 	err error
 }
-
-const builderChunk = 8192
 
 func (b *builder) add(addr uint64, r Row) {
 	if addr < b.base || addr-b.base >= 1<<32 {
@@ -271,23 +268,17 @@ func (b *builder) add(addr uint64, r Row) {
 		return
 	}
 	r.PC = uint32(addr - b.base)
-	if b.last != nil {
-		if b.last.PC == r.PC {
-			*b.last = r // a later rule for the same address wins
+	if n := len(b.rows); n > 0 {
+		last := &b.rows[n-1]
+		if last.PC == r.PC {
+			*last = r // a later rule for the same address wins
 			return
 		}
-		if sameRule(b.last, &r) {
+		if sameRule(last, &r) {
 			return
 		}
 	}
-	c := len(b.chunks) - 1
-	if c < 0 || len(b.chunks[c]) == cap(b.chunks[c]) {
-		b.chunks = append(b.chunks, make([]Row, 0, builderChunk))
-		c++
-	}
-	b.chunks[c] = append(b.chunks[c], r)
-	b.last = &b.chunks[c][len(b.chunks[c])-1]
-	b.n++
+	b.rows = append(b.rows, r)
 }
 
 func sameRule(a, b *Row) bool {
@@ -299,17 +290,14 @@ func (b *builder) finish() (*Table, error) {
 	if b.err != nil {
 		return nil, b.err
 	}
-	if b.n == 0 {
+	if len(b.rows) == 0 {
 		return &Table{}, nil
 	}
 	b.add(b.end, Row{CFAKind: CFANone})
 	if b.err != nil {
 		return nil, b.err
 	}
-	t := &Table{Base: b.base, Rows: make([]Row, 0, b.n)}
-	for _, c := range b.chunks {
-		t.Rows = append(t.Rows, c...)
-	}
+	t := &Table{Base: b.base, Rows: b.rows}
 	for i := range t.Rows {
 		if t.Rows[i].CFAKind == CFAUnsupported {
 			t.Unsupported++
