@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/cgscope/cgscope/cgroup"
@@ -28,6 +29,7 @@ type profilingFlags struct {
 	maxCgroups    int
 	bpfStatsOnOff bool
 	unwindTables  bool
+	unwindBytes   units.Base2Bytes
 	kube          *kubernetesFlags
 }
 
@@ -53,7 +55,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 	app.Flag("unwind.tables", "Unwind user stacks of code without frame pointers with tables compiled from .eh_frame (--no-unwind.tables: frame pointers only).").
 		Default("true").BoolVar(&f.unwindTables)
 	app.Flag("unwind.max-table-bytes", "Kernel memory of the unwind tables; the coldest are evicted beyond it.").
-		Default(fmt.Sprint(d.UnwindTableBytes)).IntVar(&f.sampler.UnwindTableBytes)
+		Default("16MiB").BytesVar(&f.unwindBytes)
 	app.Flag("unwind.max-processes", "Processes the stack walker keeps mappings of; the others are walked by frame pointers.").
 		Default(fmt.Sprint(d.UnwindProcesses)).IntVar(&f.sampler.UnwindProcesses)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
@@ -63,6 +65,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 }
 
 func (f *profilingFlags) validate() error {
+	f.sampler.UnwindTableBytes = int(min(f.unwindBytes, 1<<40))
 	var rangeErr *profiler.RangeError
 	if err := f.sampler.Validate(); errors.As(err, &rangeErr) {
 		return fmt.Errorf("--%s=%d: want %d..%d", samplerFlagNames[rangeErr.Field], rangeErr.Value, rangeErr.Lo, rangeErr.Hi)
