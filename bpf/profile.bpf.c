@@ -105,12 +105,15 @@ struct {
 // it can snapshot /proc/PID/maps on the first sample of a process, while a
 // short-lived process is still alive. An exec or the exit of a process
 // removes its entry (forget_process), so a new image or a reused pid is
-// announced again.
+// announced again. The value is the image's cookie (the time it was
+// announced, never 0): what userspace loads for an image carries it, so
+// nothing loaded for an earlier image of the pid is ever used for a later
+// one, whatever the order in which userspace learns of them.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, __u64);
 } known_procs SEC(".maps");
 
 // proc_epoch counts the entries forget_process removed: a last_proc entry
@@ -124,6 +127,7 @@ struct last_proc {
 	__u32 pid;
 	__u32 pad;
 	__u64 epoch;
+	__u64 cookie;
 };
 
 struct {
@@ -308,7 +312,7 @@ static __always_inline __u64 leaf_caller(void)
 }
 
 // process_event tells userspace about a process image.
-static __always_inline void process_event(__u32 pid, __u32 kind)
+static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 {
 	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	if (!ev) {
@@ -317,28 +321,45 @@ static __always_inline void process_event(__u32 pid, __u32 kind)
 	}
 	ev->pid = pid;
 	ev->kind = kind;
+	ev->cookie = cookie;
 	bpf_ringbuf_submit(ev, 0);
 }
 
-// announce_process emits a ring-buffer event the first time a process image
-// is sampled.
-static __always_inline void announce_process(__u32 pid)
+// image_cookie returns the cookie of pid's current image if userspace was
+// told about it, else 0.
+static __always_inline __u64 image_cookie(__u32 pid)
 {
 	__u64 epoch = proc_epoch;
 	__u32 zero = 0;
 	struct last_proc *last = bpf_map_lookup_elem(&last_proc, &zero);
 	if (last && last->pid == pid && last->epoch == epoch)
-		return;
+		return last->cookie;
+	__u64 *cookie = bpf_map_lookup_elem(&known_procs, &pid);
+	if (!cookie)
+		return 0;
 	if (last) {
 		last->pid = pid;
 		last->epoch = epoch;
+		last->cookie = *cookie;
 	}
-	if (bpf_map_lookup_elem(&known_procs, &pid))
-		return;
-	__u8 one = 1;
-	bpf_map_update_elem(&known_procs, &pid, &one, BPF_ANY);
+	return *cookie;
+}
 
-	process_event(pid, PROCESS_NEW);
+// announce_process emits a ring-buffer event the first time a process image
+// is sampled, with the image's new cookie.
+static __always_inline void announce_process(__u32 pid)
+{
+	__u64 cookie = bpf_ktime_get_ns() | 1;
+	if (bpf_map_update_elem(&known_procs, &pid, &cookie, BPF_NOEXIST))
+		return; // another CPU announced it meanwhile
+	__u32 zero = 0;
+	struct last_proc *last = bpf_map_lookup_elem(&last_proc, &zero);
+	if (last) {
+		last->pid = pid;
+		last->epoch = proc_epoch;
+		last->cookie = cookie;
+	}
+	process_event(pid, PROCESS_NEW, cookie);
 }
 
 // forget_process drops the calling process from known_procs, so that its
@@ -358,12 +379,15 @@ static __always_inline void forget_process(bool leader_only)
 	if (leader_only && (__u32)pid_tgid != pid)
 		return;
 	// Its mappings are gone or about to be: the walker must not use them
-	// for the next image.
+	// for the next image (the cookie check would keep it from doing so
+	// anyway; this frees the entry at once).
 	bpf_map_delete_elem(&unwind_procs, &pid);
-	long known = bpf_map_delete_elem(&known_procs, &pid) == 0;
+	__u64 *known = bpf_map_lookup_elem(&known_procs, &pid);
+	__u64 cookie = known ? *known : 0;
+	bpf_map_delete_elem(&known_procs, &pid);
 	__sync_fetch_and_add(&proc_epoch, 1);
-	if (known) // else never announced: userspace holds nothing of it
-		process_event(pid, PROCESS_GONE); // if lost, the drain's sweep notices the exit
+	if (cookie) // else never announced: userspace holds nothing of it
+		process_event(pid, PROCESS_GONE, cookie); // if lost, userspace's sweeps notice
 }
 
 // The raw tracepoints need neither tracefs nor kernel BTF, and read no
@@ -422,10 +446,11 @@ static __always_inline void count_sample(void *counts_map, struct sample_key *ke
 // none, STACK_LOST: not stored), with how it ended in key->flags and the
 // candidate caller of a frameless leaf in key->leaf_caller. Processes
 // userspace gave unwind tables to are walked by them; others, and those
-// whose tables are not in yet, by the kernel's frame-pointer walk. A
+// whose tables are not in yet, by the kernel's frame-pointer walk; ranges
+// loaded for another image of the pid (another cookie) are never used. A
 // global function: the verifier checks it once, not once per path of the
 // sampler that reaches it.
-__noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sample_key *key)
+__noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sample_key *key, __u64 cookie)
 {
 	if (!key)
 		return 0;
@@ -433,16 +458,17 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 	__u64 id;
 	bool leaf_fp = true;
 	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &key->pid);
-	if (proc) {
+	if (proc && cookie && proc->cookie == cookie) {
 		__u32 zero = 0;
 		struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
 		if (!trace)
 			return 0;
-		end = walk_user_stack(proc, trace, &leaf_fp);
+		bool leaf_outside = false;
+		end = walk_user_stack(proc, trace, &leaf_fp, &leaf_outside);
 		id = trace->len ? store_trace(trace, g) : 0;
-		if (end == END_NO_MAPPING && !(proc->flags & PROC_REFRESH_ASKED)) {
+		if (leaf_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
 			proc->flags |= PROC_REFRESH_ASKED;
-			process_event(key->pid, PROCESS_MAPPINGS_CHANGED);
+			process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
 		}
 	} else {
 		// A kernel thread has no user stack: bpf_get_stack finds none.
@@ -488,8 +514,9 @@ int sample_cpu(struct sample_ctx *ctx)
 	bool in_user = sampled_in_user(ctx);
 	if (!in_user)
 		key.kernel_stack = stack_id(store_stack((void *)ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
-	key.user_stack = user_stack((void *)ctx, g, &key);
-	if (key.user_stack || (key.flags & FLAG_USER_STACK_LOST))
+	__u64 cookie = image_cookie(pid);
+	key.user_stack = user_stack((void *)ctx, g, &key, cookie);
+	if (!cookie && (key.user_stack || (key.flags & FLAG_USER_STACK_LOST)))
 		announce_process(pid);
 
 	count_sample(counts_map, &key);

@@ -70,7 +70,8 @@ enum process_event_kind {
 
 struct new_process_event {
 	__u32 pid;
-	__u32 kind; /* enum process_event_kind */
+	__u32 kind;    /* enum process_event_kind */
+	__u64 cookie;  /* of the image: see known_procs */
 };
 
 #endif

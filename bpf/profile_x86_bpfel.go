@@ -28,16 +28,18 @@ const (
 )
 
 type ProfileLastProc struct {
-	_     structs.HostLayout
-	Pid   uint32
-	Pad   uint32
-	Epoch uint64
+	_      structs.HostLayout
+	Pid    uint32
+	Pad    uint32
+	Epoch  uint64
+	Cookie uint64
 }
 
 type ProfileNewProcessEvent struct {
-	_    structs.HostLayout
-	Pid  uint32
-	Kind uint32
+	_      structs.HostLayout
+	Pid    uint32
+	Kind   uint32
+	Cookie uint64
 }
 
 type ProfileProcessEventKind uint32
@@ -118,9 +120,10 @@ type ProfileUnwindProbeArgs struct {
 
 type ProfileUnwindProc struct {
 	_       structs.HostLayout
+	Cookie  uint64
 	Nranges uint32
 	Flags   uint32
-	Ranges  [64]ProfileUnwindRange
+	Ranges  [128]ProfileUnwindRange
 }
 
 type ProfileUnwindRange struct {

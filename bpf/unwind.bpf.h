@@ -95,7 +95,7 @@ __noinline __u32 find_range(struct unwind_proc *p, __u64 pc, __u32 hint)
 	__u64 n = p->nranges, lo = 0;
 	// The last range starting at or below pc; slots past n count as above
 	// everything.
-	for (__u64 step = UNWIND_MAX_RANGES / 2; step > 0; step /= 2) {
+	for (__u64 step = UNWIND_MAX_RANGES / 2; step > 0; step /= 2) { // 64 .. 1
 		__u64 i = lo + step, valid = below(i, n), slot = i * valid;
 		if (slot >= UNWIND_MAX_RANGES)
 			return UNWIND_MAX_RANGES;
@@ -133,9 +133,10 @@ __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 	__u64 pc = addr - t->base, n = t->nleaves, first = t->index_first;
 
 	// The last leaf whose first pc is at or below pc, by a branchless
-	// search over 2^13 slots: slots past n count as above everything.
+	// search over UNWIND_MAX_LEAVES slots: slots past n count as above
+	// everything.
 	__u64 lo = 0;
-	for (__u64 step = 4096; step > 0; step /= 2) {
+	for (__u64 step = UNWIND_MAX_LEAVES / 2; step > 0; step /= 2) {
 		__u64 i = lo + step, valid = below(i, n);
 		__u32 slot = first + i * valid;
 		__u32 *leaf_pc = bpf_map_lookup_elem(&unwind_index, &slot);
@@ -163,10 +164,11 @@ __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 // frame is where the walk is: the registers of the frame being left.
 struct frame {
 	__u64 pc, sp, bp;
-	__u32 range; // the range found last: frames of one object follow each other
-	__u8 exact;  // pc is where execution stopped (leaf, interrupted by a signal), not a return address
-	__u8 fp;     // the last step found the caller by the frame pointer
-	__u16 pad;
+	__u32 range;    // the range found last: frames of one object follow each other
+	__u8 exact;     // pc is where execution stopped (leaf, interrupted by a signal), not a return address
+	__u8 fp;        // the last step found the caller by the frame pointer
+	__u8 bp_known;  // bp holds the frame's rbp (a row may say it is not recoverable)
+	__u8 outside;   // pcs in a row outside every known range
 };
 
 // CONTINUE is what the steps return when the walk goes on; otherwise they
@@ -182,6 +184,8 @@ struct frame {
 static __always_inline int step_frame_pointer(struct frame *f)
 {
 	__u64 frame[2]; // saved rbp, return address
+	if (!f->bp_known)
+		return END_UNSUPPORTED; // a row said rbp cannot be recovered: no chain to follow
 	if (f->bp == 0)
 		return END_COMPLETE; // the chain's end (_start and Go clear rbp)
 	if (bpf_probe_read_user(frame, sizeof(frame), (void *)f->bp))
@@ -217,6 +221,7 @@ static __always_inline int step_signal(struct frame *f, struct unwind_regs *regs
 	for (int i = 0; i < 8; i++)
 		regs->r[8 + i] = sc[i];
 	f->bp = sc[10];
+	f->bp_known = 1;
 	f->sp = sc[15];
 	f->pc = sc[16];
 	f->exact = 1; // the interrupted instruction, not a return address
@@ -235,8 +240,15 @@ __noinline int unwind_frame(struct frame *f, struct unwind_proc *proc, struct un
 	// A return address follows its call: look the call up.
 	__u64 pc = f->exact ? f->pc : f->pc - 1;
 	__u32 ri = find_range(proc, pc, f->range);
-	if (ri >= UNWIND_MAX_RANGES)
-		return END_NO_MAPPING;
+	if (ri >= UNWIND_MAX_RANGES) {
+		// Code mapped since the ranges were read (a JIT's, a library
+		// loaded later) keeps frame pointers more often than not; two
+		// such pcs in a row are more likely a chain gone astray.
+		if (++f->outside > 1)
+			return END_NO_MAPPING;
+		return step_frame_pointer(f);
+	}
+	f->outside = 0;
 	f->range = ri;
 	struct unwind_range *r = &proc->ranges[ri];
 	struct unwind_row row = {};
@@ -246,6 +258,8 @@ __noinline int unwind_frame(struct frame *f, struct unwind_proc *proc, struct un
 	__s64 off = (__s64)row.cfa_off * 8;
 	__u64 cfa;
 	__u8 kind = row.cfa_kind;
+	if ((kind == CFA_RBP || kind == CFA_DEREF_RBP || row.rbp == RBP_AT_RBP) && !f->bp_known)
+		return END_UNSUPPORTED;
 	switch (kind) {
 	case CFA_RSP:
 		cfa = f->sp + off;
@@ -278,11 +292,12 @@ __noinline int unwind_frame(struct frame *f, struct unwind_proc *proc, struct un
 	if (row.rbp < 0) {
 		if (bpf_probe_read_user(&f->bp, sizeof(f->bp), (void *)(cfa + (__s64)row.rbp * 8)))
 			return END_READ_FAILED;
+		f->bp_known = 1;
 	} else if (row.rbp == RBP_AT_RBP) {
 		if (bpf_probe_read_user(&f->bp, sizeof(f->bp), (void *)f->bp))
 			return END_READ_FAILED;
 	} else if (row.rbp == RBP_UNKNOWN) {
-		f->bp = 0;
+		f->bp_known = 0;
 	}
 	f->sp = cfa;
 	f->pc = ra;
@@ -301,6 +316,7 @@ struct walk {
 	__u32 table_frames, fp_frames;
 	__u8 end;      // enum stack_end, once the walk stopped
 	__u8 leaf_fp;  // the leaf's caller was found by frame pointer
+	__u8 leaf_outside; // the leaf's pc is outside every known range
 };
 
 // walk_step records frame i and moves to its caller. The frame's index is
@@ -312,7 +328,9 @@ static long walk_step(__u64 i, struct walk *w)
 		w->end = END_DEPTH;
 		return 1;
 	}
-	w->trace->ips[i & (MAX_STACK_DEPTH - 1)] = w->f.pc;
+	// An interrupted instruction past the leaf is marked, so that userspace
+	// names it as it is rather than by the call before it.
+	w->trace->ips[i & (MAX_STACK_DEPTH - 1)] = w->f.pc | (w->f.exact && i ? PC_EXACT : 0);
 	w->n = i + 1;
 	if (i + 1 == UNWIND_MAX_DEPTH) {
 		w->end = END_DEPTH;
@@ -325,6 +343,7 @@ static long walk_step(__u64 i, struct walk *w)
 	} else {
 		w->table_frames++;
 	}
+	w->leaf_outside |= i == 0 && w->f.outside;
 	if (end == CONTINUE)
 		return 0;
 	w->end = end;
@@ -335,8 +354,10 @@ static long walk_step(__u64 i, struct walk *w)
 // trace and returns how the walk ended. *leaf_fp tells whether the leaf's
 // caller was found through the frame pointer (then the caller of a
 // frameless leaf is missing, and the sampler looks for it at the stack
-// pointer).
-static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct stack_trace *trace, bool *leaf_fp)
+// pointer), *leaf_outside whether the leaf lies outside every known range
+// (then the process's mappings are read again).
+static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct stack_trace *trace, bool *leaf_fp,
+					    bool *leaf_outside)
 {
 	__u32 zero = 0;
 	struct unwind_regs *regs = bpf_map_lookup_elem(&unwind_regs, &zero);
@@ -369,6 +390,7 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	w.f.sp = u->sp;
 	w.f.bp = u->bp;
 	w.f.exact = 1;
+	w.f.bp_known = 1;
 	w.f.range = UNWIND_MAX_RANGES;
 	bpf_loop(UNWIND_MAX_DEPTH, walk_step, &w, 0);
 	trace->len = w.n;
@@ -381,6 +403,7 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	count_stats(STAT_FRAMES_TABLE, w.table_frames);
 	count_stats(STAT_FRAMES_FP, w.fp_frames);
 	*leaf_fp = w.leaf_fp;
+	*leaf_outside = w.leaf_outside;
 	return w.end;
 }
 

@@ -12,8 +12,10 @@
  * after the last (the hash reads whole blocks of four). */
 #define UNWIND_MAX_DEPTH 124
 /* Executable mappings per process the walker knows (a power of two, for
- * the search); a 2 KiB allocation. */
-#define UNWIND_MAX_RANGES 64
+ * the search); a 4 KiB allocation. */
+#define UNWIND_MAX_RANGES 128
+/* Leaves of one table the walker's index search reaches. */
+#define UNWIND_MAX_LEAVES 16384
 
 /* How a row computes the CFA; keep in step with unwind.CFAKind. */
 enum cfa_kind {
@@ -70,12 +72,18 @@ struct unwind_range {
 
 /* unwind_proc.flags */
 enum unwind_proc_flags {
-	/* The walker met a pc outside every range and asked userspace to read
-	 * the process's mappings again (once per load of the ranges). */
+	/* The walker met a leaf outside every range and asked userspace to
+	 * read the process's mappings again (once per load of the ranges). */
 	PROC_REFRESH_ASKED = 1,
 };
 
+/* A recorded user pc with this bit set is the exact address of an
+ * interrupted instruction (the frame a signal interrupted), not a return
+ * address: userspace names it as it is, not by the call before it. */
+#define PC_EXACT (1ULL << 63)
+
 struct unwind_proc {
+	__u64 cookie; /* of the image these ranges are of: see known_procs */
 	__u32 nranges;
 	__u32 flags; /* enum unwind_proc_flags */
 	struct unwind_range ranges[UNWIND_MAX_RANGES]; /* sorted by start */
@@ -87,7 +95,7 @@ enum stack_end {
 	END_DEPTH,           /* MAX_STACK_DEPTH frames */
 	END_READ_FAILED,     /* a saved register could not be read */
 	END_UNSUPPORTED,     /* a rule the walker cannot follow */
-	END_NO_MAPPING,      /* a pc outside every known executable mapping */
+	END_NO_MAPPING,      /* pcs outside every known executable mapping (two in a row) */
 	END_BAD_FRAME,       /* the stack pointer did not move up */
 	END_FRAME_POINTERS,  /* no tables for this process (yet): bpf_get_stack's frame-pointer walk */
 	END_MAX,

@@ -310,12 +310,12 @@ func (s *Sampler) ProgramStats() ([]bpfstats.Program, error) {
 // would be symbolized with the old one's mappings.
 func (s *Sampler) forgetExited() {
 	var (
-		pid  uint32
-		seen uint8
-		gone []uint32
+		pid    uint32
+		cookie uint64
+		gone   []uint32
 	)
 	it := s.objs.KnownProcs.Iterate()
-	for it.Next(&pid, &seen) {
+	for it.Next(&pid, &cookie) {
 		// Signal 0 only checks that the pid names a process; EPERM says it
 		// does.
 		if unix.Kill(int(pid), 0) == unix.ESRCH {
@@ -332,7 +332,7 @@ func (s *Sampler) forgetExited() {
 		s.objs.KnownProcs.Delete(pid)
 		s.objs.UnwindProcs.Delete(pid)
 		if tell != nil {
-			tell(pid)
+			tell(pid, 0)
 		}
 	}
 	if len(gone) == 0 {

@@ -91,7 +91,7 @@ type Sampler struct {
 	eventsWG  sync.WaitGroup
 
 	goneMu sync.Mutex
-	gone   func(pid uint32) // of RunProcessEvents' handler: told of exits the drain sweeps out
+	gone   func(pid uint32, image uint64) // of RunProcessEvents' handler: told of exits the drain sweeps out
 }
 
 // NewSampler checks the host, loads the programs and starts sampling on every
@@ -261,15 +261,19 @@ func (s *Sampler) Frequency() int { return s.cfg.Frequency }
 func (s *Sampler) UnwindTables() *UnwindTables { return s.unwind }
 
 // ProcessHandler is told about process images as the sampler sees them.
+// Each image has a cookie (never 0); what is loaded for the walker carries
+// it (UnwindTables.LoadProcess), so it is never used for another image of
+// the pid.
 type ProcessHandler interface {
 	// ProcessStarted: the first sample of a process image (new process,
 	// reused pid, or exec) was just taken.
-	ProcessStarted(pid uint32)
-	// ProcessGone: an announced image exec'd or exited.
-	ProcessGone(pid uint32)
+	ProcessStarted(pid uint32, image uint64)
+	// ProcessGone: an announced image exec'd or exited (image 0: the
+	// drain found the process gone).
+	ProcessGone(pid uint32, image uint64)
 	// ProcessMappingsChanged: the stack walker met code outside the
 	// process's mappings it was given.
-	ProcessMappingsChanged(pid uint32)
+	ProcessMappingsChanged(pid uint32, image uint64)
 }
 
 // RunProcessEvents tells h about process images until the sampler is
@@ -288,17 +292,18 @@ func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 			}
 			return
 		}
-		if len(rec.RawSample) < 8 {
+		if len(rec.RawSample) < 16 {
 			continue
 		}
 		pid := nativeEndian.Uint32(rec.RawSample)
+		image := nativeEndian.Uint64(rec.RawSample[8:])
 		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec.RawSample[4:])) {
 		case bpf.ProfileProcessEventKindPROCESS_NEW:
-			h.ProcessStarted(pid)
+			h.ProcessStarted(pid, image)
 		case bpf.ProfileProcessEventKindPROCESS_GONE:
-			h.ProcessGone(pid)
+			h.ProcessGone(pid, image)
 		case bpf.ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED:
-			h.ProcessMappingsChanged(pid)
+			h.ProcessMappingsChanged(pid, image)
 		}
 	}
 }

@@ -212,7 +212,7 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	if goneEvents != 2 {
 		t.Errorf("pid %d reported gone %d times, want 2: at its exec and at its exit", pid, goneEvents)
 	}
-	var one uint8
+	var one uint64
 	if err := s.objs.KnownProcs.Lookup(pid, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("pid %d still in known_procs after it exited (lookup: %v)", pid, err)
 	}
@@ -225,7 +225,7 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	}
 	stale, live := uint32(gone.Process.Pid), uint32(os.Getpid())
 	for _, p := range []uint32{stale, live} {
-		if err := s.objs.KnownProcs.Put(p, uint8(1)); err != nil {
+		if err := s.objs.KnownProcs.Put(p, uint64(1)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -246,9 +246,9 @@ type processLog struct {
 	started, gone map[uint32]int
 }
 
-func (l *processLog) ProcessStarted(pid uint32)     { l.mu.Lock(); l.started[pid]++; l.mu.Unlock() }
-func (l *processLog) ProcessGone(pid uint32)        { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
-func (l *processLog) ProcessMappingsChanged(uint32) {}
+func (l *processLog) ProcessStarted(pid uint32, _ uint64) { l.mu.Lock(); l.started[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessGone(pid uint32, _ uint64)    { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessMappingsChanged(uint32, uint64) {}
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {

@@ -21,6 +21,10 @@ import (
 // leafRows is the number of rows per kernel leaf.
 const leafRows = len(bpf.ProfileUnwindLeaf{}.Rows)
 
+// maxTableLeaves is how many leaves of one table the walker's index search
+// reaches (UNWIND_MAX_LEAVES).
+const maxTableLeaves = 16384
+
 // LeafBytes is the kernel memory of one leaf of rows: the hash map's 4 KiB
 // allocation.
 const LeafBytes = 4096
@@ -71,8 +75,8 @@ func newUnwindTables(o *samplerObjects, maxLeaves int) *UnwindTables {
 // walker.
 func (u *UnwindTables) LoadTable(id uint32, t *unwind.Table) error {
 	nleaves := (len(t.Rows) + leafRows - 1) / leafRows
-	if nleaves == 0 {
-		return fmt.Errorf("unwind table %d: no rows", id)
+	if nleaves == 0 || nleaves > maxTableLeaves {
+		return fmt.Errorf("unwind table %d: %d leaves, want 1..%d", id, nleaves, maxTableLeaves)
 	}
 	slice, err := u.reserve(id, nleaves)
 	if err != nil {
@@ -215,30 +219,25 @@ func (u *UnwindTables) releaseQuarantined(now time.Time) {
 	u.free = merged
 }
 
-// LoadProcess gives the walker the executable mappings of pid. Ranges
-// beyond MaxProcessRanges are left out, those without a table first.
-func (u *UnwindTables) LoadProcess(pid uint32, ranges []unwind.Range) error {
-	ranges = slices.Clone(ranges) // sorted here, the caller's left alone
-	if len(ranges) > MaxProcessRanges {
-		slices.SortStableFunc(ranges, func(a, b unwind.Range) int { return boolInt(a.Table == 0) - boolInt(b.Table == 0) })
-		ranges = ranges[:MaxProcessRanges]
-	}
-	slices.SortFunc(ranges, func(a, b unwind.Range) int {
-		switch {
-		case a.Start < b.Start:
-			return -1
-		case a.Start > b.Start:
-			return 1
-		}
-		return 0
-	})
+// LoadProcess gives the walker the executable mappings of pid's image
+// (the cookie the sampler announced it with: the walker uses ranges only
+// for that image). ranges must be sorted by Start; beyond
+// MaxProcessRanges they are refused.
+func (u *UnwindTables) LoadProcess(pid uint32, image uint64, ranges []unwind.Range) error {
 	var p bpf.ProfileUnwindProc
+	p.Cookie = image
 	for _, r := range ranges {
 		// The walker's search compares addresses by the sign of their
 		// difference, so they must be below 2^63: user space is ([vsyscall]
 		// is not, and needs no unwinding). No code mapping is 4 GiB large.
 		if r.Start >= 1<<63 || r.Len >= 1<<32 {
 			continue
+		}
+		if int(p.Nranges) == MaxProcessRanges {
+			return fmt.Errorf("unwind ranges of pid %d: more than %d", pid, MaxProcessRanges)
+		}
+		if n := p.Nranges; n > 0 && r.Start < p.Ranges[n-1].Start {
+			return fmt.Errorf("unwind ranges of pid %d: not sorted", pid)
 		}
 		p.Ranges[p.Nranges] = bpf.ProfileUnwindRange{Start: r.Start, Bias: r.Bias, Len: uint32(r.Len), Table: r.Table}
 		p.Nranges++
@@ -266,12 +265,6 @@ func (u *UnwindTables) KernelBytes() uint64 {
 	return uint64(u.leafCount)*LeafBytes + uint64(len(u.slices))*64 + uint64(u.index.MaxEntries())*4
 }
 
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
 
 // TableKernelBytes is the kernel memory a table takes once loaded.
 func TableKernelBytes(t *unwind.Table) int {

@@ -97,10 +97,11 @@ func TestUnwindTablesInTheKernel(t *testing.T) {
 		ranges = append(ranges, unwind.Range{Start: start, Len: uint64(last) + 4096, Bias: start - tables[i].Base, Table: uint32(i + 1)})
 	}
 	// A JIT's range (no table) and [vsyscall], which must be left out.
-	ranges = append(ranges, unwind.Range{Start: 0x10000, Len: 0x1000}, unwind.Range{Start: 0xffffffffff600000, Len: 0x1000})
-	if err := u.LoadProcess(pid, ranges); err != nil {
+	ranges = append([]unwind.Range{{Start: 0x10000, Len: 0x1000}}, append(ranges, unwind.Range{Start: 0xffffffffff600000, Len: 0x1000})...)
+	if err := u.LoadProcess(pid, 1, ranges); err != nil {
 		t.Fatal(err)
 	}
+	ranges = ranges[1:] // the objects' ranges, in the order of their tables
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i, tab := range tables {

@@ -66,4 +66,12 @@ go build -o "$tmpdir/overhead" ./internal/bench/overhead
 			printf "OTLP interval of 5,000 unique stacks: %s ms of CPU against the 5 ms target (%s); the gzip and gRPC send of the encoded request alone: %s ms.\n", interval, (interval + 0 < 5 ? "met" : "**not met**"), floor
 		}'
 } >> docs/benchmarks.md
+
+# Native unwinding: BPF cost per sample and frames per stack on C code
+# without frame pointers (with and without the unwind tables), the tables'
+# memory under the native test workloads, and the CPU to compile libLLVM's
+# table; appended to the same file with its targets.
+echo "bench: measuring native unwinding for 3 x 20s plus a minute or two" >&2
+go build -o "$tmpdir/native" ./internal/bench/native
+"$tmpdir/native" -cgscope bin/cgscope -out docs/benchmarks.md
 echo "bench: results in docs/benchmarks.md" >&2

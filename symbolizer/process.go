@@ -182,7 +182,9 @@ func sameMapping(a, b *Mapping) bool {
 
 // User symbolizes user-space addresses of process pid. addrs[0] is the leaf (sampled PC);
 // addrs[1:] are return addresses: look those up at addr-1 so calls at the very end of a
-// function resolve to the caller, but report Frame.Address = the original address.
+// function resolve to the caller, but report Frame.Address = the original address. An
+// address with ExactAddress set is an interrupted instruction (the frame a signal
+// handler's stack continues into), looked up as it is and reported without the bit.
 // Returns exactly len(addrs) frames, in the same order. An address it cannot name keeps its
 // Address, ObjAddress and Mapping (path, build ID) with Function == "". If the address is in
 // no known mapping and the process is alive, re-read /proc/PID/maps once (libraries mapped
@@ -206,13 +208,18 @@ func (s *Symbolizer) resolveUser(p *process, addrs []uint64, frames []Frame) (al
 	var objs objectMemo
 	defer objs.release()
 	for i, addr := range addrs {
+		// The leaf, and a frame marked ExactAddress (an instruction a
+		// signal interrupted), are where execution stopped, not return
+		// addresses.
+		exact := i == 0 || addr&ExactAddress != 0
+		addr &^= ExactAddress
 		frames[i] = Frame{Address: addr, ObjAddress: addr}
-		pm := p.find(lookupAddress(addr, i == 0))
+		pm := p.find(lookupAddress(addr, exact))
 		if pm == nil {
 			allMapped = false
 			continue
 		}
-		s.nameUserFrame(p, pm, objs.get(s, p.pid, pm), &frames[i], i == 0)
+		s.nameUserFrame(p, pm, objs.get(s, p.pid, pm), &frames[i], exact)
 	}
 	return allMapped
 }

@@ -153,6 +153,10 @@ func (s *Symbolizer) countFrames(frames []Frame) {
 	s.framesUnnamed.Add(uint64(len(frames) - named))
 }
 
+// ExactAddress marks a user address passed to User that is an interrupted
+// instruction, not a return address (user addresses never have this bit).
+const ExactAddress = 1 << 63
+
 // lookupAddress is where a frame's function is looked up: return addresses (every frame
 // but the leaf) point after the call instruction, which for a call at the very end of a
 // function is already the next function, so they are looked up one byte earlier.

@@ -16,6 +16,11 @@ import (
 // cannot be parsed.
 var ErrMalformed = errors.New("malformed call-frame information")
 
+// errUnknownAugmentation marks a CIE whose augmentation string has a
+// character this parser does not know: its FDEs cannot be read, the
+// section's other entries can.
+var errUnknownAugmentation = errors.New("unknown augmentation")
+
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
 }
@@ -242,10 +247,13 @@ type frameSection struct {
 	cies  map[int]*cie // by offset in the section
 }
 
-// entries calls fn for every FDE, in section order. A malformed entry ends
-// the walk with an error: its length cannot be trusted, so neither can the
-// position of the next one.
-func (s *frameSection) entries(fn func(*fde)) error {
+// entries calls fn for every FDE, in section order, until fn returns
+// false. An entry whose length cannot be trusted ends the walk with an
+// error: neither can the position of the next one. Entries that are only
+// unusable are skipped: an FDE of a discarded function (address 0 or a
+// tombstone, a range that wraps) or of a CIE with an augmentation this
+// parser does not know.
+func (s *frameSection) entries(fn func(*fde) bool) error {
 	s.cies = map[int]*cie{}
 	r := reader{b: s.data}
 	var f fde // reused: fn must copy what it keeps
@@ -281,6 +289,10 @@ func (s *frameSection) entries(fn func(*fde)) error {
 		}
 		if s.isCIE(id, is64) {
 			c, err := s.parseCIE(&body)
+			if errors.Is(err, errUnknownAugmentation) {
+				s.cies[start] = nil // its FDEs are skipped
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("CIE at %#x: %w", start, err)
 			}
@@ -291,16 +303,22 @@ func (s *frameSection) entries(fn func(*fde)) error {
 		c, ok := s.cies[cieOff]
 		if !ok {
 			c2, err := s.parseCIEAt(cieOff)
-			if err != nil {
+			if err != nil && !errors.Is(err, errUnknownAugmentation) {
 				return fmt.Errorf("FDE at %#x: CIE at %#x: %w", start, cieOff, err)
 			}
 			c = c2
 		}
+		if c == nil {
+			continue
+		}
 		if err := s.parseFDE(&body, c, &f); err != nil {
 			return fmt.Errorf("FDE at %#x: %w", start, err)
 		}
-		if f.end > f.begin {
-			fn(&f)
+		if f.begin == 0 || f.begin >= 1<<63 || f.end <= f.begin {
+			continue // a discarded function's entry
+		}
+		if !fn(&f) {
+			return nil
 		}
 	}
 	return nil
@@ -351,6 +369,9 @@ func (s *frameSection) parseCIEAt(off int) (*cie, error) {
 		return nil, malformed("FDE refers to another FDE")
 	}
 	c, err := s.parseCIE(&body)
+	if errors.Is(err, errUnknownAugmentation) {
+		s.cies[off] = nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +421,7 @@ func (s *frameSection) parseCIE(r *reader) (*cie, error) {
 			case 'B', 'G':
 				// AArch64 pointer authentication key, memory tagging: no data.
 			default:
-				return nil, malformed("augmentation %q", aug)
+				return nil, fmt.Errorf("%w %q", errUnknownAugmentation, aug)
 			}
 		}
 		if ar.err != nil {
@@ -428,9 +449,6 @@ func (s *frameSection) parseFDE(r *reader, c *cie, f *fde) error {
 	f.begin = r.pointer(enc, s.vaddr)
 	length := r.pointer(enc&0x0f, 0) // the range has the format but no application
 	f.end = f.begin + length
-	if f.end < f.begin {
-		return malformed("code range wraps around")
-	}
 	if c.hasAugData {
 		n := r.uleb()
 		if r.err != nil || n > uint64(len(r.b)-r.off) {

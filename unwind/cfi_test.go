@@ -132,11 +132,6 @@ func TestMalformedFrames(t *testing.T) {
 			e.fde(0, 0, 0x1000, 0x10)
 			return e.b
 		}(),
-		"unknown augmentation": func() []byte {
-			var e ehBuilder
-			e.entry([]byte{0, 0, 0, 0, 1, 'z', 'Q', 0, 1, 0x78, 16, 0})
-			return e.b
-		}(),
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -146,6 +141,26 @@ func TestMalformedFrames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Entries that are only unusable are skipped, not fatal: the FDEs of a
+// CIE with an unknown augmentation, a discarded function's FDE (address 0,
+// a tombstone, a range that wraps); a .debug_frame that does not parse
+// leaves .eh_frame's rows.
+func TestUnusableEntriesAreSkipped(t *testing.T) {
+	var e ehBuilder
+	bad := e.entry([]byte{0, 0, 0, 0, 1, 'z', 'Q', 0, 1, 0x78, 16, 0})
+	e.fde(bad, 0, 0x1000, 0x10)
+	good := e.cie("zR")
+	e.fde(good, 0, 0x2000, 0x10, cfaAdvanceLoc|1, cfaDefCFAOffset, 16)
+	e.fde(good, 0, 0, 0x10)                  // address 0
+	e.fde(good, 0, 0xffffffffffffff00, 0x200) // wraps
+	eh := append(e.b, 0, 0, 0, 0)
+	tab, err := compileSections([]frameSection{{data: eh, kind: ehFrame}, {data: []byte{0xff, 0xff}, kind: debugFrame}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRows(t, tab, map[uint64]string{0x2000: "rsp+8 rbp=same", 0x2001: "rsp+16 rbp=same", 0x1000: "outside"})
 }
 
 // mustFDE appends to a copy of base an FDE of the CIE at cieOff with code.

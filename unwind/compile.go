@@ -13,8 +13,14 @@ import (
 // what libLLVM, the largest object on common hosts, needs.
 const MaxRows = 4 << 20
 
-// maxSectionBytes bounds the call-frame section read into memory.
-const maxSectionBytes = 256 << 20
+// maxSectionBytes bounds a call-frame section read into memory: MaxRows
+// need some 20 to 40 MiB of call-frame information.
+const maxSectionBytes = 64 << 20
+
+// maxCompression bounds how much a compressed .debug_frame may inflate:
+// call-frame information compresses four to eight times, a crafted file
+// far more.
+const maxCompression = 64
 
 // ErrNoFrameInfo is returned for an object without call-frame information
 // (its code is walked by frame pointers).
@@ -43,7 +49,7 @@ func Compile(r io.ReaderAt) (*Table, error) {
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_LOAD {
-			t.Segments = append(t.Segments, Segment{Off: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz})
+			t.Segments = append(t.Segments, Segment{Off: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz, Exec: p.Flags&elf.PF_X != 0})
 		}
 	}
 	return t, nil
@@ -89,6 +95,9 @@ func sectionData(s *elf.Section) ([]byte, error) {
 	if s.Size > maxSectionBytes {
 		return nil, malformed("%s of %d bytes", s.Name, s.Size)
 	}
+	if s.Flags&elf.SHF_COMPRESSED != 0 && s.Size > maxCompression*max(s.FileSize, 1) {
+		return nil, malformed("%s inflates from %d to %d bytes", s.Name, s.FileSize, s.Size)
+	}
 	data, err := s.Data()
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading %s: %v", ErrMalformed, s.Name, err)
@@ -126,14 +135,19 @@ func ehFrameFromSegments(f *elf.File, r io.ReaderAt) (*frameSection, error) {
 			continue
 		}
 		n := p.Vaddr + p.Filesz - ehAddr
+		off := p.Off + ehAddr - p.Vaddr
+		if sized, ok := r.(interface{ Size() int64 }); ok && off < uint64(sized.Size()) {
+			n = min(n, uint64(sized.Size())-off) // no more than the file holds
+		}
 		if n > maxSectionBytes {
 			return nil, malformed(".eh_frame of %d bytes", n)
 		}
 		data := make([]byte, n)
-		if _, err := r.ReadAt(data, int64(p.Off+ehAddr-p.Vaddr)); err != nil && !errors.Is(err, io.EOF) {
+		got, err := r.ReadAt(data, int64(off))
+		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: reading .eh_frame: %v", ErrMalformed, err)
 		}
-		return &frameSection{data: data, vaddr: ehAddr, kind: ehFrame}, nil
+		return &frameSection{data: data[:got], vaddr: ehAddr, kind: ehFrame}, nil
 	}
 	return nil, malformed(".eh_frame at %#x outside every segment", ehAddr)
 }
@@ -151,21 +165,35 @@ type fdeRef struct {
 
 // compileSections interprets the FDEs of every section in address order.
 // Where ranges overlap, the first one (.eh_frame's, by section order)
-// wins.
+// wins. A .debug_frame that does not parse is left out: .eh_frame, which
+// unwinders at run time depend on, is the one whose errors are fatal.
 func compileSections(sections []frameSection) (*Table, error) {
-	n := 0
+	n, size := 0, 0
 	for i := range sections {
 		n += len(sections[i].data) / 48 // FDEs of common sizes; only a hint
+		size += len(sections[i].data)
 	}
-	refs := make([]fdeRef, 0, n)
+	refs := make([]fdeRef, 0, min(n, MaxRows))
 	for i := range sections {
 		s := &sections[i]
-		err := s.entries(func(f *fde) {
+		before := len(refs)
+		err := s.entries(func(f *fde) bool {
+			if len(refs) == MaxRows {
+				return false
+			}
 			off := cap(s.data) - cap(f.instructions)
 			refs = append(refs, fdeRef{begin: f.begin, end: f.end, cie: f.cie, instr: uint32(off), n: uint32(len(f.instructions)), section: i})
+			return true
 		})
+		if err != nil && s.kind == debugFrame {
+			refs = refs[:before]
+			continue
+		}
 		if err != nil {
 			return nil, err
+		}
+		if len(refs) == MaxRows {
+			return nil, malformed("more than %d entries", MaxRows)
 		}
 	}
 	if len(refs) == 0 {
@@ -177,11 +205,7 @@ func compileSections(sections []frameSection) (*Table, error) {
 	// About one row for five bytes of call-frame information in the objects
 	// of Debian 12 (libc, python3, libLLVM); a quarter more, so that a large
 	// table is rarely copied as it grows.
-	size := 0
-	for i := range sections {
-		size += len(sections[i].data)
-	}
-	b := builder{base: refs[0].begin, rows: make([]Row, 0, size/4+16)}
+	b := builder{base: refs[0].begin, rows: make([]Row, 0, min(size/4+16, MaxRows+1))}
 	in := interpreter{out: &b}
 	for i := range refs {
 		ref := &refs[i]

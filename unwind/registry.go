@@ -1,13 +1,15 @@
 package unwind
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -33,7 +35,9 @@ type Mapping struct {
 type Sink interface {
 	LoadTable(id uint32, t *Table) error
 	UnloadTable(id uint32) error
-	LoadProcess(pid uint32, ranges []Range) error
+	// LoadProcess gives the walker pid's ranges for its image (the cookie
+	// the sampler gave the image: ranges of another image are not used).
+	LoadProcess(pid uint32, image uint64, ranges []Range) error
 	UnloadProcess(pid uint32) error
 }
 
@@ -54,8 +58,12 @@ type Config struct {
 	MaxBytes int
 	// KernelBytes is the kernel memory a table takes once loaded.
 	KernelBytes func(*Table) int
+	// MaxRanges is how many ranges the walker holds per process (more are
+	// left out, those without tables first).
+	MaxRanges int
 	// Linger is how long a table no process maps any more stays loaded, so
-	// a program started again and again is compiled once.
+	// a program started again and again is compiled once; also how long an
+	// object that could not be loaded waits before it is tried again.
 	Linger time.Duration
 	// QueueSize bounds the process notices waiting for the worker.
 	QueueSize int
@@ -66,13 +74,15 @@ type Stats struct {
 	Compiled, CompileFailed, NoFrameInfo uint64 // objects
 	CompileSeconds                       float64
 	LoadFailed                           uint64            // tables or processes the sink refused
+	Unloadable                           uint64            // times an object went without a table for lack of room
 	Evicted                              map[string]uint64 // tables unloaded, by reason
 	Tables                               int               // loaded now
 	Processes                            int               // whose ranges are loaded now
 	TableBytes                           int               // kernel bytes of the loaded tables
 	Rows                                 int               // rows of the loaded tables
-	QueueDropped                         uint64            // notices lost to a full queue
+	QueueDropped                         uint64            // start notices lost to a full queue
 	Refreshes                            uint64            // processes whose mappings were read again
+	RangesDropped                        uint64            // ranges left out of processes with too many
 }
 
 // Eviction reasons.
@@ -84,12 +94,13 @@ const (
 // object is what the registry knows of one object.
 type object struct {
 	key     any
-	id      uint32 // 0: no table (failed, no frame information, or evicted)
+	id      uint32 // 0: no table loaded
 	table   *Table // segments only, once loaded: the rows live in the kernel
 	bytes   int
 	rows    int
 	refs    int
-	failed  bool      // do not try again while it is known
+	failed  bool      // no table to be had (no or malformed call-frame information)
+	retryAt time.Time // no room for its table: not compiled again before then
 	lastUse time.Time // last time a process that maps it was added, or released
 }
 
@@ -102,8 +113,9 @@ const (
 )
 
 type notice struct {
-	pid  uint32
-	kind noticeKind
+	pid   uint32
+	image uint64 // the sampler's cookie of the process image; 0: any
+	kind  noticeKind
 }
 
 // refreshInterval bounds how often one process's mappings are read again.
@@ -111,13 +123,17 @@ const refreshInterval = time.Second
 
 // Registry keeps the unwind tables of the objects that sampled processes
 // map, and those processes' ranges, in a Sink. Compiling and loading run
-// on one worker goroutine (Run); ProcessStarted and ProcessGone only
-// queue, and never block.
+// on one worker goroutine (Run); the notices only queue, and never block.
 type Registry struct {
 	sink  Sink
 	src   Source
 	cfg   Config
 	queue chan notice
+
+	// gone holds the exits and execs the queue had no room for: losing one
+	// would keep a process's tables referenced for ever.
+	goneMu sync.Mutex
+	gone   map[uint32]uint64
 
 	// Worker state.
 	objects  map[any]*object
@@ -128,8 +144,16 @@ type Registry struct {
 
 	mu    sync.Mutex // guards stats
 	stats Stats
+}
 
-	dropped atomic.Uint64
+// proc is a process the registry gave ranges to.
+type proc struct {
+	image     uint64
+	objects   []*object
+	ranges    []Range // as loaded; nil when the sink holds none
+	loaded    time.Time
+	refreshed bool      // its mappings were read again once already
+	rearmAt   time.Time // a refresh found nothing new: load the ranges again then, to hear of the next change
 }
 
 // NewRegistry returns a registry writing to sink; call Run.
@@ -140,9 +164,13 @@ func NewRegistry(sink Sink, src Source, cfg Config) *Registry {
 	if cfg.KernelBytes == nil {
 		cfg.KernelBytes = func(t *Table) int { return t.Bytes() }
 	}
+	if cfg.MaxRanges <= 0 {
+		cfg.MaxRanges = 128
+	}
 	return &Registry{
 		sink: sink, src: src, cfg: cfg,
 		queue:   make(chan notice, cfg.QueueSize),
+		gone:    map[uint32]uint64{},
 		objects: map[any]*object{},
 		procs:   map[uint32]*proc{},
 		pending: map[uint32]bool{},
@@ -150,30 +178,35 @@ func NewRegistry(sink Sink, src Source, cfg Config) *Registry {
 	}
 }
 
-// proc is a process the registry gave ranges to.
-type proc struct {
-	objects   []*object
-	loaded    time.Time
-	refreshed bool // its mappings were read again once already
-	ranges    bool // the sink holds its ranges (some object has a table)
+// ProcessStarted asks for the tables of pid's image, once its mappings are
+// known to the Source.
+func (r *Registry) ProcessStarted(pid uint32, image uint64) {
+	select {
+	case r.queue <- notice{pid, image, noticeStarted}:
+	default:
+		r.count(func(s *Stats) { s.QueueDropped++ }) // walked by frame pointers
+	}
 }
 
-// ProcessStarted asks for pid's tables, once its mappings are known to the
-// Source.
-func (r *Registry) ProcessStarted(pid uint32) { r.enqueue(notice{pid, noticeStarted}) }
-
-// ProcessGone releases what pid held: its image exec'd or exited.
-func (r *Registry) ProcessGone(pid uint32) { r.enqueue(notice{pid, noticeGone}) }
+// ProcessGone releases what pid's image held: it exec'd or exited (image
+// 0: whatever image). Never lost: the queue's overflow is kept aside.
+func (r *Registry) ProcessGone(pid uint32, image uint64) {
+	select {
+	case r.queue <- notice{pid, image, noticeGone}:
+	default:
+		r.goneMu.Lock()
+		r.gone[pid] = image
+		r.goneMu.Unlock()
+	}
+}
 
 // ProcessMappingsChanged reads pid's mappings again (the walker met code
-// outside them: a library loaded since), at most once per second.
-func (r *Registry) ProcessMappingsChanged(pid uint32) { r.enqueue(notice{pid, noticeChanged}) }
-
-func (r *Registry) enqueue(n notice) {
+// outside them: a library loaded since), at once the first time, then at
+// most once per second.
+func (r *Registry) ProcessMappingsChanged(pid uint32, image uint64) {
 	select {
-	case r.queue <- n:
-	default:
-		r.dropped.Add(1)
+	case r.queue <- notice{pid, image, noticeChanged}:
+	default: // asked again by the walker at its next reload
 	}
 }
 
@@ -187,16 +220,9 @@ func (r *Registry) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case n := <-r.queue:
-			switch n.kind {
-			case noticeStarted:
-				r.add(n.pid)
-			case noticeGone:
-				delete(r.pending, n.pid)
-				r.remove(n.pid)
-			case noticeChanged:
-				r.changed(n.pid, time.Now())
-			}
+			r.handle(n)
 		case now := <-tick.C:
+			r.handleOverflow()
 			r.refreshPending(now)
 			if now.Sub(r.lastSwep) >= r.cfg.Linger/4 {
 				r.sweep(now)
@@ -206,13 +232,39 @@ func (r *Registry) Run(ctx context.Context) {
 	}
 }
 
+func (r *Registry) handle(n notice) {
+	switch n.kind {
+	case noticeStarted:
+		r.handleOverflow() // an exit the queue had no room for comes first
+		r.add(n.pid, n.image)
+	case noticeGone:
+		r.remove(n.pid, n.image)
+	case noticeChanged:
+		r.changed(n.pid, n.image, time.Now())
+	}
+}
+
+// handleOverflow removes the processes whose gone notices did not fit the
+// queue.
+func (r *Registry) handleOverflow() {
+	r.goneMu.Lock()
+	gone := r.gone
+	if len(gone) > 0 {
+		r.gone = map[uint32]uint64{}
+	}
+	r.goneMu.Unlock()
+	for pid, image := range gone {
+		r.remove(pid, image)
+	}
+}
+
 // changed reads pid's mappings again: at once the first time (a process
 // is often first sampled while the dynamic loader still maps its
 // libraries), then at most once per refreshInterval.
-func (r *Registry) changed(pid uint32, now time.Time) {
+func (r *Registry) changed(pid uint32, image uint64, now time.Time) {
 	p, ok := r.procs[pid]
-	if !ok {
-		return // gone meanwhile
+	if !ok || p.image != image {
+		return // gone meanwhile, or another image
 	}
 	if p.refreshed && now.Sub(p.loaded) < refreshInterval {
 		r.pending[pid] = true
@@ -222,68 +274,160 @@ func (r *Registry) changed(pid uint32, now time.Time) {
 	if err := r.src.Refresh(pid); err != nil {
 		return // gone: its exit notice follows
 	}
-	r.add(pid)
+	r.count(func(s *Stats) { s.Refreshes++ })
+	if !r.add(pid, image) {
+		// Nothing new (a pc outside every mapping is garbage, or in code no
+		// range can hold): the walker's request stays answered until then.
+		if p, ok := r.procs[pid]; ok {
+			p.rearmAt = now.Add(r.cfg.Linger)
+		}
+	}
 	if p, ok := r.procs[pid]; ok {
 		p.refreshed = true
 	}
-	r.count(func(s *Stats) { s.Refreshes++ })
 }
 
 func (r *Registry) refreshPending(now time.Time) {
 	for pid := range r.pending {
-		r.changed(pid, now)
+		if p, ok := r.procs[pid]; ok {
+			r.changed(pid, p.image, now)
+		} else {
+			delete(r.pending, pid)
+		}
 	}
 }
 
 // add loads the tables of pid's objects and gives the sink its ranges. A
 // process none of whose objects has a table gets no ranges: the walker
-// then uses frame pointers throughout, as cheaply as before tables.
-func (r *Registry) add(pid uint32) {
-	r.remove(pid) // a pid seen again without its exit noticed
+// then uses frame pointers throughout, as cheaply as before tables. Added
+// again (a refresh), it keeps its objects while the new ones load, and the
+// sink is written only if its ranges changed; changed says whether they
+// did.
+func (r *Registry) add(pid uint32, image uint64) (changed bool) {
+	old := r.procs[pid]
+	if old != nil && old.image != image {
+		r.remove(pid, 0)
+		old = nil
+	}
 	maps, err := r.src.Mappings(pid)
 	if err != nil {
-		return // gone already, or never snapshotted: frame pointers
+		if old != nil {
+			r.remove(pid, 0)
+		}
+		return true // gone already, or never snapshotted: frame pointers
 	}
 	now := time.Now()
-	var (
-		ranges []Range
-		held   []*object
-		tables bool
-	)
-	for _, m := range maps {
-		rg := Range{Start: m.Start, Len: m.Limit - m.Start}
-		if m.Object != nil {
-			if o := r.object(pid, m.Object, now); o != nil {
-				o.refs++
-				o.lastUse = now
-				held = append(held, o)
-				if bias, ok := o.bias(m); ok {
-					rg.Bias, rg.Table = bias, o.id
-					tables = true
-				}
-			}
-		}
-		ranges = append(ranges, rg)
+	p := &proc{image: image, loaded: now}
+	keep := []*object(nil)
+	if old != nil {
+		p.refreshed = old.refreshed
+		keep = append(keep, old.objects...)
 	}
-	p := &proc{objects: held, loaded: now}
+	for _, m := range maps {
+		if m.Object == nil {
+			continue
+		}
+		if o := r.object(pid, m.Object, now, append(keep, p.objects...)); o != nil {
+			o.refs++
+			o.lastUse = now
+			p.objects = append(p.objects, o)
+		}
+	}
+	if old != nil {
+		for _, o := range old.objects {
+			o.refs--
+			o.lastUse = now
+		}
+	}
 	r.procs[pid] = p
-	if tables {
-		if err := r.sink.LoadProcess(pid, ranges); err != nil {
+	defer r.publish()
+	ranges, dropped := r.rangesOf(maps, p.objects)
+	if dropped > 0 {
+		r.count(func(s *Stats) { s.RangesDropped += uint64(dropped) })
+	}
+	switch {
+	case ranges == nil:
+		if old != nil && old.ranges != nil {
+			r.sink.UnloadProcess(pid)
+		}
+	case old != nil && slices.Equal(ranges, old.ranges):
+		p.ranges, p.loaded = old.ranges, old.loaded // the kernel holds them already
+		return false
+	default:
+		if err := r.sink.LoadProcess(pid, image, ranges); err != nil {
 			r.count(func(s *Stats) { s.LoadFailed++ })
 			slog.Debug("unwind: loading the ranges of a process", "pid", pid, "err", err)
-		} else {
-			p.ranges = true
+			break
 		}
+		p.ranges = ranges
 	}
-	r.publish()
+	return true
+}
+
+// rangesOf turns a process's mappings into the walker's ranges, sorted;
+// nil when no object has a table. Adjacent ranges without a table are
+// merged. Beyond Config.MaxRanges, ranges without a table go first, then
+// those of objects fewer processes map.
+func (r *Registry) rangesOf(maps []Mapping, held []*object) (ranges []Range, dropped int) {
+	byKey := make(map[any]*object, len(held))
+	for _, o := range held {
+		byKey[o.key] = o
+	}
+	tables := false
+	var refs []int // per range, for the cut
+	for _, m := range maps {
+		rg := Range{Start: m.Start, Len: m.Limit - m.Start}
+		n := 0
+		if o := byKey[m.Object]; m.Object != nil && o != nil {
+			if bias, ok := o.bias(m); ok {
+				rg.Bias, rg.Table = bias, o.id
+				tables = true
+				n = o.refs
+			}
+		}
+		if k := len(ranges) - 1; k >= 0 && rg.Table == 0 && ranges[k].Table == 0 && ranges[k].Start+ranges[k].Len == rg.Start {
+			ranges[k].Len += rg.Len
+			continue
+		}
+		ranges = append(ranges, rg)
+		refs = append(refs, n)
+	}
+	if !tables {
+		return nil, 0
+	}
+	if len(ranges) > r.cfg.MaxRanges {
+		idx := make([]int, len(ranges))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortStableFunc(idx, func(a, b int) int {
+			return cmp.Or(cmp.Compare(boolRank(ranges[a].Table == 0), boolRank(ranges[b].Table == 0)), -cmp.Compare(refs[a], refs[b]))
+		})
+		kept := make([]Range, 0, r.cfg.MaxRanges)
+		for _, i := range idx[:r.cfg.MaxRanges] {
+			kept = append(kept, ranges[i])
+		}
+		dropped = len(ranges) - len(kept)
+		ranges = kept
+	}
+	slices.SortFunc(ranges, func(a, b Range) int { return cmp.Compare(a.Start, b.Start) })
+	return ranges, dropped
+}
+
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // object returns the object of key, compiling and loading its table on
-// first use (or again after it was evicted); nil when the Source cannot
-// read it.
-func (r *Registry) object(pid uint32, key any, now time.Time) *object {
+// first use (or again, after it was evicted and once its retry time has
+// passed); nil when the Source cannot read it. The objects in keep (the
+// process's, so far) are not evicted to make room.
+func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *object {
 	o, ok := r.objects[key]
-	if ok && (o.id != 0 || o.failed) {
+	if ok && (o.id != 0 || o.failed || now.Before(o.retryAt)) {
 		return o
 	}
 	if !ok {
@@ -316,25 +460,25 @@ func (r *Registry) object(pid uint32, key any, now time.Time) *object {
 	o.table = t
 	o.rows = len(t.Rows)
 	o.bytes = r.cfg.KernelBytes(t)
-	if !r.makeRoom(o.bytes, now) {
-		slog.Debug("unwind: no room for a table", "object", key, "bytes", o.bytes)
-		r.forgetRows(o)
+	defer r.forgetRows(o)
+	if !r.makeRoom(o.bytes, keep) {
+		o.retryAt = now.Add(r.cfg.Linger)
+		r.count(func(s *Stats) { s.Unloadable++ })
 		return o
 	}
 	r.nextID++
 	if err := r.sink.LoadTable(r.nextID, t); err != nil {
+		o.retryAt = now.Add(r.cfg.Linger)
 		r.count(func(s *Stats) { s.LoadFailed++ })
 		slog.Debug("unwind: loading a table", "object", key, "err", err)
-		r.forgetRows(o)
 		return o
 	}
 	o.id = r.nextID
-	r.forgetRows(o)
 	if o.rows > largeTableRows {
 		// Compiling it took tens of MB that are garbage now: give them back
 		// at once rather than when the heap next grows, so a large object
 		// (libLLVM) does not raise the daemon's resident memory for good.
-		debug.FreeOSMemory()
+		defer debug.FreeOSMemory()
 	}
 	return o
 }
@@ -349,7 +493,7 @@ func (o *object) bias(m Mapping) (uint64, bool) {
 	if o.id == 0 || o.table == nil {
 		return 0, false
 	}
-	return o.table.Bias(m.Start, m.Offset)
+	return o.table.Bias(m.Start, m.Limit, m.Offset)
 }
 
 // forgetRows drops a compiled table's rows, keeping its segments: once in
@@ -361,15 +505,15 @@ func (r *Registry) forgetRows(o *object) {
 }
 
 // makeRoom evicts tables until n more bytes fit: first those no process
-// maps, then the least recently used.
-func (r *Registry) makeRoom(n int, now time.Time) bool {
+// maps, then the least recently used, never one in keep.
+func (r *Registry) makeRoom(n int, keep []*object) bool {
 	if n > r.cfg.MaxBytes {
 		return false
 	}
 	for r.loadedBytes()+n > r.cfg.MaxBytes {
 		var victim *object
 		for _, o := range r.objects {
-			if o.id != 0 && (victim == nil || colder(o, victim)) {
+			if o.id != 0 && !slices.Contains(keep, o) && (victim == nil || colder(o, victim)) {
 				victim = o
 			}
 		}
@@ -377,6 +521,7 @@ func (r *Registry) makeRoom(n int, now time.Time) bool {
 			return false
 		}
 		r.unload(victim, EvictedSpace)
+		victim.retryAt = time.Now().Add(r.cfg.Linger) // not straight back in
 	}
 	return true
 }
@@ -409,27 +554,43 @@ func (r *Registry) unload(o *object, reason string) {
 	r.count(func(s *Stats) { s.Evicted[reason]++ })
 }
 
-// remove releases what pid held.
-func (r *Registry) remove(pid uint32) {
+// remove releases what pid held, if it is of image (0: any).
+func (r *Registry) remove(pid uint32, image uint64) {
 	p, ok := r.procs[pid]
-	if !ok {
+	if !ok || (image != 0 && p.image != image) {
 		return
 	}
 	delete(r.procs, pid)
+	delete(r.pending, pid)
 	now := time.Now()
 	for _, o := range p.objects {
 		o.refs--
 		o.lastUse = now
 	}
-	if err := r.sink.UnloadProcess(pid); err != nil {
-		slog.Debug("unwind: unloading the ranges of a process", "pid", pid, "err", err)
+	if p.ranges != nil {
+		if err := r.sink.UnloadProcess(pid); err != nil {
+			slog.Debug("unwind: unloading the ranges of a process", "pid", pid, "err", err)
+		}
 	}
 	r.publish()
 }
 
-// sweep unloads the tables no process mapped for Config.Linger, and forgets
-// objects known to have no table once unused as long.
+// sweep releases processes that are gone although no notice said so,
+// loads again the ranges of processes whose walker may ask for a refresh
+// again, unloads the tables no process mapped for Config.Linger, and
+// forgets objects known to have no table once unused as long.
 func (r *Registry) sweep(now time.Time) {
+	for pid, p := range r.procs {
+		if syscall.Kill(int(pid), 0) == syscall.ESRCH {
+			r.remove(pid, 0)
+			continue
+		}
+		if !p.rearmAt.IsZero() && now.After(p.rearmAt) && p.ranges != nil {
+			if err := r.sink.LoadProcess(pid, p.image, p.ranges); err == nil {
+				p.rearmAt, p.loaded = time.Time{}, now
+			}
+		}
+	}
 	for key, o := range r.objects {
 		if o.refs > 0 || now.Sub(o.lastUse) < r.cfg.Linger {
 			continue
@@ -459,7 +620,7 @@ func (r *Registry) publish() {
 		}
 	}
 	for _, p := range r.procs {
-		if p.ranges {
+		if p.ranges != nil {
 			procs++
 		}
 	}
@@ -475,6 +636,5 @@ func (r *Registry) Stats() Stats {
 	for k, v := range r.stats.Evicted {
 		st.Evicted[k] = v
 	}
-	st.QueueDropped = r.dropped.Load()
 	return st
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -50,10 +51,11 @@ func (s *fakeSink) UnloadTable(id uint32) error {
 	return nil
 }
 
-func (s *fakeSink) LoadProcess(pid uint32, r []Range) error {
+func (s *fakeSink) LoadProcess(pid uint32, image uint64, r []Range) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.procs[pid] = r
+	s.loads++
 	return nil
 }
 
@@ -129,9 +131,9 @@ func textMapping(t *testing.T, path string, start uint64) Mapping {
 		t.Fatal(err)
 	}
 	for _, s := range tab.Segments {
-		if tab.Base >= s.Vaddr && tab.Base < s.Vaddr+s.Filesz {
+		if s.Exec {
 			off := s.Off &^ 0xfff
-			return Mapping{Start: start, Limit: start + (s.Filesz+0xfff)&^0xfff, Offset: off, Object: path}
+			return Mapping{Start: start, Limit: start + (s.Off-off+s.Filesz+0xfff)&^0xfff, Offset: off, Object: path}
 		}
 	}
 	t.Fatalf("%s: no segment holds its code", path)
@@ -141,16 +143,9 @@ func textMapping(t *testing.T, path string, start uint64) Mapping {
 // settle runs the worker until the queue is empty.
 func settle(r *Registry) {
 	for len(r.queue) > 0 {
-		n := <-r.queue
-		switch n.kind {
-		case noticeStarted:
-			r.add(n.pid)
-		case noticeGone:
-			r.remove(n.pid)
-		case noticeChanged:
-			r.changed(n.pid, time.Now())
-		}
+		r.handle(<-r.queue)
 	}
+	r.handleOverflow()
 }
 
 func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
@@ -167,7 +162,7 @@ func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
 	sink := newFakeSink()
 	r := NewRegistry(sink, src, Config{MaxBytes: 64 << 20, Linger: time.Minute})
 	for pid := uint32(100); pid < 103; pid++ {
-		r.ProcessStarted(pid)
+		r.ProcessStarted(pid, 1)
 	}
 	settle(r)
 
@@ -178,7 +173,8 @@ func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
 		t.Fatalf("sink holds %d tables and %d processes, want 2 and 3", len(sink.tables), len(sink.procs))
 	}
 	for pid, ranges := range sink.procs {
-		if len(ranges) != 3 || ranges[0].Table == 0 || ranges[1].Table == 0 || ranges[2].Table != 0 {
+		// Sorted by address: the binary (0x5555...), the JIT (0x7e...), libc (0x7f...).
+		if len(ranges) != 3 || ranges[0].Table == 0 || ranges[1].Table != 0 || ranges[2].Table == 0 {
 			t.Errorf("pid %d ranges %+v: want the binary and libc with tables, the JIT range without", pid, ranges)
 		}
 		want := textMapping(t, bin, 0x555500000000+uint64(pid)<<20)
@@ -195,7 +191,7 @@ func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
 
 	// All gone: the tables stay for the linger, then go.
 	for pid := uint32(100); pid < 103; pid++ {
-		r.ProcessGone(pid)
+		r.ProcessGone(pid, 1)
 	}
 	settle(r)
 	if len(sink.procs) != 0 || len(sink.tables) != 2 {
@@ -225,11 +221,11 @@ func TestRegistryEvictsColdTablesFirst(t *testing.T) {
 	sink := newFakeSink()
 	one := func(*Table) int { return 100 }
 	r := NewRegistry(sink, src, Config{MaxBytes: 250, KernelBytes: one, Linger: time.Minute})
-	r.ProcessStarted(1)
-	r.ProcessStarted(2)
-	r.ProcessGone(1) // bins[0] is now unused
+	r.ProcessStarted(1, 1)
+	r.ProcessStarted(2, 1)
+	r.ProcessGone(1, 1) // bins[0] is now unused
 	settle(r)
-	r.ProcessStarted(3) // room for it: bins[0]'s table goes, not bins[1]'s
+	r.ProcessStarted(3, 1) // room for it: bins[0]'s table goes, not bins[1]'s
 	settle(r)
 	if len(sink.tables) != 2 || r.objects[bins[0]].id != 0 || r.objects[bins[1]].id == 0 || r.objects[bins[2]].id == 0 {
 		t.Fatalf("after eviction: tables %v; want bins[1] and bins[2] loaded", sink.tables)
@@ -238,11 +234,20 @@ func TestRegistryEvictsColdTablesFirst(t *testing.T) {
 		t.Errorf("evictions for space: %d, want 1", st.Evicted[EvictedSpace])
 	}
 	// A table larger than the whole budget is never loaded.
-	big := NewRegistry(newFakeSink(), src, Config{MaxBytes: 50, KernelBytes: one})
-	big.ProcessStarted(1)
+	clear(src.reads)
+	big := NewRegistry(newFakeSink(), src, Config{MaxBytes: 50, KernelBytes: one, Linger: time.Minute})
+	big.ProcessStarted(1, 1)
+	big.ProcessStarted(2, 1)
+	src.maps[4] = src.maps[1]
+	big.ProcessStarted(4, 1)
 	settle(big)
 	if len(big.sink.(*fakeSink).tables) != 0 || len(big.sink.(*fakeSink).procs) != 0 {
 		t.Errorf("a table over the budget was loaded")
+	}
+	// Not compiled again for the next process: it would not fit either.
+	if src.reads[bins[0]] != 1 || big.Stats().Unloadable != 2 {
+		t.Errorf("an object too large to load was read %d times (want once), %d times unloadable (want 2: bins[0] and bins[1])",
+			src.reads[bins[0]], big.Stats().Unloadable)
 	}
 }
 
@@ -255,8 +260,8 @@ func TestRegistryRemembersObjectsWithoutTables(t *testing.T) {
 	src.maps[2] = src.maps[1]
 	sink := newFakeSink()
 	r := NewRegistry(sink, src, Config{MaxBytes: 1 << 20, Linger: time.Minute})
-	r.ProcessStarted(1)
-	r.ProcessStarted(2)
+	r.ProcessStarted(1, 1)
+	r.ProcessStarted(2, 1)
 	settle(r)
 	// Unreadable now (the process may be gone): tried again for the next.
 	if src.reads[missing] != 2 || len(sink.procs) != 0 {
@@ -266,8 +271,8 @@ func TestRegistryRemembersObjectsWithoutTables(t *testing.T) {
 	src.maps[4] = []Mapping{{Start: 0x1000, Limit: 0x2000, Object: malformed}}
 	src.maps[5] = src.maps[4]
 	r.src = malformedSource{src}
-	r.ProcessStarted(4)
-	r.ProcessStarted(5)
+	r.ProcessStarted(4, 1)
+	r.ProcessStarted(5, 1)
 	settle(r)
 	if src.reads[malformed] != 1 {
 		t.Errorf("malformed object read %d times, want once", src.reads[malformed])
@@ -288,42 +293,87 @@ func (s malformedSource) ReadObject(pid uint32, obj any, read func(io.ReaderAt) 
 }
 
 // A request to read a process's mappings again is served at once the first
-// time, then at most once per refreshInterval.
-func TestRegistryRefreshIsRateLimited(t *testing.T) {
+// time, then at most once per refreshInterval; when it finds nothing new,
+// the ranges are not loaded again (the walker's request stays answered)
+// until the process is re-armed a Linger later.
+func TestRegistryRefresh(t *testing.T) {
 	bin := buildChain(t, 1)
 	src := &fakeSource{maps: map[uint32][]Mapping{7: {textMapping(t, bin, 0x555500000000)}}, reads: map[any]int{}}
 	sink := newFakeSink()
 	r := NewRegistry(sink, src, Config{MaxBytes: 1 << 20, Linger: time.Minute})
-	r.ProcessStarted(7)
+	r.ProcessStarted(7, 1)
 	settle(r)
+	loads := sink.loads
 	for range 5 {
-		r.ProcessMappingsChanged(7)
+		r.ProcessMappingsChanged(7, 1)
 	}
 	settle(r)
 	if src.refreshes != 1 || !r.pending[7] {
 		t.Fatalf("%d refreshes, pending %v: want one at once and one pending", src.refreshes, r.pending[7])
 	}
-	r.refreshPending(time.Now().Add(2 * refreshInterval))
-	if src.refreshes != 2 || r.pending[7] {
-		t.Errorf("%d refreshes after the interval, want 2", src.refreshes)
+	if sink.loads != loads || r.procs[7].rearmAt.IsZero() {
+		t.Errorf("an unchanged refresh loaded the ranges again (%d loads, %d before)", sink.loads, loads)
 	}
-	r.ProcessGone(7)
-	r.ProcessMappingsChanged(7) // of a gone process: nothing
+	// A library mapped since: the next refresh loads it.
+	lib := buildChain(t, 2)
+	src.maps[7] = append(src.maps[7], textMapping(t, lib, 0x7f0000000000))
+	r.refreshPending(time.Now().Add(2 * refreshInterval))
+	if src.refreshes != 2 || r.pending[7] || len(sink.procs[7]) != 2 {
+		t.Errorf("%d refreshes, ranges %+v: want the new library's range", src.refreshes, sink.procs[7])
+	}
+	// Another image's request, and a gone process's, do nothing.
+	r.ProcessMappingsChanged(7, 2)
+	r.ProcessGone(7, 1)
+	r.ProcessMappingsChanged(7, 1)
 	settle(r)
 	if src.refreshes != 2 || len(sink.procs) != 0 {
-		t.Errorf("a gone process was refreshed or kept")
+		t.Errorf("a stale request was served: %d refreshes, %d processes", src.refreshes, len(sink.procs))
 	}
 }
 
-// The worker stops with its context, and a full queue drops and counts.
+// A gone notice for an earlier image of the pid leaves the current one.
+func TestRegistryImages(t *testing.T) {
+	bin := buildChain(t, 1)
+	src := &fakeSource{maps: map[uint32][]Mapping{7: {textMapping(t, bin, 0x555500000000)}}, reads: map[any]int{}}
+	sink := newFakeSink()
+	r := NewRegistry(sink, src, Config{MaxBytes: 1 << 20, Linger: time.Minute})
+	r.ProcessStarted(7, 1)
+	r.ProcessStarted(7, 2) // exec'd: the gone notice of image 1 comes late
+	r.ProcessGone(7, 1)
+	settle(r)
+	if p := r.procs[7]; p == nil || p.image != 2 || len(sink.procs[7]) != 1 {
+		t.Fatalf("after a late gone notice of the old image: %+v, sink %v", p, sink.procs)
+	}
+	if r.objects[bin].refs != 1 {
+		t.Errorf("the binary is referenced %d times, want once", r.objects[bin].refs)
+	}
+}
+
+// Gone notices are never lost to a full queue; start notices are, counted.
 func TestRegistryQueue(t *testing.T) {
+	bin := buildChain(t, 1)
 	src := &fakeSource{maps: map[uint32][]Mapping{}, reads: map[any]int{}}
-	r := NewRegistry(newFakeSink(), src, Config{MaxBytes: 1 << 20, QueueSize: 2})
 	for pid := uint32(1); pid <= 5; pid++ {
-		r.ProcessStarted(pid)
+		src.maps[pid] = []Mapping{textMapping(t, bin, 0x555500000000)}
+	}
+	sink := newFakeSink()
+	r := NewRegistry(sink, src, Config{MaxBytes: 1 << 20, QueueSize: 2, Linger: time.Minute})
+	r.ProcessStarted(1, 1)
+	r.ProcessStarted(2, 1)
+	for pid := uint32(3); pid <= 5; pid++ {
+		r.ProcessStarted(pid, 1) // dropped: the queue holds 2
 	}
 	if st := r.Stats(); st.QueueDropped != 3 {
-		t.Errorf("dropped %d notices, want 3", st.QueueDropped)
+		t.Errorf("dropped %d start notices, want 3", st.QueueDropped)
+	}
+	settle(r)
+	r.ProcessGone(1, 1)
+	r.ProcessGone(2, 1)
+	r.ProcessGone(1, 1) // the queue is full: kept aside
+	r.ProcessGone(2, 1)
+	settle(r)
+	if len(r.procs) != 0 || r.objects[bin].refs != 0 {
+		t.Errorf("after the exits: %d processes, %d references", len(r.procs), r.objects[bin].refs)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -333,5 +383,71 @@ func TestRegistryQueue(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
+	}
+}
+
+// A process that exited without a notice is released by the sweep.
+func TestRegistrySweepsDeadProcesses(t *testing.T) {
+	bin := buildChain(t, 1)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(dead.Process.Pid)
+	src := &fakeSource{maps: map[uint32][]Mapping{pid: {textMapping(t, bin, 0x555500000000)}}, reads: map[any]int{}}
+	sink := newFakeSink()
+	r := NewRegistry(sink, src, Config{MaxBytes: 1 << 20, Linger: time.Minute})
+	r.ProcessStarted(pid, 1)
+	settle(r)
+	r.sweep(time.Now())
+	if len(r.procs) != 0 || len(sink.procs) != 0 {
+		t.Errorf("a dead process was kept: %d, sink %d", len(r.procs), len(sink.procs))
+	}
+}
+
+// Ranges: adjacent ones without a table are merged; beyond MaxRanges,
+// those without tables go first, then those of objects fewer processes map.
+func TestRegistryRanges(t *testing.T) {
+	objs := []*object{{key: "a", id: 1, refs: 3}, {key: "b", id: 2, refs: 1}}
+	for _, o := range objs {
+		o.table = &Table{Segments: []Segment{{Off: 0, Vaddr: 0, Filesz: 1 << 20, Exec: true}}}
+	}
+	r := NewRegistry(newFakeSink(), &fakeSource{}, Config{MaxBytes: 1, MaxRanges: 3})
+	maps := []Mapping{
+		{Start: 0x1000, Limit: 0x2000},
+		{Start: 0x2000, Limit: 0x3000}, // merged with the one before
+		{Start: 0x10000, Limit: 0x11000, Object: "b"},
+		{Start: 0x20000, Limit: 0x21000},
+		{Start: 0x30000, Limit: 0x31000, Object: "a"},
+	}
+	ranges, dropped := r.rangesOf(maps, objs)
+	want := []Range{{Start: 0x1000, Len: 0x2000}, {Start: 0x10000, Len: 0x1000, Bias: 0x10000, Table: 2}, {Start: 0x30000, Len: 0x1000, Bias: 0x30000, Table: 1}}
+	if !slices.Equal(ranges, want) || dropped != 1 {
+		t.Errorf("ranges %+v dropped %d, want %+v and 1", ranges, dropped, want)
+	}
+	r.cfg.MaxRanges = 1
+	if ranges, _ := r.rangesOf(maps, objs); len(ranges) != 1 || ranges[0].Table != 1 {
+		t.Errorf("with room for one range: %+v, want the object more processes map", ranges)
+	}
+	if ranges, _ := r.rangesOf(maps[:2], objs); ranges != nil {
+		t.Errorf("no object with a table: %+v, want none (frame pointers)", ranges)
+	}
+}
+
+// LLD packs the end of the read-only segment and the start of the code in
+// one file page; the bias must come from the executable segment.
+func TestBiasPackedSegments(t *testing.T) {
+	tab := &Table{Segments: []Segment{
+		{Off: 0, Vaddr: 0, Filesz: 0x14b2f4},
+		{Off: 0x14b300, Vaddr: 0x14c300, Filesz: 0x39d140, Exec: true},
+	}}
+	// The kernel maps the code from file offset 0x14b000 at base+0x14c000.
+	const base = 0x7f0000000000
+	bias, ok := tab.Bias(base+0x14c000, base+0x14c000+0x39e000, 0x14b000)
+	if !ok || bias != base {
+		t.Errorf("bias %#x, %v; want %#x", bias, ok, uint64(base))
+	}
+	if _, ok := tab.Bias(base, base+0x1000, 0); ok {
+		t.Error("a mapping of the read-only segment alone got a bias")
 	}
 }

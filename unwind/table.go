@@ -78,15 +78,24 @@ type Table struct {
 }
 
 // Segment is a loadable segment (PT_LOAD) of an object.
-type Segment struct{ Off, Vaddr, Filesz uint64 }
+type Segment struct {
+	Off, Vaddr, Filesz uint64
+	Exec               bool
+}
 
-// Bias returns what a process mapping file offset off at address start
-// adds to the object's addresses: runtime address = object address +
-// bias. ok is false when no segment holds off.
-func (t *Table) Bias(start, off uint64) (bias uint64, ok bool) {
+// Bias returns what a process's executable mapping [start, limit) of file
+// offset off adds to the object's addresses: runtime address = object
+// address + bias. ok is false when no executable segment lies in the
+// mapping's part of the file.
+//
+// The segment is the executable one whose file range overlaps the
+// mapping's, not the first whose range holds off: linkers that pack
+// segments (LLD) put the end of a read-only segment and the start of the
+// code in one file page, mapped twice at different addresses.
+func (t *Table) Bias(start, limit, off uint64) (bias uint64, ok bool) {
+	end := off + (limit - start)
 	for _, s := range t.Segments {
-		// A mapping starts on a page boundary, maybe before its segment.
-		if off >= s.Off&^0xfff && off < s.Off+s.Filesz {
+		if s.Exec && s.Off < end && off < s.Off+s.Filesz {
 			return start - (off - s.Off + s.Vaddr), true
 		}
 	}
@@ -270,6 +279,12 @@ func (b *builder) add(addr uint64, r Row) {
 	r.PC = uint32(addr - b.base)
 	if n := len(b.rows); n > 0 {
 		last := &b.rows[n-1]
+		if r.PC < last.PC {
+			if b.err == nil {
+				b.err = malformed("rows out of address order")
+			}
+			return
+		}
 		if last.PC == r.PC {
 			*last = r // a later rule for the same address wins
 			return

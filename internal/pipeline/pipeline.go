@@ -229,27 +229,27 @@ func (p *Pipeline) Stats() Stats {
 // ProcessStarted forwards a new-process notice to the symbolizer, which
 // snapshots the process's mappings while it is still alive, then to the
 // unwinder, which gives it unwind tables.
-func (p *Pipeline) ProcessStarted(pid uint32) {
+func (p *Pipeline) ProcessStarted(pid uint32, image uint64) {
 	if err := p.sym.ProcessStarted(pid); err != nil {
 		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
 		return
 	}
 	if p.unwinder != nil {
-		p.unwinder.ProcessStarted(pid)
+		p.unwinder.ProcessStarted(pid, image)
 	}
 }
 
 // ProcessMappingsChanged forwards the walker's request to read pid's
 // mappings again.
-func (p *Pipeline) ProcessMappingsChanged(pid uint32) {
+func (p *Pipeline) ProcessMappingsChanged(pid uint32, image uint64) {
 	if p.unwinder != nil {
-		p.unwinder.ProcessMappingsChanged(pid)
+		p.unwinder.ProcessMappingsChanged(pid, image)
 	}
 }
 
 // ProcessGone forwards the exec or exit of an announced process image.
-func (p *Pipeline) ProcessGone(pid uint32) {
+func (p *Pipeline) ProcessGone(pid uint32, image uint64) {
 	if p.unwinder != nil {
-		p.unwinder.ProcessGone(pid)
+		p.unwinder.ProcessGone(pid, image)
 	}
 }

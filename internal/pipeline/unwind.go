@@ -9,9 +9,9 @@ import (
 
 // Unwinder loads the unwind tables of sampled processes (unwind.Registry).
 type Unwinder interface {
-	ProcessStarted(pid uint32)
-	ProcessGone(pid uint32)
-	ProcessMappingsChanged(pid uint32)
+	ProcessStarted(pid uint32, image uint64)
+	ProcessGone(pid uint32, image uint64)
+	ProcessMappingsChanged(pid uint32, image uint64)
 }
 
 // SetUnwinder makes new processes get unwind tables, after the symbolizer
