@@ -27,12 +27,16 @@ var (
 		"Times a process's mappings were read again because the walker met code outside them.", nil, nil)
 	descQueueDropped = prometheus.NewDesc("cgscope_unwind_notices_dropped_total",
 		"Process notices the unwind worker lost to a full queue (those processes are walked by frame pointers).", nil, nil)
+	descUnloadable = prometheus.NewDesc("cgscope_unwind_objects_unloadable_total",
+		"Times an object's table found no room under --unwind.max-table-bytes (its code is walked by frame pointers; tried again a minute later).", nil, nil)
+	descRangesDropped = prometheus.NewDesc("cgscope_unwind_ranges_dropped_total",
+		"Executable mappings left out of processes with more than the walker holds (128; those of objects fewer processes map first).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (r *Registry) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCompiled, descNoTable, descCompileSeconds, descLoadFailed, descEvicted,
-		descTables, descTableBytes, descRows, descProcesses, descRefreshes, descQueueDropped} {
+		descTables, descTableBytes, descRows, descProcesses, descRefreshes, descQueueDropped, descUnloadable, descRangesDropped} {
 		ch <- d
 	}
 }
@@ -60,4 +64,6 @@ func (r *Registry) Collect(ch chan<- prometheus.Metric) {
 	gauge(descProcesses, float64(st.Processes))
 	counter(descRefreshes, float64(st.Refreshes))
 	counter(descQueueDropped, float64(st.QueueDropped))
+	counter(descUnloadable, float64(st.Unloadable))
+	counter(descRangesDropped, float64(st.RangesDropped))
 }
