@@ -24,18 +24,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "profile.h"
-
-// The register frame of the interrupted task: x86-64's struct pt_regs as the
-// UAPI (asm/ptrace.h) lays it out, which is also what a perf_event program's
-// context starts with. It is declared here, not taken from vmlinux.h, whose
-// types carry CO-RE relocations: a program without any needs no kernel BTF
-// parsed in userspace to load, which was the largest part of cgscope's
-// start-up CPU time. Its layout is ABI, so a fixed one is right on every
-// kernel.
-struct user_regs {
-	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
-	__u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-};
+#include "stacks.bpf.h"
 
 // sample_ctx is struct bpf_perf_event_data (linux/bpf_perf_event.h) on x86-64.
 struct sample_ctx {
@@ -59,13 +48,6 @@ struct counts_map {
 	__type(value, __u64);
 } counts0 SEC(".maps"), counts1 SEC(".maps");
 
-struct stacks_map {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 8192);
-	__type(key, __u64);
-	__type(value, struct stack_trace);
-} stacks0 SEC(".maps"), stacks1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -76,45 +58,6 @@ struct {
 	.values = {&counts0, &counts1},
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__array(values, struct stacks_map);
-} stacks SEC(".maps") = {
-	.values = {&stacks0, &stacks1},
-};
-
-// control[CONTROL_GENERATION] is the generation (0 or 1) being written.
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, CONTROL_MAX);
-	__type(key, __u32);
-	__type(value, __u32);
-} control SEC(".maps");
-
-// stats[STAT_*]: samples and drops by reason, per CPU so counting is lock-free.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
-
-// known_procs remembers which processes userspace has been told about, so
-// it can snapshot /proc/PID/maps on the first sample of a process, while a
-// short-lived process is still alive. An exec or the exit of a process
-// removes its entry (forget_process), so a new image or a reused pid is
-// announced again. The value is the image's cookie (the time it was
-// announced, never 0): what userspace loads for an image carries it, so
-// nothing loaded for an earlier image of the pid is ever used for a later
-// one, whatever the order in which userspace learns of them.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u32);
-	__type(value, __u64);
-} known_procs SEC(".maps");
 
 // proc_epoch counts the entries forget_process removed: a last_proc entry
 // from an earlier epoch may name a forgotten process.
@@ -137,101 +80,16 @@ struct {
 	__type(value, struct last_proc);
 } last_proc SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
-} proc_events SEC(".maps");
 
-// Scratch space for a stack: too large for the 512-byte BPF stack. The kernel
-// and the user stack take turns in it, so a sample touches one buffer.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct stack_trace);
-} scratch SEC(".maps");
-
-static __always_inline void count_stats(__u32 idx, __u64 n)
+// sampled_in_user reports whether the sample interrupted user mode: then
+// there is no kernel stack to walk, and ctx holds the user registers.
+static __always_inline bool sampled_in_user(struct sample_ctx *ctx)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
-	if (v)
-		*v += n;
-}
-
-static __always_inline void count_stat(__u32 idx)
-{
-	count_stats(idx, 1);
-}
-
-#include "unwind.bpf.h"
-
-// mix_frame folds one frame into both hashes.
-static __always_inline void mix_frame(__u64 *h, __u32 *check, __u64 ip)
-{
-	*h = (*h ^ ip) * 0x100000001b3ULL;
-	*check = (*check ^ (__u32)(ip >> 3) ^ (__u32)(ip >> 35)) * 0x01000193;
-	*check ^= *check >> 15;
-}
-
-// STACK_LOST is what store_stack returns for a stack that exists but could
-// not be stored; hash_stack never returns it.
-#define STACK_LOST (~0ULL)
-
-struct hash_state {
-	struct stack_trace *trace;
-	__u64 h;
-	__u32 check;
-};
-
-// hash_block folds frames 4i..4i+3 into the hashes; a bpf_loop callback, so
-// the verifier checks it once instead of once per iteration.
-static long hash_block(__u64 i, void *data)
-{
-	struct hash_state *st = data;
-
-	if (i >= MAX_STACK_DEPTH / 4)
-		return 1;
-	__u64 j = i * 4;
-	mix_frame(&st->h, &st->check, st->trace->ips[j]);
-	mix_frame(&st->h, &st->check, st->trace->ips[j + 1]);
-	mix_frame(&st->h, &st->check, st->trace->ips[j + 2]);
-	mix_frame(&st->h, &st->check, st->trace->ips[j + 3]);
-	return 0;
-}
-
-// hash_stack fills trace->check and returns the stack's id: a 64-bit FNV-1a
-// style hash of the frames, never 0 (0 means "no stack") nor STACK_LOST. bpf_get_stack
-// zeroes the buffer past the stack, so hashing whole blocks of four frames
-// gives the same result for the same stack.
-static __always_inline __u64 hash_stack(struct stack_trace *trace)
-{
-	struct hash_state st = { .trace = trace, .h = 0xcbf29ce484222325ULL, .check = 0x9e3779b9 };
-
-	bpf_loop((trace->len + 3) / 4, hash_block, &st, 0);
-	trace->check = st.check;
-	return st.h && st.h != STACK_LOST ? st.h : 1;
-}
-
-// store_trace stores a captured stack in generation g's stack map and
-// returns its id, or STACK_LOST.
-static __always_inline __u64 store_trace(struct stack_trace *trace, __u32 g)
-{
-	void *stack_map = bpf_map_lookup_elem(&stacks, &g);
-	if (!stack_map)
-		return 0;
-	__u64 id = hash_stack(trace);
-	struct stack_trace *existing = bpf_map_lookup_elem(stack_map, &id);
-	if (existing) {
-		if (existing->check == trace->check)
-			return id;
-		count_stat(STAT_DROP_STACK_COLLISION);
-		return STACK_LOST;
-	}
-	long err = bpf_map_update_elem(stack_map, &id, trace, BPF_NOEXIST);
-	if (err == 0 || err == -17 /* EEXIST: another CPU stored it first */)
-		return id;
-	count_stat(STAT_DROP_STACKS_FULL);
-	return STACK_LOST;
+#if defined(__TARGET_ARCH_x86)
+	return (*(volatile __u64 *)&ctx->regs.cs & 3) == 3; // CPL 3
+#else
+	return false;
+#endif
 }
 
 // store_stack captures one stack (user or kernel, by flags) with the
@@ -252,77 +110,6 @@ __noinline __u64 store_stack(struct bpf_perf_event_data *ctx, __u32 g, __u64 fla
 		return 0; // no stack of this kind (kernel thread, or sample in user mode)
 	trace->len = n / sizeof(__u64);
 	return store_trace(trace, g);
-}
-
-// stack_id turns what store_stack returned into a key's stack id, flagging a
-// lost stack.
-static __always_inline __u64 stack_id(__u64 ret, __u32 *flags, __u32 lost_flag)
-{
-	if (ret != STACK_LOST)
-		return ret;
-	*flags |= lost_flag;
-	return 0;
-}
-
-// is_return_address reports whether the instruction right before addr is a
-// call, which makes addr a return address rather than data.
-static __always_inline bool is_return_address(__u64 addr)
-{
-#if defined(__TARGET_ARCH_x86)
-	__u8 b[8];
-	if (addr < 8 || bpf_probe_read_user(b, sizeof(b), (void *)(addr - 8)))
-		return false;
-	if (b[3] == 0xe8) // call rel32
-		return true;
-	if (b[6] == 0xff && (b[7] & 0xf8) == 0xd0) // call *%reg
-		return true;
-	if (b[5] == 0xff && (b[6] & 0x38) == 0x10) // call *disp8(%reg)
-		return true;
-	if (b[2] == 0xff && (b[3] & 0x38) == 0x10) // call *disp32(%reg), call *rel32(%rip)
-		return true;
-#endif
-	return false;
-}
-
-// sampled_in_user reports whether the sample interrupted user mode: then
-// there is no kernel stack to walk, and ctx holds the user registers.
-static __always_inline bool sampled_in_user(struct sample_ctx *ctx)
-{
-#if defined(__TARGET_ARCH_x86)
-	return (*(volatile __u64 *)&ctx->regs.cs & 3) == 3; // CPL 3
-#else
-	return false;
-#endif
-}
-
-// leaf_caller returns the word at the user stack pointer when it is a return
-// address. Frame-pointer unwinding skips the caller of a leaf that has no
-// frame of its own (Go and optimized C leaves, or a PC in a prologue); that
-// caller's return address is then exactly at [sp]. Userspace decides whether
-// to insert it, since only it knows if the leaf function is frameless.
-static __always_inline __u64 leaf_caller(void)
-{
-	// The user registers, saved at the top of the task's kernel stack when
-	// it entered the kernel (by this interrupt, if it hit user mode).
-	struct user_regs *regs = (struct user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	__u64 ret = 0;
-	if (!regs || bpf_probe_read_user(&ret, sizeof(ret), (void *)regs->sp))
-		return 0;
-	return is_return_address(ret) ? ret : 0;
-}
-
-// process_event tells userspace about a process image.
-static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
-{
-	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
-	if (!ev) {
-		count_stat(STAT_DROP_PROC_EVENTS);
-		return;
-	}
-	ev->pid = pid;
-	ev->kind = kind;
-	ev->cookie = cookie;
-	bpf_ringbuf_submit(ev, 0);
 }
 
 // image_cookie returns the cookie of pid's current image if userspace was

@@ -42,6 +42,12 @@ type ProfileNewProcessEvent struct {
 	Cookie uint64
 }
 
+type ProfileOffcpuValue struct {
+	_      structs.HostLayout
+	Weight uint64
+	Ns     uint64
+}
+
 type ProfileProcessEventKind uint32
 
 const (
@@ -165,6 +171,10 @@ const (
 	ProfileMapCounts1                = "counts1"
 	ProfileMapKnownProcs             = "known_procs"
 	ProfileMapLastProc               = "last_proc"
+	ProfileMapOffcpuCounts           = "offcpu_counts"
+	ProfileMapOffcpuCounts0          = "offcpu_counts0"
+	ProfileMapOffcpuCounts1          = "offcpu_counts1"
+	ProfileMapOffcpuStacks           = "offcpu_stacks"
 	ProfileMapProcEvents             = "proc_events"
 	ProfileMapScratch                = "scratch"
 	ProfileMapStacks                 = "stacks"
@@ -247,23 +257,27 @@ type ProfileProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileMapSpecs struct {
-	Control      *ebpf.MapSpec `ebpf:"control"`
-	Counts       *ebpf.MapSpec `ebpf:"counts"`
-	Counts0      *ebpf.MapSpec `ebpf:"counts0"`
-	Counts1      *ebpf.MapSpec `ebpf:"counts1"`
-	KnownProcs   *ebpf.MapSpec `ebpf:"known_procs"`
-	LastProc     *ebpf.MapSpec `ebpf:"last_proc"`
-	ProcEvents   *ebpf.MapSpec `ebpf:"proc_events"`
-	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
-	Stacks       *ebpf.MapSpec `ebpf:"stacks"`
-	Stacks0      *ebpf.MapSpec `ebpf:"stacks0"`
-	Stacks1      *ebpf.MapSpec `ebpf:"stacks1"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	UnwindIndex  *ebpf.MapSpec `ebpf:"unwind_index"`
-	UnwindLeaves *ebpf.MapSpec `ebpf:"unwind_leaves"`
-	UnwindProcs  *ebpf.MapSpec `ebpf:"unwind_procs"`
-	UnwindRegs   *ebpf.MapSpec `ebpf:"unwind_regs"`
-	UnwindTables *ebpf.MapSpec `ebpf:"unwind_tables"`
+	Control       *ebpf.MapSpec `ebpf:"control"`
+	Counts        *ebpf.MapSpec `ebpf:"counts"`
+	Counts0       *ebpf.MapSpec `ebpf:"counts0"`
+	Counts1       *ebpf.MapSpec `ebpf:"counts1"`
+	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
+	LastProc      *ebpf.MapSpec `ebpf:"last_proc"`
+	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
+	OffcpuCounts0 *ebpf.MapSpec `ebpf:"offcpu_counts0"`
+	OffcpuCounts1 *ebpf.MapSpec `ebpf:"offcpu_counts1"`
+	OffcpuStacks  *ebpf.MapSpec `ebpf:"offcpu_stacks"`
+	ProcEvents    *ebpf.MapSpec `ebpf:"proc_events"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
+	Stacks0       *ebpf.MapSpec `ebpf:"stacks0"`
+	Stacks1       *ebpf.MapSpec `ebpf:"stacks1"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	UnwindIndex   *ebpf.MapSpec `ebpf:"unwind_index"`
+	UnwindLeaves  *ebpf.MapSpec `ebpf:"unwind_leaves"`
+	UnwindProcs   *ebpf.MapSpec `ebpf:"unwind_procs"`
+	UnwindRegs    *ebpf.MapSpec `ebpf:"unwind_regs"`
+	UnwindTables  *ebpf.MapSpec `ebpf:"unwind_tables"`
 }
 
 // ProfileVariableSpecs contains global variables before they are loaded into the kernel.
@@ -301,23 +315,27 @@ func (o *ProfileObjects) Close() error {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileMaps struct {
-	Control      *ebpf.Map `ebpf:"control"`
-	Counts       *ebpf.Map `ebpf:"counts"`
-	Counts0      *ebpf.Map `ebpf:"counts0"`
-	Counts1      *ebpf.Map `ebpf:"counts1"`
-	KnownProcs   *ebpf.Map `ebpf:"known_procs"`
-	LastProc     *ebpf.Map `ebpf:"last_proc"`
-	ProcEvents   *ebpf.Map `ebpf:"proc_events"`
-	Scratch      *ebpf.Map `ebpf:"scratch"`
-	Stacks       *ebpf.Map `ebpf:"stacks"`
-	Stacks0      *ebpf.Map `ebpf:"stacks0"`
-	Stacks1      *ebpf.Map `ebpf:"stacks1"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	UnwindIndex  *ebpf.Map `ebpf:"unwind_index"`
-	UnwindLeaves *ebpf.Map `ebpf:"unwind_leaves"`
-	UnwindProcs  *ebpf.Map `ebpf:"unwind_procs"`
-	UnwindRegs   *ebpf.Map `ebpf:"unwind_regs"`
-	UnwindTables *ebpf.Map `ebpf:"unwind_tables"`
+	Control       *ebpf.Map `ebpf:"control"`
+	Counts        *ebpf.Map `ebpf:"counts"`
+	Counts0       *ebpf.Map `ebpf:"counts0"`
+	Counts1       *ebpf.Map `ebpf:"counts1"`
+	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
+	LastProc      *ebpf.Map `ebpf:"last_proc"`
+	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
+	OffcpuCounts0 *ebpf.Map `ebpf:"offcpu_counts0"`
+	OffcpuCounts1 *ebpf.Map `ebpf:"offcpu_counts1"`
+	OffcpuStacks  *ebpf.Map `ebpf:"offcpu_stacks"`
+	ProcEvents    *ebpf.Map `ebpf:"proc_events"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Stacks        *ebpf.Map `ebpf:"stacks"`
+	Stacks0       *ebpf.Map `ebpf:"stacks0"`
+	Stacks1       *ebpf.Map `ebpf:"stacks1"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	UnwindIndex   *ebpf.Map `ebpf:"unwind_index"`
+	UnwindLeaves  *ebpf.Map `ebpf:"unwind_leaves"`
+	UnwindProcs   *ebpf.Map `ebpf:"unwind_procs"`
+	UnwindRegs    *ebpf.Map `ebpf:"unwind_regs"`
+	UnwindTables  *ebpf.Map `ebpf:"unwind_tables"`
 }
 
 func (m *ProfileMaps) Close() error {
@@ -328,6 +346,10 @@ func (m *ProfileMaps) Close() error {
 		m.Counts1,
 		m.KnownProcs,
 		m.LastProc,
+		m.OffcpuCounts,
+		m.OffcpuCounts0,
+		m.OffcpuCounts1,
+		m.OffcpuStacks,
 		m.ProcEvents,
 		m.Scratch,
 		m.Stacks,

@@ -36,7 +36,13 @@ type RawSample struct {
 	UserLost, KernelLost bool
 	// UserEnd is how the walk of the user stack ended.
 	UserEnd StackEnd
-	Count   uint64
+	// Count is the samples taken; for an off-CPU sample, the switch-outs it
+	// stands for (weighted by the inverse of their sampling probability).
+	Count uint64
+	// OffCPUNanos is an off-CPU sample's time away from the CPU
+	// (weighted as Count), and Reason why it left.
+	OffCPUNanos uint64
+	Reason      OffCPUReason
 }
 
 // StackEnd is how the walk of a user stack ended (enum stack_end of
@@ -74,6 +80,9 @@ func (e StackEnd) String() string {
 type RawBatch struct {
 	Start, End time.Time
 	Samples    []RawSample
+	// OffCPU are the off-CPU samples (when the off-CPU sampler is loaded)
+	// whose time away ended in the interval.
+	OffCPU []RawSample
 }
 
 // Entries one batch syscall moves: a batch of stacks takes 1 KiB per entry,
@@ -139,8 +148,63 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if s.offCPU.Load() != nil {
+		if batch.OffCPU, err = s.drainOffCPU(old); err != nil {
+			return nil, err
+		}
+	}
 	s.forgetExited()
 	return batch, nil
+}
+
+// drainOffCPU empties generation gen of the off-CPU counts. Their stacks
+// stay in offcpu_stacks (a sample's stacks are stored when its thread
+// leaves the CPU, maybe in an interval drained before): a stack evicted
+// meanwhile is lost, and counted.
+func (s *Sampler) drainOffCPU(gen uint32) ([]RawSample, error) {
+	m := s.objs.OffcpuCounts0
+	if gen == 1 {
+		m = s.objs.OffcpuCounts1
+	}
+	keys := make([]bpf.ProfileSampleKey, drainCountsBatch)
+	values := make([]bpf.ProfileOffcpuValue, drainCountsBatch)
+	stacks := map[uint64][]uint64{}
+	var out []RawSample
+	err := lookupAndDeleteAll(m, keys, values, func(n int) {
+		for i := range n {
+			k, v := &keys[i], &values[i]
+			for _, id := range []uint64{k.UserStack, k.KernelStack} {
+				if _, ok := stacks[id]; !ok && id != 0 {
+					stacks[id] = s.offCPUStack(id)
+				}
+			}
+			rs := rawSample(k, 0, stacks)
+			rs.UserLost = rs.UserLost || (k.UserStack != 0 && stacks[k.UserStack] == nil)
+			rs.KernelLost = rs.KernelLost || (k.KernelStack != 0 && stacks[k.KernelStack] == nil)
+			rs.Count = (v.Weight + 1<<(offCPUWeightShift-1)) >> offCPUWeightShift
+			rs.OffCPUNanos = v.Ns
+			rs.Reason = OffCPUReason(k.Flags >> 16)
+			out = append(out, rs)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("draining off-CPU counts: %w", err)
+	}
+	return out, nil
+}
+
+// offCPUWeightShift is OFFCPU_WEIGHT_SHIFT: weights count 1/1024 switch-outs.
+const offCPUWeightShift = 10
+
+// offCPUStack returns the frames of an off-CPU stack, nil when it was
+// evicted.
+func (s *Sampler) offCPUStack(id uint64) []uint64 {
+	var st bpf.ProfileStackTrace
+	if err := s.objs.OffcpuStacks.Lookup(id, &st); err != nil {
+		s.offCPUStacksLost.Add(1)
+		return nil
+	}
+	return append([]uint64(nil), st.Ips[:min(int(st.Len), len(st.Ips))]...)
 }
 
 func (s *Sampler) generationMaps(gen uint32) (counts, stacks *ebpf.Map) {
@@ -155,6 +219,15 @@ func (s *Sampler) generationMaps(gen uint32) (counts, stacks *ebpf.Map) {
 func (s *Sampler) waitForWriters(gen uint32, counts, stacks *ebpf.Map) error {
 	if err := s.objs.Counts.Update(gen, counts, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("waiting for BPF writers (counts): %w", err)
+	}
+	if s.offCPU.Load() != nil {
+		inner := s.objs.OffcpuCounts0
+		if gen == 1 {
+			inner = s.objs.OffcpuCounts1
+		}
+		if err := s.objs.OffcpuCounts.Update(gen, inner, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("waiting for BPF writers (off-CPU counts): %w", err)
+		}
 	}
 	if err := s.objs.Stacks.Update(gen, stacks, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("waiting for BPF writers (stacks): %w", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -90,6 +91,9 @@ type Sampler struct {
 	closeOnce sync.Once
 	eventsWG  sync.WaitGroup
 
+	offCPU           atomic.Pointer[OffCPU] // loaded by LoadOffCPU; drained with the CPU samples
+	offCPUStacksLost atomic.Uint64          // off-CPU stacks evicted before their sample was drained
+
 	goneMu sync.Mutex
 	gone   func(pid uint32, image uint64) // of RunProcessEvents' handler: told of exits the drain sweeps out
 }
@@ -166,6 +170,11 @@ func (s *Sampler) load() error {
 		spec.Maps[name].MaxEntries = uint32(s.cfg.MaxStacks)
 	}
 	spec.Maps[bpf.ProfileMapStacks].InnerMap.MaxEntries = uint32(s.cfg.MaxStacks)
+	for _, name := range []string{bpf.ProfileMapOffcpuCounts0, bpf.ProfileMapOffcpuCounts1} {
+		spec.Maps[name].MaxEntries = uint32(s.cfg.MaxSampleKeys)
+	}
+	spec.Maps[bpf.ProfileMapOffcpuCounts].InnerMap.MaxEntries = uint32(s.cfg.MaxSampleKeys)
+	spec.Maps[bpf.ProfileMapOffcpuStacks].MaxEntries = uint32(s.cfg.MaxStacks)
 	spec.Maps[bpf.ProfileMapKnownProcs].MaxEntries = uint32(s.cfg.MaxProcesses)
 	leaves := s.cfg.UnwindTableBytes / LeafBytes
 	spec.Maps[bpf.ProfileMapUnwindLeaves].MaxEntries = uint32(leaves)

@@ -30,7 +30,14 @@ type Sample struct {
 	Workload *attribution.Workload
 	// Frames are leaf first: kernel frames, then user frames.
 	Frames []symbolizer.Frame
-	Count  uint64
+	// Count is the CPU samples taken; for an off-CPU sample, the times the
+	// thread left the CPU (estimated: sampled and weighted).
+	Count uint64
+	// OffCPU is, for an off-CPU sample, the time away from the CPU
+	// (estimated like Count), and Reason why it left ("runnable",
+	// "sleeping", "io_wait", "uninterruptible", "other").
+	OffCPU time.Duration
+	Reason string
 }
 
 // Window is the symbolized profile of one drain interval.
@@ -39,6 +46,9 @@ type Window struct {
 	// Period is the sampling period: each sample stands for this much CPU time.
 	Period  time.Duration
 	Samples []Sample
+	// OffCPU are the window's off-CPU samples: where threads waited, from
+	// the off-CPU sampler (none when it is off).
+	OffCPU []Sample
 }
 
 // Sampler is what the pipeline needs from the kernel side

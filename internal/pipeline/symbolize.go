@@ -43,24 +43,38 @@ func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
 		Samples: make([]Sample, 0, len(b.Samples)),
 	}
 	for i := range b.Samples {
-		rs := &b.Samples[i]
-		kernel := bs.kernelFrames(rs)
-		user := bs.userFrames(rs)
-		frames := make([]symbolizer.Frame, 0, len(kernel)+len(user))
-		frames = append(append(frames, kernel...), user...)
-		cgroup := p.cgroupPath(rs.CgroupID)
-		w.Samples = append(w.Samples, Sample{
-			PID:      rs.PID,
-			TID:      rs.TID,
-			Comm:     rs.Comm,
-			CgroupID: rs.CgroupID,
-			Cgroup:   cgroup,
-			Workload: p.workloadOf(cgroup),
-			Frames:   frames,
-			Count:    rs.Count,
-		})
+		w.Samples = append(w.Samples, p.sample(&bs, &b.Samples[i]))
+	}
+	if len(b.OffCPU) > 0 {
+		w.OffCPU = make([]Sample, 0, len(b.OffCPU))
+	}
+	for i := range b.OffCPU {
+		rs := &b.OffCPU[i]
+		s := p.sample(&bs, rs)
+		s.OffCPU = time.Duration(rs.OffCPUNanos)
+		s.Reason = rs.Reason.String()
+		w.OffCPU = append(w.OffCPU, s)
 	}
 	return w
+}
+
+// sample symbolizes one raw sample and labels it with its cgroup.
+func (p *Pipeline) sample(bs *batchSymbolizer, rs *profiler.RawSample) Sample {
+	kernel := bs.kernelFrames(rs)
+	user := bs.userFrames(rs)
+	frames := make([]symbolizer.Frame, 0, len(kernel)+len(user))
+	frames = append(append(frames, kernel...), user...)
+	cgroup := p.cgroupPath(rs.CgroupID)
+	return Sample{
+		PID:      rs.PID,
+		TID:      rs.TID,
+		Comm:     rs.Comm,
+		CgroupID: rs.CgroupID,
+		Cgroup:   cgroup,
+		Workload: p.workloadOf(cgroup),
+		Frames:   frames,
+		Count:    rs.Count,
+	}
 }
 
 func (p *Pipeline) workloadOf(cgroup string) *attribution.Workload {

@@ -206,12 +206,13 @@ func buildWorkloads(repo, dir string) (map[string]string, error) {
 // kept. A run that failed is reported, not retried.
 func measureBest(opt options, tmp string, s spec) *runResult {
 	best := measure(opt, tmp, s)
+	last := best
 	for n := 1; n <= opt.retries && best.err == nil && best.share() < noisyShare; n++ {
 		logf("%s: other work took %.1f%% of the workloads' CPUs: measuring again (%d of at most %d more)",
-			s.name, 100*(1-best.share()), n, opt.retries)
-		r := measure(opt, tmp, s)
-		if r.err == nil && r.share() > best.share() {
-			best = r
+			s.name, 100*(1-last.share()), n, opt.retries)
+		last = measure(opt, tmp, s)
+		if last.err == nil && last.share() > best.share() {
+			best = last
 		}
 		best.attempts = n + 1
 	}

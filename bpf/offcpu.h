@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Types of the off-CPU sampler (offcpu.bpf.c), shared through bpf2go with
+ * the Go side (profiler/offcpu.go). */
+#ifndef CGSCOPE_OFFCPU_H
+#define CGSCOPE_OFFCPU_H
+
+/* Why a task left the CPU; keep in step with profiler.OffCPUReasons. */
+enum offcpu_reason {
+	OFFCPU_RUNNABLE = 1,      /* preempted or yielded: waiting in the run queue */
+	OFFCPU_SLEEPING = 2,      /* interruptible sleep: locks, I/O on sockets and pipes, timers */
+	OFFCPU_IO = 3,            /* uninterruptible, in I/O wait (disk) */
+	OFFCPU_UNINTERRUPTIBLE = 4, /* uninterruptible, not I/O (kernel locks, page faults) */
+	OFFCPU_OTHER = 5,         /* stopped, traced, ... */
+	OFFCPU_REASONS,
+};
+
+/* sample_key.flags bits 16..23: the reason (enum offcpu_reason). */
+#define FLAG_OFFCPU_REASON_SHIFT 16
+
+/* Fixed point of off-CPU weights: a weight of WEIGHT_ONE is one switch-out. */
+#define OFFCPU_WEIGHT_SHIFT 10
+
+/* What a (thread, stacks, reason) key sums: switch-outs and blocked time,
+ * each weighted by the inverse of its sampling probability, in
+ * 1/2^OFFCPU_WEIGHT_SHIFT units. */
+struct offcpu_value {
+	__u64 weight;
+	__u64 ns;
+};
+
+/* offcpu_config[]: set by userspace, read at every switch. */
+enum offcpu_config_index {
+	OFFCPU_CFG_SCALE = 0,  /* host-wide sampling factor, 65536 = 1 */
+	OFFCPU_CFG_PER_TASK,   /* samples per second a thread gets at most before the factor */
+	OFFCPU_CFG_SAMPLING,   /* 1: sample switch-outs; 0: only finish the pending ones */
+	OFFCPU_CFG_SINCE,      /* ns: a pending sample older is from before a gap, dropped */
+	OFFCPU_CFG_DUTY,       /* 65536 / the fraction of time the program is attached */
+	OFFCPU_CFG_UNTIL,      /* ns: no new sample after (their switch-in must be seen) */
+	OFFCPU_CFG_MAX,
+};
+
+/* offcpu_stats[] (per CPU). Keep in step with profiler.OffCPUStats. */
+enum offcpu_stat_index {
+	OFFCPU_STAT_SWITCHES = 0, /* switch-outs seen */
+	OFFCPU_STAT_SAMPLED,      /* switch-outs whose stacks were taken */
+	OFFCPU_STAT_FINISHED,     /* samples whose blocked time was added */
+	OFFCPU_STAT_CENSORED,     /* samples dropped: their switch-in was not seen */
+	OFFCPU_STAT_COUNTS_FULL,  /* samples lost: the counts map was full */
+	OFFCPU_STAT_MAX,
+};
+
+/* The off-CPU state of one thread. */
+struct offcpu_task {
+	__u64 t_out;        /* when its sampled switch-out happened; 0: none pending */
+	__u64 weight;       /* of the pending sample */
+	__u64 window_start; /* of the per-thread rate window */
+	__u32 switches;     /* switch-outs in the current window */
+	__u32 rate;         /* switch-outs in the last window */
+	struct sample_key key;
+};
+
+#endif

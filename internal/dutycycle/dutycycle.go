@@ -1,0 +1,182 @@
+// Package dutycycle keeps BPF programs that run at every context switch
+// within a CPU budget whatever the host's switch rate: it attaches them for
+// only part of each period — all of it on a quiet host, a twentieth of it
+// on one that switches 150,000 times a second — at a random moment in the
+// period, so that what they see is a fair sample of the time. Each program
+// set is told how large a part it runs, to scale what it counts.
+package dutycycle
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Program is a set of programs attached together.
+type Program interface {
+	// Start attaches the programs for a window of the given length, the
+	// fraction duty of the period (1: attached throughout).
+	Start(window time.Duration, duty float64) error
+	// Stop detaches them.
+	Stop() error
+	// Runtime is the BPF time its programs used so far (kernel bpf_stats;
+	// 0 when they are off).
+	Runtime() time.Duration
+}
+
+// Config sets the budget.
+type Config struct {
+	// Budget is the BPF time per second the programs may use together.
+	Budget time.Duration
+	// Period holds one window (default 1s).
+	Period time.Duration
+	// Fallback is what one second attached is assumed to cost when
+	// bpf_stats say nothing (default 10ms: 40,000 switches at 250 ns).
+	Fallback time.Duration
+}
+
+// Stats say how it goes.
+type Stats struct {
+	Duty     float64       // the last period's fraction attached
+	Attached time.Duration // time attached so far
+	Cost     time.Duration // BPF time a second attached costs, as last measured
+}
+
+// Controller runs the windows of some programs.
+type Controller struct {
+	cfg   Config
+	progs []Program
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+// New returns a controller of progs; call Run.
+func New(cfg Config, progs ...Program) *Controller {
+	if cfg.Period <= 0 {
+		cfg.Period = time.Second
+	}
+	if cfg.Fallback <= 0 {
+		cfg.Fallback = 10 * time.Millisecond
+	}
+	return &Controller{cfg: cfg, progs: progs, stats: Stats{Duty: 1}}
+}
+
+// Run attaches the programs window by window until ctx ends, then detaches
+// them.
+func (c *Controller) Run(ctx context.Context) {
+	duty := 1.0
+	attached := false
+	defer func() {
+		if attached {
+			c.stop()
+		}
+	}()
+	for {
+		window := time.Duration(duty * float64(c.cfg.Period))
+		offset := time.Duration(0)
+		if duty < 1 {
+			offset = time.Duration(rand.Int64N(int64(c.cfg.Period - window + 1)))
+			if attached { // from a period attached throughout
+				c.stop()
+				attached = false
+			}
+		}
+		if !sleep(ctx, offset) {
+			return
+		}
+		before := c.runtime()
+		if !attached {
+			if err := c.start(window, duty); err != nil {
+				slog.Warn("attaching switch-time programs", "err", err)
+			}
+			attached = true
+		}
+		start := time.Now()
+		if !sleep(ctx, window) {
+			return
+		}
+		used, on := c.runtime()-before, time.Since(start)
+		if duty < 1 {
+			c.stop()
+			attached = false
+		}
+		c.record(on, duty)
+		duty = c.nextDuty(used, on)
+		if !sleep(ctx, c.cfg.Period-offset-on) {
+			return
+		}
+	}
+}
+
+// nextDuty is the fraction of the period the budget affords at the cost
+// per second attached just measured.
+func (c *Controller) nextDuty(used, on time.Duration) float64 {
+	cost := c.cfg.Fallback
+	if used > 0 && on > 0 {
+		cost = time.Duration(float64(used) / on.Seconds())
+	}
+	c.mu.Lock()
+	c.stats.Cost = cost
+	c.mu.Unlock()
+	// Not below a hundredth: a window must be long enough to see a switch
+	// in and out, and to measure the cost again.
+	return min(1, max(0.01, c.cfg.Budget.Seconds()/cost.Seconds()))
+}
+
+func (c *Controller) record(on time.Duration, duty float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.Duty = duty
+	c.stats.Attached += on
+}
+
+func (c *Controller) start(window time.Duration, duty float64) error {
+	var first error
+	for _, p := range c.progs {
+		if err := p.Start(window, duty); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (c *Controller) stop() {
+	for _, p := range c.progs {
+		if err := p.Stop(); err != nil {
+			slog.Warn("detaching switch-time programs", "err", err)
+		}
+	}
+}
+
+func (c *Controller) runtime() time.Duration {
+	var t time.Duration
+	for _, p := range c.progs {
+		t += p.Runtime()
+	}
+	return t
+}
+
+// Stats returns what the controller measured last.
+func (c *Controller) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+// sleep waits d or until ctx ends, and says whether ctx is still alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
