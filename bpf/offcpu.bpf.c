@@ -7,7 +7,10 @@
 // it left — and when a sampled thread comes back onto a CPU, the time it
 // was away is added to its stacks. Both halves happen in the one
 // tracepoint program, which needs no kprobe: the switch-out of prev and
-// the switch-in of next are the same event.
+// the switch-in of next are the same event. It is a BTF tracepoint
+// (tp_btf): its arguments are the kernel's own, with no trace record
+// formatted, and a thread's state lives in task-local storage, found from
+// the task without a hash lookup and freed with the task.
 //
 // Sampling: a thread's switch-outs are sampled with probability
 // min(1, per_task / its rate) times a host-wide factor, and each sample is
@@ -35,29 +38,48 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define NSEC_PER_SEC 1000000000ULL
 #define PF_KTHREAD 0x00200000
-/* prev_state as sched_switch reports it (TASK_REPORT bits). */
-#define STATE_INTERRUPTIBLE 0x1
-#define STATE_UNINTERRUPTIBLE 0x2
-#define STATE_IDLE 0x80        /* TASK_REPORT_IDLE: an idle kernel thread's D */
-#define STATE_PREEMPTED 0x100  /* TASK_REPORT_MAX: left the CPU runnable */
+/* Task states (include/linux/sched.h). */
+#define TASK_RUNNING 0x0
+#define TASK_INTERRUPTIBLE 0x1
+#define TASK_UNINTERRUPTIBLE 0x2
+#define TASK_NOLOAD 0x400
 /* The largest weight: a sample taken with a probability of 2^-18 (a
  * thread switching 200,000 times a second, on a host whose switches keep
  * the program attached a twentieth of the time, is at 2^-13). */
 #define MAX_WEIGHT (1ULL << (18 + OFFCPU_WEIGHT_SHIFT))
+/* The part of a window in which switch-outs are sampled (profiler/offcpu.go
+ * sampleShare), and the most a sample's weight grows for the chance that
+ * its block ended after the window. */
+#define SAMPLE_SHARE_PCT 80
+#define MAX_COMPLETION_FACTOR 16
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct offcpu_task);
 } offcpu_tasks SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, OFFCPU_CFG_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} offcpu_config SEC(".maps");
+// Set by userspace (profiler/offcpu.go) before attaching and at every window.
+struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50, .duty = 65536};
+
+// switch_time is the time of this switch, as the scheduler just took it:
+// the run queue's clock, updated at the start of __schedule, reached from
+// prev (every task's se.cfs_rq is its CPU's root or group run queue, with
+// CONFIG_FAIR_GROUP_SCHED). The program reads no clock of its own: on a
+// paravirtualized guest, bpf_ktime_get_ns() costs more than all the rest.
+// It is sched_clock, the same on every CPU where the TSC is stable, as the
+// scheduler itself assumes. A kernel without group scheduling uses the
+// monotonic clock, for every switch alike.
+static __always_inline __u64 switch_time(struct task_struct *prev)
+{
+	if (bpf_core_field_exists(prev->se.cfs_rq)) {
+		struct cfs_rq *cfs_rq = prev->se.cfs_rq;
+		if (cfs_rq)
+			return cfs_rq->rq->clock;
+	}
+	return bpf_ktime_get_ns();
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -66,43 +88,65 @@ struct {
 	__type(value, __u64);
 } offcpu_stats SEC(".maps");
 
-const struct offcpu_task zero_task = {};
-
-static __always_inline void offcpu_stat(__u32 idx)
+static __always_inline void offcpu_stats_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&offcpu_stats, &idx);
 	if (v)
-		*v += 1;
+		*v += n;
 }
 
-static __always_inline __u64 offcpu_cfg(__u32 idx)
+static __always_inline void offcpu_stat(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&offcpu_config, &idx);
-	return v ? *v : 0;
+	offcpu_stats_add(idx, 1);
 }
 
-// reason_of says why task left the CPU, from its reported state.
-static __always_inline __u32 reason_of(long state, struct task_struct *task)
+// reason_of says why task left the CPU, from its raw state (the BTF
+// tracepoint has task->__state, not the TASK_REPORT form of the classic
+// one).
+static __always_inline __u32 reason_of(bool preempt, unsigned int state, struct task_struct *task)
 {
-	if (state == 0 || (state & STATE_PREEMPTED))
+	if (preempt || state == TASK_RUNNING)
 		return OFFCPU_RUNNABLE;
-	if (state & (STATE_INTERRUPTIBLE | STATE_IDLE))
+	if (state & TASK_INTERRUPTIBLE)
 		return OFFCPU_SLEEPING;
-	if (state & STATE_UNINTERRUPTIBLE)
-		return BPF_CORE_READ_BITFIELD(task, in_iowait) ? OFFCPU_IO : OFFCPU_UNINTERRUPTIBLE;
+	if (state & TASK_UNINTERRUPTIBLE) {
+		if (state & TASK_NOLOAD)
+			return OFFCPU_SLEEPING; // TASK_IDLE: a kernel thread waiting for work
+		return task->in_iowait ? OFFCPU_IO : OFFCPU_UNINTERRUPTIBLE;
+	}
 	return OFFCPU_OTHER;
+}
+
+// completion_weight corrects the weight of a sample taken while the program
+// is attached only part of the time, for the chance that its blocked time
+// ended while it still was: switch-outs are sampled in the first
+// SAMPLE_SHARE of a window of W ns and seen back until its end, so a block
+// of D ns is seen whole with probability min(SAMPLE_SHARE W, W - D) /
+// (SAMPLE_SHARE W). Dividing by it keeps sums of long blocks unbiased;
+// the factor is capped (blocks of nearly the window vary too much), which
+// undercounts only blocks longer than 15/16 of the window.
+static __always_inline __u64 completion_weight(__u64 weight, __u64 blocked)
+{
+	__u64 window = offcpu_cfg.window;
+	__u64 share = window * SAMPLE_SHARE_PCT / 100;
+	if (!window || blocked <= window - share)
+		return weight;
+	__u64 left = blocked < window ? window - blocked : 0;
+	if (left * MAX_COMPLETION_FACTOR < share)
+		return weight * MAX_COMPLETION_FACTOR;
+	return weight * share / left;
 }
 
 // finish adds the time a sampled thread was away to its sample, now that
 // it comes back onto the CPU.
-static __always_inline void finish(__u32 tid, __u64 now)
+static __always_inline void finish(struct task_struct *task, __u64 now)
 {
-	struct offcpu_task *t = bpf_map_lookup_elem(&offcpu_tasks, &tid);
+	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, task, 0, 0);
 	if (!t || !t->t_out)
 		return;
 	__u64 t_out = t->t_out, weight = t->weight;
 	t->t_out = 0;
-	if (t_out < offcpu_cfg(OFFCPU_CFG_SINCE) || now <= t_out) {
+	if (t->epoch != offcpu_cfg.epoch || now <= t_out) {
 		offcpu_stat(OFFCPU_STAT_CENSORED); // its switch-in fell in a gap
 		return;
 	}
@@ -124,11 +168,13 @@ static __always_inline void finish(__u32 tid, __u64 now)
 			return;
 		}
 	}
-	// blocked * weight / 2^shift without overflow: weight < 2^28, and the
-	// blocked time's high part below 2^35 (a thread away for 10 hours).
 	__u64 blocked = now - t_out;
-	__u64 ns = (blocked >> OFFCPU_WEIGHT_SHIFT) * weight +
-		   (((blocked & ((1 << OFFCPU_WEIGHT_SHIFT) - 1)) * weight) >> OFFCPU_WEIGHT_SHIFT);
+	weight = completion_weight(weight, blocked);
+	// blocked * weight / 2^shift without overflow: weight < 2^32, and the
+	// high part saturates (a thread away for days at a weight of thousands).
+	__u64 hi = blocked >> OFFCPU_WEIGHT_SHIFT, lo = blocked & ((1 << OFFCPU_WEIGHT_SHIFT) - 1);
+	__u64 hi_max = (1ULL << 62) / weight;
+	__u64 ns = (hi < hi_max ? hi : hi_max) * weight + ((lo * weight) >> OFFCPU_WEIGHT_SHIFT);
 	__sync_fetch_and_add(&v->weight, weight);
 	__sync_fetch_and_add(&v->ns, ns);
 	offcpu_stat(OFFCPU_STAT_FINISHED);
@@ -144,18 +190,18 @@ static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
 		t->window_start = now;
 	}
 	t->switches++;
-	if (!offcpu_cfg(OFFCPU_CFG_SAMPLING) || now >= offcpu_cfg(OFFCPU_CFG_UNTIL))
+	if (!offcpu_cfg.sampling)
 		return 0;
 	// p = min(1, per_task / rate) * scale, as a fraction of 2^32.
 	__u64 rate = t->rate > t->switches ? t->rate : t->switches;
-	__u64 per_task = offcpu_cfg(OFFCPU_CFG_PER_TASK), scale = offcpu_cfg(OFFCPU_CFG_SCALE);
+	__u64 per_task = offcpu_cfg.per_task, scale = offcpu_cfg.scale;
 	__u64 p = rate <= per_task ? (1ULL << 32) : (per_task << 32) / rate;
 	p = (p >> 16) * (scale > 65536 ? 65536 : scale);
 	if (p == 0 || (p < (1ULL << 32) && bpf_get_prandom_u32() >= p))
 		return 0;
 	// 1/p, and 1/the fraction of time this program is attached: a sample
 	// stands for the switch-outs of the time it was not.
-	__u64 duty = offcpu_cfg(OFFCPU_CFG_DUTY);
+	__u64 duty = offcpu_cfg.duty;
 	__u64 weight = ((1ULL << (32 + OFFCPU_WEIGHT_SHIFT)) / p) * (duty ? duty : 65536) >> 16;
 	return weight > MAX_WEIGHT ? MAX_WEIGHT : weight;
 }
@@ -189,37 +235,35 @@ static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key,
 
 // sample_out takes the stacks of the current task, leaving the CPU, when
 // it is sampled.
-static __always_inline void sample_out(void *ctx, long state, __u64 now)
+static __always_inline void sample_out(void *ctx, bool preempt, unsigned int state, struct task_struct *task,
+				       __u64 now)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, pid = pid_tgid >> 32;
 	offcpu_stat(OFFCPU_STAT_SWITCHES);
-
-	struct offcpu_task *t = bpf_map_lookup_elem(&offcpu_tasks, &tid);
-	if (!t) {
-		bpf_map_update_elem(&offcpu_tasks, &tid, &zero_task, BPF_NOEXIST);
-		t = bpf_map_lookup_elem(&offcpu_tasks, &tid);
-		if (!t)
-			return;
-	}
+	if (task->flags & PF_KTHREAD)
+		return; // kernel threads: no user stack, and their waiting is their job
+	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t)
+		return;
 	__u64 weight = sampling_weight(t, now);
 	if (!weight)
 		return;
-	struct task_struct *task = bpf_get_current_task_btf();
-	if (task->flags & PF_KTHREAD)
-		return; // kernel threads: no user stack, and their waiting is their job
+	// Taking stacks costs a hundred times more than the rest; its time is
+	// measured (two clock reads are a small part of it), so that userspace
+	// holds samples to their share of the budget.
+	__u64 started = bpf_ktime_get_ns();
 
 	__u32 zero = 0;
 	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
 	if (!trace)
 		return;
+	__u32 pid = task->tgid;
 	struct sample_key *key = &t->key;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->pid = pid;
-	key->tid = tid;
+	key->tid = task->pid;
 	key->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(key->comm, sizeof(key->comm));
-	key->flags = reason_of(state, task) << FLAG_OFFCPU_REASON_SHIFT;
+	key->flags = reason_of(preempt, state, task) << FLAG_OFFCPU_REASON_SHIFT;
 
 	long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), 0);
 	if (n > 0) {
@@ -237,23 +281,25 @@ static __always_inline void sample_out(void *ctx, long state, __u64 now)
 			process_event(pid, PROCESS_NEW, c);
 	}
 	t->weight = weight;
+	t->epoch = offcpu_cfg.epoch;
 	t->t_out = now;
 	offcpu_stat(OFFCPU_STAT_SAMPLED);
+	offcpu_stats_add(OFFCPU_STAT_SAMPLE_NS, bpf_ktime_get_ns() - started);
 }
 
-SEC("tracepoint/sched/sched_switch")
-int offcpu_switch(struct trace_event_raw_sched_switch *ctx)
+// The tracepoint fires in __schedule before the switch: prev is still the
+// current task.
+SEC("tp_btf/sched_switch")
+int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u32 next = ctx->next_pid;
-	if (next)
+	__u64 now = switch_time(prev);
+	if (next->pid)
 		finish(next, now);
-	if (ctx->prev_pid)
-		sample_out(ctx, ctx->prev_state, now);
+	if (prev->pid)
+		sample_out(ctx, preempt, prev_state, prev, now);
 	return 0;
 }
 
 // Referenced so their BTF reaches bpf2go, which generates the Go types.
 const enum offcpu_reason *unused_offcpu_reason __attribute__((unused));
-const enum offcpu_config_index *unused_offcpu_config_index __attribute__((unused));
 const enum offcpu_stat_index *unused_offcpu_stat_index __attribute__((unused));

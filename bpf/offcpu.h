@@ -28,15 +28,15 @@ struct offcpu_value {
 	__u64 ns;
 };
 
-/* offcpu_config[]: set by userspace, read at every switch. */
-enum offcpu_config_index {
-	OFFCPU_CFG_SCALE = 0,  /* host-wide sampling factor, 65536 = 1 */
-	OFFCPU_CFG_PER_TASK,   /* samples per second a thread gets at most before the factor */
-	OFFCPU_CFG_SAMPLING,   /* 1: sample switch-outs; 0: only finish the pending ones */
-	OFFCPU_CFG_SINCE,      /* ns: a pending sample older is from before a gap, dropped */
-	OFFCPU_CFG_DUTY,       /* 65536 / the fraction of time the program is attached */
-	OFFCPU_CFG_UNTIL,      /* ns: no new sample after (their switch-in must be seen) */
-	OFFCPU_CFG_MAX,
+/* The sampler's settings, a global variable userspace sets (read at every
+ * switch without a map lookup). */
+struct offcpu_config {
+	__u64 scale;    /* host-wide sampling factor, 65536 = 1 */
+	__u64 per_task; /* samples per second a thread gets at most before the factor */
+	__u64 sampling; /* 1: sample switch-outs; 0: only finish the pending ones */
+	__u64 epoch;    /* the attachment window: a sample pending from another is dropped */
+	__u64 duty;     /* 65536 / the fraction of time the program is attached */
+	__u64 window;   /* ns the program stays attached; 0: throughout */
 };
 
 /* offcpu_stats[] (per CPU). Keep in step with profiler.OffCPUStats. */
@@ -46,6 +46,7 @@ enum offcpu_stat_index {
 	OFFCPU_STAT_FINISHED,     /* samples whose blocked time was added */
 	OFFCPU_STAT_CENSORED,     /* samples dropped: their switch-in was not seen */
 	OFFCPU_STAT_COUNTS_FULL,  /* samples lost: the counts map was full */
+	OFFCPU_STAT_SAMPLE_NS,    /* ns spent taking the samples' stacks */
 	OFFCPU_STAT_MAX,
 };
 
@@ -54,6 +55,7 @@ struct offcpu_task {
 	__u64 t_out;        /* when its sampled switch-out happened; 0: none pending */
 	__u64 weight;       /* of the pending sample */
 	__u64 window_start; /* of the per-thread rate window */
+	__u64 epoch;        /* of the pending sample */
 	__u32 switches;     /* switch-outs in the current window */
 	__u32 rate;         /* switch-outs in the last window */
 	struct sample_key key;

@@ -13,17 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type OffCPUOffcpuConfigIndex uint32
-
-const (
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_SCALE    OffCPUOffcpuConfigIndex = 0
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_PER_TASK OffCPUOffcpuConfigIndex = 1
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_SAMPLING OffCPUOffcpuConfigIndex = 2
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_SINCE    OffCPUOffcpuConfigIndex = 3
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_DUTY     OffCPUOffcpuConfigIndex = 4
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_UNTIL    OffCPUOffcpuConfigIndex = 5
-	OffCPUOffcpuConfigIndexOFFCPU_CFG_MAX      OffCPUOffcpuConfigIndex = 6
-)
+type OffCPUOffcpuConfig struct {
+	_        structs.HostLayout
+	Scale    uint64
+	PerTask  uint64
+	Sampling uint64
+	Epoch    uint64
+	Duty     uint64
+	Window   uint64
+}
 
 type OffCPUOffcpuReason uint32
 
@@ -44,7 +42,8 @@ const (
 	OffCPUOffcpuStatIndexOFFCPU_STAT_FINISHED    OffCPUOffcpuStatIndex = 2
 	OffCPUOffcpuStatIndexOFFCPU_STAT_CENSORED    OffCPUOffcpuStatIndex = 3
 	OffCPUOffcpuStatIndexOFFCPU_STAT_COUNTS_FULL OffCPUOffcpuStatIndex = 4
-	OffCPUOffcpuStatIndexOFFCPU_STAT_MAX         OffCPUOffcpuStatIndex = 5
+	OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS   OffCPUOffcpuStatIndex = 5
+	OffCPUOffcpuStatIndexOFFCPU_STAT_MAX         OffCPUOffcpuStatIndex = 6
 )
 
 type OffCPUOffcpuTask struct {
@@ -52,6 +51,7 @@ type OffCPUOffcpuTask struct {
 	T_out       uint64
 	Weight      uint64
 	WindowStart uint64
+	Epoch       uint64
 	Switches    uint32
 	Rate        uint32
 	Key         OffCPUSampleKey
@@ -131,32 +131,30 @@ type OffCPUUnwindTable struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	OffCPUMapControl                 = "control"
-	OffCPUMapKnownProcs              = "known_procs"
-	OffCPUMapOffcpuConfig            = "offcpu_config"
-	OffCPUMapOffcpuCounts            = "offcpu_counts"
-	OffCPUMapOffcpuCounts0           = "offcpu_counts0"
-	OffCPUMapOffcpuCounts1           = "offcpu_counts1"
-	OffCPUMapOffcpuStacks            = "offcpu_stacks"
-	OffCPUMapOffcpuStats             = "offcpu_stats"
-	OffCPUMapOffcpuTasks             = "offcpu_tasks"
-	OffCPUMapProcEvents              = "proc_events"
-	OffCPUMapScratch                 = "scratch"
-	OffCPUMapStacks                  = "stacks"
-	OffCPUMapStacks0                 = "stacks0"
-	OffCPUMapStacks1                 = "stacks1"
-	OffCPUMapStats                   = "stats"
-	OffCPUMapUnwindIndex             = "unwind_index"
-	OffCPUMapUnwindLeaves            = "unwind_leaves"
-	OffCPUMapUnwindProcs             = "unwind_procs"
-	OffCPUMapUnwindRegs              = "unwind_regs"
-	OffCPUMapUnwindTables            = "unwind_tables"
-	OffCPUProgOffcpuSwitch           = "offcpu_switch"
-	OffCPUProgUnwindProbe            = "unwind_probe"
-	OffCPUVarUnusedOffcpuConfigIndex = "unused_offcpu_config_index"
-	OffCPUVarUnusedOffcpuReason      = "unused_offcpu_reason"
-	OffCPUVarUnusedOffcpuStatIndex   = "unused_offcpu_stat_index"
-	OffCPUVarZeroTask                = "zero_task"
+	OffCPUMapControl               = "control"
+	OffCPUMapKnownProcs            = "known_procs"
+	OffCPUMapOffcpuCounts          = "offcpu_counts"
+	OffCPUMapOffcpuCounts0         = "offcpu_counts0"
+	OffCPUMapOffcpuCounts1         = "offcpu_counts1"
+	OffCPUMapOffcpuStacks          = "offcpu_stacks"
+	OffCPUMapOffcpuStats           = "offcpu_stats"
+	OffCPUMapOffcpuTasks           = "offcpu_tasks"
+	OffCPUMapProcEvents            = "proc_events"
+	OffCPUMapScratch               = "scratch"
+	OffCPUMapStacks                = "stacks"
+	OffCPUMapStacks0               = "stacks0"
+	OffCPUMapStacks1               = "stacks1"
+	OffCPUMapStats                 = "stats"
+	OffCPUMapUnwindIndex           = "unwind_index"
+	OffCPUMapUnwindLeaves          = "unwind_leaves"
+	OffCPUMapUnwindProcs           = "unwind_procs"
+	OffCPUMapUnwindRegs            = "unwind_regs"
+	OffCPUMapUnwindTables          = "unwind_tables"
+	OffCPUProgOffcpuSwitch         = "offcpu_switch"
+	OffCPUProgUnwindProbe          = "unwind_probe"
+	OffCPUVarOffcpuCfg             = "offcpu_cfg"
+	OffCPUVarUnusedOffcpuReason    = "unused_offcpu_reason"
+	OffCPUVarUnusedOffcpuStatIndex = "unused_offcpu_stat_index"
 )
 
 // LoadOffCPU returns the embedded CollectionSpec for OffCPU.
@@ -211,7 +209,6 @@ type OffCPUProgramSpecs struct {
 type OffCPUMapSpecs struct {
 	Control       *ebpf.MapSpec `ebpf:"control"`
 	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
-	OffcpuConfig  *ebpf.MapSpec `ebpf:"offcpu_config"`
 	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
 	OffcpuCounts0 *ebpf.MapSpec `ebpf:"offcpu_counts0"`
 	OffcpuCounts1 *ebpf.MapSpec `ebpf:"offcpu_counts1"`
@@ -235,10 +232,9 @@ type OffCPUMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type OffCPUVariableSpecs struct {
-	UnusedOffcpuConfigIndex *ebpf.VariableSpec `ebpf:"unused_offcpu_config_index"`
-	UnusedOffcpuReason      *ebpf.VariableSpec `ebpf:"unused_offcpu_reason"`
-	UnusedOffcpuStatIndex   *ebpf.VariableSpec `ebpf:"unused_offcpu_stat_index"`
-	ZeroTask                *ebpf.VariableSpec `ebpf:"zero_task"`
+	OffcpuCfg             *ebpf.VariableSpec `ebpf:"offcpu_cfg"`
+	UnusedOffcpuReason    *ebpf.VariableSpec `ebpf:"unused_offcpu_reason"`
+	UnusedOffcpuStatIndex *ebpf.VariableSpec `ebpf:"unused_offcpu_stat_index"`
 }
 
 // OffCPUObjects contains all objects after they have been loaded into the kernel.
@@ -263,7 +259,6 @@ func (o *OffCPUObjects) Close() error {
 type OffCPUMaps struct {
 	Control       *ebpf.Map `ebpf:"control"`
 	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
-	OffcpuConfig  *ebpf.Map `ebpf:"offcpu_config"`
 	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
 	OffcpuCounts0 *ebpf.Map `ebpf:"offcpu_counts0"`
 	OffcpuCounts1 *ebpf.Map `ebpf:"offcpu_counts1"`
@@ -287,7 +282,6 @@ func (m *OffCPUMaps) Close() error {
 	return _OffCPUClose(
 		m.Control,
 		m.KnownProcs,
-		m.OffcpuConfig,
 		m.OffcpuCounts,
 		m.OffcpuCounts0,
 		m.OffcpuCounts1,
@@ -312,10 +306,9 @@ func (m *OffCPUMaps) Close() error {
 //
 // It can be passed to LoadOffCPUObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OffCPUVariables struct {
-	UnusedOffcpuConfigIndex *ebpf.Variable `ebpf:"unused_offcpu_config_index"`
-	UnusedOffcpuReason      *ebpf.Variable `ebpf:"unused_offcpu_reason"`
-	UnusedOffcpuStatIndex   *ebpf.Variable `ebpf:"unused_offcpu_stat_index"`
-	ZeroTask                *ebpf.Variable `ebpf:"zero_task"`
+	OffcpuCfg             *ebpf.Variable `ebpf:"offcpu_cfg"`
+	UnusedOffcpuReason    *ebpf.Variable `ebpf:"unused_offcpu_reason"`
+	UnusedOffcpuStatIndex *ebpf.Variable `ebpf:"unused_offcpu_stat_index"`
 }
 
 // OffCPUPrograms contains all programs after they have been loaded into the kernel.

@@ -372,7 +372,11 @@ func (s *Sampler) Stats() (Stats, error) {
 // ProgramStats returns run count and run time of the sampler's program. The
 // kernel counts them only while BPF statistics are enabled (bpfstats.Enable).
 func (s *Sampler) ProgramStats() ([]bpfstats.Program, error) {
-	return bpfstats.Of(map[string]*ebpf.Program{bpf.ProfileProgSampleCpu: s.objs.SampleCpu})
+	progs := map[string]*ebpf.Program{bpf.ProfileProgSampleCpu: s.objs.SampleCpu}
+	if o := s.offCPU.Load(); o != nil {
+		progs[bpf.OffCPUProgOffcpuSwitch] = o.objs.Switch
+	}
+	return bpfstats.Of(progs)
 }
 
 // forgetExited removes the processes that no longer exist from the kernel

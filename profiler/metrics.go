@@ -18,6 +18,15 @@ var (
 	descUserStacks = prometheus.NewDesc("cgscope_user_stacks_total",
 		"User stacks sampled, by how their walk ended: complete, frame_pointers (the kernel's walk, for processes without unwind tables), or truncated: depth_limit, read_failed, unsupported_rule, outside_mappings, bad_frame (these end with a [truncated: reason] frame in profiles).",
 		[]string{"end"}, nil)
+	descOffCPUSwitches = prometheus.NewDesc("cgscope_offcpu_switches_total",
+		"Context switches the off-CPU sampler saw. On a host that switches too often for it to run all the time within --scheduler.bpf-budget it is attached part of the time (cgscope_scheduler_programs_duty_ratio) and its samples are weighted up.", nil, nil)
+	descOffCPUSamples = prometheus.NewDesc("cgscope_offcpu_samples_total",
+		"Switch-outs whose stacks the off-CPU sampler took.", nil, nil)
+	descOffCPULost = prometheus.NewDesc("cgscope_offcpu_samples_lost_total",
+		"Off-CPU samples lost, by reason: switch_in_unseen (the thread came back while the sampler was detached, so its blocked time is unknown; long blocks on busy hosts), counts_map_full (raise --profiling.max-sample-keys), stack_evicted (the sample is kept without its stack; raise --profiling.max-stacks).",
+		[]string{"reason"}, nil)
+	descOffCPUScale = prometheus.NewDesc("cgscope_offcpu_sampling_ratio",
+		"Host-wide factor on every thread's off-CPU sampling probability, lowered to keep samples near --profiling.off-cpu.max-samples a second.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -26,6 +35,10 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descUserFrames
 	ch <- descUserStacks
+	ch <- descOffCPUSwitches
+	ch <- descOffCPUSamples
+	ch <- descOffCPULost
+	ch <- descOffCPUScale
 }
 
 // Collect implements prometheus.Collector: the sampler's Stats.
@@ -46,4 +59,19 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 	for _, end := range StackEnds {
 		ch <- prometheus.MustNewConstMetric(descUserStacks, prometheus.CounterValue, float64(st.UserStacks[end]), end)
 	}
+	if o := s.offCPU.Load(); o != nil {
+		s.collectOffCPU(ch, o.Stats())
+	}
+}
+
+func (s *Sampler) collectOffCPU(ch chan<- prometheus.Metric, st OffCPUStats) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descOffCPUSwitches, st.Switches)
+	counter(descOffCPUSamples, st.Sampled)
+	counter(descOffCPULost, st.Censored, "switch_in_unseen")
+	counter(descOffCPULost, st.CountsFull, "counts_map_full")
+	counter(descOffCPULost, s.offCPUStacksLost.Load(), "stack_evicted")
+	ch <- prometheus.MustNewConstMetric(descOffCPUScale, prometheus.GaugeValue, st.Scale)
 }

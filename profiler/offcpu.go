@@ -3,14 +3,13 @@ package profiler
 import (
 	"errors"
 	"fmt"
-	"math"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/cgscope/cgscope/bpf"
 )
@@ -49,9 +48,10 @@ type OffCPUConfig struct {
 	// MaxSamples bounds the samples a second host-wide: above it, every
 	// thread's rate is scaled down.
 	MaxSamples int
-	// MaxThreads bounds the threads whose state is kept (least recently
-	// switched go first).
-	MaxThreads int
+	// SampleBudget bounds the time a second spent taking stacks (measured
+	// in the program): samples are scaled down to fit it too. Zero: no
+	// bound but MaxSamples.
+	SampleBudget time.Duration
 	// BTF is the parsed kernel BTF shared with other loads (the program
 	// reads a task's flags and I/O-wait bit with CO-RE).
 	BTF *btf.Cache
@@ -59,7 +59,7 @@ type OffCPUConfig struct {
 
 // DefaultOffCPUConfig returns the sizes cgscope uses unless told otherwise.
 func DefaultOffCPUConfig() OffCPUConfig {
-	return OffCPUConfig{PerThread: 50, MaxSamples: 2000, MaxThreads: 65536}
+	return OffCPUConfig{PerThread: 20, MaxSamples: 1000}
 }
 
 // OffCPU is the loaded off-CPU sampler; a dutycycle.Program.
@@ -67,30 +67,41 @@ type OffCPU struct {
 	cfg  OffCPUConfig
 	objs offcpuObjects
 
-	mu      sync.Mutex // guards link, scale and the counts below
-	link    link.Link
-	scale   float64 // host-wide sampling factor, 0..1
-	sampled uint64  // OFFCPU_STAT_SAMPLED at the last Start
-	since   time.Time
+	mu     sync.Mutex // guards what follows
+	link   link.Link
+	halted bool    // the sampler stopped: Start attaches no more
+	scale  float64 // host-wide sampling factor, 0..1
+	// settings are what the program was last configured with.
+	settings bpf.OffCPUOffcpuConfig
+	// stopSampling ends sampling before a window ends.
+	stopSampling *time.Timer
+	sampled      uint64        // OFFCPU_STAT_SAMPLED at the last Start
+	spent        time.Duration // OFFCPU_STAT_SAMPLE_NS at the last Start
+	since        time.Time
+	// sampleCost is what taking one sample's stacks cost, on average
+	// since the last Start.
+	sampleCost time.Duration
+
+	closeOnce sync.Once
 }
 
 type offcpuObjects struct {
-	Switch *ebpf.Program `ebpf:"offcpu_switch"`
-	Tasks  *ebpf.Map     `ebpf:"offcpu_tasks"`
-	Config *ebpf.Map     `ebpf:"offcpu_config"`
-	Stats  *ebpf.Map     `ebpf:"offcpu_stats"`
+	Switch *ebpf.Program  `ebpf:"offcpu_switch"`
+	Tasks  *ebpf.Map      `ebpf:"offcpu_tasks"`
+	Stats  *ebpf.Map      `ebpf:"offcpu_stats"`
+	Config *ebpf.Variable `ebpf:"offcpu_cfg"`
 }
 
 func (o *offcpuObjects) Close() error {
-	return errors.Join(o.Switch.Close(), o.Tasks.Close(), o.Config.Close(), o.Stats.Close())
+	return errors.Join(o.Switch.Close(), o.Tasks.Close(), o.Stats.Close())
 }
 
 // LoadOffCPU loads the off-CPU sampler against the CPU sampler's maps; it
 // samples once Start attaches it. Close the Sampler after it.
 func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
-	if cfg.PerThread < 1 || cfg.MaxSamples < 1 || cfg.MaxThreads < 64 {
-		return nil, fmt.Errorf("off-CPU sampler: per-thread %d, max samples %d, max threads %d: want at least 1, 1 and 64",
-			cfg.PerThread, cfg.MaxSamples, cfg.MaxThreads)
+	if cfg.PerThread < 1 || cfg.MaxSamples < 1 {
+		return nil, fmt.Errorf("off-CPU sampler: per-thread %d, max samples %d: want at least 1 each",
+			cfg.PerThread, cfg.MaxSamples)
 	}
 	spec, err := bpf.LoadOffCPU()
 	if err != nil {
@@ -113,12 +124,12 @@ func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
 			ms.InnerMap.MaxEntries = shared[name+"0"].MaxEntries()
 		}
 	}
-	spec.Maps[bpf.OffCPUMapOffcpuTasks].MaxEntries = uint32(cfg.MaxThreads)
 	o := &OffCPU{cfg: cfg, scale: 1}
 	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{MapReplacements: shared, Cache: cfg.BTF}); err != nil {
 		return nil, fmt.Errorf("loading the off-CPU sampler: %w", err)
 	}
-	if err := o.configure(math.MaxUint64, 1, false); err != nil {
+	o.settings = bpf.OffCPUOffcpuConfig{Scale: 65536, PerTask: uint64(cfg.PerThread), Duty: 65536}
+	if err := o.configure(o.settings); err != nil {
 		o.objs.Close()
 		return nil, err
 	}
@@ -126,72 +137,131 @@ func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
 	return o, nil
 }
 
-// configure sets what the program reads at every switch.
-func (o *OffCPU) configure(until uint64, duty float64, sampling bool) error {
-	set := func(i bpf.OffCPUOffcpuConfigIndex, v uint64) error {
-		return o.objs.Config.Update(uint32(i), v, ebpf.UpdateAny)
+// configure sets what the program reads at every switch. o.mu is held.
+func (o *OffCPU) configure(cfg bpf.OffCPUOffcpuConfig) error {
+	if err := o.objs.Config.Set(cfg); err != nil {
+		return fmt.Errorf("configuring the off-CPU sampler: %w", err)
 	}
-	return errors.Join(
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_SCALE, uint64(o.scale*65536)),
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_PER_TASK, uint64(o.cfg.PerThread)),
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_SAMPLING, boolU64(sampling)),
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_SINCE, monotonicNow()),
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_DUTY, uint64(65536/max(duty, 1.0/65536))),
-		set(bpf.OffCPUOffcpuConfigIndexOFFCPU_CFG_UNTIL, until),
-	)
+	o.settings = cfg
+	return nil
 }
 
-// sampleShare is the part of a window in which switch-outs are sampled;
-// in the rest the program only finishes the samples it took, so that
-// blocked times up to a fifth of the window are seen whole.
+// sampleShare is the part of a window in which switch-outs are sampled
+// (SAMPLE_SHARE_PCT in offcpu.bpf.c); in the rest the program only
+// finishes the samples it took, so that blocked times up to a fifth of the
+// window are always seen whole, and longer ones (up to the window) often
+// enough to be weighted up.
 const sampleShare = 0.8
 
 // Start attaches the program for a window, the fraction duty of the time:
-// samples taken before (whose switch-in it did not see) are dropped, new
-// ones are weighted by 1/duty.
+// samples pending from an earlier window (whose switch-in it may have
+// missed) are dropped, new ones are weighted by 1/duty. Called again while
+// attached throughout (duty 1), it only adjusts the sampling to the rate
+// since the last call.
 func (o *OffCPU) Start(window time.Duration, duty float64) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.adjustScale()
-	until := uint64(math.MaxUint64)
-	if duty < 1 {
-		until = monotonicNow() + uint64(sampleShare*float64(window))
-		duty *= sampleShare
+	if o.halted {
+		return nil
 	}
-	if err := o.configure(until, duty, true); err != nil {
+	o.adjustScale()
+	cfg := o.settings
+	cfg.Scale = uint64(o.scale * 65536)
+	cfg.PerTask = uint64(o.cfg.PerThread)
+	cfg.Sampling = 1
+	cfg.Window = 0
+	if o.link == nil {
+		cfg.Epoch++
+	}
+	if duty < 1 {
+		duty *= sampleShare
+		cfg.Window = uint64(window)
+		epoch := cfg.Epoch
+		o.stopSampling = time.AfterFunc(time.Duration(sampleShare*float64(window)), func() { o.endSampling(epoch) })
+	}
+	cfg.Duty = uint64(65536 / max(duty, 1.0/65536))
+	if err := o.configure(cfg); err != nil {
 		return err
 	}
 	if o.link != nil {
 		return nil
 	}
-	l, err := link.Tracepoint("sched", "sched_switch", o.objs.Switch, nil)
+	l, err := link.AttachTracing(link.TracingOptions{Program: o.objs.Switch})
 	if err != nil {
-		return fmt.Errorf("attaching the off-CPU sampler to sched:sched_switch: %w", err)
+		return fmt.Errorf("attaching the off-CPU sampler to tp_btf/sched_switch: %w", err)
 	}
 	o.link = l
 	return nil
 }
 
-// adjustScale keeps the host-wide samples a second near MaxSamples: the
-// factor follows the rate since the last window. o.mu is held.
-func (o *OffCPU) adjustScale() {
-	sampled := o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLED)
-	now := time.Now()
-	if !o.since.IsZero() {
-		rate := float64(sampled-o.sampled) / now.Sub(o.since).Seconds()
-		if rate > float64(o.cfg.MaxSamples) {
-			o.scale = max(o.scale*float64(o.cfg.MaxSamples)/rate, 1.0/65536)
-		} else if rate < float64(o.cfg.MaxSamples)/2 {
-			o.scale = min(1, o.scale*2)
-		}
+// endSampling stops taking new samples in the window epoch, whose end is
+// near: the rest of it finishes the samples taken.
+func (o *OffCPU) endSampling(epoch uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.link == nil || o.settings.Epoch != epoch {
+		return
 	}
-	o.sampled, o.since = sampled, now
+	cfg := o.settings
+	cfg.Sampling = 0
+	if err := o.configure(cfg); err != nil {
+		slog.Warn("ending an off-CPU sampling window", "err", err)
+	}
 }
 
-// Stop detaches the program.
+// adjustScale keeps the host-wide samples a second within what
+// MaxSamples and SampleBudget allow: the factor follows the rate, and the
+// cost of a sample, measured since the last window. o.mu is held.
+func (o *OffCPU) adjustScale() {
+	sampled := o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLED)
+	spent := time.Duration(o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS))
+	now := time.Now()
+	if !o.since.IsZero() && sampled > o.sampled {
+		n := float64(sampled - o.sampled)
+		rate := n / now.Sub(o.since).Seconds()
+		o.sampleCost = time.Duration(float64(spent-o.spent) / n)
+		target := o.targetRate()
+		if rate > target {
+			o.scale = max(o.scale*target/rate, 1.0/65536)
+		} else if rate < target/2 {
+			o.scale = min(1, o.scale*2)
+		}
+	} else if !o.since.IsZero() {
+		o.scale = min(1, o.scale*2)
+	}
+	o.sampled, o.spent, o.since = sampled, spent, now
+}
+
+// targetRate is the samples a second the sampler aims at most: MaxSamples,
+// or fewer when samples cost more than SampleBudget at that rate.
+func (o *OffCPU) targetRate() float64 {
+	target := float64(o.cfg.MaxSamples)
+	if o.cfg.SampleBudget > 0 && o.sampleCost > 0 {
+		target = min(target, float64(o.cfg.SampleBudget)/float64(o.sampleCost))
+	}
+	return max(target, 1)
+}
+
+// Stop detaches the program until the next Start.
 func (o *OffCPU) Stop() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.detach()
+}
+
+// halt detaches the program for good: the sampler stops.
+func (o *OffCPU) halt() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.halted = true
+	return o.detach()
+}
+
+func (o *OffCPU) detach() error {
+	if o.stopSampling != nil {
+		o.stopSampling.Stop()
+		o.stopSampling = nil
+	}
 	if o.link == nil {
 		return nil
 	}
@@ -200,24 +270,36 @@ func (o *OffCPU) Stop() error {
 	return err
 }
 
-// Runtime is the BPF time the program used so far.
+// Runtime is the BPF time the program used so far: the kernel's bpf_stats
+// when they are on; without them, an estimate from the switches it counted
+// and the time its samples took, so that the duty cycle still keeps the
+// program near its budget.
 func (o *OffCPU) Runtime() time.Duration {
-	st, err := o.objs.Switch.Stats()
-	if err != nil {
-		return 0
+	if st, err := o.objs.Switch.Stats(); err == nil && st.Runtime > 0 {
+		return st.Runtime
 	}
-	return st.Runtime
+	st := o.Stats()
+	return time.Duration(st.Switches)*estimatedSwitchCost + st.SampleTime
 }
 
-// Close detaches and frees the program and its own maps.
+// estimatedSwitchCost is what a switch costs the program when it takes no
+// sample, for when bpf_stats cannot say (measured under a pipe ping-pong).
+const estimatedSwitchCost = 250 * time.Nanosecond
+
+// Close detaches and frees the program and its own maps; the sampler's
+// Close calls it.
 func (o *OffCPU) Close() error {
-	return errors.Join(o.Stop(), o.objs.Close())
+	err := o.halt()
+	o.closeOnce.Do(func() { err = errors.Join(err, o.objs.Close()) })
+	return err
 }
 
 // OffCPUStats are the off-CPU sampler's counters since load.
 type OffCPUStats struct {
 	Switches, Sampled, Finished, Censored, CountsFull uint64
-	Scale                                            float64
+	// SampleTime is the time spent taking the samples' stacks.
+	SampleTime time.Duration
+	Scale      float64
 }
 
 // Stats reads the program's counters.
@@ -231,6 +313,7 @@ func (o *OffCPU) Stats() OffCPUStats {
 		Finished:   o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_FINISHED),
 		Censored:   o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_CENSORED),
 		CountsFull: o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_COUNTS_FULL),
+		SampleTime: time.Duration(o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS)),
 		Scale:      scale,
 	}
 }
@@ -245,18 +328,4 @@ func (o *OffCPU) stat(i bpf.OffCPUOffcpuStatIndex) uint64 {
 		n += v
 	}
 	return n
-}
-
-// monotonicNow is bpf_ktime_get_ns()'s clock.
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return uint64(ts.Nano())
-}
-
-func boolU64(b bool) uint64 {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -323,6 +323,9 @@ func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 func (s *Sampler) Stop() error {
 	var errs []error
 	s.stopOnce.Do(func() {
+		if o := s.offCPU.Load(); o != nil {
+			errs = append(errs, o.halt())
+		}
 		for _, l := range s.links {
 			errs = append(errs, l.Close())
 		}
@@ -337,6 +340,9 @@ func (s *Sampler) Stop() error {
 func (s *Sampler) Close() error {
 	errs := []error{s.Stop()}
 	s.closeOnce.Do(func() {
+		if o := s.offCPU.Load(); o != nil {
+			errs = append(errs, o.Close()) // before the maps it shares
+		}
 		if s.events != nil {
 			errs = append(errs, s.events.Close())
 			s.eventsWG.Wait()

@@ -246,8 +246,12 @@ type processLog struct {
 	started, gone map[uint32]int
 }
 
-func (l *processLog) ProcessStarted(pid uint32, _ uint64) { l.mu.Lock(); l.started[pid]++; l.mu.Unlock() }
-func (l *processLog) ProcessGone(pid uint32, _ uint64)    { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessStarted(pid uint32, _ uint64) {
+	l.mu.Lock()
+	l.started[pid]++
+	l.mu.Unlock()
+}
+func (l *processLog) ProcessGone(pid uint32, _ uint64)      { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
 func (l *processLog) ProcessMappingsChanged(uint32, uint64) {}
 
 // A full counts map is counted per reason, never dropped silently.

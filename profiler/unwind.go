@@ -265,7 +265,6 @@ func (u *UnwindTables) KernelBytes() uint64 {
 	return uint64(u.leafCount)*LeafBytes + uint64(len(u.slices))*64 + uint64(u.index.MaxEntries())*4
 }
 
-
 // TableKernelBytes is the kernel memory a table takes once loaded.
 func TableKernelBytes(t *unwind.Table) int {
 	return (len(t.Rows) + leafRows - 1) / leafRows * LeafBytes

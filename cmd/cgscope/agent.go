@@ -14,6 +14,7 @@ import (
 	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/bpfstats"
+	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -30,6 +31,9 @@ type profilingFlags struct {
 	bpfStatsOnOff bool
 	unwindTables  bool
 	unwindBytes   units.Base2Bytes
+	offCPU        bool
+	offCPUConfig  profiler.OffCPUConfig
+	switchBudget  time.Duration
 	kube          *kubernetesFlags
 }
 
@@ -58,6 +62,16 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default("16MiB").BytesVar(&f.unwindBytes)
 	app.Flag("unwind.max-processes", "Processes the stack walker keeps mappings of; the others are walked by frame pointers.").
 		Default(fmt.Sprint(d.UnwindProcesses)).IntVar(&f.sampler.UnwindProcesses)
+	off := profiler.DefaultOffCPUConfig()
+	f.offCPUConfig = off
+	app.Flag("profiling.off-cpu", "Profile where threads wait off the CPU (sched_switch tracepoint): the off_cpu profile type (--no-profiling.off-cpu: CPU profiles only).").
+		Default("true").BoolVar(&f.offCPU)
+	app.Flag("profiling.off-cpu.per-thread", "Switch-outs a second of one thread whose stacks are taken at most; a thread that switches more is sampled, with weights that keep totals unbiased.").
+		Default(fmt.Sprint(off.PerThread)).IntVar(&f.offCPUConfig.PerThread)
+	app.Flag("profiling.off-cpu.max-samples", "Off-CPU stacks taken a second host-wide at most; above it every thread is sampled less.").
+		Default(fmt.Sprint(off.MaxSamples)).IntVar(&f.offCPUConfig.MaxSamples)
+	app.Flag("scheduler.bpf-budget", "BPF CPU time per second that the programs running at every context switch (off-CPU sampler, run-queue latency histogram) may use together; on hosts that switch more they are attached part of each second and what they count is scaled up.").
+		Default("3ms").DurationVar(&f.switchBudget)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
 		Default("true").BoolVar(&f.bpfStatsOnOff)
 	f.kube = addKubernetesFlags(app)
@@ -81,6 +95,12 @@ func (f *profilingFlags) validate() error {
 		return fmt.Errorf("--symbolizer.max-processes=%d: want at least 1", f.maxProcesses)
 	case f.maxCgroups < 1:
 		return fmt.Errorf("--cgroup.max-paths=%d: want at least 1", f.maxCgroups)
+	case f.offCPUConfig.PerThread < 1 || f.offCPUConfig.PerThread > 100000:
+		return fmt.Errorf("--profiling.off-cpu.per-thread=%d: want 1..100000", f.offCPUConfig.PerThread)
+	case f.offCPUConfig.MaxSamples < 1 || f.offCPUConfig.MaxSamples > 1000000:
+		return fmt.Errorf("--profiling.off-cpu.max-samples=%d: want 1..1000000", f.offCPUConfig.MaxSamples)
+	case f.switchBudget < 100*time.Microsecond || f.switchBudget > 100*time.Millisecond:
+		return fmt.Errorf("--scheduler.bpf-budget=%s: want 100µs..100ms", f.switchBudget)
 	}
 	return f.kube.validate()
 }
@@ -107,7 +127,10 @@ type agent struct {
 	btf      *btf.Cache
 	pipeline *pipeline.Pipeline
 	unwind   *unwind.Registry // nil with --no-unwind.tables
-	closers  []func() error
+	// switchTime attaches the programs that run at every context switch
+	// part of the time, within --scheduler.bpf-budget.
+	switchTime *dutycycle.Controller
+	closers    []func() error
 }
 
 // startAgent loads and attaches the sampler and starts delivering new-process
@@ -161,6 +184,7 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		a.unwind = reg
 		a.pipeline.SetUnwinder(reg)
 	}
+	a.startSwitchTime(f)
 	go s.RunProcessEvents(a.pipeline)
 	go func() {
 		if err := a.sym.ReloadKallsyms(); err != nil {
@@ -169,6 +193,31 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}()
 	slog.Info("profiling", "cpus", s.CPUs(), "frequency_hz", f.sampler.Frequency, "interval", f.interval)
 	return a, nil
+}
+
+// startSwitchTime loads the off-CPU sampler (unless turned off) and starts
+// the duty cycle of the programs that run at every context switch; others
+// join it with a.switchTime.Add. A kernel that cannot run the off-CPU
+// sampler leaves CPU profiling on, with one log line.
+func (a *agent) startSwitchTime(f *profilingFlags) {
+	a.switchTime = dutycycle.New(dutycycle.Config{Budget: f.switchBudget})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.switchTime.Run(ctx) }()
+	a.closers = append(a.closers, func() error { cancel(); <-done; return nil })
+	if !f.offCPU {
+		return
+	}
+	cfg := f.offCPUConfig
+	cfg.BTF = a.btf
+	// Stacks may take half the budget; the switches themselves the rest.
+	cfg.SampleBudget = f.switchBudget / 2
+	off, err := a.sampler.LoadOffCPU(cfg)
+	if err != nil {
+		slog.Warn("off-CPU profiling is off: this kernel cannot run its sched_switch program", "err", err)
+		return
+	}
+	a.switchTime.Add(off)
 }
 
 // runPipeline drains on the interval until ctx ends.

@@ -89,7 +89,7 @@ func (c *serveCommand) run() error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		a.sampler, a.sym, a.pipeline, a.workloads,
+		a.sampler, a.sym, a.pipeline, a.workloads, a.switchTime,
 	)
 	if a.unwind != nil {
 		reg.MustRegister(a.unwind)

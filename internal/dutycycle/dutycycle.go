@@ -46,10 +46,10 @@ type Stats struct {
 
 // Controller runs the windows of some programs.
 type Controller struct {
-	cfg   Config
-	progs []Program
+	cfg Config
 
-	mu    sync.Mutex
+	mu    sync.Mutex // guards progs and stats
+	progs []Program
 	stats Stats
 }
 
@@ -65,9 +65,10 @@ func New(cfg Config, progs ...Program) *Controller {
 }
 
 // Run attaches the programs window by window until ctx ends, then detaches
-// them.
+// them. The first window assumes the fallback cost; each next one follows
+// the cost the last one measured.
 func (c *Controller) Run(ctx context.Context) {
-	duty := 1.0
+	duty := c.dutyFor(c.cfg.Fallback)
 	attached := false
 	defer func() {
 		if attached {
@@ -88,12 +89,12 @@ func (c *Controller) Run(ctx context.Context) {
 			return
 		}
 		before := c.runtime()
-		if !attached {
-			if err := c.start(window, duty); err != nil {
-				slog.Warn("attaching switch-time programs", "err", err)
-			}
-			attached = true
+		// Started every period, even when attached throughout, so that
+		// the programs adapt their sampling to the last period's rate.
+		if err := c.start(window, duty); err != nil {
+			slog.Warn("attaching switch-time programs", "err", err)
 		}
+		attached = true
 		start := time.Now()
 		if !sleep(ctx, window) {
 			return
@@ -103,6 +104,7 @@ func (c *Controller) Run(ctx context.Context) {
 			c.stop()
 			attached = false
 		}
+		slog.Debug("switch-time programs window", "attached", on, "duty", duty, "bpf_time", used)
 		c.record(on, duty)
 		duty = c.nextDuty(used, on)
 		if !sleep(ctx, c.cfg.Period-offset-on) {
@@ -119,10 +121,23 @@ func (c *Controller) nextDuty(used, on time.Duration) float64 {
 		cost = time.Duration(float64(used) / on.Seconds())
 	}
 	c.mu.Lock()
+	// Smoothed over a few periods: one window's cost is noisy (a burst of
+	// new threads, each sampled at its first switch).
+	if c.stats.Cost > 0 {
+		cost = (cost + c.stats.Cost) / 2
+	}
 	c.stats.Cost = cost
 	c.mu.Unlock()
-	// Not below a hundredth: a window must be long enough to see a switch
-	// in and out, and to measure the cost again.
+	return c.dutyFor(cost)
+}
+
+// dutyFor is the fraction of the period the budget affords at a cost per
+// second attached; not below a hundredth: a window must be long enough to
+// see a switch out and back in, and to measure the cost again.
+func (c *Controller) dutyFor(cost time.Duration) float64 {
+	if cost <= 0 {
+		return 1
+	}
 	return min(1, max(0.01, c.cfg.Budget.Seconds()/cost.Seconds()))
 }
 
@@ -133,9 +148,22 @@ func (c *Controller) record(on time.Duration, duty float64) {
 	c.stats.Attached += on
 }
 
+// Add has the controller run p too, from its next window on.
+func (c *Controller) Add(p Program) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.progs = append(c.progs, p)
+}
+
+func (c *Controller) programs() []Program {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.progs[:len(c.progs):len(c.progs)]
+}
+
 func (c *Controller) start(window time.Duration, duty float64) error {
 	var first error
-	for _, p := range c.progs {
+	for _, p := range c.programs() {
 		if err := p.Start(window, duty); err != nil && first == nil {
 			first = err
 		}
@@ -144,7 +172,7 @@ func (c *Controller) start(window time.Duration, duty float64) error {
 }
 
 func (c *Controller) stop() {
-	for _, p := range c.progs {
+	for _, p := range c.programs() {
 		if err := p.Stop(); err != nil {
 			slog.Warn("detaching switch-time programs", "err", err)
 		}
@@ -153,7 +181,7 @@ func (c *Controller) stop() {
 
 func (c *Controller) runtime() time.Duration {
 	var t time.Duration
-	for _, p := range c.progs {
+	for _, p := range c.programs() {
 		t += p.Runtime()
 	}
 	return t
