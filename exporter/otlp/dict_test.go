@@ -70,6 +70,30 @@ func TestConvertDeduplicated(t *testing.T) {
 	w3 := synthWindow(30, 200, 8, 6)
 	pd := convert(t, NewConverter("test"), []*pipeline.Window{w1, w2, w3})
 	d := pd.Dictionary()
+	checkUniqueEntries(t, d)
+	if got := d.MappingTable().Len(); got != 21 { // the zero entry and 20 objects
+		t.Errorf("%d mappings, want 21", got)
+	}
+	var want, got int64
+	for _, w := range []*pipeline.Window{w1, w2, w3} {
+		for _, s := range w.Samples {
+			want += int64(s.Count)
+		}
+	}
+	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+		samples := pd.ResourceProfiles().At(i).ScopeProfiles().At(0).Profiles().At(0).Samples()
+		for j := 0; j < samples.Len(); j++ {
+			got += samples.At(j).Values().At(0)
+		}
+	}
+	if got != want {
+		t.Errorf("samples sum to %d, want %d", got, want)
+	}
+}
+
+// checkUniqueEntries checks that every table of d holds each entry once.
+func checkUniqueEntries(t *testing.T, d pprofile.ProfilesDictionary) {
+	t.Helper()
 	str := func(i int32) string { return d.StringTable().At(int(i)) }
 	unique := func(table string, n int, key func(int) string) {
 		seen := map[string]int{}
@@ -103,24 +127,6 @@ func TestConvertDeduplicated(t *testing.T) {
 		a := d.AttributeTable().At(i)
 		return str(a.KeyStrindex()) + "=" + a.Value().AsString()
 	})
-	if got := d.MappingTable().Len(); got != 21 { // the zero entry and 20 objects
-		t.Errorf("%d mappings, want 21", got)
-	}
-	var want, got int64
-	for _, w := range []*pipeline.Window{w1, w2, w3} {
-		for _, s := range w.Samples {
-			want += int64(s.Count)
-		}
-	}
-	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
-		samples := pd.ResourceProfiles().At(i).ScopeProfiles().At(0).Profiles().At(0).Samples()
-		for j := 0; j < samples.Len(); j++ {
-			got += samples.At(j).Values().At(0)
-		}
-	}
-	if got != want {
-		t.Errorf("samples sum to %d, want %d", got, want)
-	}
 }
 
 // A converter reused across intervals (its tables emptied, not
@@ -160,8 +166,10 @@ func TestEncodeReuse(t *testing.T) {
 func withoutIDs(t *testing.T, body []byte) []byte {
 	t.Helper()
 	pd := decode(t, body)
-	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
-		pd.ResourceProfiles().At(i).ScopeProfiles().At(0).Profiles().At(0).SetProfileID(pprofile.ProfileID{})
+	for _, rp := range pd.ResourceProfiles().All() {
+		for _, prof := range rp.ScopeProfiles().At(0).Profiles().All() {
+			prof.SetProfileID(pprofile.ProfileID{})
+		}
 	}
 	b, err := (&pprofile.ProtoMarshaler{}).MarshalProfiles(pd)
 	if err != nil {

@@ -29,11 +29,29 @@ func (c *Converter) encodeRequest(w *protoWriter) {
 		w.buf = append(w.buf, t...)
 	}
 	w.end(d)
-	c.ids = append(reuseSlice(c.ids), make([]byte, 16*len(c.agg.procs))...)
+	profiles := 0
+	for i := range c.agg.procs {
+		profiles += c.agg.procs[i].profiles()
+	}
+	c.ids = append(reuseSlice(c.ids), make([]byte, 16*profiles)...)
 	rand.Read(c.ids) // unique per profile; one read for the whole request
+	c.nextID = 0
 	for i := range c.agg.procs {
 		c.encodeProcess(w, i)
 	}
+}
+
+// profiles is how many profiles the process has: the CPU profile when it
+// has CPU samples, the two off-CPU profiles when it has off-CPU samples.
+func (p *procSamples) profiles() int {
+	n := 0
+	if p.rows > p.offRows {
+		n++
+	}
+	if p.offRows > 0 {
+		n += 2
+	}
+	return n
 }
 
 // linkTable is the link table: its zero entry, its only one, with the
@@ -48,29 +66,25 @@ var linkTable = func() []byte {
 }()
 
 // encodeProcess writes process i's ResourceProfiles: its resource, and
-// one scope with one profile of its samples.
+// one scope with its profiles: CPU, then off-CPU time and switch-outs
+// (profileKind).
 func (c *Converter) encodeProcess(w *protoWriter, i int) {
 	p := &c.agg.procs[i]
 	// The lengths are guessed from the rows (a sample takes 10 to 20
-	// bytes): a wrong guess only moves the bytes written.
-	profileLen := 14*p.rows + 48
-	rp := w.begin(fieldRequestResourceProfiles, profileLen+160)
-	sp := w.begin(fieldResourceProfilesScopeProfiles, profileLen+40)
+	// bytes; an off-CPU row is in two profiles): a wrong guess only moves
+	// the bytes written.
+	profilesLen := 14*(p.rows+p.offRows) + 48*p.profiles()
+	rp := w.begin(fieldRequestResourceProfiles, profilesLen+160)
+	sp := w.begin(fieldResourceProfilesScopeProfiles, profilesLen+40)
 
-	prof := w.begin(fieldScopeProfilesProfiles, profileLen)
-	w.bytes(fieldProfileProfileID, string(c.ids[16*i:16*i+16]))
-	s, t := c.span, c.types
-	w.nonZero(fieldProfilePeriod, uint64(s.period))
-	valueType(w, fieldProfilePeriodType, t.cpu, t.nanoseconds)
-	if s.end.After(s.start) {
-		w.nonZero(fieldProfileDurationNano, uint64(s.end.Sub(s.start)))
+	cpu, off := c.agg.cpuAndOffCPU(p)
+	if len(cpu) > 0 {
+		c.encodeProfile(w, cpuProfile, cpu)
 	}
-	if !s.start.IsZero() && s.start.UnixNano() != 0 {
-		w.fixed64(fieldProfileTimeUnixNano, uint64(s.start.UnixNano()))
+	if len(off) > 0 {
+		c.encodeProfile(w, offCPUTimeProfile, off)
+		c.encodeProfile(w, switchesProfile, off)
 	}
-	c.agg.encodeSamples(w, p)
-	valueType(w, fieldProfileSampleType, t.samples, t.count)
-	w.end(prof)
 
 	scope := w.begin(fieldScopeProfilesScope, len(scopeName)+len(c.Version)+4)
 	w.nonEmpty(fieldScopeVersion, c.Version)
@@ -93,6 +107,25 @@ func (c *Converter) encodeProcess(w *protoWriter, i int) {
 	}
 	w.end(res)
 	w.end(rp)
+}
+
+// encodeProfile writes a Profile of kind with the samples of rows.
+func (c *Converter) encodeProfile(w *protoWriter, kind profileKind, rows []int32) {
+	prof := w.begin(fieldScopeProfilesProfiles, 14*len(rows)+48)
+	w.bytes(fieldProfileProfileID, string(c.ids[16*c.nextID:16*c.nextID+16]))
+	c.nextID++
+	s, t := c.span, &c.types[kind]
+	w.nonZero(fieldProfilePeriod, uint64(t.period))
+	valueType(w, fieldProfilePeriodType, t.periodType, t.periodUnit) // an empty message when none: pdata writes it so
+	if s.end.After(s.start) {
+		w.nonZero(fieldProfileDurationNano, uint64(s.end.Sub(s.start)))
+	}
+	if !s.start.IsZero() && s.start.UnixNano() != 0 {
+		w.fixed64(fieldProfileTimeUnixNano, uint64(s.start.UnixNano()))
+	}
+	c.agg.encodeSamples(w, rows, kind == offCPUTimeProfile)
+	valueType(w, fieldProfileSampleType, t.sampleType, t.sampleUnit)
+	w.end(prof)
 }
 
 // valueType writes a ValueType field.
@@ -158,18 +191,27 @@ func appendPackedIndices(b []byte, t byte, vals ...int32) []byte {
 	return b
 }
 
-// encodeSamples writes a process's rows as its profile's samples, each
-// with its thread's id and name.
-func (a *aggregator) encodeSamples(w *protoWriter, p *procSamples) {
+// encodeSamples writes rows as a profile's samples, each with its
+// thread's id and name, and an off-CPU row's reason. The value is a row's
+// count, or its nanoseconds off the CPU when nanos is set.
+func (a *aggregator) encodeSamples(w *protoWriter, rows []int32, nanos bool) {
 	b := w.buf
-	for _, i := range a.order[p.first : p.first+p.rows] {
+	for _, i := range rows {
 		r := &a.rows[i]
+		v := r.count
+		if nanos {
+			v = r.nanos
+		}
 		var sample, values int
 		b, sample = beginShort(b, tagSample)
 		b, values = beginShort(b, tagSampleValues)
-		b = appendVarint(b, uint64(r.count))
+		b = appendVarint(b, uint64(v))
 		endShort(b, values)
-		b = appendPackedIndices(b, tagSampleAttrs, r.thread.id, r.thread.name)
+		if reason := a.reasonAttr(r); reason != 0 {
+			b = appendPackedIndices(b, tagSampleAttrs, r.thread.id, r.thread.name, reason)
+		} else {
+			b = appendPackedIndices(b, tagSampleAttrs, r.thread.id, r.thread.name)
+		}
 		b = appendIndexField(b, tagSampleStack, r.stack)
 		endShort(b, sample)
 	}

@@ -104,6 +104,9 @@ func TestEncodeAsPdata(t *testing.T) {
 		{oddWindow(2)},
 		{synthWindow(50, 2000, 16, 8), oddWindow(3)},
 		{{Start: time.Unix(1, 0), End: time.Unix(2, 0), Samples: []pipeline.Sample{{PID: 1, TID: 1, Count: 1}}}},
+		{addOffCPU(synthWindow(3, 30, 5, 4), 40, 4)},
+		{addOffCPU(oddWindow(5), 100, 5), synthWindow(20, 200, 8, 6)},
+		{{Start: time.Unix(1, 0), End: time.Unix(2, 0), OffCPU: []pipeline.Sample{{PID: 1, TID: 1, Count: 1, OffCPU: 5, Reason: "io_wait"}}}},
 	} {
 		body, err := c.Encode(windows)
 		if err != nil {
@@ -150,6 +153,41 @@ type sampleKey struct {
 	pid, tid uint32
 	thread   string
 	stack    string
+	reason   string // an off-CPU sample's; "" for CPU samples
+}
+
+// The profile types of a request, "type/unit".
+const (
+	cpuType      = "samples/count"
+	offCPUType   = "off_cpu/nanoseconds"
+	switchesType = "context_switch/count"
+)
+
+// byType are a request's samples by profile type.
+type byType map[string]map[sampleKey]int64
+
+// add counts v more for k in profile type typ.
+func (b byType) add(typ string, k sampleKey, v int64) {
+	if b[typ] == nil {
+		b[typ] = map[sampleKey]int64{}
+	}
+	b[typ][k] += v
+}
+
+// equalByType reports whether a and b carry the same samples (a type
+// absent from one and without samples in the other is no difference).
+func equalByType(a, b byType) bool {
+	for typ := range a {
+		if !maps.Equal(a[typ], b[typ]) {
+			return false
+		}
+	}
+	for typ := range b {
+		if !maps.Equal(a[typ], b[typ]) {
+			return false
+		}
+	}
+	return true
 }
 
 // frameText describes a frame by what the request says of it.
@@ -160,44 +198,84 @@ func frameText(mapping, buildID string, addr uint64, fn, file string, line int64
 	return fmt.Sprintf("%s[%s] %#x %s %s:%d kernel=%v;", mapping, buildID, addr, fn, file, line, kernel)
 }
 
-// wantSamples is what a request of windows must carry: counts by thread
-// and stack, a thread named as it was first seen.
+// wantSamples is what a request of windows must carry in its CPU
+// profiles: counts by thread and stack (wantByType).
 func wantSamples(windows []*pipeline.Window) map[sampleKey]int64 {
+	return wantByType(windows)[cpuType]
+}
+
+// wantByType is what a request of windows must carry, by profile type:
+// the CPU samples' counts by thread and stack, and the off-CPU samples'
+// nanoseconds and switch-outs by thread, stack and reason. A thread is
+// named as the converter first meets it: in its CPU samples, else in its
+// off-CPU samples.
+func wantByType(windows []*pipeline.Window) byType {
 	names := map[[2]uint32]string{}
-	want := map[sampleKey]int64{}
+	for _, offCPU := range []bool{false, true} {
+		for _, w := range windows {
+			samples := w.Samples
+			if offCPU {
+				samples = w.OffCPU
+			}
+			for _, s := range samples {
+				if _, ok := names[[2]uint32{s.PID, s.TID}]; !ok {
+					names[[2]uint32{s.PID, s.TID}] = s.Comm
+				}
+			}
+		}
+	}
+	key := func(s *pipeline.Sample, reason string) sampleKey {
+		return sampleKey{s.PID, s.TID, names[[2]uint32{s.PID, s.TID}], stackText(s.Frames), reason}
+	}
+	want := byType{}
 	for _, w := range windows {
-		for _, s := range w.Samples {
-			thread := [2]uint32{s.PID, s.TID}
-			if _, ok := names[thread]; !ok {
-				names[thread] = s.Comm
-			}
-			var stack strings.Builder
-			for _, f := range s.Frames {
-				mapping, buildID := "", ""
-				switch {
-				case f.Kernel:
-					mapping = kernelMappingName
-				case f.Mapping != nil:
-					mapping = f.Mapping.FilePath()
-					if k, v := buildIDAttr(f.Mapping.BuildID); k != "" {
-						buildID = k + "=" + v
-					}
-				}
-				for _, c := range f.Inlined { // a line each, innermost first
-					stack.WriteString(frameText(mapping, buildID, f.ObjAddress, c.Function, c.File, int64(c.Line), f.Kernel))
-				}
-				stack.WriteString(frameText(mapping, buildID, f.ObjAddress, f.Function, f.File, int64(f.Line), f.Kernel))
-			}
-			want[sampleKey{s.PID, s.TID, names[thread], stack.String()}] += int64(s.Count)
+		for i := range w.Samples {
+			s := &w.Samples[i]
+			want.add(cpuType, key(s, ""), int64(s.Count))
+		}
+		for i := range w.OffCPU {
+			s := &w.OffCPU[i]
+			want.add(offCPUType, key(s, s.Reason), int64(s.OffCPU))
+			want.add(switchesType, key(s, s.Reason), int64(s.Count))
 		}
 	}
 	return want
 }
 
-// gotSamples reads the samples of a decoded request back into cgscope's
-// terms, checking every index it follows and that no thread has two
-// samples of one stack.
+// stackText describes a leaf-first stack frame by frame (frameText), as
+// a request says it.
+func stackText(frames []symbolizer.Frame) string {
+	var stack strings.Builder
+	for _, f := range frames {
+		mapping, buildID := "", ""
+		switch {
+		case f.Kernel:
+			mapping = kernelMappingName
+		case f.Mapping != nil:
+			mapping = f.Mapping.FilePath()
+			if k, v := buildIDAttr(f.Mapping.BuildID); k != "" {
+				buildID = k + "=" + v
+			}
+		}
+		for _, c := range f.Inlined { // a line each, innermost first
+			stack.WriteString(frameText(mapping, buildID, f.ObjAddress, c.Function, c.File, int64(c.Line), f.Kernel))
+		}
+		stack.WriteString(frameText(mapping, buildID, f.ObjAddress, f.Function, f.File, int64(f.Line), f.Kernel))
+	}
+	return stack.String()
+}
+
+// gotSamples reads the samples of a decoded request's CPU profiles back
+// into cgscope's terms (gotByType).
 func gotSamples(t *testing.T, pd pprofile.Profiles) map[sampleKey]int64 {
+	return gotByType(t, pd)[cpuType]
+}
+
+// gotByType reads the samples of a decoded request back into cgscope's
+// terms, by profile type, checking every index it follows, that a process
+// has one scope and at most one profile of a type, and that no thread has
+// two samples of one stack (and reason) in a profile.
+func gotByType(t *testing.T, pd pprofile.Profiles) byType {
 	t.Helper()
 	d := pd.Dictionary()
 	str := func(i int32) string {
@@ -249,34 +327,56 @@ func gotSamples(t *testing.T, pd pprofile.Profiles) map[sampleKey]int64 {
 		}
 		return text.String()
 	}
-	got := map[sampleKey]int64{}
+	got := byType{}
 	for i := 0; i < pd.ResourceProfiles().Len(); i++ {
 		rp := pd.ResourceProfiles().At(i)
 		pid, _ := rp.Resource().Attributes().Get(attrPID)
-		samples := rp.ScopeProfiles().At(0).Profiles().At(0).Samples()
-		seen := map[[2]int64]bool{}
-		for j := 0; j < samples.Len(); j++ {
-			s := samples.At(j)
-			if s.Values().Len() != 1 || s.AttributeIndices().Len() != 2 {
-				t.Fatalf("pid %d sample %d: %d values, %d attributes", pid.Int(), j, s.Values().Len(), s.AttributeIndices().Len())
+		if rp.ScopeProfiles().Len() != 1 {
+			t.Fatalf("pid %d: %d scopes, want 1", pid.Int(), rp.ScopeProfiles().Len())
+		}
+		profiles := rp.ScopeProfiles().At(0).Profiles()
+		types := map[string]bool{}
+		for p := 0; p < profiles.Len(); p++ {
+			st := profiles.At(p).SampleType()
+			typ := str(st.TypeStrindex()) + "/" + str(st.UnitStrindex())
+			if types[typ] {
+				t.Errorf("pid %d: two %s profiles", pid.Int(), typ)
 			}
-			idKey, id := attr(s.AttributeIndices().At(0))
-			nameKey, name := attr(s.AttributeIndices().At(1))
-			if idKey != attrThreadID || nameKey != attrThreadName {
-				t.Fatalf("sample attributes %s, %s", idKey, nameKey)
+			types[typ] = true
+			samples := profiles.At(p).Samples()
+			seen := map[sampleKey]bool{}
+			for j := 0; j < samples.Len(); j++ {
+				s := samples.At(j)
+				if n := s.AttributeIndices().Len(); s.Values().Len() != 1 || n < 2 || n > 3 {
+					t.Fatalf("pid %d %s sample %d: %d values, %d attributes", pid.Int(), typ, j, s.Values().Len(), n)
+				}
+				idKey, id := attr(s.AttributeIndices().At(0))
+				nameKey, name := attr(s.AttributeIndices().At(1))
+				if idKey != attrThreadID || nameKey != attrThreadName {
+					t.Fatalf("sample attributes %s, %s", idKey, nameKey)
+				}
+				reason := ""
+				if s.AttributeIndices().Len() == 3 {
+					key, v := attr(s.AttributeIndices().At(2))
+					if key != attrOffCPUReason || v.Str() == "" {
+						t.Fatalf("pid %d %s sample %d: third attribute %s=%q", pid.Int(), typ, j, key, v.Str())
+					}
+					reason = v.Str()
+				}
+				if s.StackIndex() < 0 || int(s.StackIndex()) >= d.StackTable().Len() {
+					t.Fatalf("stack index %d out of range", s.StackIndex())
+				}
+				if k := (sampleKey{tid: uint32(id.Int()), stack: fmt.Sprint(s.StackIndex()), reason: reason}); seen[k] {
+					t.Errorf("pid %d %s thread %d: stack %d in two samples", pid.Int(), typ, id.Int(), s.StackIndex())
+				} else {
+					seen[k] = true
+				}
+				var stack strings.Builder
+				for _, li := range d.StackTable().At(int(s.StackIndex())).LocationIndices().AsRaw() {
+					stack.WriteString(frame(li))
+				}
+				got.add(typ, sampleKey{uint32(pid.Int()), uint32(id.Int()), name.Str(), stack.String(), reason}, s.Values().At(0))
 			}
-			if seen[[2]int64{id.Int(), int64(s.StackIndex())}] {
-				t.Errorf("pid %d thread %d: stack %d in two samples", pid.Int(), id.Int(), s.StackIndex())
-			}
-			seen[[2]int64{id.Int(), int64(s.StackIndex())}] = true
-			if s.StackIndex() < 0 || int(s.StackIndex()) >= d.StackTable().Len() {
-				t.Fatalf("stack index %d out of range", s.StackIndex())
-			}
-			var stack strings.Builder
-			for _, li := range d.StackTable().At(int(s.StackIndex())).LocationIndices().AsRaw() {
-				stack.WriteString(frame(li))
-			}
-			got[sampleKey{uint32(pid.Int()), uint32(id.Int()), name.Str(), stack.String()}] += s.Values().At(0)
 		}
 	}
 	return got
@@ -341,7 +441,9 @@ func checkDictionary(t *testing.T, d pprofile.ProfilesDictionary) {
 // renamed threads, objects mapped by several Mapping values, with and
 // without build IDs, kernel frames, frames without a function or a
 // mapping, addresses beyond userAddrBits, stacks deeper than a length
-// byte holds, and counts up to 2^40.
+// byte holds, and counts up to 2^40; and, in about two windows of three,
+// off-CPU samples of the same stacks and threads, of processes without
+// CPU samples too, in every reason and none.
 func randomWindows(r *rand.Rand) []*pipeline.Window {
 	var objects [][]*symbolizer.Mapping // each object's Mapping values
 	for o := range 1 + r.IntN(6) {
@@ -422,6 +524,14 @@ func randomWindows(r *rand.Rand) []*pipeline.Window {
 			}
 			w.Samples = append(w.Samples, s)
 		}
+		reasons := []string{"runnable", "sleeping", "io_wait", "uninterruptible", "other", ""}
+		for range r.IntN(3) * r.IntN(60) {
+			pid := uint32(100 + r.IntN(procs+2))
+			s := pipeline.Sample{PID: pid, TID: pid + uint32(r.IntN(3)), Comm: fmt.Sprintf("t%d", r.IntN(4)),
+				Frames: stacks[r.IntN(len(stacks))], Count: uint64(1 + r.IntN(1000)),
+				OffCPU: time.Duration(r.Int64N(1 << 40)), Reason: reasons[r.IntN(len(reasons))]}
+			w.OffCPU = append(w.OffCPU, s)
+		}
 		windows = append(windows, w)
 	}
 	return windows
@@ -429,8 +539,8 @@ func randomWindows(r *rand.Rand) []*pipeline.Window {
 
 // Random windows through one converter, reused from request to request
 // as the daemon does: pdata decodes every request, every index is in
-// range, and the samples of each thread and stack, and each process's
-// total, are the windows'.
+// range, and the samples of each profile type, thread, stack and reason,
+// and each process's totals, are the windows'.
 func TestEncodeRandomWindows(t *testing.T) {
 	c := NewConverter("test")
 	for seed := range 100 {
@@ -440,7 +550,7 @@ func TestEncodeRandomWindows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := wantSamples(windows)
+		want := wantByType(windows)
 		if len(want) == 0 {
 			if body != nil {
 				t.Errorf("seed %d: no samples, yet a request of %d bytes", seed, len(body))
@@ -449,20 +559,30 @@ func TestEncodeRandomWindows(t *testing.T) {
 		}
 		pd := decode(t, body)
 		checkDictionary(t, pd.Dictionary())
-		if got := gotSamples(t, pd); !maps.Equal(got, want) {
+		if got := gotByType(t, pd); !equalByType(got, want) {
 			t.Fatalf("seed %d: samples differ from the windows':\n got %v\nwant %v", seed, got, want)
 		}
-		wantByPID := map[int64]int64{}
-		for k, n := range want {
-			wantByPID[int64(k.pid)] += n
+		type typePID struct {
+			typ string
+			pid int64
 		}
-		gotByPID := map[int64]int64{}
+		wantByPID := map[typePID]int64{}
+		for typ, samples := range want {
+			for k, n := range samples {
+				wantByPID[typePID{typ, int64(k.pid)}] += n
+			}
+		}
+		gotByPID := map[typePID]int64{}
+		strs := pd.Dictionary().StringTable()
 		for i := 0; i < pd.ResourceProfiles().Len(); i++ {
 			rp := pd.ResourceProfiles().At(i)
 			pid, _ := rp.Resource().Attributes().Get(attrPID)
-			samples := rp.ScopeProfiles().At(0).Profiles().At(0).Samples()
-			for j := 0; j < samples.Len(); j++ {
-				gotByPID[pid.Int()] += samples.At(j).Values().At(0)
+			for _, prof := range rp.ScopeProfiles().At(0).Profiles().All() {
+				st := prof.SampleType()
+				k := typePID{strs.At(int(st.TypeStrindex())) + "/" + strs.At(int(st.UnitStrindex())), pid.Int()}
+				for _, s := range prof.Samples().All() {
+					gotByPID[k] += s.Values().At(0)
+				}
 			}
 		}
 		if !maps.Equal(gotByPID, wantByPID) {

@@ -8,9 +8,14 @@
 // shared dictionary (strings, mappings, locations, functions, stacks,
 // attributes) and one ResourceProfiles per process, with container.id,
 // k8s.pod.uid, process.pid, process.executable.name/path and host.name
-// as resource attributes. Mappings carry their build ID
-// (process.executable.build_id.gnu or .go); locations carry the
-// object-relative address and the symbolized function.
+// as resource attributes. A process's scope holds its CPU profile
+// (samples/count, period cpu/nanoseconds) and, when the off-CPU sampler
+// saw it wait, two off-CPU profiles of the same samples: the time away
+// (off_cpu/nanoseconds) and the switch-outs (context_switch/count), each
+// sample with its cgscope.off_cpu.reason (see profileKind). Mappings
+// carry their build ID (process.executable.build_id.gnu or .go);
+// locations carry the object-relative address and the symbolized
+// function.
 //
 // Metrics: the per-cgroup figures go through the OpenTelemetry Go SDK
 // (observable instruments, a manual reader, cumulative temporality) to

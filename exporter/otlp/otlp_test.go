@@ -237,7 +237,8 @@ func testConfig(addr string) Config {
 		Interval: time.Second, QueueSize: 4, Timeout: 5 * time.Second}
 }
 
-// Profiles and metrics reach the collector's receiver code and decode.
+// Profiles, CPU and off-CPU, and metrics reach the collector's receiver
+// code and decode to what was sent.
 func TestExportToReceiver(t *testing.T) {
 	r := startReceiver(t, nil)
 	reg := prometheus.NewRegistry()
@@ -258,7 +259,8 @@ func TestExportToReceiver(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.Start(ctx)
-	f.send(synthWindow(2, 10, 4, 2))
+	sent := addOffCPU(synthWindow(2, 10, 4, 2), 12, 2) // 2 processes, and 2 more with off-CPU samples only
+	f.send(sent)
 	waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return len(r.profiles) > 0 && len(r.metrics) > 0 })
 	cancel()
 	e.Stop(time.Second)
@@ -266,8 +268,11 @@ func TestExportToReceiver(t *testing.T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	pd := r.profiles[0]
-	if pd.SampleCount() == 0 || pd.ResourceProfiles().Len() != 2 {
-		t.Errorf("received %d samples in %d resources", pd.SampleCount(), pd.ResourceProfiles().Len())
+	if pd.SampleCount() == 0 || pd.ResourceProfiles().Len() != 4 {
+		t.Errorf("received %d samples in %d resources, want 4", pd.SampleCount(), pd.ResourceProfiles().Len())
+	}
+	if got, want := gotByType(t, pd), wantByType([]*pipeline.Window{sent}); !equalByType(got, want) || len(want[offCPUType]) == 0 {
+		t.Errorf("received samples differ from the window's:\n got %v\nwant %v", got, want)
 	}
 	found := false
 	strs := pd.Dictionary().StringTable()

@@ -36,6 +36,16 @@ const (
 	maxExeCacheEntries = 65536
 )
 
+// attrOffCPUReason is why a thread left the CPU, on each off-CPU sample.
+// No semantic convention names it (process.state describes a process, not
+// why a thread was switched out, and process.context_switch.type only
+// tells voluntary from involuntary), so it is in cgscope's namespace, as
+// the conventions ask of an application's own names (cgscope.cgroup.path
+// and cgscope.context_switch.kind are too) rather than a bare off_cpu.*
+// that a future convention could take. Its values are the pipeline's:
+// runnable (preempted), sleeping, io_wait, uninterruptible, other.
+const attrOffCPUReason = "cgscope.off_cpu.reason"
+
 // Converter turns pipeline windows into OTLP profiles requests in
 // protobuf. Between calls it keeps a cache of executable paths, its
 // interning tables (emptied, their capacity kept within bounds: the next
@@ -52,10 +62,11 @@ type Converter struct {
 	dict      dictBuilder
 	agg       aggregator
 	span      timeSpan
-	types     profileType
-	resAttrs  []resourceAttr // every process's, in pid order
-	ids       []byte         // profile ids, 16 bytes per process
-	lastSize  int            // of the last request, the likely size of the next
+	types     [numProfileKinds]profileType // by profileKind
+	nextID    int                          // the next profile's id in ids
+	resAttrs  []resourceAttr               // every process's, in pid order
+	ids       []byte                       // profile ids, 16 bytes per profile
+	lastSize  int                          // of the last request, the likely size of the next
 	spareMu   sync.Mutex
 	spareBody []byte // a released request's memory, for the next; nil when none
 }
@@ -89,12 +100,15 @@ const maxReusedRequest = 4 << 20
 
 // Encode builds one ExportProfilesServiceRequest from windows, in
 // protobuf, or nil when the windows hold no samples: one shared
-// dictionary, and one ResourceProfiles per process (in pid order) with a
-// single CPU profile (sample type samples/count, period type
-// cpu/nanoseconds). Identical (thread, stack) samples of several windows
-// are merged. The protobuf is written directly (encode.go), as pdata's
-// marshaler writes the same request: the receiver decodes it with pdata
-// like any other.
+// dictionary, and one ResourceProfiles per process (in pid order) with one
+// scope and its profiles (see profileKind): the CPU profile (sample type
+// samples/count, period type cpu/nanoseconds) when the process has CPU
+// samples, and when it has off-CPU samples the off-CPU profiles
+// (off_cpu/nanoseconds and context_switch/count). Identical (thread,
+// stack) samples of several windows are merged, off-CPU ones when their
+// reason is the same too. The protobuf is written directly (encode.go), as
+// pdata's marshaler writes the same request: the receiver decodes it with
+// pdata like any other.
 //
 // The request is written into the memory of the last one when that was
 // released (Release).
@@ -149,13 +163,13 @@ func (c *Converter) takeSpare() []byte {
 	return b
 }
 
-// convert interns the windows' samples into the dictionary and merges
-// them by process, thread and stack: everything the request says, ready
-// to be written.
+// convert interns the windows' samples, on-CPU and off-CPU, into the one
+// dictionary and merges them by process, thread, stack and kind:
+// everything the request says, ready to be written.
 func (c *Converter) convert(windows []*pipeline.Window) {
 	n := 0
 	for _, w := range windows {
-		n += len(w.Samples)
+		n += len(w.Samples) + len(w.OffCPU)
 	}
 	b := &c.dict
 	b.reset(n)
@@ -165,12 +179,17 @@ func (c *Converter) convert(windows []*pipeline.Window) {
 		for i := range w.Samples {
 			s := &w.Samples[i]
 			stack, seen := b.stack(s.Frames)
-			a.add(s, stack, seen)
+			a.add(s, stack, seen, onCPU)
+		}
+		for i := range w.OffCPU {
+			s := &w.OffCPU[i]
+			stack, seen := b.stack(s.Frames)
+			a.add(s, stack, seen, a.offCPUKind(s.Reason))
 		}
 	}
 	a.byPID()
 	c.span = spanOf(windows)
-	c.types = profileType{b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")}
+	c.types = c.profileTypes(a.offRows > 0)
 	a.threadAttributes(b)
 	c.resourceAttributes()
 }
@@ -251,12 +270,80 @@ func spanOf(windows []*pipeline.Window) timeSpan {
 	return s
 }
 
-// profileType is the string indices every profile of a request shares:
-// sample type samples/count, period type cpu/nanoseconds.
-type profileType struct{ samples, count, cpu, nanoseconds int32 }
+// profileKind is one of the profiles of a process.
+//
+// The OTLP profiles data model this package writes (v1development, as
+// pdata v1.71.0 implements it; wire.go) gives a Profile a single
+// sample_type, and a Sample's values are all of that type (several values
+// are several events of it, with their timestamps), so a second kind of
+// value is a second Profile: the off-CPU samples are two more profiles in
+// the process's ScopeProfiles, next to the CPU profile, sharing the
+// request's one dictionary (stacks, locations, functions, strings,
+// attributes). Each sample has one value, an estimated total, and no
+// timestamps: the off-CPU sampler weights its samples in the kernel and
+// keeps no single events.
+//
+//   - off_cpu/nanoseconds, without a period type or period: the estimated
+//     time threads spent off the CPU. This is the profile the
+//     OpenTelemetry eBPF profiler sends for off-CPU samples, and the one
+//     backends recognize as off-CPU time (Grafana Pyroscope, for one, takes
+//     exactly "off_cpu:nanoseconds" without a period as its off_cpu
+//     profile type; with a period it would see an unknown type). The
+//     sampling is adaptive, not periodic, so there is no period to give.
+//   - context_switch/count: the estimated times threads left the CPU. The
+//     model has no second value for the same samples, and leaving the
+//     counts out would lose how often a stack waits, against how long
+//     (pprof's block profile has both: contentions/count and
+//     delay/nanoseconds). The type is not off_cpu/count: a consumer that
+//     tells profiles apart by type alone (pprof's -sample_index by name,
+//     for one) would mistake one for the other. context_switch/count is
+//     the name opentelemetry-proto gives these events (its off-CPU example
+//     of period_type). Its period type is the same, with period 1: the
+//     values are already estimates of every switch-out (each sampled one
+//     weighted by the inverse of its sampling probability), the unsampled
+//     form the data model asks for, so one unit is one switch-out. A
+//     profile of a type a backend does not know needs a period type there:
+//     Pyroscope names such a profile by it, and refuses one without a name.
+//
+// Both off-CPU profiles carry the same samples (thread.id, thread.name and
+// cgscope.off_cpu.reason), in the same order, so sample i of one and of
+// the other are the same threads and stack.
+type profileKind uint8
 
-// aggregator merges a request's samples by (process, thread, stack) and
-// groups them by process, keeping first-seen order within a process.
+const (
+	cpuProfile        profileKind = iota // samples/count, period cpu/nanoseconds
+	offCPUTimeProfile                    // off_cpu/nanoseconds
+	switchesProfile                      // context_switch/count, period context_switch/count 1
+	numProfileKinds
+)
+
+// profileType is a profile kind's value and period types (string
+// indices; 0 for none) and period.
+type profileType struct {
+	sampleType, sampleUnit int32
+	periodType, periodUnit int32
+	period                 int64
+}
+
+// profileTypes interns the types of the request's profiles; those of the
+// off-CPU profiles only when it has off-CPU samples, so that a request
+// without is the one it was before there were any.
+func (c *Converter) profileTypes(offCPU bool) [numProfileKinds]profileType {
+	b := &c.dict
+	var t [numProfileKinds]profileType
+	samples, count, cpu, nanoseconds := b.str("samples"), b.str("count"), b.str("cpu"), b.str("nanoseconds")
+	t[cpuProfile] = profileType{samples, count, cpu, nanoseconds, int64(c.span.period)}
+	if offCPU {
+		switches := b.str("context_switch")
+		t[offCPUTimeProfile] = profileType{sampleType: b.str("off_cpu"), sampleUnit: nanoseconds}
+		t[switchesProfile] = profileType{switches, count, switches, count, 1}
+	}
+	return t
+}
+
+// aggregator merges a request's samples by (process, thread, stack, kind)
+// and groups them by process, keeping first-seen order within a process
+// and each process's CPU rows before its off-CPU rows.
 //
 // Most stacks are sampled in one thread only, so a stack's first row is
 // found by the stack's index (firstRow, a small array) and only the rows
@@ -268,9 +355,19 @@ type aggregator struct {
 	rows      []threadStack
 	firstRow  []int32          // stack index → its first row; -1 for none
 	byThread  indexTable       // tid<<32 | stack → rows of a stack after its first
-	reused    map[rowKey]int32 // rows whose (tid, stack) a row of another process holds: a tid reused within the request
+	reused    map[rowKey]int32 // rows whose (tid, stack) another row holds: of a tid reused within the request, or of another kind
 	order     []int32          // rows grouped by process, in pid order (byPID)
+
+	reasons     []string // off-CPU reasons: rowKind k > onCPU is reasons[k-1]
+	reasonAttrs []int32  // their attributes (threadAttributes); 0 for none
+	offRows     int      // off-CPU rows in all
 }
+
+// rowKind tells CPU rows (onCPU) from off-CPU rows, which are of one
+// reason each.
+type rowKind int32
+
+const onCPU rowKind = 0
 
 // procSamples is one process of the request.
 type procSamples struct {
@@ -278,12 +375,14 @@ type procSamples struct {
 	cgroup, comm string                // of the first sample seen
 	workload     *attribution.Workload // of the first sample seen; nil outside containers
 	rows         int                   // how many rows
+	offRows      int                   // how many of them are off-CPU rows (after the CPU rows in order)
 	first        int                   // where its rows start in order
 	attrs        span                  // its resource attributes in Converter.resAttrs
 }
 
 // threadStack is one sample of the request: a thread's stack and count,
-// with the thread's name and attributes.
+// with the thread's name and attributes; for an off-CPU row, its reason
+// (kind), switch-outs (count) and time off the CPU (nanos).
 type threadStack struct {
 	pid, tid uint32
 	proc     int32
@@ -291,11 +390,20 @@ type threadStack struct {
 	thread   threadAttrs
 	comm     string
 	count    int64
+	nanos    int64
+	kind     rowKind
+}
+
+// merge adds a sample of the row's thread, stack and kind.
+func (r *threadStack) merge(s *pipeline.Sample) {
+	r.count += int64(s.Count)
+	r.nanos += int64(s.OffCPU)
 }
 
 type rowKey struct {
 	pid, tid uint32
 	stack    int32
+	kind     rowKind
 }
 
 func (a *aggregator) reset(samples int) {
@@ -306,37 +414,51 @@ func (a *aggregator) reset(samples int) {
 	a.procIndex.reset()
 	a.byThread.reset()
 	a.reused = reuseMap(a.reused, 0)
+	a.reasons = a.reasons[:0]
+	a.reasonAttrs = a.reasonAttrs[:0]
+	a.offRows = 0
 }
 
-// add counts a sample of stack; seen is false when the stack is new to the
-// request, so that no thread can have a row of it yet.
-func (a *aggregator) add(s *pipeline.Sample, stack int32, seen bool) {
+// offCPUKind is the kind of the off-CPU rows of a reason.
+func (a *aggregator) offCPUKind(reason string) rowKind {
+	for i, r := range a.reasons { // a handful
+		if r == reason {
+			return rowKind(i + 1)
+		}
+	}
+	a.reasons = append(a.reasons, reason)
+	return rowKind(len(a.reasons))
+}
+
+// add counts a sample of stack, of kind; seen is false when the stack is
+// new to the request, so that no thread can have a row of it yet.
+func (a *aggregator) add(s *pipeline.Sample, stack int32, seen bool, kind rowKind) {
 	for int(stack) >= len(a.firstRow) {
 		a.firstRow = append(a.firstRow, -1)
 	}
 	first := &a.firstRow[stack]
 	if !seen || *first < 0 {
-		*first = a.newRow(s, stack)
+		*first = a.newRow(s, stack, kind)
 		return
 	}
-	if r := &a.rows[*first]; r.tid == s.TID && r.pid == s.PID {
-		r.count += int64(s.Count)
+	if r := &a.rows[*first]; r.tid == s.TID && r.pid == s.PID && r.kind == kind {
+		r.merge(s)
 		return
 	}
 	k := uint64(s.TID)<<32 | uint64(uint32(stack))
 	i, ok := a.byThread.get(k)
 	switch {
-	case ok && a.rows[i].pid == s.PID:
-		a.rows[i].count += int64(s.Count)
+	case ok && a.rows[i].pid == s.PID && a.rows[i].kind == kind:
+		a.rows[i].merge(s)
 	case ok:
-		rk := rowKey{pid: s.PID, tid: s.TID, stack: stack}
+		rk := rowKey{pid: s.PID, tid: s.TID, stack: stack, kind: kind}
 		if i, ok := a.reused[rk]; ok {
-			a.rows[i].count += int64(s.Count)
+			a.rows[i].merge(s)
 			return
 		}
-		a.reused[rk] = a.newRow(s, stack)
+		a.reused[rk] = a.newRow(s, stack, kind)
 	default:
-		a.byThread.put(k, a.newRow(s, stack))
+		a.byThread.put(k, a.newRow(s, stack, kind))
 	}
 }
 
@@ -346,8 +468,8 @@ func (a *aggregator) hasPID(pid uint32) bool {
 	return ok
 }
 
-// newRow adds a row for the sample's process, thread and stack.
-func (a *aggregator) newRow(s *pipeline.Sample, stack int32) int32 {
+// newRow adds a row of kind for the sample's process, thread and stack.
+func (a *aggregator) newRow(s *pipeline.Sample, stack int32, kind rowKind) int32 {
 	p, ok := a.procIndex.get(uint64(s.PID))
 	if !ok {
 		p = int32(len(a.procs))
@@ -355,13 +477,18 @@ func (a *aggregator) newRow(s *pipeline.Sample, stack int32) int32 {
 		a.procs = append(a.procs, procSamples{pid: s.PID, cgroup: s.Cgroup, comm: s.Comm, workload: s.Workload})
 	}
 	a.procs[p].rows++
-	a.rows = append(a.rows, threadStack{pid: s.PID, tid: s.TID, proc: p, stack: stack, comm: s.Comm, count: int64(s.Count)})
+	if kind != onCPU {
+		a.procs[p].offRows++
+		a.offRows++
+	}
+	a.rows = append(a.rows, threadStack{pid: s.PID, tid: s.TID, proc: p, stack: stack, comm: s.Comm, kind: kind})
+	a.rows[len(a.rows)-1].merge(s)
 	return int32(len(a.rows) - 1)
 }
 
 // byPID sorts the processes by pid and lays out order so that each
-// process's rows are contiguous (a counting sort: rows stay in first-seen
-// order within their process).
+// process's rows are contiguous, its CPU rows first (a counting sort: rows
+// stay in first-seen order within their process and kind).
 func (a *aggregator) byPID() []procSamples {
 	rank := make([]int32, len(a.procs)) // original index → position by pid
 	slices.SortFunc(a.procs, func(x, y procSamples) int { return cmp.Compare(x.pid, y.pid) })
@@ -374,27 +501,55 @@ func (a *aggregator) byPID() []procSamples {
 		rank[orig] = int32(i)
 	}
 	a.order = slices.Grow(a.order[:0], len(a.rows))[:len(a.rows)]
-	fill := make([]int, len(a.procs))
+	fill := make([]int, len(a.procs))    // CPU rows placed
+	offFill := make([]int, len(a.procs)) // off-CPU rows placed
 	for i := range a.rows {
 		r := &a.rows[i]
 		r.proc = rank[r.proc]
 		p := &a.procs[r.proc]
-		a.order[p.first+fill[r.proc]] = int32(i)
-		fill[r.proc]++
+		if r.kind == onCPU {
+			a.order[p.first+fill[r.proc]] = int32(i)
+			fill[r.proc]++
+		} else {
+			a.order[p.first+p.rows-p.offRows+offFill[r.proc]] = int32(i)
+			offFill[r.proc]++
+		}
 	}
 	return a.procs
 }
 
+// cpuAndOffCPU are a process's CPU rows and its off-CPU rows, in order.
+func (a *aggregator) cpuAndOffCPU(p *procSamples) (cpu, off []int32) {
+	rows := a.order[p.first : p.first+p.rows]
+	return rows[:p.rows-p.offRows], rows[p.rows-p.offRows:]
+}
+
 // threadAttributes interns the attributes of each row's thread, in the
 // order the rows are sent (a process's rows one after another, often of
-// one thread). With the strings interned in the same order too, the
-// dictionary is the one the pdata-based converter made before: a request
-// is the same bytes as then, but for its random profile ids.
+// one thread), and the reason attribute of each off-CPU kind. With the
+// strings interned in the same order too, the dictionary is the one the
+// pdata-based converter made before: a request without off-CPU samples is
+// the same bytes as then, but for its random profile ids.
 func (a *aggregator) threadAttributes(b *dictBuilder) {
 	for _, i := range a.order {
 		r := &a.rows[i]
 		r.thread = b.thread(r.pid, r.tid, r.comm)
 	}
+	for _, reason := range a.reasons {
+		attr := int32(0) // an unknown reason: no attribute
+		if reason != "" {
+			attr = b.strAttr(attrOffCPUReason, reason)
+		}
+		a.reasonAttrs = append(a.reasonAttrs, attr)
+	}
+}
+
+// reasonAttr is the reason attribute of an off-CPU row; 0 for none.
+func (a *aggregator) reasonAttr(r *threadStack) int32 {
+	if r.kind == onCPU {
+		return 0
+	}
+	return a.reasonAttrs[r.kind-1]
 }
 
 // keyValue is one string resource attribute.

@@ -20,11 +20,12 @@ const MinMaxRequestSize = 64 << 10
 
 // Requests encodes windows as one or more requests of at most limit bytes
 // each and passes each to push, in order. All the windows make one request
-// unless it would be larger than limit; then their samples are split in
-// two halves, between two processes where there are several (so a process
-// stays in one request unless its samples alone exceed limit), and each
-// half is encoded the same way. Samples of one thread and stack that land
-// in two requests are counted in each, which adds up to the same profile.
+// unless it would be larger than limit; then their samples, CPU and
+// off-CPU alike, are split in two halves, between two processes where
+// there are several (so a process stays in one request, with all its
+// profiles, unless its samples alone exceed limit), and each half is
+// encoded the same way. Samples of one thread and stack that land in two
+// requests are counted in each, which adds up to the same profiles.
 //
 // A sample that alone makes a request over limit cannot be sent: it is left
 // out, the others are still pushed, and the error says how many were.
@@ -65,9 +66,11 @@ type splitter struct {
 func (s *splitter) notePIDs(windows []*pipeline.Window) {
 	s.seen.reset()
 	for _, w := range windows {
-		for i := range w.Samples {
-			if pid := w.Samples[i].PID; !s.hasPID(pid) {
-				s.seen.put(uint64(pid), 0)
+		for _, samples := range [2][]pipeline.Sample{w.Samples, w.OffCPU} {
+			for i := range samples {
+				if pid := samples[i].PID; !s.hasPID(pid) {
+					s.seen.put(uint64(pid), 0)
+				}
 			}
 		}
 	}
@@ -101,21 +104,30 @@ func (s *splitter) encode(c *Converter, windows []*pipeline.Window, limit int, p
 	}
 }
 
-// halve splits the samples of windows in two halves of about as many
-// frames. With more than one process the cut is between two processes,
-// the boundary nearest the middle; within one process it is the middle.
-// It reports false when there are fewer than two samples.
+// halve splits the samples of windows, CPU and off-CPU, in two halves of
+// about as many frames. With more than one process the cut is between two
+// processes, the boundary nearest the middle; within one process it is
+// the middle. It reports false when there are fewer than two samples.
 func halve(windows []*pipeline.Window) (first, second []*pipeline.Window, ok bool) {
 	type sampleRef struct {
 		window, sample int
+		offCPU         bool // in the window's OffCPU, not its Samples
 		pid            uint32
+	}
+	sampleOf := func(r sampleRef) *pipeline.Sample {
+		if r.offCPU {
+			return &windows[r.window].OffCPU[r.sample]
+		}
+		return &windows[r.window].Samples[r.sample]
 	}
 	var refs []sampleRef
 	total := 0
 	for wi, w := range windows {
-		for i := range w.Samples {
-			refs = append(refs, sampleRef{wi, i, w.Samples[i].PID})
-			total += sampleWeight(&w.Samples[i])
+		for k, samples := range [2][]pipeline.Sample{w.Samples, w.OffCPU} {
+			for i := range samples {
+				refs = append(refs, sampleRef{wi, i, k == 1, samples[i].PID})
+				total += sampleWeight(&samples[i])
+			}
 		}
 	}
 	if len(refs) < 2 {
@@ -124,7 +136,7 @@ func halve(windows []*pipeline.Window) (first, second []*pipeline.Window, ok boo
 	slices.SortStableFunc(refs, func(a, b sampleRef) int { return cmp.Compare(a.pid, b.pid) })
 	mid, acc := len(refs)-1, 0
 	for k, r := range refs {
-		acc += sampleWeight(&windows[r.window].Samples[r.sample])
+		acc += sampleWeight(sampleOf(r))
 		if 2*acc >= total {
 			mid = max(k, 1) // refs[:mid] and refs[mid:] are both non-empty
 			break
@@ -152,7 +164,11 @@ func halve(windows []*pipeline.Window) (first, second []*pipeline.Window, ok boo
 				byWindow[r.window] = w
 				out = append(out, w)
 			}
-			w.Samples = append(w.Samples, windows[r.window].Samples[r.sample])
+			if r.offCPU {
+				w.OffCPU = append(w.OffCPU, *sampleOf(r))
+			} else {
+				w.Samples = append(w.Samples, *sampleOf(r))
+			}
 		}
 		return out
 	}

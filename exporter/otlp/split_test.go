@@ -33,21 +33,29 @@ func requests(t *testing.T, c *Converter, windows []*pipeline.Window, limit int)
 	return out, err
 }
 
-// sumSamples adds up the samples of several requests.
+// sumSamples adds up the CPU samples of several requests.
 func sumSamples(t *testing.T, requests []pprofile.Profiles) map[sampleKey]int64 {
-	sum := map[sampleKey]int64{}
+	return sumByType(t, requests)[cpuType]
+}
+
+// sumByType adds up the samples of several requests, by profile type.
+func sumByType(t *testing.T, requests []pprofile.Profiles) byType {
+	sum := byType{}
 	for _, pd := range requests {
 		checkDictionary(t, pd.Dictionary())
-		for k, v := range gotSamples(t, pd) {
-			sum[k] += v
+		for typ, samples := range gotByType(t, pd) {
+			for k, v := range samples {
+				sum.add(typ, k, v)
+			}
 		}
 	}
 	return sum
 }
 
 // An interval larger than the limit arrives as several requests under it,
-// which together carry every sample. With many processes each process is
-// in one request; one process alone larger than the limit is split too.
+// which together carry every sample, CPU and off-CPU. With many processes
+// each process is in one request, all its profiles with it; one process
+// alone larger than the limit is split too.
 func TestRequestsSplit(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -56,6 +64,8 @@ func TestRequestsSplit(t *testing.T) {
 	}{
 		{"processes", []*pipeline.Window{synthWindow(40, 2000, 16, 3), synthWindow(40, 1000, 12, 4)}, true},
 		{"one process", []*pipeline.Window{synthWindow(1, 3000, 16, 5)}, false},
+		{"processes off-CPU", []*pipeline.Window{addOffCPU(synthWindow(40, 1000, 16, 13), 2000, 13), synthWindow(40, 500, 12, 14)}, true},
+		{"one process off-CPU", []*pipeline.Window{addOffCPU(synthWindow(1, 1500, 16, 15), 3000, 15)}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			whole, err := NewConverter("test").Encode(tc.windows)
@@ -70,8 +80,14 @@ func TestRequestsSplit(t *testing.T) {
 			if len(got) < 4 {
 				t.Errorf("%d requests for %d bytes under a limit of %d", len(got), len(whole), limit)
 			}
-			if sum, want := sumSamples(t, got), wantSamples(tc.windows); !maps.Equal(sum, want) {
-				t.Errorf("the requests carry %d (thread, stack) samples, the windows %d, or counts differ", len(sum), len(want))
+			sum, want := sumByType(t, got), wantByType(tc.windows)
+			for _, typ := range []string{cpuType, offCPUType, switchesType} {
+				if !maps.Equal(sum[typ], want[typ]) {
+					t.Errorf("%s: the requests carry %d samples, the windows %d, or values differ", typ, len(sum[typ]), len(want[typ]))
+				}
+			}
+			if len(sum) != len(want) {
+				t.Errorf("the requests carry profiles of %d types, the windows %d", len(sum), len(want))
 			}
 			if !tc.wholeProc {
 				return
