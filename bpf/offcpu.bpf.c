@@ -62,6 +62,12 @@ struct {
 
 // Set by userspace (profiler/offcpu.go) before attaching and at every window.
 struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50, .duty = 65536};
+// When sampling ends in this window (switch_time's clock): set at the
+// window's first switch, from offcpu_cfg.sample_for; userspace clears it
+// before each window. Kept in the kernel's time, so that a late userspace
+// timer cannot lengthen the part of the window that is sampled, which the
+// weights assume.
+__u64 offcpu_sample_until;
 
 // switch_time is the time of this switch, as the scheduler just took it:
 // the run queue's clock, updated at the start of __schedule, reached from
@@ -180,6 +186,23 @@ static __always_inline void finish(struct task_struct *task, __u64 now)
 	offcpu_stat(OFFCPU_STAT_FINISHED);
 }
 
+// sampling_open says whether switch-outs at now are in the sampled part of
+// the window.
+static __always_inline bool sampling_open(__u64 now)
+{
+	__u64 span = offcpu_cfg.sample_for;
+	if (!span)
+		return true;
+	__u64 until = offcpu_sample_until;
+	if (!until) {
+		until = now + span;
+		__u64 set = __sync_val_compare_and_swap(&offcpu_sample_until, 0, until);
+		if (set)
+			until = set; // another CPU opened the window first
+	}
+	return now < until;
+}
+
 // sampling_weight decides whether to sample this switch-out of t and
 // returns the sample's weight, 0 for no sample.
 static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
@@ -190,7 +213,7 @@ static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
 		t->window_start = now;
 	}
 	t->switches++;
-	if (!offcpu_cfg.sampling)
+	if (!offcpu_cfg.sampling || !sampling_open(now))
 		return 0;
 	// p = min(1, per_task / rate) * scale, as a fraction of 2^32.
 	__u64 rate = t->rate > t->switches ? t->rate : t->switches;

@@ -34,6 +34,7 @@ struct offcpu_config {
 	__u64 scale;    /* host-wide sampling factor, 65536 = 1 */
 	__u64 per_task; /* samples per second a thread gets at most before the factor */
 	__u64 sampling; /* 1: sample switch-outs; 0: only finish the pending ones */
+	__u64 sample_for; /* ns from the window's first switch during which to sample; 0: no end */
 	__u64 epoch;    /* the attachment window: a sample pending from another is dropped */
 	__u64 duty;     /* 65536 / the fraction of time the program is attached */
 	__u64 window;   /* ns the program stays attached; 0: throughout */

@@ -14,13 +14,14 @@ import (
 )
 
 type OffCPUOffcpuConfig struct {
-	_        structs.HostLayout
-	Scale    uint64
-	PerTask  uint64
-	Sampling uint64
-	Epoch    uint64
-	Duty     uint64
-	Window   uint64
+	_         structs.HostLayout
+	Scale     uint64
+	PerTask   uint64
+	Sampling  uint64
+	SampleFor uint64
+	Epoch     uint64
+	Duty      uint64
+	Window    uint64
 }
 
 type OffCPUOffcpuReason uint32
@@ -153,6 +154,7 @@ const (
 	OffCPUProgOffcpuSwitch         = "offcpu_switch"
 	OffCPUProgUnwindProbe          = "unwind_probe"
 	OffCPUVarOffcpuCfg             = "offcpu_cfg"
+	OffCPUVarOffcpuSampleUntil     = "offcpu_sample_until"
 	OffCPUVarUnusedOffcpuReason    = "unused_offcpu_reason"
 	OffCPUVarUnusedOffcpuStatIndex = "unused_offcpu_stat_index"
 )
@@ -233,6 +235,7 @@ type OffCPUMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type OffCPUVariableSpecs struct {
 	OffcpuCfg             *ebpf.VariableSpec `ebpf:"offcpu_cfg"`
+	OffcpuSampleUntil     *ebpf.VariableSpec `ebpf:"offcpu_sample_until"`
 	UnusedOffcpuReason    *ebpf.VariableSpec `ebpf:"unused_offcpu_reason"`
 	UnusedOffcpuStatIndex *ebpf.VariableSpec `ebpf:"unused_offcpu_stat_index"`
 }
@@ -307,6 +310,7 @@ func (m *OffCPUMaps) Close() error {
 // It can be passed to LoadOffCPUObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OffCPUVariables struct {
 	OffcpuCfg             *ebpf.Variable `ebpf:"offcpu_cfg"`
+	OffcpuSampleUntil     *ebpf.Variable `ebpf:"offcpu_sample_until"`
 	UnusedOffcpuReason    *ebpf.Variable `ebpf:"unused_offcpu_reason"`
 	UnusedOffcpuStatIndex *ebpf.Variable `ebpf:"unused_offcpu_stat_index"`
 }

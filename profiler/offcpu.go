@@ -3,7 +3,6 @@ package profiler
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -73,11 +72,9 @@ type OffCPU struct {
 	scale  float64 // host-wide sampling factor, 0..1
 	// settings are what the program was last configured with.
 	settings bpf.OffCPUOffcpuConfig
-	// stopSampling ends sampling before a window ends.
-	stopSampling *time.Timer
-	sampled      uint64        // OFFCPU_STAT_SAMPLED at the last Start
-	spent        time.Duration // OFFCPU_STAT_SAMPLE_NS at the last Start
-	since        time.Time
+	sampled  uint64        // OFFCPU_STAT_SAMPLED at the last Start
+	spent    time.Duration // OFFCPU_STAT_SAMPLE_NS at the last Start
+	since    time.Time
 	// sampleCost is what taking one sample's stacks cost, on average
 	// since the last Start.
 	sampleCost time.Duration
@@ -90,6 +87,9 @@ type offcpuObjects struct {
 	Tasks  *ebpf.Map      `ebpf:"offcpu_tasks"`
 	Stats  *ebpf.Map      `ebpf:"offcpu_stats"`
 	Config *ebpf.Variable `ebpf:"offcpu_cfg"`
+	// SampleUntil is when sampling ends in the current window, set by the
+	// program at the window's first switch.
+	SampleUntil *ebpf.Variable `ebpf:"offcpu_sample_until"`
 }
 
 func (o *offcpuObjects) Close() error {
@@ -170,14 +170,17 @@ func (o *OffCPU) Start(window time.Duration, duty float64) error {
 	cfg.PerTask = uint64(o.cfg.PerThread)
 	cfg.Sampling = 1
 	cfg.Window = 0
+	cfg.SampleFor = 0
 	if o.link == nil {
 		cfg.Epoch++
+		if err := o.objs.SampleUntil.Set(uint64(0)); err != nil {
+			return fmt.Errorf("configuring the off-CPU sampler: %w", err)
+		}
 	}
 	if duty < 1 {
 		duty *= sampleShare
 		cfg.Window = uint64(window)
-		epoch := cfg.Epoch
-		o.stopSampling = time.AfterFunc(time.Duration(sampleShare*float64(window)), func() { o.endSampling(epoch) })
+		cfg.SampleFor = uint64(sampleShare * float64(window))
 	}
 	cfg.Duty = uint64(65536 / max(duty, 1.0/65536))
 	if err := o.configure(cfg); err != nil {
@@ -192,21 +195,6 @@ func (o *OffCPU) Start(window time.Duration, duty float64) error {
 	}
 	o.link = l
 	return nil
-}
-
-// endSampling stops taking new samples in the window epoch, whose end is
-// near: the rest of it finishes the samples taken.
-func (o *OffCPU) endSampling(epoch uint64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.link == nil || o.settings.Epoch != epoch {
-		return
-	}
-	cfg := o.settings
-	cfg.Sampling = 0
-	if err := o.configure(cfg); err != nil {
-		slog.Warn("ending an off-CPU sampling window", "err", err)
-	}
 }
 
 // adjustScale keeps the host-wide samples a second within what
@@ -258,10 +246,6 @@ func (o *OffCPU) halt() error {
 }
 
 func (o *OffCPU) detach() error {
-	if o.stopSampling != nil {
-		o.stopSampling.Stop()
-		o.stopSampling = nil
-	}
 	if o.link == nil {
 		return nil
 	}

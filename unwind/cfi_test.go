@@ -153,7 +153,7 @@ func TestUnusableEntriesAreSkipped(t *testing.T) {
 	e.fde(bad, 0, 0x1000, 0x10)
 	good := e.cie("zR")
 	e.fde(good, 0, 0x2000, 0x10, cfaAdvanceLoc|1, cfaDefCFAOffset, 16)
-	e.fde(good, 0, 0, 0x10)                  // address 0
+	e.fde(good, 0, 0, 0x10)                   // address 0
 	e.fde(good, 0, 0xffffffffffffff00, 0x200) // wraps
 	eh := append(e.b, 0, 0, 0, 0)
 	tab, err := compileSections([]frameSection{{data: eh, kind: ehFrame}, {data: []byte{0xff, 0xff}, kind: debugFrame}})
