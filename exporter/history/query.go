@@ -288,7 +288,7 @@ func (h *History) Profile(ctx context.Context, q Query) (*profile.Profile, error
 	}
 	defer h.release()
 	f := newSampleFilter(&q)
-	ps := &profileSink{b: pprof.NewBuilder(), f: f}
+	ps := &profileSink{b: pprof.NewBuilder(pprof.CPU), f: f}
 	if err := h.scan(ctx, q.From, q.To, f, true, ps.add); err != nil {
 		return nil, err
 	}
