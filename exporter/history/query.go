@@ -29,8 +29,8 @@ type Query struct {
 const DefaultRange = 5 * time.Minute
 
 // ParseQuery reads a query from URL parameters (from, to and the
-// selector's, type= among them) strictly: unknown, repeated or malformed parameters are
-// errors (*pprof.ParamError), never ignored.
+// selector's, type= among them) strictly: unknown, repeated or malformed
+// parameters are errors (*pprof.ParamError), never ignored.
 func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	hq := Query{To: now}
 	var haveFrom bool

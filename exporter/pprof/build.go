@@ -81,7 +81,7 @@ func (b *Builder) addWindow(w *pipeline.Window, sel *Selector) {
 		if !sel.Match(s) {
 			continue
 		}
-		b.addSample(s, b.kind.Nanos(s, w.Period))
+		b.addSample(s, b.kind.nanos(s, w.Period))
 	}
 }
 
@@ -256,7 +256,7 @@ func (b *Builder) finish() *profile.Profile {
 // SetPeriod sets the sampling period, what one sample stands for, in a
 // kind that has one (CPU); zero, or an off-CPU profile, leaves it be.
 func (b *Builder) SetPeriod(d time.Duration) {
-	if d > 0 && b.kind.HasPeriod() {
+	if d > 0 && b.kind.hasPeriod() {
 		b.p.Period = int64(d)
 	}
 }

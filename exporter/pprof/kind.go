@@ -16,8 +16,8 @@ import (
 type Kind uint8
 
 const (
-	CPU Kind = iota
-	OffCPU
+	CPU    Kind = iota // "cpu": on-CPU samples, cpu/nanoseconds
+	OffCPU             // "off_cpu": off-CPU samples, off_cpu/nanoseconds
 )
 
 // ReasonLabel is the string label of an off-CPU sample saying why the
@@ -104,10 +104,10 @@ func (k Kind) FileName() string { return k.String() + ".pb.gz" }
 // of.
 func (k Kind) WindowSamples(w *pipeline.Window) []pipeline.Sample { return k.spec().samples(w) }
 
-// Nanos is the time sample s stands for in a profile of kind k: CPU time
+// nanos is the time sample s stands for in a profile of kind k: CPU time
 // (its count times the sampling period), or time off the CPU.
-func (k Kind) Nanos(s *pipeline.Sample, period time.Duration) int64 { return k.spec().nanos(s, period) }
+func (k Kind) nanos(s *pipeline.Sample, period time.Duration) int64 { return k.spec().nanos(s, period) }
 
-// HasPeriod reports whether the kind's samples stand for a fixed sampling
+// hasPeriod reports whether the kind's samples stand for a fixed sampling
 // period (CPU) rather than each for its own estimated time (off-CPU).
-func (k Kind) HasPeriod() bool { return k.spec().hasPeriod }
+func (k Kind) hasPeriod() bool { return k.spec().hasPeriod }
