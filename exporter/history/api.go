@@ -11,8 +11,10 @@ import (
 
 // API serves the history over HTTP; the server routes to it:
 //
-//	GET /api/v1/profile?from=&to=&<selector>  summed gzip pprof (ServeProfile)
-//	GET /api/v1/targets?from=&to=&<selector>  CPU by cgroup and process, JSON (ServeTargets)
+//	GET /api/v1/profile?type=&from=&to=&<selector>  summed gzip pprof (ServeProfile)
+//	GET /api/v1/targets?type=&from=&to=&<selector>  CPU (or off-CPU) time by cgroup and process, JSON (ServeTargets)
+//
+// type= is cpu (the default) or off_cpu.
 type API struct {
 	H *History
 	// Now is the clock for default ranges (time.Now when nil).
@@ -52,7 +54,7 @@ func (a *API) ServeProfile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Disposition", `attachment; filename="cpu-`+q.From.UTC().Format("20060102T150405Z")+`.pb.gz"`)
+	w.Header().Set("Content-Disposition", `attachment; filename="`+q.Kind.String()+`-`+q.From.UTC().Format("20060102T150405Z")+`.pb.gz"`)
 	if err := p.Write(w); err != nil {
 		slog.Warn("writing profile to client failed", "err", err)
 	}

@@ -1,6 +1,7 @@
 package history
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"slices"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/cgscope/cgscope/exporter/pprof"
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
@@ -22,9 +24,13 @@ import (
 // comm, cgroup) and stacks (lists of frame ids). Ids are dense and assigned
 // in order of first use within the generation. Whatever a window adds to the
 // dictionary is written as a dictionary record (level levelDict) in the same
-// group as the window record (level levelWindow), just before it: one write
-// and one fsync, so a torn write loses at most the last window. A window
-// record is then only rows of (label set id, stack id, count).
+// group as the window's records, just before them: one write and one fsync,
+// so a torn write loses at most the last window. A window is one record of
+// its CPU samples (level levelWindow), rows of (label set id, stack id,
+// count), and, from format 5 and when it has any, one of its off-CPU samples
+// (level levelOffCPU), rows of (label set id, stack id, reason, count, time
+// away). Each kind has its own level so that a query reads only the records
+// of the kind it asks for.
 //
 // Each dictionary record names the first id of each of its tables, so a
 // dictionary record lost to corruption leaves a gap in the ids instead of
@@ -55,12 +61,20 @@ import (
 //	            same, else absolute) and counts. Rows are sorted by (label
 //	            set, stack), so the columns are small numbers that zstd packs
 //	            well.
+//	off-CPU     a window (its period is the CPU sampling's, unused), whose
+//	window:     rows are sorted by (label set, stack, reason) and have two
+//	            more columns of uvarints: reasons (string ids: "runnable",
+//	            "sleeping", ...) and time away from the CPU (ns). Counts are
+//	            the times a thread left the CPU, both estimated.
 const (
 	levelWindow   = 0
+	levelOffCPU   = 1
 	levelDict     = 16
-	formatVersion = 4 // 4 added inlined calls; 3 added Kubernetes names to label sets; 3 and 2 are still read
-	formatV3      = 3
-	formatV2      = 2 // zstd pprof (format 1) began with the zstd magic 0x28
+	formatVersion = formatV5 // written; every format from formatV2 on is read
+	formatV5      = 5        // added off-CPU windows
+	formatV4      = 4        // added inlined calls
+	formatV3      = 3        // added Kubernetes names to label sets
+	formatV2      = 2        // zstd pprof (format 1) began with the zstd magic 0x28
 
 	frameMapped  = 1 << 0
 	frameKernel  = 1 << 1
@@ -149,65 +163,101 @@ func (e *windowEncoder) reset(gen uint64) {
 }
 
 // encode returns the records of w for generation gen: a dictionary record
-// with what w adds to gen's dictionary (if anything), then the window. It
-// fails, writing nothing, when gen's dictionary has outgrown the ids a
-// reader accepts: records a query would reject are not worth storing.
+// with what w adds to gen's dictionary (if anything), then the window's CPU
+// record and, when it has off-CPU samples, its off-CPU record. It fails,
+// writing nothing, when gen's dictionary has outgrown the ids a reader
+// accepts: records a query would reject are not worth storing.
 func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) ([]store.Record, error) {
 	if gen != e.gen || e.strings == nil {
 		e.reset(gen)
 	}
-	type row struct {
-		label, stack uint32
-		count        uint64
-	}
-	idx := map[[2]uint32]int{}
-	var rows []row
-	for i := range w.Samples {
-		s := &w.Samples[i]
-		k := [2]uint32{e.label(s), e.stack(s.Frames)}
-		if j, ok := idx[k]; ok {
-			rows[j].count += s.Count
-			continue
-		}
-		idx[k] = len(rows)
-		rows = append(rows, row{k[0], k[1], s.Count})
-	}
-	slices.SortFunc(rows, func(a, b row) int {
-		if a.label != b.label {
-			return int(a.label) - int(b.label)
-		}
-		return int(a.stack) - int(b.stack)
-	})
-	b := binary.AppendUvarint(nil, uint64(w.Period))
-	b = binary.AppendUvarint(b, uint64(len(rows)))
-	var prev uint32
-	for _, r := range rows {
-		b = binary.AppendUvarint(b, uint64(r.label-prev))
-		prev = r.label
-	}
-	prev = 0
-	var prevLabel uint32
-	for i, r := range rows {
-		if i == 0 || r.label != prevLabel {
-			b = binary.AppendUvarint(b, uint64(r.stack))
-		} else {
-			b = binary.AppendUvarint(b, uint64(r.stack-prev))
-		}
-		prev, prevLabel = r.stack, r.label
-	}
-	for _, r := range rows {
-		b = binary.AppendUvarint(b, r.count)
+	windows := []store.Record{e.windowRecord(w, pprof.CPU)}
+	if len(w.OffCPU) > 0 {
+		windows = append(windows, e.windowRecord(w, pprof.OffCPU))
 	}
 	if max(e.nStr, e.nFrame, e.nLabel, e.nStack) > maxDictIDs {
 		return nil, errDictFull
 	}
-	meta := store.Meta{Level: levelWindow, Start: w.Start, End: w.End}
 	var recs []store.Record
 	if d := e.flushDict(); d != nil {
 		recs = append(recs, store.Record{Meta: store.Meta{Level: levelDict, Start: w.Start, End: w.End}, Data: d})
 	}
-	return append(recs, store.Record{Meta: meta, Data: compress(b)}), nil
+	return append(recs, windows...), nil
 }
+
+// encodedRow is a row of a window record: the sum of the window's samples
+// of one label set, stack and (off-CPU) reason.
+type encodedRow struct {
+	label, stack, reason uint32
+	count, nanos         uint64
+}
+
+// windowRecord encodes the samples of w of kind k as a window record,
+// adding what they use to the pending dictionary.
+func (e *windowEncoder) windowRecord(w *pipeline.Window, k pprof.Kind) store.Record {
+	samples := k.WindowSamples(w)
+	idx := map[[3]uint32]int{}
+	var rows []encodedRow
+	for i := range samples {
+		s := &samples[i]
+		key := [3]uint32{e.label(s), e.stack(s.Frames), e.str(s.Reason)}
+		j, ok := idx[key]
+		if !ok {
+			j = len(rows)
+			idx[key] = j
+			rows = append(rows, encodedRow{label: key[0], stack: key[1], reason: key[2]})
+		}
+		rows[j].count += s.Count
+		rows[j].nanos += uint64(s.OffCPU)
+	}
+	slices.SortFunc(rows, func(a, b encodedRow) int {
+		return cmp.Or(cmp.Compare(a.label, b.label), cmp.Compare(a.stack, b.stack), cmp.Compare(a.reason, b.reason))
+	})
+	return store.Record{Meta: store.Meta{Level: kindLevel(k), Start: w.Start, End: w.End}, Data: compress(encodeRows(rows, w.Period, k))}
+}
+
+// encodeRows lays out sorted rows in columns (see the format above).
+func encodeRows(rows []encodedRow, period time.Duration, k pprof.Kind) []byte {
+	u := binary.AppendUvarint
+	b := u(u(nil, uint64(period)), uint64(len(rows)))
+	var prev uint32
+	for _, r := range rows {
+		b = u(b, uint64(r.label-prev))
+		prev = r.label
+	}
+	for i, r := range rows {
+		if i == 0 || r.label != rows[i-1].label {
+			b = u(b, uint64(r.stack))
+		} else {
+			b = u(b, uint64(r.stack-rows[i-1].stack))
+		}
+	}
+	for _, r := range rows {
+		b = u(b, r.count)
+	}
+	if hasReasonAndTime(k) {
+		for _, r := range rows {
+			b = u(b, uint64(r.reason))
+		}
+		for _, r := range rows {
+			b = u(b, r.nanos)
+		}
+	}
+	return b
+}
+
+// kindLevel is the record level of a kind's windows.
+func kindLevel(k pprof.Kind) uint8 {
+	if k == pprof.OffCPU {
+		return levelOffCPU
+	}
+	return levelWindow
+}
+
+// hasReasonAndTime reports whether the rows of a kind's windows carry a
+// reason and their own time (off-CPU's, sampled with weights); a CPU row's
+// time is its count times the period.
+func hasReasonAndTime(k pprof.Kind) bool { return k == pprof.OffCPU }
 
 var errDictFull = errors.New("history: the generation's dictionary is full")
 
@@ -412,7 +462,7 @@ func (r *reader) span() (first, n uint32) {
 
 // decompress returns a record's content and its format version.
 func decompress(data []byte) ([]byte, byte, error) {
-	if len(data) == 0 || (data[0] != formatVersion && data[0] != formatV3 && data[0] != formatV2) {
+	if len(data) == 0 || data[0] < formatV2 || data[0] > formatVersion {
 		return nil, 0, errBadRecord
 	}
 	raw, err := zstdDecoder.DecodeAll(data[1:], nil)
@@ -453,7 +503,7 @@ func (d *genDict) add(data []byte) error {
 	for range fN {
 		f := frameRec{fn: r.id(), file: r.id(), mapPath: r.id(), buildID: r.id()}
 		f.line, f.addr, f.flags = int64(r.uvarint()), r.uvarint(), r.byte()
-		if f.flags&frameInlined != 0 && version < 4 { // a flag those formats never wrote
+		if f.flags&frameInlined != 0 && version < formatV4 { // a flag those formats never wrote
 			r.err = true
 		}
 		frames = append(frames, f)
@@ -463,7 +513,7 @@ func (d *genDict) add(data []byte) error {
 	for range lN {
 		pid, tid := r.uvarint(), r.uvarint()
 		l := labelRec{pid: uint32(pid), tid: uint32(tid), comm: r.id(), cgroup: r.id()}
-		if version >= 3 {
+		if version >= formatV3 {
 			l.namespace, l.pod, l.container = r.id(), r.id(), r.id()
 		}
 		labels = append(labels, l)
@@ -529,19 +579,24 @@ func (d *genDict) stackDefined(id uint32) bool {
 	return int(id) < len(d.stacks) && d.stacks[id] != nil
 }
 
-// windowRows is a decoded window record.
+// windowRows is a decoded window record, of either kind: a CPU row's
+// reason is 0 (""), its nanos its count times the period.
 type windowRows struct {
-	period         time.Duration
-	labels, stacks []uint32
-	counts         []uint64
+	period                  time.Duration
+	labels, stacks, reasons []uint32
+	counts, nanos           []uint64
 }
 
-// decodeWindow decodes a window record and checks every id it uses against
-// d: a window that refers to a missing entry is an error, never a guess.
-func decodeWindow(data []byte, d *genDict, w *windowRows) error {
-	raw, _, err := decompress(data)
+// decodeWindow decodes a window record of kind k and checks every id it
+// uses against d: a window that refers to a missing entry is an error,
+// never a guess.
+func decodeWindow(data []byte, d *genDict, w *windowRows, k pprof.Kind) error {
+	raw, version, err := decompress(data)
 	if err != nil {
 		return err
+	}
+	if hasReasonAndTime(k) && version < formatV5 { // off-CPU windows came with format 5
+		return errBadRecord
 	}
 	r := &reader{b: raw}
 	w.period = time.Duration(r.uvarint())
@@ -549,7 +604,7 @@ func decodeWindow(data []byte, d *genDict, w *windowRows) error {
 	if r.err || n > uint64(len(r.b)) {
 		return errBadRecord
 	}
-	w.labels, w.stacks, w.counts = w.labels[:0], w.stacks[:0], w.counts[:0]
+	w.labels, w.stacks, w.reasons, w.counts, w.nanos = w.labels[:0], w.stacks[:0], w.reasons[:0], w.counts[:0], w.nanos[:0]
 	var prev uint32
 	for range n {
 		prev += r.id()
@@ -565,15 +620,34 @@ func decodeWindow(data []byte, d *genDict, w *windowRows) error {
 	for range n {
 		w.counts = append(w.counts, r.uvarint())
 	}
+	w.readReasonsAndTimes(r, k)
 	if r.err || len(r.b) != 0 {
 		return errBadRecord
 	}
 	for i := range w.labels {
-		if !d.labelDefined(w.labels[i]) || !d.stackDefined(w.stacks[i]) {
+		if !d.labelDefined(w.labels[i]) || !d.stackDefined(w.stacks[i]) || !d.str(w.reasons[i]) {
 			return errMissingDict
 		}
 	}
 	return nil
+}
+
+// readReasonsAndTimes reads the columns that follow the counts in a kind
+// with them, and works them out for CPU rows.
+func (w *windowRows) readReasonsAndTimes(r *reader, k pprof.Kind) {
+	if !hasReasonAndTime(k) {
+		for _, c := range w.counts {
+			w.reasons = append(w.reasons, 0)
+			w.nanos = append(w.nanos, c*uint64(w.period))
+		}
+		return
+	}
+	for range w.counts {
+		w.reasons = append(w.reasons, r.id())
+	}
+	for range w.counts {
+		w.nanos = append(w.nanos, r.uvarint())
+	}
 }
 
 var errMissingDict = errors.New("window refers to a dictionary entry that was lost")

@@ -1,8 +1,9 @@
 // Package history is cgscope's profile history: it stores every pipeline
-// window in internal/store in a compact per-generation format (format.go),
-// answers range queries with a merged pprof profile or the CPU of each
-// cgroup and process (query.go, targets.go), serves them over HTTP
-// (api.go: /api/v1/profile, /api/v1/targets) and exports its own metrics.
+// window, its CPU and its off-CPU samples, in internal/store in a compact
+// per-generation format (format.go), answers range queries with a merged
+// pprof profile of either kind or the CPU (or off-CPU) time of each cgroup
+// and process (query.go, targets.go), serves them over HTTP (api.go:
+// /api/v1/profile, /api/v1/targets) and exports its own metrics.
 package history
 
 import (
@@ -20,13 +21,15 @@ import (
 // blocks the pipeline; a bounded queue hands them to the writer goroutine,
 // and windows that find the queue full are dropped and counted.
 //
-// Windows are stored compactly (see format.go): each store
-// generation has a dictionary of strings, frames, label sets and stacks,
-// written as records just before the windows that first use them, and a
-// window is only rows of (label set, stack, count). A query sums counts by
-// (label set, stack) per generation, filtering label sets before it looks at
-// any stack, and builds one profile at the end. That is fast enough for a
-// day of windows, so there are no rollups.
+// Windows are stored compactly (see format.go): each store generation has
+// a dictionary of strings, frames, label sets and stacks, written as
+// records just before the windows that first use them, and a window is only
+// rows of (label set, stack, count), with a reason and a time for its
+// off-CPU samples, which are a record of their own. A query reads the
+// records of its kind, sums them by (label set, stack, reason) per
+// generation, filtering label sets before it looks at any stack, and builds
+// one profile at the end. That is fast enough for a day of windows, so
+// there are no rollups.
 type History struct {
 	st  store.Store
 	log *slog.Logger

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/pprof/profile"
 
 	"github.com/cgscope/cgscope/exporter/pprof"
+	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
 )
@@ -28,7 +30,33 @@ func testWindows(n int, start time.Time) []*pipeline.Window {
 	for i := range n {
 		ws = append(ws, benchWindow(r, progs, zipf, start.Add(time.Duration(i)*benchInterval)))
 	}
+	addOffCPU(ws)
 	return ws
+}
+
+var offCPUReasons = []string{"runnable", "sleeping", "io_wait", "uninterruptible", "other"}
+
+// addOffCPU gives the windows off-CPU samples: a third of their threads
+// also waited where they ran, each with one or two reasons (the same one
+// twice at times, which the history must sum), counts and times of their
+// own. It draws from its own source, so the CPU samples stay those the
+// golden segments were written from.
+func addOffCPU(ws []*pipeline.Window) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, w := range ws {
+		for _, s := range w.Samples {
+			if s.TID%3 != 0 {
+				continue
+			}
+			for range 1 + r.IntN(2) {
+				o := s
+				o.Count = 1 + uint64(r.IntN(50))
+				o.OffCPU = time.Duration(o.Count) * time.Duration(1+r.IntN(100_000)) * time.Microsecond
+				o.Reason = offCPUReasons[r.IntN(len(offCPUReasons))]
+				w.OffCPU = append(w.OffCPU, o)
+			}
+		}
+	}
 }
 
 func writeAll(t *testing.T, st store.Store, ws []*pipeline.Window) *History {
@@ -47,7 +75,7 @@ func writeAll(t *testing.T, st store.Store, ws []*pipeline.Window) *History {
 func canon(p *profile.Profile, withContainer bool) []string {
 	m := map[string][2]int64{}
 	for _, s := range p.Sample {
-		k := fmt.Sprintf("%d/%d/%s/%s", s.NumLabel["pid"][0], s.NumLabel["tid"][0], s.Label["comm"][0], s.Label["cgroup"][0])
+		k := fmt.Sprintf("%d/%d/%s/%s/%s", s.NumLabel["pid"][0], s.NumLabel["tid"][0], s.Label["comm"][0], s.Label["cgroup"][0], s.Label[pprof.ReasonLabel])
 		if withContainer {
 			k += fmt.Sprint(s.Label["container_id"], s.Label["pod_uid"], s.Label["namespace"], s.Label["pod"], s.Label["container"])
 		}
@@ -153,7 +181,105 @@ func TestHistoryRoundTrip(t *testing.T) {
 			if tg.TotalSamples != total || len(tg.Processes) != 1 || tg.Processes[0].PID != q.PID || tg.Processes[0].ContainerID == "" {
 				t.Fatalf("targets %+v, want one process with %d samples", tg, total)
 			}
+
+			for _, sel := range []pprof.Selector{{Kind: pprof.OffCPU}, {Kind: pprof.OffCPU, PID: q.PID},
+				{Kind: pprof.OffCPU, Workload: byNS.Workload}} {
+				checkOffCPU(t, h, Query{From: q.From, To: q.To, Selector: sel}, ws[2:26])
+			}
 		})
+	}
+}
+
+// checkOffCPU checks that the history answers q's off-CPU profile and
+// targets exactly as pprof.Build makes them of the windows q covers.
+func checkOffCPU(t *testing.T, h *History, q Query, covered []*pipeline.Window) {
+	t.Helper()
+	want := pprof.Build(covered, q.Selector)
+	if len(want.Sample) == 0 {
+		t.Fatalf("%+v selects no off-CPU sample: not a test", q.Selector)
+	}
+	got, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DefaultSampleType != "off_cpu" || got.Period != 0 {
+		t.Errorf("off-CPU profile: default sample type %q, period %d", got.DefaultSampleType, got.Period)
+	}
+	sameLines(t, canon(got, true), canon(want, true))
+	tg, err := h.Targets(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var switches, nanos int64
+	for _, s := range want.Sample {
+		switches += s.Value[0]
+		nanos += s.Value[1]
+	}
+	if tg.Type != "off_cpu" || tg.TotalSamples != switches || tg.TotalOffCPU != float64(nanos)/1e9 || tg.TotalCPU != 0 {
+		t.Errorf("targets: type %q, %d switches, %v s off CPU, %v s CPU; want off_cpu, %d, %v s, 0",
+			tg.Type, tg.TotalSamples, tg.TotalOffCPU, tg.TotalCPU, switches, float64(nanos)/1e9)
+	}
+	var share float64
+	for _, c := range tg.Cgroups {
+		share += c.Share
+	}
+	if math.Abs(share-1) > 1e-9 || tg.Cgroups[0].OffCPU == 0 || tg.Cgroups[0].CPU != 0 {
+		t.Errorf("cgroups' shares add up to %v, first %+v: want shares of off-CPU time", share, tg.Cgroups[0])
+	}
+}
+
+// Off-CPU windows are on disk: a store written, closed and opened again
+// (a daemon restart) answers the same off-CPU profile and totals, and the
+// same CPU profile, as the windows it was written from.
+func TestHistoryOffCPUSurvivesReopen(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(6, start)
+	dir := t.TempDir()
+	st := openDisk(t, dir)
+	writeAll(t, st, ws)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = openDisk(t, dir)
+	if n := len(st.List(levelOffCPU, start, start.Add(time.Hour))); n != len(ws) {
+		t.Fatalf("%d off-CPU records after reopening, want %d", n, len(ws))
+	}
+	h := New(Options{Store: st})
+	all := Query{From: start, To: start.Add(time.Hour)}
+	checkOffCPU(t, h, Query{From: all.From, To: all.To, Selector: pprof.Selector{Kind: pprof.OffCPU}}, ws)
+	cpu, err := h.Profile(context.Background(), all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, canon(cpu, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+	if h.undecodable.Load() != 0 {
+		t.Fatalf("%d windows undecodable", h.undecodable.Load())
+	}
+}
+
+// The memory limit bounds CPU and off-CPU records together: they share
+// generations, so a window's two records are evicted together, and what is
+// left never exceeds the limit.
+func TestHistoryMemoryLimitCoversOffCPU(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(30, start)
+	const limit = 1 << 20
+	st := store.NewMemory(limit)
+	writeAll(t, st, ws)
+	stats := st.Stats()
+	if stats.Bytes > limit || stats.EvictedSize == 0 {
+		t.Fatalf("stats %+v: want evictions and at most %d bytes", stats, limit)
+	}
+	starts := func(level uint8) []time.Time {
+		var ts []time.Time
+		for _, m := range st.List(level, start, start.Add(time.Hour)) {
+			ts = append(ts, m.Start)
+		}
+		return ts
+	}
+	cpu, off := starts(levelWindow), starts(levelOffCPU)
+	if len(off) == 0 || len(cpu) == len(ws) || !slices.Equal(cpu, off) {
+		t.Fatalf("windows kept: CPU %v, off-CPU %v; want the same, fewer than %d", cpu, off, len(ws))
 	}
 }
 
@@ -188,8 +314,46 @@ func checkInlinedLines(t *testing.T, p *profile.Profile) {
 // previous release into testdata, still answer queries: ids from the cgroup
 // path, no names.
 func TestHistoryReadsFormat2(t *testing.T) {
+	h := openGolden(t, "testdata/history-v2", formatV2)
+	got := checkGoldenProfiles(t, h, func(ws []*pipeline.Window) {
+		for _, w := range ws { // format 3 added the names, format 4 the inlined calls
+			for i := range w.Samples {
+				s := &w.Samples[i]
+				s.Workload = &attribution.Workload{ContainerID: s.Workload.ContainerID, PodUID: s.Workload.PodUID}
+				s.Frames = slices.Clone(s.Frames)
+				for j := range s.Frames {
+					s.Frames[j].Inlined = nil
+				}
+			}
+		}
+	})
+	for _, s := range got.Sample {
+		if len(s.Label["container_id"]) != 1 || s.Label["namespace"] != nil {
+			t.Fatalf("format 2 sample labels %v: want container_id from the path and no names", s.Label)
+		}
+	}
+}
+
+// Records of format 4 (before off-CPU windows), written by the release
+// before format 5 into testdata, answer CPU queries as they did, inlined
+// calls and Kubernetes names included, and off-CPU queries with an empty
+// profile: those windows had none.
+func TestHistoryReadsFormat4(t *testing.T) {
+	h := openGolden(t, "testdata/history-v4", formatV4)
+	got := checkGoldenProfiles(t, h, func([]*pipeline.Window) {})
+	checkInlinedLines(t, got)
+	for _, s := range got.Sample {
+		if s.Label["namespace"] == nil || s.Label[pprof.ReasonLabel] != nil {
+			t.Fatalf("format 4 sample labels %v: want the Kubernetes names, no off-CPU reason", s.Label)
+		}
+	}
+}
+
+// openGolden opens a copy of a segment directory of testdata, checking
+// that its records are of the format it stands for.
+func openGolden(t *testing.T, src string, version byte) *History {
+	t.Helper()
 	dir := t.TempDir()
-	src := "testdata/history-v2"
 	ents, err := os.ReadDir(src)
 	if err != nil {
 		t.Fatal(err)
@@ -203,36 +367,62 @@ func TestHistoryReadsFormat2(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	disk, err := store.OpenDisk(store.DiskOptions{Dir: dir, MaxBytes: 1 << 30, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
+	disk := openDisk(t, dir)
+	all := disk.List(levelDict, time.Time{}, time.Now().Add(time.Hour*24*365*10))
+	all = append(all, disk.List(levelWindow, time.Time{}, time.Now().Add(time.Hour*24*365*10))...)
+	if len(all) < 2 {
+		t.Fatalf("%s holds %d records", src, len(all))
 	}
-	defer disk.Close()
-	h := New(Options{Store: disk, QueueSize: 1})
-	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-	got, err := h.Profile(context.Background(), Query{From: start, To: start.Add(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := testWindows(1, start) // what the golden file was written from, but for the inlined calls format 4 added
-	for _, w := range ws {
-		for i := range w.Samples {
-			frames := slices.Clone(w.Samples[i].Frames)
-			for j := range frames {
-				frames[j].Inlined = nil
-			}
-			w.Samples[i].Frames = frames
+	err = disk.Load(all, func(_ store.Meta, b []byte) error {
+		if b[0] != version {
+			return fmt.Errorf("a record of format %d, want %d", b[0], version)
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", src, err)
 	}
-	sameLines(t, canon(got, false), canon(pprof.Build(ws, pprof.Selector{}), false))
+	return New(Options{Store: disk, QueueSize: 1})
+}
+
+// openDisk opens the disk store in dir, closed when the test ends.
+func openDisk(t *testing.T, dir string) *store.Disk {
+	t.Helper()
+	st, err := store.OpenDisk(store.DiskOptions{Dir: dir, MaxBytes: 1 << 30, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// checkGoldenProfiles checks that a golden segment's CPU profile is what
+// pprof.Build makes of the window it was written from (testWindows(1, ...)
+// with what its format could not hold taken out by strip), and that its
+// off-CPU profile is empty. It returns the CPU profile.
+func checkGoldenProfiles(t *testing.T, h *History, strip func([]*pipeline.Window)) *profile.Profile {
+	t.Helper()
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	q := Query{From: start, To: start.Add(time.Hour)}
+	got, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := testWindows(1, start)
+	strip(ws)
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+	q.Kind = pprof.OffCPU
+	off, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(off.Sample) != 0 || off.DefaultSampleType != "off_cpu" {
+		t.Fatalf("off-CPU profile of an old segment: %d samples, type %q", len(off.Sample), off.DefaultSampleType)
+	}
 	if h.undecodable.Load() != 0 {
 		t.Fatalf("%d windows undecodable", h.undecodable.Load())
 	}
-	for _, s := range got.Sample {
-		if len(s.Label["container_id"]) != 1 || s.Label["namespace"] != nil {
-			t.Fatalf("format 2 sample labels %v: want container_id from the path and no names", s.Label)
-		}
-	}
+	return got
 }
 
 // A corrupt dictionary record makes the windows that use it undecodable:
@@ -360,5 +550,36 @@ func TestHistoryCountsEncodeErrors(t *testing.T) {
 	}
 	if got := st.Stats().Appended; got != before {
 		t.Errorf("%d records written for a window that failed to encode", got-before)
+	}
+}
+
+// An off-CPU window record is read only as format 5 on (a record marked
+// older cannot be one), and only when the dictionary has the strings of
+// its reasons: a window is never shown with a reason it cannot name.
+func TestHistoryOffCPURecordChecks(t *testing.T) {
+	ws := testWindows(1, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
+	var e windowEncoder
+	recs, err := e.encode(ws[0], 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 3 || recs[0].Level != levelDict || recs[1].Level != levelWindow || recs[2].Level != levelOffCPU {
+		t.Fatalf("records %d: want a dictionary, a CPU and an off-CPU window", len(recs))
+	}
+	d := newGenDict()
+	if err := d.add(recs[0].Data); err != nil {
+		t.Fatal(err)
+	}
+	var rows windowRows
+	if err := decodeWindow(recs[2].Data, d, &rows, pprof.OffCPU); err != nil || len(rows.reasons) == 0 {
+		t.Fatalf("off-CPU record: %v, %d rows", err, len(rows.reasons))
+	}
+	asV4 := append([]byte{formatV4}, recs[2].Data[1:]...)
+	if err := decodeWindow(asV4, d, &rows, pprof.OffCPU); err != errBadRecord {
+		t.Errorf("an off-CPU record of format 4: %v, want %v", err, errBadRecord)
+	}
+	d.strOK[rows.reasons[0]] = false
+	if err := decodeWindow(recs[2].Data, d, &rows, pprof.OffCPU); err != errMissingDict {
+		t.Errorf("a reason whose string is lost: %v, want %v", err, errMissingDict)
 	}
 }

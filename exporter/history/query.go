@@ -18,7 +18,8 @@ import (
 	"github.com/cgscope/cgscope/internal/store"
 )
 
-// Query selects a time range of the history and the samples in it.
+// Query selects a time range of the history and the samples in it,
+// CPU or off-CPU (Selector.Kind).
 type Query struct {
 	From, To time.Time
 	pprof.Selector
@@ -28,8 +29,8 @@ type Query struct {
 const DefaultRange = 5 * time.Minute
 
 // ParseQuery reads a query from URL parameters (from, to and the
-// selector's) strictly: unknown, repeated or malformed parameters are
-// errors (*pprof.ParamError), never ignored.
+// selector's, type= among them) strictly: unknown, repeated or malformed
+// parameters are errors (*pprof.ParamError), never ignored.
 func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	hq := Query{To: now}
 	var haveFrom bool
@@ -104,9 +105,10 @@ func (f *sampleFilter) match(d *genDict, lr labelRec) bool {
 	return q.Workload.IsZero() || q.Workload.Match(f.workload(d, lr))
 }
 
-// rowKey is what a query sums by within one generation. Targets leave
-// stack at noStack: they never look at stacks.
-type rowKey struct{ label, stack uint32 }
+// rowKey is what a query sums by within one generation: label set, stack
+// and (off-CPU) reason string id. Targets leave stack at noStack and
+// reason at 0: they never look at either.
+type rowKey struct{ label, stack, reason uint32 }
 
 const noStack = ^uint32(0)
 
@@ -125,14 +127,14 @@ type genWork struct {
 	windows []store.Meta
 }
 
-// scan sums the windows of [from, to) that pass f, by label set and (with
-// byStack) stack, one generation at a time on all CPUs, and calls fn with
-// each generation's sums, one at a time. Memory is bounded by a
-// generation's dictionary and sums per worker (both bounded by what a
-// generation can hold), never by the length of the range.
-func (h *History) scan(ctx context.Context, from, to time.Time, f *sampleFilter, byStack bool, fn func(*genSums) error) error {
+// scan sums the windows of f's query (its range and kind) that pass f, by
+// label set and (with byStack) stack and reason, one generation at a time
+// on all CPUs, and calls fn with each generation's sums, one at a time.
+// Memory is bounded by a generation's dictionary and sums per worker (both
+// bounded by what a generation can hold), never by the length of the range.
+func (h *History) scan(ctx context.Context, f *sampleFilter, byStack bool, fn func(*genSums) error) error {
 	var work []genWork
-	for _, m := range h.st.List(levelWindow, from, to) {
+	for _, m := range h.st.List(kindLevel(f.q.Kind), f.q.From, f.q.To) {
 		if n := len(work); n > 0 && work[n-1].gen == m.Gen() {
 			work[n-1].windows = append(work[n-1].windows, m)
 			continue
@@ -210,7 +212,7 @@ func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, bySta
 	var bad int
 	var lastErr error
 	err = h.st.Load(gw.windows, func(_ store.Meta, b []byte) error {
-		if err := decodeWindow(b, d, &rows); err != nil {
+		if err := decodeWindow(b, d, &rows, f.q.Kind); err != nil {
 			bad++
 			lastErr = err
 			return ctx.Err()
@@ -228,13 +230,13 @@ func (h *History) sumGen(ctx context.Context, gw genWork, f *sampleFilter, bySta
 			if keep[l] < 0 {
 				continue
 			}
-			k := rowKey{l, noStack}
+			k := rowKey{l, noStack, 0}
 			if byStack {
-				k.stack = rows.stacks[i]
+				k.stack, k.reason = rows.stacks[i], rows.reasons[i]
 			}
 			s := gs.sums[k]
 			s.samples += int64(rows.counts[i])
-			s.nanos += int64(rows.counts[i]) * int64(rows.period)
+			s.nanos += int64(rows.nanos[i])
 			gs.sums[k] = s
 		}
 		return ctx.Err()
@@ -259,9 +261,7 @@ type profileSink struct {
 
 func (ps *profileSink) add(gs *genSums) error {
 	d := gs.dict
-	if gs.period > 0 {
-		ps.b.SetPeriod(gs.period)
-	}
+	ps.b.SetPeriod(gs.period)
 	locs := map[uint32][]*profile.Location{} // this generation's stacks
 	for k, s := range gs.sums {
 		ls, ok := locs[k.stack]
@@ -275,21 +275,21 @@ func (ps *profileSink) add(gs *genSums) error {
 		}
 		lr := d.labels[k.label]
 		ps.b.AddRow(pprof.Row{PID: lr.pid, TID: lr.tid, Comm: d.strs[lr.comm], Cgroup: d.strs[lr.cgroup],
-			Workload: ps.f.workload(d, lr), Samples: s.samples, Nanos: s.nanos}, ls)
+			Workload: ps.f.workload(d, lr), Reason: d.strs[k.reason], Samples: s.samples, Nanos: s.nanos}, ls)
 	}
 	return nil
 }
 
-// Profile returns the profile of the query's range and filters: the sum of
-// the windows overlapping it.
+// Profile returns the profile of the query's kind, range and filters: the
+// sum of the windows overlapping it.
 func (h *History) Profile(ctx context.Context, q Query) (*profile.Profile, error) {
 	if err := h.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer h.release()
 	f := newSampleFilter(&q)
-	ps := &profileSink{b: pprof.NewBuilder(), f: f}
-	if err := h.scan(ctx, q.From, q.To, f, true, ps.add); err != nil {
+	ps := &profileSink{b: pprof.NewBuilder(q.Kind), f: f}
+	if err := h.scan(ctx, f, true, ps.add); err != nil {
 		return nil, err
 	}
 	return ps.b.Profile(q.From, q.To), nil

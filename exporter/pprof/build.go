@@ -1,7 +1,8 @@
-// Package pprof builds CPU profiles in pprof's format (google/pprof's
-// profile package) from symbolized pipeline windows or from the history's
-// sums, and selects their samples: one Selector and one query-parameter
-// parser serve the live capture, the history API and the web UI.
+// Package pprof builds profiles in pprof's format (google/pprof's profile
+// package), CPU or off-CPU (Kind), from symbolized pipeline windows or from
+// the history's sums, and selects their samples: one Selector and one
+// query-parameter parser serve the live capture, the history API, the web
+// UI and `cgscope record`.
 package pprof
 
 import (
@@ -21,6 +22,7 @@ const kernelMappingName = "[kernel.kallsyms]"
 // Builder interns mappings, functions and locations while samples are
 // added, so a frame shared by many samples is stored once.
 type Builder struct {
+	kind      Kind
 	p         *profile.Profile
 	mappings  map[mappingKey]*profile.Mapping
 	functions map[functionKey]*profile.Function
@@ -37,30 +39,32 @@ type locationKey struct {
 	fn      string
 }
 
-// Build merges the samples of windows that sel selects into one CPU profile
-// in pprof conventions: sample types samples/count and cpu/nanoseconds,
-// period from the sampling frequency, labels pid, tid, comm and cgroup on
-// every sample, and container_id, pod_uid, namespace, pod and container
-// where known.
+// Build merges the samples of windows that sel selects into one profile of
+// sel.Kind in pprof conventions: labels pid, tid, comm and cgroup on every
+// sample, and container_id, pod_uid, namespace, pod and container where
+// known. A CPU profile has sample types samples/count and cpu/nanoseconds,
+// its period from the sampling frequency. An off-CPU profile has
+// samples/count (times a thread left the CPU with the stack) and
+// off_cpu/nanoseconds (time away), no period (each sample is weighted on
+// its own), and the label off_cpu_reason.
 func Build(windows []*pipeline.Window, sel Selector) *profile.Profile {
-	b := NewBuilder()
+	b := NewBuilder(sel.Kind)
 	for _, w := range windows {
 		b.addWindow(w, &sel)
 	}
 	return b.finish()
 }
 
-// NewBuilder starts an empty profile, for samples summed elsewhere (the
-// history's); Build is the way for windows.
-func NewBuilder() *Builder {
+// NewBuilder starts an empty profile of kind k, for samples summed
+// elsewhere (the history's); Build is the way for windows.
+func NewBuilder(k Kind) *Builder {
+	vt := k.spec().valueType
 	return &Builder{
+		kind: k,
 		p: &profile.Profile{
-			SampleType: []*profile.ValueType{
-				{Type: "samples", Unit: "count"},
-				{Type: "cpu", Unit: "nanoseconds"},
-			},
-			PeriodType:        &profile.ValueType{Type: "cpu", Unit: "nanoseconds"},
-			DefaultSampleType: "cpu",
+			SampleType:        []*profile.ValueType{{Type: "samples", Unit: "count"}, &vt},
+			PeriodType:        &profile.ValueType{Type: vt.Type, Unit: vt.Unit},
+			DefaultSampleType: vt.Type,
 		},
 		mappings:  map[mappingKey]*profile.Mapping{},
 		functions: map[functionKey]*profile.Function{},
@@ -71,20 +75,18 @@ func NewBuilder() *Builder {
 
 func (b *Builder) addWindow(w *pipeline.Window, sel *Selector) {
 	b.extendTime(w)
-	period := int64(w.Period)
-	for i := range w.Samples {
-		s := &w.Samples[i]
+	samples := b.kind.WindowSamples(w)
+	for i := range samples {
+		s := &samples[i]
 		if !sel.Match(s) {
 			continue
 		}
-		b.addSample(s, period)
+		b.addSample(s, b.kind.nanos(s, w.Period))
 	}
 }
 
 func (b *Builder) extendTime(w *pipeline.Window) {
-	if w.Period > 0 {
-		b.p.Period = int64(w.Period)
-	}
+	b.SetPeriod(w.Period)
 	start := w.Start.UnixNano()
 	if b.p.TimeNanos == 0 || start < b.p.TimeNanos {
 		b.p.TimeNanos = start
@@ -94,23 +96,28 @@ func (b *Builder) extendTime(w *pipeline.Window) {
 	}
 }
 
-func (b *Builder) addSample(s *pipeline.Sample, period int64) {
+func (b *Builder) addSample(s *pipeline.Sample, nanos int64) {
 	locs := make([]*profile.Location, len(s.Frames))
 	for i := range s.Frames {
 		locs[i] = b.Location(&s.Frames[i])
 	}
-	r := Row{PID: s.PID, TID: s.TID, Comm: s.Comm, Cgroup: s.Cgroup, Samples: int64(s.Count), Nanos: int64(s.Count) * period}
+	r := Row{PID: s.PID, TID: s.TID, Comm: s.Comm, Cgroup: s.Cgroup, Reason: s.Reason, Samples: int64(s.Count), Nanos: nanos}
 	if s.Workload != nil {
 		r.Workload = *s.Workload
 	}
 	b.AddRow(r, locs)
 }
 
-// Row is one sample's labels and values, however it was stored.
+// Row is one sample's labels and values, however it was stored. Nanos is
+// the time the sample stands for: on the CPU or off it, by the profile's
+// kind.
 type Row struct {
-	PID, TID       uint32
-	Comm, Cgroup   string
-	Workload       attribution.Workload
+	PID, TID     uint32
+	Comm, Cgroup string
+	Workload     attribution.Workload
+	// Reason is why an off-CPU sample's thread left the CPU ("" for CPU
+	// samples): the label off_cpu_reason.
+	Reason         string
 	Samples, Nanos int64
 }
 
@@ -134,6 +141,9 @@ func (b *Builder) AddRow(r Row, locs []*profile.Location) {
 			ps.Label[attribution.LabelNames[i]] = []string{v}
 		}
 	}
+	if r.Reason != "" {
+		ps.Label[ReasonLabel] = []string{r.Reason}
+	}
 	b.samples[string(b.key)] = ps
 	b.p.Sample = append(b.p.Sample, ps)
 }
@@ -142,18 +152,22 @@ func (b *Builder) AddRow(r Row, locs []*profile.Location) {
 func appendSampleKey(key []byte, r *Row, locs []*profile.Location) []byte {
 	key = binary.AppendUvarint(key, uint64(r.PID))
 	key = binary.AppendUvarint(key, uint64(r.TID))
-	key = binary.AppendUvarint(key, uint64(len(r.Comm)))
-	key = append(key, r.Comm...)
-	key = binary.AppendUvarint(key, uint64(len(r.Cgroup)))
-	key = append(key, r.Cgroup...)
+	key = appendKeyString(key, r.Comm)
+	key = appendKeyString(key, r.Cgroup)
+	key = appendKeyString(key, r.Reason)
 	for _, v := range r.Workload.LabelValues() {
-		key = binary.AppendUvarint(key, uint64(len(v)))
-		key = append(key, v...)
+		key = appendKeyString(key, v)
 	}
 	for _, l := range locs {
 		key = binary.AppendUvarint(key, l.ID)
 	}
 	return key
+}
+
+// appendKeyString appends s length-prefixed, so that no two label
+// values run into each other.
+func appendKeyString(key []byte, s string) []byte {
+	return append(binary.AppendUvarint(key, uint64(len(s))), s...)
 }
 
 // Location returns the profile's location of a frame, made on first use.
@@ -239,8 +253,13 @@ func (b *Builder) finish() *profile.Profile {
 	return b.p
 }
 
-// SetPeriod sets the sampling period: what one sample stands for.
-func (b *Builder) SetPeriod(d time.Duration) { b.p.Period = int64(d) }
+// SetPeriod sets the sampling period, what one sample stands for, in a
+// kind that has one (CPU); zero, or an off-CPU profile, leaves it be.
+func (b *Builder) SetPeriod(d time.Duration) {
+	if d > 0 && b.kind.hasPeriod() {
+		b.p.Period = int64(d)
+	}
+}
 
 // Profile returns the profile built so far, covering [from, to).
 func (b *Builder) Profile(from, to time.Time) *profile.Profile {

@@ -12,8 +12,12 @@ import (
 )
 
 // Selector selects the samples that go into a profile, live or from the
-// history. Zero values match all; set fields must all match.
+// history: of which kind (CPU or off-CPU), and whose. Zero values match
+// all (and the kind is CPU); set fields must all match.
 type Selector struct {
+	// Kind picks the samples a profile is made of (type=); Match leaves it
+	// to the caller, which takes the kind's samples only.
+	Kind Kind
 	PID  uint32 // 0 = any process
 	Comm string // process name, "" = any
 	// Cgroup is a cgroup2 path prefix matched by whole components: "/a"
@@ -149,9 +153,11 @@ type selectorParam struct {
 
 // selectorParamNames are the selector's parameters, in the order messages
 // list them.
-var selectorParamNames = []string{"pid", "comm", "cgroup", "container_id", "pod_uid", "namespace", "pod", "container"}
+var selectorParamNames = []string{"type", "pid", "comm", "cgroup", "container_id", "pod_uid", "namespace", "pod", "container"}
 
 var selectorParams = map[string]selectorParam{
+	"type": {isKind, "one of " + strings.Join(kindNames(), ", "),
+		func(s *Selector, v string) { s.Kind, _ = ParseKind(v) }},
 	"pid": {isPID, "a positive process id",
 		func(s *Selector, v string) { n, _ := strconv.ParseUint(v, 10, 32); s.PID = uint32(n) }},
 	"comm": {func(v string) bool { return v != "" && len(v) <= 64 }, "a process name",
@@ -168,6 +174,11 @@ var selectorParams = map[string]selectorParam{
 		func(s *Selector, v string) { s.Workload.Pod = v }},
 	"container": {reDNSLabel.MatchString, "a Kubernetes container name (lowercase letters, digits, '-', at most 63)",
 		func(s *Selector, v string) { s.Workload.Container = v }},
+}
+
+func isKind(v string) bool {
+	_, err := ParseKind(v)
+	return err == nil
 }
 
 func isPID(v string) bool {

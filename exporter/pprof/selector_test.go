@@ -72,7 +72,7 @@ func TestParseParamsOwn(t *testing.T) {
 	}
 	for query, want := range map[string]string{
 		"seconds=x": "seconds=x",
-		"bogus=1":   "known: seconds, pid, comm, cgroup, container_id, pod_uid, namespace, pod, container",
+		"bogus=1":   "known: seconds, type, pid, comm, cgroup, container_id, pod_uid, namespace, pod, container",
 	} {
 		q, _ := url.ParseQuery(query)
 		_, err := ParseParams(q, own)
@@ -80,5 +80,47 @@ func TestParseParamsOwn(t *testing.T) {
 		if !errors.As(err, &pe) || !pe.BadRequest() || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want a ParamError saying %q", query, err, want)
 		}
+	}
+}
+
+// type= picks the profile kind, CPU when absent; an unknown type is the
+// client's fault and the message lists the types there are.
+func TestParseParamsType(t *testing.T) {
+	for query, want := range map[string]Kind{"": CPU, "type=cpu": CPU, "type=off_cpu&pid=3": OffCPU} {
+		q, _ := url.ParseQuery(query)
+		sel, err := ParseParams(q)
+		if err != nil || sel.Kind != want {
+			t.Errorf("%q: kind %v, %v; want %v", query, sel.Kind, err, want)
+		}
+	}
+	for _, query := range []string{"type=bogus", "type=", "type=CPU", "type=cpu&type=off_cpu"} {
+		q, _ := url.ParseQuery(query)
+		_, err := ParseParams(q)
+		var pe *ParamError
+		if !errors.As(err, &pe) {
+			t.Errorf("%q: %v, want a ParamError", query, err)
+		}
+	}
+	q, _ := url.ParseQuery("type=bogus")
+	if _, err := ParseParams(q); err == nil || err.Error() != `type="bogus": want one of cpu, off_cpu` {
+		t.Errorf("type=bogus: %v", err)
+	}
+}
+
+// A Kind is a flag value: Set parses what String prints, and refuses
+// anything else without changing the kind.
+func TestKindSet(t *testing.T) {
+	for _, k := range Kinds() {
+		var got Kind
+		if err := got.Set(k.String()); err != nil || got != k {
+			t.Errorf("Set(%q) = %v, %v", k, got, err)
+		}
+	}
+	k := OffCPU
+	if err := k.Set("offcpu"); err == nil || k != OffCPU {
+		t.Errorf("Set(offcpu): %v, kind now %v", err, k)
+	}
+	if OffCPU.FileName() != "off_cpu.pb.gz" || CPU.FileName() != "cpu.pb.gz" {
+		t.Errorf("file names %s, %s", CPU.FileName(), OffCPU.FileName())
 	}
 }

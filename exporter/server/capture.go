@@ -12,7 +12,8 @@ import (
 )
 
 // captureHandler serves /debug/pprof/profile like net/http/pprof: it blocks
-// for ?seconds= and returns a gzip pprof of what was sampled meanwhile.
+// for ?seconds= and returns a gzip pprof of what was sampled meanwhile, CPU
+// or (type=off_cpu) off-CPU.
 type captureHandler struct{ opts Options }
 
 func (h *captureHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -30,7 +31,7 @@ func (h *captureHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p := pprof.Build(windows, req.filter)
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Disposition", `attachment; filename="cpu.pb.gz"`)
+	w.Header().Set("Content-Disposition", `attachment; filename="`+req.filter.Kind.FileName()+`"`)
 	if err := p.Write(w); err != nil {
 		slog.Warn("writing profile to client failed", "err", err)
 	}
@@ -41,8 +42,9 @@ type captureRequest struct {
 	filter   pprof.Selector
 }
 
-// parseCaptureQuery reads seconds= and the selector's parameters strictly:
-// an unknown or malformed parameter is an error, never silently ignored.
+// parseCaptureQuery reads seconds= and the selector's parameters (type=
+// among them) strictly: an unknown or malformed parameter is an error,
+// never silently ignored.
 func parseCaptureQuery(q url.Values, defaultSeconds, maxSeconds int) (captureRequest, error) {
 	req := captureRequest{duration: time.Duration(defaultSeconds) * time.Second}
 	seconds := pprof.Param{Name: "seconds", Set: func(v string) error {

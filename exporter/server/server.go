@@ -51,6 +51,8 @@ type Options struct {
 var (
 	captureLink = ui.Link{Address: "/debug/pprof/profile?seconds=10", Text: "Live CPU profile",
 		Description: "gzip pprof of the next N seconds of the whole host (filters: pid=, comm=, cgroup=, namespace=, pod=, container=, container_id=, pod_uid=)"}
+	offCPULink = ui.Link{Address: "/debug/pprof/profile?type=off_cpu&seconds=10", Text: "Live off-CPU profile",
+		Description: "the same for where threads waited off the CPU (label off_cpu_reason: runnable, sleeping, io_wait, uninterruptible, other)"}
 	metricsLink = ui.Link{Address: "/metrics", Text: "Metrics", Description: "the agent's own metrics in Prometheus format"}
 	healthLink  = ui.Link{Address: "/healthz", Text: "Health", Description: "200 when the agent is serving"}
 	selfLink    = ui.Link{Address: "/debug/self/pprof/", Text: "Self profiling", Description: "Go pprof of cgscope itself"}
@@ -82,7 +84,7 @@ func mountHistory(mux *http.ServeMux, opts Options) {
 	api := &history.API{H: opts.History}
 	mux.HandleFunc("GET /api/v1/profile", api.ServeProfile)
 	mux.HandleFunc("GET /api/v1/targets", api.ServeTargets)
-	links := []ui.Link{captureLink, metricsLink, healthLink}
+	links := []ui.Link{captureLink, offCPULink, metricsLink, healthLink}
 	if opts.SelfProfiling {
 		links = append(links, selfLink)
 	}
@@ -105,7 +107,7 @@ func mountHistory(mux *http.ServeMux, opts Options) {
 // mountLanding serves exporter-toolkit's landing page at /.
 func mountLanding(mux *http.ServeMux, opts Options) error {
 	var links []web.LandingLinks
-	for _, l := range []ui.Link{captureLink, metricsLink, healthLink} {
+	for _, l := range []ui.Link{captureLink, offCPULink, metricsLink, healthLink} {
 		links = append(links, web.LandingLinks{Address: l.Address, Text: l.Text, Description: l.Description})
 	}
 	landing, err := web.NewLandingPage(web.LandingConfig{
