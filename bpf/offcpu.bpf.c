@@ -12,15 +12,15 @@
 // formatted, and a thread's state lives in task-local storage, found from
 // the task without a hash lookup and freed with the task.
 //
-// Sampling: a thread's switch-outs are sampled with probability
-// min(1, per_task / its rate) times a host-wide factor, and each sample is
-// weighted by the inverse of its probability, so sums of switch-outs and of
-// blocked time are unbiased. A thread that switches rarely (a sleep of 50
-// ms) is sampled every time; one that switches 100,000 times a second is
-// sampled a few dozen times. Userspace attaches the program only part of
+// Sampling: a switch-out is sampled with a probability proportional to how
+// long the thread's switch-outs last on average, times a host-wide factor,
+// and each sample is weighted by the inverse of its probability, so sums of
+// switch-outs and of blocked time are unbiased, and samples follow off-CPU
+// time (see sampling_weight). Userspace attaches the program only part of
 // the time on hosts that switch so often that even its cheapest run would
-// cost too much (see profiler/offcpu.go); samples whose switch-in it did not
-// see are dropped and counted.
+// cost too much (see profiler/offcpu.go), and scales each drained interval
+// by the share of it that was sampled; samples whose switch-in the program
+// did not see are dropped and counted.
 //
 // The stacks go to offcpu_stacks, the counts to the generation of
 // offcpu_counts that control[0] names: both shared with the CPU sampler
@@ -44,13 +44,18 @@ char LICENSE[] SEC("license") = "GPL";
 #define TASK_UNINTERRUPTIBLE 0x2
 #define TASK_NOLOAD 0x400
 /* The largest weight: a sample taken with a probability of 2^-18 (a
- * thread switching 200,000 times a second, on a host whose switches keep
- * the program attached a twentieth of the time, is at 2^-13). */
+ * switch-out expected to last 100 ns is sampled at 2^-17 at the default
+ * rate of 50 a second). */
 #define MAX_WEIGHT (1ULL << (18 + OFFCPU_WEIGHT_SHIFT))
 /* The part of a window in which switch-outs are sampled (profiler/offcpu.go
  * sampleShare), and the most a sample's weight grows for the chance that
  * its block ended after the window. */
 #define SAMPLE_SHARE_PCT 80
+/* The moving average of blocked times: weight 1/2^AVG_SHIFT to the newest,
+ * each capped (a thread asleep for hours is as likely to be sampled as one
+ * asleep for 16 s: always, at the default rate). */
+#define AVG_SHIFT 3
+#define MAX_AVG_NS (16ULL * NSEC_PER_SEC)
 #define MAX_COMPLETION_FACTOR 16
 
 struct {
@@ -61,7 +66,7 @@ struct {
 } offcpu_tasks SEC(".maps");
 
 // Set by userspace (profiler/offcpu.go) before attaching and at every window.
-struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50, .duty = 65536};
+struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50};
 // When sampling ends in this window (switch_time's clock): set at the
 // window's first switch, from offcpu_cfg.sample_for; userspace clears it
 // before each window. Kept in the kernel's time, so that a late userspace
@@ -143,12 +148,48 @@ static __always_inline __u64 completion_weight(__u64 weight, __u64 blocked)
 	return weight * share / left;
 }
 
+// track_blocked keeps a moving average of how long a thread stays off the
+// CPU, over all its switches (the sampled ones and the others), from which
+// its next switch-out's sampling probability follows.
+static __always_inline void track_blocked(struct offcpu_task *t, __u64 now)
+{
+	__u64 out = t->last_out;
+	t->last_out = 0;
+	if (!out || t->last_epoch != offcpu_cfg.epoch || now <= out)
+		return;
+	__u64 blocked = now - out;
+	if (blocked > MAX_AVG_NS)
+		blocked = MAX_AVG_NS;
+	if (!t->avg_ns)
+		t->avg_ns = blocked;
+	else
+		t->avg_ns = t->avg_ns - (t->avg_ns >> AVG_SHIFT) + (blocked >> AVG_SHIFT);
+}
+
+// without_sampling takes out of a sampled block the delay the sampling
+// itself caused. The stacks are taken inside the switch, with interrupts
+// off, on the CPU the thread leaves: whatever would have ended the block
+// meanwhile — a timer or disk interrupt on that CPU, a worker thread bound
+// to it, a wakeup, which waits for the switch to finish — comes only when
+// it is done. A block seen to last less than twice that time most likely
+// ended during it and is counted as lasting what it took past it (half of
+// it, if less); a longer one was not delayed.
+static __always_inline __u64 without_sampling(__u64 blocked, __u64 spent)
+{
+	if (blocked >= 2 * spent)
+		return blocked;
+	return blocked > spent ? blocked - spent : blocked / 2;
+}
+
 // finish adds the time a sampled thread was away to its sample, now that
 // it comes back onto the CPU.
 static __always_inline void finish(struct task_struct *task, __u64 now)
 {
 	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, task, 0, 0);
-	if (!t || !t->t_out)
+	if (!t)
+		return;
+	track_blocked(t, now);
+	if (!t->t_out)
 		return;
 	__u64 t_out = t->t_out, weight = t->weight;
 	t->t_out = 0;
@@ -174,7 +215,7 @@ static __always_inline void finish(struct task_struct *task, __u64 now)
 			return;
 		}
 	}
-	__u64 blocked = now - t_out;
+	__u64 blocked = without_sampling(now - t_out, t->spent);
 	weight = completion_weight(weight, blocked);
 	// blocked * weight / 2^shift without overflow: weight < 2^32, and the
 	// high part saturates (a thread away for days at a weight of thousands).
@@ -204,28 +245,34 @@ static __always_inline bool sampling_open(__u64 now)
 }
 
 // sampling_weight decides whether to sample this switch-out of t and
-// returns the sample's weight, 0 for no sample.
+// returns the sample's weight, 0 for no sample. Switch-outs are sampled in
+// proportion to the time they are expected to last (the thread's average):
+// p = min(1, per_task × average blocked time) × the host-wide factor, so a
+// thread gets about per_task samples a second of its time off the CPU,
+// whether it blocks for 50 ms twenty times a second or for 10 µs 100,000
+// times, and a profile's samples follow off-CPU time as a CPU profile's
+// follow CPU time. A thread not yet seen blocking is sampled.
 static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
 {
-	if (now - t->window_start >= NSEC_PER_SEC) {
-		t->rate = now - t->window_start < 2 * NSEC_PER_SEC ? t->switches : 0;
-		t->switches = 0;
-		t->window_start = now;
-	}
-	t->switches++;
+	t->last_out = now;
+	t->last_epoch = offcpu_cfg.epoch;
 	if (!offcpu_cfg.sampling || !sampling_open(now))
 		return 0;
-	// p = min(1, per_task / rate) * scale, as a fraction of 2^32.
-	__u64 rate = t->rate > t->switches ? t->rate : t->switches;
-	__u64 per_task = offcpu_cfg.per_task, scale = offcpu_cfg.scale;
-	__u64 p = rate <= per_task ? (1ULL << 32) : (per_task << 32) / rate;
+	// p as a fraction of 2^32: avg × per_task / 1e9, where 1e9 / 2^32 is
+	// 2^-12 × 244140.625.
+	__u64 p = 1ULL << 32;
+	if (t->avg_ns) {
+		__u64 x = t->avg_ns * offcpu_cfg.per_task; // < 2^34 × 2^20
+		if (x < NSEC_PER_SEC)
+			p = (x << 20) / 244141;
+	}
+	__u64 scale = offcpu_cfg.scale;
 	p = (p >> 16) * (scale > 65536 ? 65536 : scale);
 	if (p == 0 || (p < (1ULL << 32) && bpf_get_prandom_u32() >= p))
 		return 0;
-	// 1/p, and 1/the fraction of time this program is attached: a sample
-	// stands for the switch-outs of the time it was not.
-	__u64 duty = offcpu_cfg.duty;
-	__u64 weight = ((1ULL << (32 + OFFCPU_WEIGHT_SHIFT)) / p) * (duty ? duty : 65536) >> 16;
+	// 1/p. That the program is attached only part of the time is made up
+	// for in userspace, by the time it sampled in each drained interval.
+	__u64 weight = (1ULL << (32 + OFFCPU_WEIGHT_SHIFT)) / p;
 	return weight > MAX_WEIGHT ? MAX_WEIGHT : weight;
 }
 
@@ -303,11 +350,13 @@ static __always_inline void sample_out(void *ctx, bool preempt, unsigned int sta
 		if (bpf_map_update_elem(&known_procs, &pid, &c, BPF_NOEXIST) == 0)
 			process_event(pid, PROCESS_NEW, c);
 	}
+	__u64 spent = bpf_ktime_get_ns() - started;
 	t->weight = weight;
 	t->epoch = offcpu_cfg.epoch;
+	t->spent = spent;
 	t->t_out = now;
 	offcpu_stat(OFFCPU_STAT_SAMPLED);
-	offcpu_stats_add(OFFCPU_STAT_SAMPLE_NS, bpf_ktime_get_ns() - started);
+	offcpu_stats_add(OFFCPU_STAT_SAMPLE_NS, spent);
 }
 
 // The tracepoint fires in __schedule before the switch: prev is still the

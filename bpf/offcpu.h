@@ -32,11 +32,10 @@ struct offcpu_value {
  * switch without a map lookup). */
 struct offcpu_config {
 	__u64 scale;    /* host-wide sampling factor, 65536 = 1 */
-	__u64 per_task; /* samples per second a thread gets at most before the factor */
+	__u64 per_task; /* samples per second of a thread's blocked time, before the factor */
 	__u64 sampling; /* 1: sample switch-outs; 0: only finish the pending ones */
 	__u64 sample_for; /* ns from the window's first switch during which to sample; 0: no end */
 	__u64 epoch;    /* the attachment window: a sample pending from another is dropped */
-	__u64 duty;     /* 65536 / the fraction of time the program is attached */
 	__u64 window;   /* ns the program stays attached; 0: throughout */
 };
 
@@ -53,12 +52,13 @@ enum offcpu_stat_index {
 
 /* The off-CPU state of one thread. */
 struct offcpu_task {
-	__u64 t_out;        /* when its sampled switch-out happened; 0: none pending */
-	__u64 weight;       /* of the pending sample */
-	__u64 window_start; /* of the per-thread rate window */
-	__u64 epoch;        /* of the pending sample */
-	__u32 switches;     /* switch-outs in the current window */
-	__u32 rate;         /* switch-outs in the last window */
+	__u64 t_out;     /* when its sampled switch-out happened; 0: none pending */
+	__u64 weight;    /* of the pending sample */
+	__u64 epoch;     /* of the pending sample */
+	__u64 spent;     /* ns the pending sample took to take */
+	__u64 last_out;  /* when it last left the CPU, sampled or not; 0: back on it */
+	__u64 last_epoch; /* of last_out */
+	__u64 avg_ns;    /* its blocked times' moving average; 0: none seen yet */
 	struct sample_key key;
 };
 

@@ -20,7 +20,6 @@ type OffCPUOffcpuConfig struct {
 	Sampling  uint64
 	SampleFor uint64
 	Epoch     uint64
-	Duty      uint64
 	Window    uint64
 }
 
@@ -48,14 +47,15 @@ const (
 )
 
 type OffCPUOffcpuTask struct {
-	_           structs.HostLayout
-	T_out       uint64
-	Weight      uint64
-	WindowStart uint64
-	Epoch       uint64
-	Switches    uint32
-	Rate        uint32
-	Key         OffCPUSampleKey
+	_         structs.HostLayout
+	T_out     uint64
+	Weight    uint64
+	Epoch     uint64
+	Spent     uint64
+	LastOut   uint64
+	LastEpoch uint64
+	AvgNs     uint64
+	Key       OffCPUSampleKey
 }
 
 type OffCPUOffcpuValue struct {

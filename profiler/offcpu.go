@@ -41,8 +41,9 @@ func (r OffCPUReason) String() string {
 
 // OffCPUConfig sizes the off-CPU sampler.
 type OffCPUConfig struct {
-	// PerThread is how many switch-outs a second of one thread are
-	// sampled at most: a thread that switches less is sampled every time.
+	// PerThread is how many samples a second of a thread's time off the
+	// CPU are taken: a switch-out is sampled with the probability
+	// PerThread × the thread's average blocked time (at most 1).
 	PerThread int
 	// MaxSamples bounds the samples a second host-wide: above it, every
 	// thread's rate is scaled down.
@@ -58,7 +59,7 @@ type OffCPUConfig struct {
 
 // DefaultOffCPUConfig returns the sizes cgscope uses unless told otherwise.
 func DefaultOffCPUConfig() OffCPUConfig {
-	return OffCPUConfig{PerThread: 20, MaxSamples: 1000}
+	return OffCPUConfig{PerThread: 50, MaxSamples: 1000}
 }
 
 // OffCPU is the loaded off-CPU sampler; a dutycycle.Program.
@@ -72,6 +73,7 @@ type OffCPU struct {
 	scale  float64 // host-wide sampling factor, 0..1
 	// settings are what the program was last configured with.
 	settings bpf.OffCPUOffcpuConfig
+	sampling samplingClock
 	sampled  uint64        // OFFCPU_STAT_SAMPLED at the last Start
 	spent    time.Duration // OFFCPU_STAT_SAMPLE_NS at the last Start
 	since    time.Time
@@ -125,10 +127,11 @@ func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
 		}
 	}
 	o := &OffCPU{cfg: cfg, scale: 1}
+	o.sampling.since, o.sampling.drainedAt = time.Now(), time.Now()
 	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{MapReplacements: shared, Cache: cfg.BTF}); err != nil {
 		return nil, fmt.Errorf("loading the off-CPU sampler: %w", err)
 	}
-	o.settings = bpf.OffCPUOffcpuConfig{Scale: 65536, PerTask: uint64(cfg.PerThread), Duty: 65536}
+	o.settings = bpf.OffCPUOffcpuConfig{Scale: 65536, PerTask: uint64(cfg.PerThread)}
 	if err := o.configure(o.settings); err != nil {
 		o.objs.Close()
 		return nil, err
@@ -177,24 +180,77 @@ func (o *OffCPU) Start(window time.Duration, duty float64) error {
 			return fmt.Errorf("configuring the off-CPU sampler: %w", err)
 		}
 	}
+	share := 1.0
 	if duty < 1 {
-		duty *= sampleShare
+		share = sampleShare
 		cfg.Window = uint64(window)
 		cfg.SampleFor = uint64(sampleShare * float64(window))
 	}
-	cfg.Duty = uint64(65536 / max(duty, 1.0/65536))
 	if err := o.configure(cfg); err != nil {
 		return err
 	}
+	o.sampling.open(time.Now(), share)
 	if o.link != nil {
 		return nil
 	}
 	l, err := link.AttachTracing(link.TracingOptions{Program: o.objs.Switch})
 	if err != nil {
+		o.sampling.close(time.Now())
 		return fmt.Errorf("attaching the off-CPU sampler to tp_btf/sched_switch: %w", err)
 	}
 	o.link = l
 	return nil
+}
+
+// samplingClock adds up the time the sampler sampled, as a share of the
+// time it was attached: all of it when attached throughout, sampleShare of
+// a window.
+type samplingClock struct {
+	total time.Duration // up to since
+	since time.Time
+	share float64 // of the time since that counts; 0 detached
+
+	drained   time.Duration // total at the last drain
+	drainedAt time.Time
+}
+
+func (c *samplingClock) advance(now time.Time) {
+	if c.share > 0 {
+		c.total += time.Duration(c.share * float64(now.Sub(c.since)))
+	}
+	c.since = now
+}
+
+func (c *samplingClock) open(now time.Time, share float64) {
+	c.advance(now)
+	c.share = share
+}
+
+func (c *samplingClock) close(now time.Time) {
+	c.advance(now)
+	c.share = 0
+}
+
+// scale is what the samples drained now stand for: the time since the last
+// drain over the time sampled in it. A ratio over each interval, not the
+// nominal duty of each window, so that an interval that happened to hold
+// more or less sampling than the average is not over- or under-counted.
+func (c *samplingClock) scale(now time.Time) float64 {
+	c.advance(now)
+	sampled, interval := c.total-c.drained, now.Sub(c.drainedAt)
+	first := c.drainedAt.IsZero()
+	c.drained, c.drainedAt = c.total, now
+	if first || sampled <= 0 || interval <= 0 {
+		return 1
+	}
+	return max(1, float64(interval)/float64(sampled))
+}
+
+// drainScale is samplingClock.scale, for the sampler's Drain.
+func (o *OffCPU) drainScale(now time.Time) float64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.sampling.scale(now)
 }
 
 // adjustScale keeps the host-wide samples a second within what
@@ -249,21 +305,24 @@ func (o *OffCPU) detach() error {
 	if o.link == nil {
 		return nil
 	}
+	o.sampling.close(time.Now())
 	err := o.link.Close()
 	o.link = nil
 	return err
 }
 
-// Runtime is the BPF time the program used so far: the kernel's bpf_stats
-// when they are on; without them, an estimate from the switches it counted
-// and the time its samples took, so that the duty cycle still keeps the
-// program near its budget.
+// Runtime is the BPF time the program used so far that grows with the time
+// it is attached: all of it but the time its samples took, which the
+// sampler holds to SampleBudget a second whatever the duty (so that the
+// duty cycle, which knows only attached time, does not pay for it twice).
+// It comes from the kernel's bpf_stats when they are on; without them,
+// from the switches the program counted.
 func (o *OffCPU) Runtime() time.Duration {
-	if st, err := o.objs.Switch.Stats(); err == nil && st.Runtime > 0 {
-		return st.Runtime
-	}
 	st := o.Stats()
-	return time.Duration(st.Switches)*estimatedSwitchCost + st.SampleTime
+	if ps, err := o.objs.Switch.Stats(); err == nil && ps.Runtime > 0 {
+		return max(ps.Runtime-st.SampleTime, 0)
+	}
+	return time.Duration(st.Switches) * estimatedSwitchCost
 }
 
 // estimatedSwitchCost is what a switch costs the program when it takes no

@@ -127,7 +127,7 @@ func TestOffCPUSampledWeights(t *testing.T) {
 		t.Fatal(err)
 	}
 	sampledBefore := o.Stats().Sampled
-	time.Sleep(5 * time.Second)
+	time.Sleep(8 * time.Second)
 	b, err := s.Drain()
 	if err != nil {
 		t.Fatal(err)

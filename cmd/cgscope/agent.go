@@ -66,7 +66,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 	f.offCPUConfig = off
 	app.Flag("profiling.off-cpu", "Profile where threads wait off the CPU (sched_switch tracepoint): the off_cpu profile type (--no-profiling.off-cpu: CPU profiles only).").
 		Default("true").BoolVar(&f.offCPU)
-	app.Flag("profiling.off-cpu.per-thread", "Switch-outs a second of one thread whose stacks are taken at most; a thread that switches more is sampled, with weights that keep totals unbiased.").
+	app.Flag("profiling.off-cpu.per-thread", "Off-CPU samples per second of a thread's time off the CPU: switch-outs are sampled in proportion to how long the thread's last ones lasted, and weighted to keep totals unbiased.").
 		Default(fmt.Sprint(off.PerThread)).IntVar(&f.offCPUConfig.PerThread)
 	app.Flag("profiling.off-cpu.max-samples", "Off-CPU stacks taken a second host-wide at most; above it every thread is sampled less.").
 		Default(fmt.Sprint(off.MaxSamples)).IntVar(&f.offCPUConfig.MaxSamples)
@@ -200,7 +200,10 @@ func startAgent(f *profilingFlags) (*agent, error) {
 // join it with a.switchTime.Add. A kernel that cannot run the off-CPU
 // sampler leaves CPU profiling on, with one log line.
 func (a *agent) startSwitchTime(f *profilingFlags) {
-	a.switchTime = dutycycle.New(dutycycle.Config{Budget: f.switchBudget})
+	// Half the budget for what grows with the time attached (every switch
+	// seen), half for the off-CPU sampler's stacks, which it holds to that
+	// share a second by itself.
+	a.switchTime = dutycycle.New(dutycycle.Config{Budget: f.switchBudget / 2})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); a.switchTime.Run(ctx) }()
@@ -210,7 +213,6 @@ func (a *agent) startSwitchTime(f *profilingFlags) {
 	}
 	cfg := f.offCPUConfig
 	cfg.BTF = a.btf
-	// Stacks may take half the budget; the switches themselves the rest.
 	cfg.SampleBudget = f.switchBudget / 2
 	off, err := a.sampler.LoadOffCPU(cfg)
 	if err != nil {

@@ -30,8 +30,15 @@ type Program interface {
 type Config struct {
 	// Budget is the BPF time per second the programs may use together.
 	Budget time.Duration
-	// Period holds one window (default 1s).
+	// Period holds one window (default 1s); it grows, up to MaxPeriod, to
+	// keep windows at least MinWindow long when the duty is small.
 	Period time.Duration
+	// MinWindow is the shortest window (default 250ms): what happens
+	// across its end is seen only in part (a thread blocked when it
+	// ends), so short windows lose more of the long events.
+	MinWindow time.Duration
+	// MaxPeriod bounds the period (default 10s).
+	MaxPeriod time.Duration
 	// Fallback is what one second attached is assumed to cost when
 	// bpf_stats say nothing (default 10ms: 40,000 switches at 250 ns).
 	Fallback time.Duration
@@ -61,6 +68,12 @@ func New(cfg Config, progs ...Program) *Controller {
 	if cfg.Fallback <= 0 {
 		cfg.Fallback = 10 * time.Millisecond
 	}
+	if cfg.MinWindow <= 0 {
+		cfg.MinWindow = 250 * time.Millisecond
+	}
+	if cfg.MaxPeriod < cfg.Period {
+		cfg.MaxPeriod = max(cfg.Period, 10*time.Second)
+	}
 	return &Controller{cfg: cfg, progs: progs, stats: Stats{Duty: 1}}
 }
 
@@ -76,10 +89,11 @@ func (c *Controller) Run(ctx context.Context) {
 		}
 	}()
 	for {
-		window := time.Duration(duty * float64(c.cfg.Period))
+		period := c.periodFor(duty)
+		window := time.Duration(duty * float64(period))
 		offset := time.Duration(0)
 		if duty < 1 {
-			offset = time.Duration(rand.Int64N(int64(c.cfg.Period - window + 1)))
+			offset = time.Duration(rand.Int64N(int64(period - window + 1)))
 			if attached { // from a period attached throughout
 				c.stop()
 				attached = false
@@ -107,10 +121,17 @@ func (c *Controller) Run(ctx context.Context) {
 		slog.Debug("switch-time programs window", "attached", on, "duty", duty, "bpf_time", used)
 		c.record(on, duty)
 		duty = c.nextDuty(used, on)
-		if !sleep(ctx, c.cfg.Period-offset-on) {
+		if !sleep(ctx, period-offset-on) {
 			return
 		}
 	}
+}
+
+// periodFor is the period that keeps a window at duty at least MinWindow
+// long, within Period..MaxPeriod.
+func (c *Controller) periodFor(duty float64) time.Duration {
+	p := time.Duration(float64(c.cfg.MinWindow) / duty)
+	return min(max(p, c.cfg.Period), c.cfg.MaxPeriod)
 }
 
 // nextDuty is the fraction of the period the budget affords at the cost

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"strings"
 	"time"
 
 	"github.com/cgscope/cgscope/internal/attribution"
@@ -101,9 +102,29 @@ func (bs *batchSymbolizer) kernelFrames(rs *profiler.RawSample) []symbolizer.Fra
 	if f, ok := bs.kernel[rs.KernelStackID]; ok {
 		return f
 	}
-	f := bs.sym.Kernel(rs.Kernel)
+	f := withoutTracing(bs.sym.Kernel(rs.Kernel))
 	bs.kernel[rs.KernelStackID] = f
 	return f
+}
+
+// withoutTracing drops the leading frames of the machinery that ran the
+// BPF program (the program itself, bpf_trace_run4, __traceiter_sched_switch
+// for an off-CPU stack taken at a tracepoint): the stack starts where the
+// traced code was, as a CPU sample's does.
+func withoutTracing(frames []symbolizer.Frame) []symbolizer.Frame {
+	for len(frames) > 1 && isTracingFrame(frames[0].Function) {
+		frames = frames[1:]
+	}
+	return frames
+}
+
+func isTracingFrame(fn string) bool {
+	for _, prefix := range []string{"bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "bpf_trampoline_"} {
+		if strings.HasPrefix(fn, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func (bs *batchSymbolizer) userFrames(rs *profiler.RawSample) []symbolizer.Frame {
