@@ -30,11 +30,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 type options struct {
@@ -69,40 +69,8 @@ func main() {
 		os.Exit(2)
 	}
 
-	// Clean up before any signal that would end us. Children have their own
-	// process groups, so a terminal's Ctrl-C reaches only this process.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGXCPU, syscall.SIGXFSZ)
-	// With SIGPIPE notified, a closed stdout makes writes fail with EPIPE
-	// instead of killing us before cleanup.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	go func() {
-		s := <-sigs
-		logf("got %v: stopping children", s)
-		cleanup()
-		os.Exit(130)
-	}()
-
-	code := runGuarded(opt)
-	cleanup()
-	os.Exit(code)
-}
-
-// runGuarded runs the benchmark; a panic becomes cleanup and exit code 3.
-func runGuarded(opt options) (code int) {
-	defer func() {
-		if r := recover(); r != nil {
-			cleanup()
-			fmt.Fprintf(os.Stderr, "native: panic: %v\n", r)
-			code = 3
-		}
-	}()
-	if err := run(opt); err != nil {
-		fmt.Fprintln(os.Stderr, "native:", err)
-		return 1
-	}
-	return 0
+	benchutil.SetName("native")
+	benchutil.Main(func() error { return run(opt) })
 }
 
 // checkOptions validates the flags and checks, before anything starts,
@@ -152,28 +120,18 @@ func checkOptions(opt *options) error {
 	return nil
 }
 
-// findRepo returns the directory holding go.mod at or above the working
-// directory: the workloads' sources and ./unwind are found from it.
+// findRepo returns the repository (the directory holding go.mod at or
+// above the working directory): the workloads' sources and ./unwind are
+// found from it.
 func findRepo() (string, error) {
-	dir, err := os.Getwd()
+	dir, err := benchutil.FindRepo()
 	if err != nil {
 		return "", err
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			if _, err := os.Stat(filepath.Join(dir, nativeSrc, "chain.c")); err != nil {
-				return "", fmt.Errorf("%s has no %s/chain.c: run from the cgscope repository", dir, nativeSrc)
-			}
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory: run from the cgscope repository")
-		}
-		dir = parent
+	if _, err := os.Stat(filepath.Join(dir, nativeSrc, "chain.c")); err != nil {
+		return "", fmt.Errorf("%s has no %s/chain.c: run from the cgscope repository", dir, nativeSrc)
 	}
+	return dir, nil
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s native: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+func logf(format string, args ...any) { benchutil.Logf(format, args...) }

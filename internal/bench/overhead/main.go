@@ -24,12 +24,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 type options struct {
@@ -61,41 +61,11 @@ func main() {
 		os.Exit(2)
 	}
 
-	// Any signal that would end us: clean up first. Children run in their own
-	// process groups, so a terminal's Ctrl-C reaches only this process.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGXCPU, syscall.SIGXFSZ)
-	// Output piped into `head` must not kill us before cleanup: with SIGPIPE
-	// notified, writes to a closed stdout or stderr fail with EPIPE instead.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	go func() {
-		s := <-sigs
-		logf("got %v: stopping children and restoring sysctl", s)
-		cleanup()
-		os.Exit(130)
-	}()
-
-	code := runGuarded(opt)
-	cleanup()
-	os.Exit(code)
-}
-
-// runGuarded runs the benchmark and turns a panic into cleanup plus a
-// non-zero exit code.
-func runGuarded(opt options) (code int) {
-	defer func() {
-		if r := recover(); r != nil {
-			cleanup()
-			fmt.Fprintf(os.Stderr, "overhead: panic: %v\n", r)
-			code = 3
-		}
-	}()
-	if err := run(opt); err != nil {
-		fmt.Fprintln(os.Stderr, "overhead:", err)
-		return 1
-	}
-	return 0
+	benchutil.SetName("overhead")
+	// Whatever ends the run, the sysctl is restored with the children
+	// stopped.
+	benchutil.OnCleanup(restoreBPFStats)
+	benchutil.Main(func() error { return run(opt) })
 }
 
 func parseOptions(opt *options, freqs string) error {
@@ -129,7 +99,7 @@ func parseOptions(opt *options, freqs string) error {
 		return fmt.Errorf("-cgscope %s: not a file (run `make build` first)", opt.cgscope)
 	}
 	opt.cgscope = bin
-	repo, err := findRepo()
+	repo, err := benchutil.FindRepo()
 	if err != nil {
 		return err
 	}
@@ -151,25 +121,6 @@ func parseOptions(opt *options, freqs string) error {
 	return nil
 }
 
-// findRepo walks up from the working directory to the directory holding go.mod.
-func findRepo() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for i := 0; i < 64; i++ {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	return "", fmt.Errorf("no go.mod above the working directory: run from the cgscope repository")
-}
-
 func relTo(base, p string) string {
 	if r, err := filepath.Rel(base, p); err == nil && !strings.HasPrefix(r, "..") {
 		return r
@@ -177,6 +128,4 @@ func relTo(base, p string) string {
 	return p
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s overhead: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+func logf(format string, args ...any) { benchutil.Logf(format, args...) }
