@@ -1,11 +1,13 @@
 package benchutil
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -228,4 +230,71 @@ func FindRepo() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// Target is what every benchmark command is pointed at: the cgscope binary
+// to measure, the report to write, and the repository its workloads are
+// built from.
+type Target struct {
+	Cgscope string // absolute once checked
+	Out     string
+	Repo    string // set by Check
+}
+
+// Flags registers -cgscope and -out on the command line.
+func (t *Target) Flags(outDefault, outHelp string) {
+	flag.StringVar(&t.Cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
+	flag.StringVar(&t.Out, "out", outDefault, outHelp)
+}
+
+// Check resolves the binary and finds the repository, which must hold the
+// files named by need (paths relative to it).
+func (t *Target) Check(need ...string) error {
+	bin, err := Executable(t.Cgscope)
+	if err != nil {
+		return err
+	}
+	t.Cgscope = bin
+	if t.Repo, err = FindRepo(); err != nil {
+		return err
+	}
+	for _, n := range need {
+		if _, err := os.Stat(filepath.Join(t.Repo, n)); err != nil {
+			return fmt.Errorf("%s has no %s: run from the cgscope repository", t.Repo, n)
+		}
+	}
+	return nil
+}
+
+// Prepare makes the run's temporary directory (removed by Cleanup) and
+// takes the host-wide benchmark lock, waiting at most 15 minutes for it.
+func Prepare(prefix string) (tmp string, err error) {
+	if tmp, err = os.MkdirTemp("", prefix); err != nil {
+		return "", err
+	}
+	SetTempDir(tmp) // removed by Cleanup, also after a signal or panic
+	if err := LockBench(15 * time.Minute); err != nil {
+		return "", err
+	}
+	return tmp, nil
+}
+
+// NeedTools returns an error naming the commands (looked up on PATH, or
+// given by path) and files that are missing.
+func NeedTools(commands []string, files ...string) error {
+	var missing []string
+	for _, c := range commands {
+		if _, err := exec.LookPath(c); err != nil {
+			missing = append(missing, c)
+		}
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: `scripts/install-deps.sh test` (or `make test`) installs them", strings.Join(missing, ", "))
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -301,4 +302,61 @@ func LockBench(maxWait time.Duration) error {
 		}
 		time.Sleep(2 * time.Second)
 	}
+}
+
+// Version names the measured cgscope: its --version and the commit of
+// the repository it was presumably built from.
+func Version(cgscope, repo string) string {
+	v := "unknown version"
+	if out, _, err := RunShort(10*time.Second, "", cgscope, "--version"); err == nil {
+		v = strings.TrimSpace(LastLines(out, 1))
+	}
+	if out, _, err := RunShort(10*time.Second, repo, "git", "rev-parse", "--short", "HEAD"); err == nil {
+		v += ", repository at " + strings.TrimSpace(out)
+		if st, _, err := RunShort(10*time.Second, repo, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && strings.TrimSpace(st) != "" {
+			v += " with uncommitted changes"
+		}
+	}
+	return v
+}
+
+// Executable returns the absolute path of the cgscope binary given by the
+// -cgscope flag, or why it cannot be run.
+func Executable(path string) (string, error) {
+	bin, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(bin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("-cgscope %s: not an executable file (run `make build` first)", path)
+	}
+	return bin, nil
+}
+
+// WriteReport writes a Markdown section to stdout when path is empty, or
+// into the file at path: in place of its previous version (from the line
+// title to the next section of the same level), or at the end.
+func WriteReport(path, title, section string) error {
+	if path == "" {
+		_, err := os.Stdout.WriteString(section)
+		return err
+	}
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	before, after := string(old), ""
+	if i := strings.Index(before, "\n"+title+"\n"); i >= 0 {
+		rest := before[i+1+len(title):]
+		before = before[:i]
+		level := title[:strings.IndexByte(title+" ", ' ')+1] // "## "
+		if j := strings.Index(rest, "\n"+level); j >= 0 {
+			after = rest[j+1:]
+		}
+	}
+	text := strings.TrimRight(before, "\n") + "\n" + strings.TrimRight(section, "\n") + "\n"
+	if after != "" {
+		text += "\n" + after
+	}
+	return os.WriteFile(path, []byte(text), 0o644)
 }

@@ -117,18 +117,14 @@ type compileResult struct {
 
 func run(opt options) error {
 	res := &result{started: time.Now().UTC(), opt: opt, loadBefore: benchutil.Loadavg()}
-	tmp, err := os.MkdirTemp("", "cgscope-native-bench-")
+	tmp, err := benchutil.Prepare("cgscope-native-bench-")
 	if err != nil {
 		return err
 	}
-	benchutil.SetTempDir(tmp) // removed by cleanup, also after a signal or panic
-	if err := benchutil.LockBench(15 * time.Minute); err != nil {
-		return err
-	}
-	res.version = versionOf(opt)
+	res.version = benchutil.Version(opt.Cgscope, opt.Repo)
 
 	logf("building the workloads in %s", tmp)
-	bin, err := buildWorkloads(opt.repo, tmp)
+	bin, err := buildWorkloads(opt.Repo, tmp)
 	if err != nil {
 		return err
 	}
@@ -147,24 +143,11 @@ func run(opt options) error {
 	res.finished = time.Now().UTC()
 	res.loadAfter = benchutil.Loadavg()
 
-	md := res.markdown()
-	if opt.out == "" {
-		if _, err := os.Stdout.WriteString(md); err != nil {
-			return err
-		}
-	} else {
-		f, err := os.OpenFile(opt.out, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return err
-		}
-		_, err = f.WriteString(md)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		logf("appended the results to %s", opt.out)
+	if err := benchutil.WriteReport(opt.Out, sectionTitle, res.markdown()); err != nil {
+		return err
+	}
+	if opt.Out != "" {
+		logf("wrote the results into %s", opt.Out)
 		fmt.Fprint(os.Stderr, res.targetLines())
 	}
 	// A target not met is a result; a measurement that failed is an error.
@@ -238,7 +221,7 @@ func measure(opt options, tmp string, s spec) *runResult {
 		r.err = fmt.Errorf("%s: no free port: %w", s.name, err)
 		return r
 	}
-	argv := append([]string{opt.cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
+	argv := append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
 		fmt.Sprintf("--profiling.frequency=%d", hz)}, s.args...)
 	cg, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+s.name+".log"), argv...)
 	if err != nil {
@@ -366,11 +349,11 @@ func compileBench(opt options, tmp string) compileResult {
 	logf("=== compiling libLLVM's unwind table (BenchmarkCompileLibLLVM)")
 	var c compileResult
 	testBin := filepath.Join(tmp, "unwind.test")
-	if _, _, err := benchutil.RunShort(10*time.Minute, opt.repo, "go", "test", "-c", "-o", testBin, "./unwind"); err != nil {
+	if _, _, err := benchutil.RunShort(10*time.Minute, opt.Repo, "go", "test", "-c", "-o", testBin, "./unwind"); err != nil {
 		c.err = fmt.Errorf("building the unwind test binary: %w", err)
 		return c
 	}
-	pkgDir := filepath.Join(opt.repo, "unwind") // go test runs a test binary in its package's directory
+	pkgDir := filepath.Join(opt.Repo, "unwind") // go test runs a test binary in its package's directory
 	_, base, err := benchutil.RunShort(5*time.Minute, pkgDir, testBin, "-test.run", "^$", "-test.bench", "^BenchmarkNothingMatchesThis$")
 	if err != nil {
 		c.err = fmt.Errorf("baseline run of the unwind test binary: %w", err)
@@ -410,20 +393,4 @@ func compileBench(opt options, tmp string) compileResult {
 	c.cpuOp = max(c.cpuBench-c.cpuBase, 0) / time.Duration(c.iters)
 	logf("libLLVM: %.0f ms/op wall, %.0f ms/op CPU", c.wallOp/1e6, float64(c.cpuOp)/1e6)
 	return c
-}
-
-// versionOf names the measured cgscope: its --version and the commit of
-// the repository it was presumably built from.
-func versionOf(opt options) string {
-	v := "unknown version"
-	if out, _, err := benchutil.RunShort(10*time.Second, "", opt.cgscope, "--version"); err == nil {
-		v = strings.TrimSpace(benchutil.LastLines(out, 1))
-	}
-	if out, _, err := benchutil.RunShort(10*time.Second, opt.repo, "git", "rev-parse", "--short", "HEAD"); err == nil {
-		v += ", repository at " + strings.TrimSpace(out)
-		if st, _, err := benchutil.RunShort(10*time.Second, opt.repo, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && strings.TrimSpace(st) != "" {
-			v += " with uncommitted changes"
-		}
-	}
-	return v
 }

@@ -29,22 +29,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 type options struct {
-	cgscope string
-	out     string
+	benchutil.Target
 	window  time.Duration
 	settle  time.Duration
 	quiet   time.Duration
 	retries int
-	repo    string
 }
 
 // Fixed by the issue: the frequency the targets are stated at, and the
@@ -56,8 +51,7 @@ const (
 
 func main() {
 	var opt options
-	flag.StringVar(&opt.cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
-	flag.StringVar(&opt.out, "out", "", "append the Markdown section to this file (default: write it to stdout)")
+	opt.Flags("", "write the Markdown section into this file, replacing its previous version or appended (default: stdout)")
 	flag.DurationVar(&opt.window, "window", 20*time.Second, "measuring window of each cgscope run")
 	flag.DurationVar(&opt.settle, "settle", 3*time.Second, "least time the workloads run before the window (tables compiling and loading); "+
 		"then it waits, at most 30 s more, until the table gauges stop changing")
@@ -91,47 +85,13 @@ func checkOptions(opt *options) error {
 	if opt.retries < 0 || opt.retries > 10 {
 		return fmt.Errorf("-noisy-retries %d: want 0..10", opt.retries)
 	}
-	bin, err := filepath.Abs(opt.cgscope)
-	if err != nil {
+	if err := opt.Check(nativeSrc + "/chain.c"); err != nil {
 		return err
 	}
-	if st, err := os.Stat(bin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("-cgscope %s: not an executable file (run `make build` first)", opt.cgscope)
-	}
-	opt.cgscope = bin
-	if opt.repo, err = findRepo(); err != nil {
-		return err
-	}
-	var missing []string
 	// By name on PATH, except Debian's rustc and python3.11 by path: rustup's
 	// and pyenv's come first on PATH on some hosts, and the workloads are
 	// meant to be what Debian ships.
-	for _, tool := range []string{"gcc", "g++", "/usr/bin/rustc", "/usr/bin/python3.11", "bpftool", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if _, err := os.Stat(libLLVM); err != nil {
-		missing = append(missing, libLLVM)
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s: `scripts/install-deps.sh test` (or `make test`) installs them", strings.Join(missing, ", "))
-	}
-	return nil
-}
-
-// findRepo returns the repository (the directory holding go.mod at or
-// above the working directory): the workloads' sources and ./unwind are
-// found from it.
-func findRepo() (string, error) {
-	dir, err := benchutil.FindRepo()
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(filepath.Join(dir, nativeSrc, "chain.c")); err != nil {
-		return "", fmt.Errorf("%s has no %s/chain.c: run from the cgscope repository", dir, nativeSrc)
-	}
-	return dir, nil
+	return benchutil.NeedTools([]string{"gcc", "g++", "/usr/bin/rustc", "/usr/bin/python3.11", "bpftool", "go"}, libLLVM)
 }
 
 func logf(format string, args ...any) { benchutil.Logf(format, args...) }

@@ -23,6 +23,9 @@ const (
 	noisyShare = 0.95
 )
 
+// sectionTitle heads the section this command writes into the report.
+const sectionTitle = "## Native unwinding"
+
 // result is everything the section is written from.
 type result struct {
 	opt                   options
@@ -37,7 +40,7 @@ func (r *result) markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 
-	w("\n## Native unwinding\n\n")
+	w("\n%s\n\n", sectionTitle)
 	w("`go run ./internal/bench/native -window %s` (`make bench` runs it through `scripts/bench.sh`), from %s to %s UTC on %d CPUs; "+
 		"cgscope %s; load average %s before, %s after. "+
 		"Each cgscope run samples at %d Hz; its window of %s starts once the workloads have run %s and the unwind "+

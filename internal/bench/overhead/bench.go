@@ -136,14 +136,15 @@ type report struct {
 
 func run(opt options) error {
 	rep := &report{started: time.Now().UTC(), command: opt.commandRun}
-	tmp, err := os.MkdirTemp("", "cgscope-bench-")
+	// Two benchmarks at once would disturb each other's figures and fight
+	// over the sysctl: the lock is taken first.
+	tmp, err := benchutil.Prepare("cgscope-bench-")
 	if err != nil {
 		return err
 	}
-	benchutil.SetTempDir(tmp) // removed by cleanup, also after a signal or panic
 	logf("temporary files in %s", tmp)
 
-	rep.machine = readMachine(opt.cgscope)
+	rep.machine = readMachine(opt.Cgscope)
 	if b, err := os.ReadFile(bpfStatsSysctl); err == nil {
 		rep.sysctlOld = strings.TrimSpace(string(b))
 	}
@@ -151,17 +152,11 @@ func run(opt options) error {
 	if err != nil {
 		return fmt.Errorf("bpftool is needed to read BPF run time: %w", err)
 	}
-
-	// Two benchmarks at once would disturb each other's figures and fight
-	// over the sysctl.
-	if err := benchutil.LockBench(15 * time.Minute); err != nil {
-		return err
-	}
 	rep.quiet = waitQuiet(opt.quietWait)
 
 	logf("building the workload")
 	workload := filepath.Join(tmp, "gosplit")
-	if _, err := output(5*time.Minute, opt.repoDir, "go", "build", "-o", workload, "./internal/e2e/testdata/gosplit"); err != nil {
+	if _, err := output(5*time.Minute, opt.Repo, "go", "build", "-o", workload, "./internal/e2e/testdata/gosplit"); err != nil {
 		return fmt.Errorf("building the workload: %w", err)
 	}
 	rep.workload = "2 × `internal/e2e/testdata/gosplit` (one goroutine each burning CPU), started before and stopped after all overhead and start-up runs"
@@ -260,13 +255,13 @@ func run(opt options) error {
 	}
 
 	rep.finished = time.Now().UTC()
-	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(opt.Out), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(opt.out, []byte(rep.markdown()), 0o644); err != nil {
+	if err := os.WriteFile(opt.Out, []byte(rep.markdown()), 0o644); err != nil {
 		return err
 	}
-	logf("wrote %s", opt.out)
+	logf("wrote %s", opt.Out)
 	fmt.Print(rep.summary())
 	for _, f := range rep.freqs {
 		if len(f.cgscope.errs) > 0 {
@@ -316,7 +311,7 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*benchutil.Chil
 	if port, err := benchutil.FreePort(); err != nil {
 		fr.cgscope.abort("no free port: %v", err)
 	} else if c, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+hzs+strings.ReplaceAll(v.variant, " ", "-")+".log"),
-		append([]string{opt.cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency=" + hzs}, v.args...)...); err != nil {
+		append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency=" + hzs}, v.args...)...); err != nil {
 		fr.cgscope.abort("%v", err)
 	} else {
 		cg, cgPort = c, port
@@ -541,7 +536,7 @@ func timeReady(opt options, tmp string, i int) readyRun {
 	if err != nil {
 		return readyRun{err: err.Error()}
 	}
-	c, err := benchutil.Start("cgscope", filepath.Join(tmp, fmt.Sprintf("ready-%d.log", i)), opt.cgscope,
+	c, err := benchutil.Start("cgscope", filepath.Join(tmp, fmt.Sprintf("ready-%d.log", i)), opt.Cgscope,
 		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port))
 	if err != nil {
 		return readyRun{err: err.Error()}
@@ -565,7 +560,7 @@ func timeReady(opt options, tmp string, i int) readyRun {
 // symbolizerBench runs the symbolizer's benchmark; it returns the benchmark
 // lines, or why they are not available.
 func symbolizerBench(opt options) (string, string) {
-	out, err := output(10*time.Minute, opt.repoDir,
+	out, err := output(10*time.Minute, opt.Repo,
 		"go", "test", "./symbolizer", "-run", "^$", "-bench", "BenchmarkSymbolize", "-benchtime", "3x")
 	var keep []string
 	found := false

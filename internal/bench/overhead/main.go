@@ -33,22 +33,19 @@ import (
 )
 
 type options struct {
-	cgscope    string
-	out        string
+	benchutil.Target
 	duration   time.Duration
 	freqs      []int
 	readyRuns  int
 	quietWait  time.Duration
 	retries    int
-	repoDir    string
 	commandRun string
 }
 
 func main() {
 	var opt options
 	var freqs string
-	flag.StringVar(&opt.cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
-	flag.StringVar(&opt.out, "out", "docs/benchmarks.md", "Markdown report to write (overwritten)")
+	opt.Flags("docs/benchmarks.md", "Markdown report to write (overwritten)")
 	flag.DurationVar(&opt.duration, "duration", 30*time.Second, "how long the tools run side by side at each frequency")
 	flag.StringVar(&freqs, "freqs", "19,99", "comma-separated sampling frequencies in Hz")
 	flag.IntVar(&opt.readyRuns, "ready-runs", 5, "how many times to time cgscope's exec-to-healthy")
@@ -91,21 +88,12 @@ func parseOptions(opt *options, freqs string) error {
 		}
 		opt.freqs = append(opt.freqs, hz)
 	}
-	bin, err := filepath.Abs(opt.cgscope)
-	if err != nil {
+	if err := opt.Check(); err != nil {
 		return err
 	}
-	if st, err := os.Stat(bin); err != nil || st.IsDir() {
-		return fmt.Errorf("-cgscope %s: not a file (run `make build` first)", opt.cgscope)
-	}
-	opt.cgscope = bin
-	repo, err := benchutil.FindRepo()
-	if err != nil {
-		return err
-	}
-	opt.repoDir = repo
+	repo, bin := opt.Repo, opt.Cgscope
 	opt.commandRun = fmt.Sprintf("go run ./internal/bench/overhead -cgscope %s -out %s -duration %s",
-		relTo(repo, bin), opt.out, opt.duration)
+		relTo(repo, bin), opt.Out, opt.duration)
 	if freqs != "19,99" {
 		opt.commandRun += " -freqs " + freqs
 	}
