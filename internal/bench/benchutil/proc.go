@@ -354,7 +354,10 @@ func WriteReport(path, title, section string) error {
 			after = rest[j+1:]
 		}
 	}
-	text := strings.TrimRight(before, "\n") + "\n" + strings.TrimRight(section, "\n") + "\n"
+	text := strings.TrimRight(before, "\n") + "\n\n" + strings.Trim(section, "\n") + "\n"
+	if strings.TrimSpace(before) == "" {
+		text = strings.Trim(section, "\n") + "\n"
+	}
 	if after != "" {
 		text += "\n" + after
 	}

@@ -48,12 +48,21 @@ var flagRE = regexp.MustCompile(`^\s+(?:-\w, )?--(\[no-\])?([A-Za-z0-9][A-Za-z0-
 
 // readFlags lists the flags of every command of the binary.
 func readFlags(bin string) (cgscopeFlags, error) {
-	f := cgscopeFlags{bools: map[string]bool{}, others: map[string]bool{}}
 	out, _, err := benchutil.RunShort(20*time.Second, "", bin, "--help-long")
 	if err != nil {
-		return f, fmt.Errorf("%s --help-long: %w", bin, err)
+		return cgscopeFlags{}, fmt.Errorf("%s --help-long: %w", bin, err)
 	}
-	for _, line := range strings.Split(out, "\n") {
+	f := parseFlags(out)
+	if len(f.bools)+len(f.others) == 0 {
+		return f, fmt.Errorf("%s --help-long lists no flags", bin)
+	}
+	return f, nil
+}
+
+// parseFlags reads the flags from kingpin's help.
+func parseFlags(help string) cgscopeFlags {
+	f := cgscopeFlags{bools: map[string]bool{}, others: map[string]bool{}}
+	for _, line := range strings.Split(help, "\n") {
 		m := flagRE.FindStringSubmatch(line)
 		switch {
 		case m == nil:
@@ -63,10 +72,7 @@ func readFlags(bin string) (cgscopeFlags, error) {
 			f.others[m[2]] = true
 		}
 	}
-	if len(f.bools)+len(f.others) == 0 {
-		return f, fmt.Errorf("%s --help-long lists no flags", bin)
-	}
-	return f, nil
+	return f
 }
 
 // collectors are the --[no-]collector.<name> switches, in the order of the
@@ -126,10 +132,16 @@ func makeConfigs(f cgscopeFlags) (cfgs []*config, warnings []string) {
 	// The flag is named even where it cannot run: the report says what was
 	// meant, and that it did not run.
 	offCPU.args = []string{"--" + offCPUFlag}
-	if hasOffCPU {
+	switch {
+	case hasOffCPU:
 		only.args = append(only.args, "--no-"+offCPUFlag)
 		only.wantOffCPU = &off
-	} else {
+	case f.others[offCPUFlag]:
+		offCPU.unavailable = fmt.Sprintf("bin/cgscope's --%s is not an on/off switch (--help-long shows no --[no-]%s): "+
+			"the off-CPU configuration could not be run", offCPUFlag, offCPUFlag)
+		only.notes = append(only.notes, fmt.Sprintf("bin/cgscope has no --no-%s, so it was not passed; "+
+			"whether an off-CPU program was loaded anyway is checked below", offCPUFlag))
+	default:
 		offCPU.unavailable = fmt.Sprintf("bin/cgscope has no --%s flag (--help-long does not list it): "+
 			"the off-CPU configuration could not be run", offCPUFlag)
 		only.notes = append(only.notes, fmt.Sprintf("bin/cgscope has no --%s flag, so --no-%s was not passed; "+
