@@ -163,10 +163,7 @@ func (c *config) argv(bin string, port int) []string {
 
 // flagsText is the configuration's flags for the report.
 func (c *config) flagsText() string {
-	switch {
-	case !c.cgscope:
-		return "cgscope not running"
-	case len(c.args) == 0:
+	if len(c.args) == 0 {
 		return "no flags"
 	}
 	return "`" + strings.Join(c.args, " ") + "`"

@@ -192,12 +192,16 @@ func (r *result) markdown() string {
 	w("Configurations:\n\n")
 	for _, c := range r.cfgs {
 		desc := map[string]string{
-			cfgBaseline:      "no cgscope running",
+			cfgBaseline:      "the loads alone",
 			cfgDefaults:      "cgscope as a new user starts it",
 			cfgOffCPU:        "the defaults, off-CPU profiling named explicitly",
 			cfgProfilingOnly: "every per-cgroup collector off and no off-CPU profiling: the CPU profiler alone",
 		}[c.name]
-		w("- **%s** (%s): %s", c.name, c.flagsText(), desc)
+		if c.cgscope {
+			w("- **%s** (%s): %s", c.name, c.flagsText(), desc)
+		} else {
+			w("- **%s**: %s", c.name, desc)
+		}
 		if c.unavailable != "" {
 			w(". **NOT RUN: %s.**", benchutil.MDEscape(c.unavailable))
 		}
@@ -216,7 +220,9 @@ func (r *result) markdown() string {
 		"window's end; one `/metrics` scrape, as a Prometheus at its default 15 s interval would make, falls inside the "+
 		"window. Percentages are of one CPU core; ns per event is cgscope's BPF time over the host's events of the "+
 		"load's kind. Cells hold the median over the repetitions and, in parentheses, the smallest and largest; the "+
-		"load's throughput is followed by its change from the baseline's median (the profiler's toll on the load).\n\n",
+		"load's throughput is followed by its change from the baseline's median (the profiler's toll on the load). The last "+
+		"column is the BPF time of every other program on the host in the window (other processes' tracers, another "+
+		"cgscope): work the loads paid for that is not cgscope's.\n\n",
 		o.reps, o.settle, o.warmup, o.window, o.poll)
 
 	for _, name := range o.loads {
