@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measures cgscope's overhead next to perf and bpftrace and writes docs/benchmarks.md.
+# Measures cgscope's overhead next to perf and bpftrace, native unwinding, and
+# cgscope on busy hosts (context switches, page faults), and writes docs/benchmarks.md.
 #   BENCH_DURATION=30s scripts/bench.sh      (the Makefile's `make bench` builds bin/cgscope first)
 # Extra arguments are passed to the tool, e.g. scripts/bench.sh -freqs 19,49,99
 set -euo pipefail
@@ -74,4 +75,14 @@ go build -o "$tmpdir/overhead" ./internal/bench/overhead
 echo "bench: measuring native unwinding for 3 x 20s plus a minute or two" >&2
 go build -o "$tmpdir/native" ./internal/bench/native
 "$tmpdir/native" -cgscope bin/cgscope -out docs/benchmarks.md
+
+# Busy hosts: what all of cgscope's BPF programs, and the agent itself, cost
+# under a pipe ping-pong, a page-fault storm and the spin load, with the
+# defaults, off-CPU on and profiling only, next to no cgscope at all, and
+# what each takes from the load; interleaved repetitions, written into the
+# same file with the targets met (a configuration the binary cannot run is
+# reported as not run).
+echo "bench: measuring busy-host loads for about 8 to 11 minutes" >&2
+go build -o "$tmpdir/sched" ./internal/bench/sched
+"$tmpdir/sched" -cgscope bin/cgscope -out docs/benchmarks.md
 echo "bench: results in docs/benchmarks.md" >&2

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 // nativeSrc holds the native test workloads, relative to the repository.
@@ -40,24 +42,24 @@ type spec struct {
 type runResult struct {
 	spec      spec
 	err       error
-	m0, m1    metrics       // scrapes at the window's start and end
-	loadCPU   time.Duration // the workloads' CPU time during the window
-	settled   time.Duration // workloads' start to the window's start
-	unstable  bool          // the table gauges still changed when the window began
-	hwm       int64         // cgscope's VmHWM at the window's end, bytes
-	maps      []bpfMap      // cgscope's BPF maps at the window's end
-	host      string        // how busy the host was before the run
-	quiet     bool          // it was idle
-	attempts  int           // runs of this spec; the quietest is kept
-	cleanTerm bool          // cgscope exited on SIGTERM
+	m0, m1    benchutil.Metrics // scrapes at the window's start and end
+	loadCPU   time.Duration     // the workloads' CPU time during the window
+	settled   time.Duration     // workloads' start to the window's start
+	unstable  bool              // the table gauges still changed when the window began
+	hwm       int64             // cgscope's VmHWM at the window's end, bytes
+	maps      []bpfMap          // cgscope's BPF maps at the window's end
+	host      string            // how busy the host was before the run
+	quiet     bool              // it was idle
+	attempts  int               // runs of this spec; the quietest is kept
+	cleanTerm bool              // cgscope exited on SIGTERM
 }
 
-func (r *runResult) window() time.Duration { return r.m1.at.Sub(r.m0.at) }
+func (r *runResult) window() time.Duration { return r.m1.At.Sub(r.m0.At) }
 
 // delta is how much a series grew during the window.
-func (r *runResult) delta(series string) float64 { return r.m1.get(series) - r.m0.get(series) }
+func (r *runResult) delta(series string) float64 { return r.m1.Get(series) - r.m0.Get(series) }
 
-func (r *runResult) deltaSum(name string) float64 { return r.m1.sum(name) - r.m0.sum(name) }
+func (r *runResult) deltaSum(name string) float64 { return r.m1.Sum(name) - r.m0.Sum(name) }
 
 const (
 	sampleRuns    = `cgscope_bpf_program_runs_total{program="sample_cpu"}`
@@ -114,19 +116,15 @@ type compileResult struct {
 }
 
 func run(opt options) error {
-	res := &result{started: time.Now().UTC(), opt: opt, loadBefore: loadavg()}
-	tmp, err := os.MkdirTemp("", "cgscope-native-bench-")
+	res := &result{started: time.Now().UTC(), opt: opt, loadBefore: benchutil.Loadavg()}
+	tmp, err := benchutil.Prepare("cgscope-native-bench-")
 	if err != nil {
 		return err
 	}
-	setTempDir(tmp) // removed by cleanup, also after a signal or panic
-	if err := lockBench(15 * time.Minute); err != nil {
-		return err
-	}
-	res.version = versionOf(opt)
+	res.version = benchutil.Version(opt.Cgscope, opt.Repo)
 
 	logf("building the workloads in %s", tmp)
-	bin, err := buildWorkloads(opt.repo, tmp)
+	bin, err := buildWorkloads(opt.Repo, tmp)
 	if err != nil {
 		return err
 	}
@@ -143,26 +141,13 @@ func run(opt options) error {
 	}})
 	res.compile = compileBench(opt, tmp)
 	res.finished = time.Now().UTC()
-	res.loadAfter = loadavg()
+	res.loadAfter = benchutil.Loadavg()
 
-	md := res.markdown()
-	if opt.out == "" {
-		if _, err := os.Stdout.WriteString(md); err != nil {
-			return err
-		}
-	} else {
-		f, err := os.OpenFile(opt.out, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return err
-		}
-		_, err = f.WriteString(md)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		logf("appended the results to %s", opt.out)
+	if err := benchutil.WriteReport(opt.Out, sectionTitle, res.markdown()); err != nil {
+		return err
+	}
+	if opt.Out != "" {
+		logf("wrote the results into %s", opt.Out)
 		fmt.Fprint(os.Stderr, res.targetLines())
 	}
 	// A target not met is a result; a measurement that failed is an error.
@@ -193,7 +178,7 @@ func buildWorkloads(repo, dir string) (map[string]string, error) {
 		{"g++", "-O2", "-fomit-frame-pointer", "-o", bin["sortchain"], filepath.Join(src, "sortchain.cpp")},
 		{"/usr/bin/rustc", "-O", "-o", bin["rustchain"], filepath.Join(src, "chain.rs")},
 	} {
-		if _, _, err := runShort(5*time.Minute, dir, argv...); err != nil {
+		if _, _, err := benchutil.RunShort(5*time.Minute, dir, argv...); err != nil {
 			return nil, fmt.Errorf("building the workloads: %w", err)
 		}
 	}
@@ -231,25 +216,25 @@ func measure(opt options, tmp string, s spec) *runResult {
 	r := &runResult{spec: s}
 	r.host, r.quiet = waitQuiet(opt.quiet)
 	logf("=== cgscope %s: %d workloads, %v window", s.name, len(s.loads), opt.window)
-	port, err := freePort()
+	port, err := benchutil.FreePort()
 	if err != nil {
 		r.err = fmt.Errorf("%s: no free port: %w", s.name, err)
 		return r
 	}
-	argv := append([]string{opt.cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
+	argv := append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
 		fmt.Sprintf("--profiling.frequency=%d", hz)}, s.args...)
-	cg, err := start("cgscope", filepath.Join(tmp, "cgscope-"+s.name+".log"), argv...)
+	cg, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+s.name+".log"), argv...)
 	if err != nil {
 		r.err = fmt.Errorf("%s: %w", s.name, err)
 		return r
 	}
 	defer func() {
-		r.cleanTerm = cg.stop(syscall.SIGTERM, 30*time.Second)
+		r.cleanTerm = cg.Stop(syscall.SIGTERM, 30*time.Second)
 		if !r.cleanTerm && r.err == nil {
-			r.err = fmt.Errorf("%s: cgscope did not exit cleanly on SIGTERM: %v: %s", s.name, cg.waitErr, cg.logTail(3))
+			r.err = fmt.Errorf("%s: cgscope did not exit cleanly on SIGTERM: %v: %s", s.name, cg.WaitErr, cg.LogTail(3))
 		}
 	}()
-	if err := waitHealthy(cg, port, 30*time.Second); err != nil {
+	if _, err := benchutil.WaitHealthy(cg, port, 30*time.Second); err != nil {
 		r.err = fmt.Errorf("%s: %w", s.name, err)
 		return r
 	}
@@ -257,15 +242,15 @@ func measure(opt options, tmp string, s spec) *runResult {
 	// The workloads end on their own a minute after the window should have,
 	// should this process die without killing them.
 	secs := strconv.Itoa(int((opt.settle + maxSettle + opt.window + time.Minute).Seconds()))
-	var loads []*child
+	var loads []*benchutil.Child
 	defer func() {
 		for _, c := range loads {
-			c.stop(syscall.SIGKILL, 5*time.Second)
+			c.Stop(syscall.SIGKILL, 5*time.Second)
 		}
 	}()
 	started := time.Now()
 	for i, w := range s.loads {
-		c, err := start(w.name, filepath.Join(tmp, fmt.Sprintf("%s-%s-%d.log", s.name, w.name, i)), append(slices.Clone(w.argv), secs)...)
+		c, err := benchutil.Start(w.name, filepath.Join(tmp, fmt.Sprintf("%s-%s-%d.log", s.name, w.name, i)), append(slices.Clone(w.argv), secs)...)
 		if err != nil {
 			r.err = fmt.Errorf("%s: %w", s.name, err)
 			return r
@@ -281,7 +266,7 @@ func measure(opt options, tmp string, s spec) *runResult {
 
 	cpu0, err := loadsCPU(loads)
 	if err == nil {
-		r.m0, err = scrape(port)
+		r.m0, err = benchutil.Scrape(port)
 	}
 	if err != nil {
 		r.err = fmt.Errorf("%s: at the window's start: %w", s.name, err)
@@ -290,25 +275,25 @@ func measure(opt options, tmp string, s spec) *runResult {
 	time.Sleep(opt.window)
 	cpu1, err := loadsCPU(loads)
 	if err == nil {
-		r.m1, err = scrape(port)
+		r.m1, err = benchutil.Scrape(port)
 	}
 	if err == nil {
-		r.hwm, err = vmHWM(cg.pid())
+		r.hwm, err = benchutil.StatusBytes(cg.PID(), "VmHWM")
 	}
 	if err == nil {
-		r.maps, err = heldMaps(cg.pid())
+		r.maps, err = heldMaps(cg.PID())
 	}
 	if err != nil {
-		if cg.exited() {
-			err = fmt.Errorf("cgscope exited: %v: %s", cg.waitErr, cg.logTail(3))
+		if cg.Exited() {
+			err = fmt.Errorf("cgscope exited: %v: %s", cg.WaitErr, cg.LogTail(3))
 		}
 		r.err = fmt.Errorf("%s: at the window's end: %w", s.name, err)
 		return r
 	}
 	r.loadCPU = cpu1 - cpu0
-	if !r.m1.has(sampleRuns) || r.delta(sampleRuns) <= 0 {
+	if !r.m1.Has(sampleRuns) || r.delta(sampleRuns) <= 0 {
 		r.err = fmt.Errorf("%s: sample_cpu shows no runs in /metrics: cgscope could not turn bpf_stats on "+
-			"(see its log: %s)", s.name, cg.logTail(3))
+			"(see its log: %s)", s.name, cg.LogTail(3))
 	}
 	logf("%s: sample_cpu %.0f runs, %.2f µs each; %.2f frames per walked stack; workloads got %s of their CPUs",
 		s.name, r.delta(sampleRuns), r.bpfPerSample(), r.framesPerStack(), r.loadShare())
@@ -318,17 +303,17 @@ func measure(opt options, tmp string, s spec) *runResult {
 // waitTables waits until cgscope's table gauges are the same in two
 // scrapes a second apart, at most limit. It reports whether they still
 // changed at the end.
-func waitTables(port int, cg *child, limit time.Duration) (unstable bool) {
+func waitTables(port int, cg *benchutil.Child, limit time.Duration) (unstable bool) {
 	gauges := []string{"cgscope_unwind_tables", "cgscope_unwind_table_rows", "cgscope_unwind_processes"}
 	var last []float64
-	for deadline := time.Now().Add(limit); time.Now().Before(deadline) && !cg.exited(); time.Sleep(time.Second) {
-		m, err := scrape(port)
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline) && !cg.Exited(); time.Sleep(time.Second) {
+		m, err := benchutil.Scrape(port)
 		if err != nil {
 			continue
 		}
 		now := make([]float64, len(gauges))
 		for i, g := range gauges {
-			now[i] = m.get(g)
+			now[i] = m.Get(g)
 		}
 		if last != nil && now[0] > 0 && fmt.Sprint(now) == fmt.Sprint(last) {
 			return false
@@ -340,15 +325,15 @@ func waitTables(port int, cg *child, limit time.Duration) (unstable bool) {
 }
 
 // loadsCPU sums the workloads' CPU time; an error if one has exited.
-func loadsCPU(loads []*child) (time.Duration, error) {
+func loadsCPU(loads []*benchutil.Child) (time.Duration, error) {
 	var sum time.Duration
 	for _, c := range loads {
-		if c.exited() {
-			return 0, fmt.Errorf("workload %s exited early: %v: %s", c.name, c.waitErr, c.logTail(3))
+		if c.Exited() {
+			return 0, fmt.Errorf("workload %s exited early: %v: %s", c.Name, c.WaitErr, c.LogTail(3))
 		}
-		d, err := procCPU(c.pid())
+		d, err := benchutil.ThreadsCPU(c.PID())
 		if err != nil {
-			return 0, fmt.Errorf("workload %s: %w", c.name, err)
+			return 0, fmt.Errorf("workload %s: %w", c.Name, err)
 		}
 		sum += d
 	}
@@ -364,17 +349,17 @@ func compileBench(opt options, tmp string) compileResult {
 	logf("=== compiling libLLVM's unwind table (BenchmarkCompileLibLLVM)")
 	var c compileResult
 	testBin := filepath.Join(tmp, "unwind.test")
-	if _, _, err := runShort(10*time.Minute, opt.repo, "go", "test", "-c", "-o", testBin, "./unwind"); err != nil {
+	if _, _, err := benchutil.RunShort(10*time.Minute, opt.Repo, "go", "test", "-c", "-o", testBin, "./unwind"); err != nil {
 		c.err = fmt.Errorf("building the unwind test binary: %w", err)
 		return c
 	}
-	pkgDir := filepath.Join(opt.repo, "unwind") // go test runs a test binary in its package's directory
-	_, base, err := runShort(5*time.Minute, pkgDir, testBin, "-test.run", "^$", "-test.bench", "^BenchmarkNothingMatchesThis$")
+	pkgDir := filepath.Join(opt.Repo, "unwind") // go test runs a test binary in its package's directory
+	_, base, err := benchutil.RunShort(5*time.Minute, pkgDir, testBin, "-test.run", "^$", "-test.bench", "^BenchmarkNothingMatchesThis$")
 	if err != nil {
 		c.err = fmt.Errorf("baseline run of the unwind test binary: %w", err)
 		return c
 	}
-	out, bench, err := runShort(10*time.Minute, pkgDir, testBin, "-test.run", "^$",
+	out, bench, err := benchutil.RunShort(10*time.Minute, pkgDir, testBin, "-test.run", "^$",
 		"-test.bench", "^BenchmarkCompileLibLLVM$", "-test.benchtime", "5x")
 	if err != nil {
 		c.err = fmt.Errorf("BenchmarkCompileLibLLVM: %w", err)
@@ -387,7 +372,7 @@ func compileBench(opt options, tmp string) compileResult {
 	}
 	f := strings.Fields(c.line)
 	if len(f) < 4 {
-		c.err = fmt.Errorf("BenchmarkCompileLibLLVM printed no result (skipped?): %s", lastLines(out, 4))
+		c.err = fmt.Errorf("BenchmarkCompileLibLLVM printed no result (skipped?): %s", benchutil.LastLines(out, 4))
 		return c
 	}
 	c.iters, _ = strconv.Atoi(f[1])
@@ -408,20 +393,4 @@ func compileBench(opt options, tmp string) compileResult {
 	c.cpuOp = max(c.cpuBench-c.cpuBase, 0) / time.Duration(c.iters)
 	logf("libLLVM: %.0f ms/op wall, %.0f ms/op CPU", c.wallOp/1e6, float64(c.cpuOp)/1e6)
 	return c
-}
-
-// versionOf names the measured cgscope: its --version and the commit of
-// the repository it was presumably built from.
-func versionOf(opt options) string {
-	v := "unknown version"
-	if out, _, err := runShort(10*time.Second, "", opt.cgscope, "--version"); err == nil {
-		v = strings.TrimSpace(lastLines(out, 1))
-	}
-	if out, _, err := runShort(10*time.Second, opt.repo, "git", "rev-parse", "--short", "HEAD"); err == nil {
-		v += ", repository at " + strings.TrimSpace(out)
-		if st, _, err := runShort(10*time.Second, opt.repo, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && strings.TrimSpace(st) != "" {
-			v += " with uncommitted changes"
-		}
-	}
-	return v
 }

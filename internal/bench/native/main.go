@@ -29,22 +29,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/signal"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 type options struct {
-	cgscope string
-	out     string
+	benchutil.Target
 	window  time.Duration
 	settle  time.Duration
 	quiet   time.Duration
 	retries int
-	repo    string
 }
 
 // Fixed by the issue: the frequency the targets are stated at, and the
@@ -56,8 +51,7 @@ const (
 
 func main() {
 	var opt options
-	flag.StringVar(&opt.cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
-	flag.StringVar(&opt.out, "out", "", "append the Markdown section to this file (default: write it to stdout)")
+	opt.Flags("", "write the Markdown section into this file, replacing its previous version or appended (default: stdout)")
 	flag.DurationVar(&opt.window, "window", 20*time.Second, "measuring window of each cgscope run")
 	flag.DurationVar(&opt.settle, "settle", 3*time.Second, "least time the workloads run before the window (tables compiling and loading); "+
 		"then it waits, at most 30 s more, until the table gauges stop changing")
@@ -69,40 +63,8 @@ func main() {
 		os.Exit(2)
 	}
 
-	// Clean up before any signal that would end us. Children have their own
-	// process groups, so a terminal's Ctrl-C reaches only this process.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGXCPU, syscall.SIGXFSZ)
-	// With SIGPIPE notified, a closed stdout makes writes fail with EPIPE
-	// instead of killing us before cleanup.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	go func() {
-		s := <-sigs
-		logf("got %v: stopping children", s)
-		cleanup()
-		os.Exit(130)
-	}()
-
-	code := runGuarded(opt)
-	cleanup()
-	os.Exit(code)
-}
-
-// runGuarded runs the benchmark; a panic becomes cleanup and exit code 3.
-func runGuarded(opt options) (code int) {
-	defer func() {
-		if r := recover(); r != nil {
-			cleanup()
-			fmt.Fprintf(os.Stderr, "native: panic: %v\n", r)
-			code = 3
-		}
-	}()
-	if err := run(opt); err != nil {
-		fmt.Fprintln(os.Stderr, "native:", err)
-		return 1
-	}
-	return 0
+	benchutil.SetName("native")
+	benchutil.Main(func() error { return run(opt) })
 }
 
 // checkOptions validates the flags and checks, before anything starts,
@@ -123,57 +85,13 @@ func checkOptions(opt *options) error {
 	if opt.retries < 0 || opt.retries > 10 {
 		return fmt.Errorf("-noisy-retries %d: want 0..10", opt.retries)
 	}
-	bin, err := filepath.Abs(opt.cgscope)
-	if err != nil {
+	if err := opt.Check(nativeSrc + "/chain.c"); err != nil {
 		return err
 	}
-	if st, err := os.Stat(bin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("-cgscope %s: not an executable file (run `make build` first)", opt.cgscope)
-	}
-	opt.cgscope = bin
-	if opt.repo, err = findRepo(); err != nil {
-		return err
-	}
-	var missing []string
 	// By name on PATH, except Debian's rustc and python3.11 by path: rustup's
 	// and pyenv's come first on PATH on some hosts, and the workloads are
 	// meant to be what Debian ships.
-	for _, tool := range []string{"gcc", "g++", "/usr/bin/rustc", "/usr/bin/python3.11", "bpftool", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if _, err := os.Stat(libLLVM); err != nil {
-		missing = append(missing, libLLVM)
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s: `scripts/install-deps.sh test` (or `make test`) installs them", strings.Join(missing, ", "))
-	}
-	return nil
+	return benchutil.NeedTools([]string{"gcc", "g++", "/usr/bin/rustc", "/usr/bin/python3.11", "bpftool", "go"}, libLLVM)
 }
 
-// findRepo returns the directory holding go.mod at or above the working
-// directory: the workloads' sources and ./unwind are found from it.
-func findRepo() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			if _, err := os.Stat(filepath.Join(dir, nativeSrc, "chain.c")); err != nil {
-				return "", fmt.Errorf("%s has no %s/chain.c: run from the cgscope repository", dir, nativeSrc)
-			}
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory: run from the cgscope repository")
-		}
-		dir = parent
-	}
-}
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s native: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+func logf(format string, args ...any) { benchutil.Logf(format, args...) }

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 // The targets of the issue, and the yardstick quoted next to the first.
@@ -21,6 +23,9 @@ const (
 	noisyShare = 0.95
 )
 
+// sectionTitle heads the section this command writes into the report.
+const sectionTitle = "## Native unwinding"
+
 // result is everything the section is written from.
 type result struct {
 	opt                   options
@@ -35,14 +40,14 @@ func (r *result) markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 
-	w("\n## Native unwinding\n\n")
+	w("\n%s\n\n", sectionTitle)
 	w("`go run ./internal/bench/native -window %s` (`make bench` runs it through `scripts/bench.sh`), from %s to %s UTC on %d CPUs; "+
 		"cgscope %s; load average %s before, %s after. "+
 		"Each cgscope run samples at %d Hz; its window of %s starts once the workloads have run %s and the unwind "+
 		"table gauges have stopped changing. Figures are differences of cgscope's `/metrics` between the window's ends "+
 		"(BPF run times from the kernel's bpf_stats, which cgscope turns on for its life).\n\n",
 		r.opt.window, r.started.Format("2006-01-02 15:04"), r.finished.Format("15:04"), runtime.NumCPU(),
-		mdEscape(r.version), r.loadBefore, r.loadAfter, hz, r.opt.window, r.opt.settle)
+		benchutil.MDEscape(r.version), r.loadBefore, r.loadAfter, hz, r.opt.window, r.opt.settle)
 
 	w("### BPF cost per sample\n\n")
 	w("Two `chain` (`%s/chain.c`, `gcc -O2 -fomit-frame-pointer`) keep both CPUs busy; cgscope profiles only (`%s`). "+
@@ -61,8 +66,8 @@ func (r *result) markdown() string {
 		{"`--no-unwind.tables` (the kernel's frame-pointer walk)", r.fp},
 	} {
 		x := row.r
-		if x.err != nil && len(x.m1.series) == 0 {
-			w("| %s | error: %s | | | | | | |\n", row.name, mdEscape(x.err.Error()))
+		if x.err != nil && len(x.m1.Series) == 0 {
+			w("| %s | error: %s | | | | | | |\n", row.name, benchutil.MDEscape(x.err.Error()))
 			continue
 		}
 		stacks := x.deltaSum(userStacks)
@@ -80,20 +85,20 @@ func (r *result) markdown() string {
 		"`/usr/bin/rustc -O`) and `/usr/bin/python3.11` running a CPU loop; cgscope with its defaults. Gauges, maps and " +
 		"peak RSS at the window's end; map memory is the `memlock` `bpftool map show` gives for each BPF map cgscope " +
 		"holds (a descriptor of its own, or used by one of its programs).\n\n")
-	if m.err != nil && len(m.m1.series) == 0 {
-		w("Not measured: %s\n\n", mdEscape(m.err.Error()))
+	if m.err != nil && len(m.m1.Series) == 0 {
+		w("Not measured: %s\n\n", benchutil.MDEscape(m.err.Error()))
 	} else {
 		walkerBytes, walkerMaps := m.mapBytes("unwind_")
 		allBytes, allMaps := m.mapBytes("")
 		w("| | |\n|---|---:|\n")
-		w("| tables loaded (`cgscope_unwind_tables`) | %.0f |\n", m.m1.get("cgscope_unwind_tables"))
-		w("| their rows (`cgscope_unwind_table_rows`) | %.0f |\n", m.m1.get("cgscope_unwind_table_rows"))
-		w("| their kernel memory (`cgscope_unwind_table_kernel_bytes`) | %s |\n", mibOf(int64(m.m1.get("cgscope_unwind_table_kernel_bytes"))))
-		w("| processes the walker holds mappings of (`cgscope_unwind_processes`) | %.0f |\n", m.m1.get("cgscope_unwind_processes"))
+		w("| tables loaded (`cgscope_unwind_tables`) | %.0f |\n", m.m1.Get("cgscope_unwind_tables"))
+		w("| their rows (`cgscope_unwind_table_rows`) | %.0f |\n", m.m1.Get("cgscope_unwind_table_rows"))
+		w("| their kernel memory (`cgscope_unwind_table_kernel_bytes`) | %s |\n", mibOf(int64(m.m1.Get("cgscope_unwind_table_kernel_bytes"))))
+		w("| processes the walker holds mappings of (`cgscope_unwind_processes`) | %.0f |\n", m.m1.Get("cgscope_unwind_processes"))
 		w("| objects compiled, and their compile time, since start | %.0f, %.0f ms |\n",
-			m.m1.get("cgscope_unwind_objects_compiled_total"), 1000*m.m1.get("cgscope_unwind_compile_seconds_total"))
+			m.m1.Get("cgscope_unwind_objects_compiled_total"), 1000*m.m1.Get("cgscope_unwind_compile_seconds_total"))
 		w("| tables evicted since start: for space, unused | %.0f, %.0f |\n",
-			m.m1.get(`cgscope_unwind_tables_evicted_total{reason="space"}`), m.m1.get(`cgscope_unwind_tables_evicted_total{reason="unused"}`))
+			m.m1.Get(`cgscope_unwind_tables_evicted_total{reason="space"}`), m.m1.Get(`cgscope_unwind_tables_evicted_total{reason="unused"}`))
 		w("| memlock of the walker's maps (`unwind_*`, %d maps) | **%s** |\n", walkerMaps, mibOf(walkerBytes))
 		w("| memlock of all cgscope's BPF maps (%d maps) | %s |\n", allMaps, mibOf(allBytes))
 		w("| agent peak RSS (`VmHWM`) | **%s** |\n", mibOf(m.hwm))
@@ -110,7 +115,7 @@ func (r *result) markdown() string {
 		"`go test -c`; CPU is its user+sys (rusage) less that of a run of the same binary that benchmarks nothing, "+
 		"over the iterations (Go's GC included, on all CPUs).\n\n", libLLVM)
 	if c.err != nil {
-		w("Not measured: %s\n\n", mdEscape(c.err.Error()))
+		w("Not measured: %s\n\n", benchutil.MDEscape(c.err.Error()))
 	} else {
 		w("- `%s`\n", c.line)
 		w("- **%.0f ms of CPU** per compile (wall %.0f ms; %d iterations: %s of user+sys, less %s for the binary alone), %s rows\n\n",
@@ -128,7 +133,7 @@ func (r *result) markdown() string {
 // notes writes what went wrong or was unusual in a run, under its table.
 func (r *result) notes(b *strings.Builder, x *runResult) {
 	if x.err != nil {
-		fmt.Fprintf(b, "- cgscope %s: **%s**\n", x.spec.name, mdEscape(x.err.Error()))
+		fmt.Fprintf(b, "- cgscope %s: **%s**\n", x.spec.name, benchutil.MDEscape(x.err.Error()))
 	}
 	if x.attempts > 1 {
 		fmt.Fprintf(b, "- cgscope %s: the quietest of %d runs (other work on the host disturbed the others)\n", x.spec.name, x.attempts)
@@ -185,8 +190,8 @@ func (r *result) targets() []target {
 	t = target{what: fmt.Sprintf("all unwind tables of this host ≤ %s of BPF map memory", mibOf(targetTableBytes)), measuredOK: ok,
 		met: walker <= targetTableBytes}
 	t.measured = fmt.Sprintf("%s (memlock of the walker's `unwind_*` maps; `cgscope_unwind_table_kernel_bytes` %s)",
-		mibOf(walker), mibOf(int64(m.m1.get("cgscope_unwind_table_kernel_bytes"))))
-	if ev := m.m1.get(`cgscope_unwind_tables_evicted_total{reason="space"}`); ev > 0 {
+		mibOf(walker), mibOf(int64(m.m1.Get("cgscope_unwind_table_kernel_bytes"))))
+	if ev := m.m1.Get(`cgscope_unwind_tables_evicted_total{reason="space"}`); ev > 0 {
 		t.measured += fmt.Sprintf(", but only by evicting %.0f tables for space (`--unwind.max-table-bytes`)", ev)
 		t.met = false
 	}
@@ -270,8 +275,3 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 func mibOf(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 func kibOf(b int64) string { return fmt.Sprintf("%.0f KiB", float64(b)/(1<<10)) }
-
-// mdEscape keeps free text from breaking a Markdown table or list.
-func mdEscape(s string) string {
-	return strings.ReplaceAll(strings.ReplaceAll(s, "\n", " "), "|", "\\|")
-}

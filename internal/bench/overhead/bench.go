@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 // toolResult is one tool's cost during one frequency run.
@@ -19,7 +21,7 @@ type toolResult struct {
 	note   []string // context shown under the table
 
 	haveUsage bool
-	usage     usage
+	usage     benchutil.Usage
 
 	haveBPF   bool
 	bpf       time.Duration // run time of all the tool's BPF programs during bpfWall
@@ -59,10 +61,10 @@ func (t *toolResult) fail(format string, args ...any) {
 }
 
 func (t *toolResult) cpuPct() float64 {
-	if !t.haveUsage || t.usage.wall <= 0 {
+	if !t.haveUsage || t.usage.Wall <= 0 {
 		return 0
 	}
-	return 100 * (t.usage.user + t.usage.sys).Seconds() / t.usage.wall.Seconds()
+	return 100 * (t.usage.User + t.usage.Sys).Seconds() / t.usage.Wall.Seconds()
 }
 
 func (t *toolResult) bpfPct() float64 {
@@ -134,14 +136,15 @@ type report struct {
 
 func run(opt options) error {
 	rep := &report{started: time.Now().UTC(), command: opt.commandRun}
-	tmp, err := os.MkdirTemp("", "cgscope-bench-")
+	// Two benchmarks at once would disturb each other's figures and fight
+	// over the sysctl: the lock is taken first.
+	tmp, err := benchutil.Prepare("cgscope-bench-")
 	if err != nil {
 		return err
 	}
-	setTempDir(tmp) // removed by cleanup, also after a signal or panic
 	logf("temporary files in %s", tmp)
 
-	rep.machine = readMachine(opt.cgscope)
+	rep.machine = readMachine(opt.Cgscope)
 	if b, err := os.ReadFile(bpfStatsSysctl); err == nil {
 		rep.sysctlOld = strings.TrimSpace(string(b))
 	}
@@ -149,24 +152,18 @@ func run(opt options) error {
 	if err != nil {
 		return fmt.Errorf("bpftool is needed to read BPF run time: %w", err)
 	}
-
-	// Two benchmarks at once would disturb each other's figures and fight
-	// over the sysctl.
-	if err := lockBench(15 * time.Minute); err != nil {
-		return err
-	}
 	rep.quiet = waitQuiet(opt.quietWait)
 
 	logf("building the workload")
 	workload := filepath.Join(tmp, "gosplit")
-	if _, err := output(5*time.Minute, opt.repoDir, "go", "build", "-o", workload, "./internal/e2e/testdata/gosplit"); err != nil {
+	if _, err := output(5*time.Minute, opt.Repo, "go", "build", "-o", workload, "./internal/e2e/testdata/gosplit"); err != nil {
 		return fmt.Errorf("building the workload: %w", err)
 	}
 	rep.workload = "2 × `internal/e2e/testdata/gosplit` (one goroutine each burning CPU), started before and stopped after all overhead and start-up runs"
 
-	var loads []*child
+	var loads []*benchutil.Child
 	for i := 0; i < 2; i++ {
-		c, err := startChild(fmt.Sprintf("workload-%d", i), filepath.Join(tmp, fmt.Sprintf("workload-%d.log", i)),
+		c, err := benchutil.Start(fmt.Sprintf("workload-%d", i), filepath.Join(tmp, fmt.Sprintf("workload-%d.log", i)),
 			workload, "-duration", "24h")
 		if err != nil {
 			return err
@@ -175,15 +172,15 @@ func run(opt options) error {
 	}
 	stopLoads := func() {
 		for _, c := range loads {
-			c.stop(syscall.SIGKILL, 5*time.Second)
+			c.Stop(syscall.SIGKILL, 5*time.Second)
 		}
 	}
 	defer stopLoads()
 	time.Sleep(time.Second) // let both reach their busy loops
 	checkLoads := func(phase string) {
 		for _, c := range loads {
-			if c.exited() {
-				rep.warnings = append(rep.warnings, fmt.Sprintf("workload %s had exited during %s: %v", c.name, phase, c.waitErr))
+			if c.Exited() {
+				rep.warnings = append(rep.warnings, fmt.Sprintf("workload %s had exited during %s: %v", c.Name, phase, c.WaitErr))
 			}
 		}
 	}
@@ -220,7 +217,7 @@ func run(opt options) error {
 	restoreBPFStats()
 
 	logf("=== cgscope ready-to-serve time, %d runs", opt.readyRuns)
-	rep.readyLoad = loadavg()
+	rep.readyLoad = benchutil.Loadavg()
 	for i := 0; i < opt.readyRuns; i++ {
 		r := timeReady(opt, tmp, i)
 		if r.err != "" {
@@ -258,13 +255,13 @@ func run(opt options) error {
 	}
 
 	rep.finished = time.Now().UTC()
-	if err := os.MkdirAll(filepath.Dir(opt.out), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(opt.Out), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(opt.out, []byte(rep.markdown()), 0o644); err != nil {
+	if err := os.WriteFile(opt.Out, []byte(rep.markdown()), 0o644); err != nil {
 		return err
 	}
-	logf("wrote %s", opt.out)
+	logf("wrote %s", opt.Out)
 	fmt.Print(rep.summary())
 	for _, f := range rep.freqs {
 		if len(f.cgscope.errs) > 0 {
@@ -294,7 +291,7 @@ var profilingOnlyArgs = []string{"--no-collector.sched", "--no-collector.faults"
 	"--no-collector.network", "--no-collector.tcp", "--no-collector.cgroupfs"}
 
 // runFrequency runs cgscope, perf and bpftrace at v.hz side by side.
-func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqResult {
+func runFrequency(opt options, v variantRun, tmp string, loads []*benchutil.Child) *freqResult {
 	hz := v.hz
 	fr := &freqResult{
 		hz:       hz,
@@ -307,20 +304,20 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 
 	// cgscope first, so that its programs are in the snapshot taken before
 	// bpftrace starts.
-	var cg *child
+	var cg *benchutil.Child
 	var cgPort int
 	var m0 cgMetrics
 	cgOK := false
-	if port, err := freePort(); err != nil {
+	if port, err := benchutil.FreePort(); err != nil {
 		fr.cgscope.abort("no free port: %v", err)
-	} else if c, err := startChild("cgscope", filepath.Join(tmp, "cgscope-"+hzs+strings.ReplaceAll(v.variant, " ", "-")+".log"),
-		append([]string{opt.cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency=" + hzs}, v.args...)...); err != nil {
+	} else if c, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+hzs+strings.ReplaceAll(v.variant, " ", "-")+".log"),
+		append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port), "--profiling.frequency=" + hzs}, v.args...)...); err != nil {
 		fr.cgscope.abort("%v", err)
 	} else {
 		cg, cgPort = c, port
-		if _, err := waitHealthy(cg, cgPort, 30*time.Second); err != nil {
+		if _, err := benchutil.WaitHealthy(cg, cgPort, 30*time.Second); err != nil {
 			fr.cgscope.abort("%v", err)
-		} else if fr.cgscope.startCPU, _, err = procCPU(cg.cmd.Process.Pid); err != nil {
+		} else if fr.cgscope.startCPU, _, err = benchutil.ProcCPU(cg.PID()); err != nil {
 			fr.cgscope.abort("CPU time at start-up: %v", err)
 		} else if m0, err = scrape(cgPort); err != nil {
 			fr.cgscope.abort("first /metrics scrape: %v", err)
@@ -336,13 +333,13 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	beforeIDs := progIDs(before)
 
 	perfData := filepath.Join(tmp, "perf-"+hzs+".data")
-	pf, err := startChild("perf", filepath.Join(tmp, "perf-"+hzs+".log"),
+	pf, err := benchutil.Start("perf", filepath.Join(tmp, "perf-"+hzs+".log"),
 		"perf", "record", "-e", "cpu-clock", "-F", hzs, "-a", "-g", "-o", perfData)
 	if err != nil {
 		fr.perf.abort("%v", err)
 	}
 	btOut := filepath.Join(tmp, "bpftrace-"+hzs+".out")
-	bt, err := startChild("bpftrace", btOut,
+	bt, err := benchutil.Start("bpftrace", btOut,
 		"bpftrace", "-e", fmt.Sprintf("profile:hz:%d { @[ustack, kstack] = count(); }", hz))
 	if err != nil {
 		fr.bpftrace.abort("%v", err)
@@ -353,7 +350,7 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	var btProgIDs map[int]bool
 	if bt != nil && before != nil {
 		deadline := time.Now().Add(60 * time.Second)
-		for time.Now().Before(deadline) && !bt.exited() {
+		for time.Now().Before(deadline) && !bt.Exited() {
 			if now, err := bpfProgs(); err == nil {
 				if ps := newPerfEventProgs(beforeIDs, now); len(ps) > 0 {
 					btProgIDs = progIDs(ps)
@@ -369,8 +366,8 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 			time.Sleep(200 * time.Millisecond)
 		}
 		if btProgIDs == nil {
-			if bt.exited() {
-				fr.bpftrace.abort("exited early: %v: %s", bt.waitErr, bt.logTail(3))
+			if bt.Exited() {
+				fr.bpftrace.abort("exited early: %v: %s", bt.WaitErr, bt.LogTail(3))
 			} else {
 				fr.bpftrace.abort("no new perf_event BPF program appeared within 60 s")
 			}
@@ -378,20 +375,20 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	}
 	if pf != nil {
 		time.Sleep(500 * time.Millisecond)
-		if pf.exited() {
-			fr.perf.abort("exited early: %v: %s", pf.waitErr, pf.logTail(3))
+		if pf.Exited() {
+			fr.perf.abort("exited early: %v: %s", pf.WaitErr, pf.LogTail(3))
 		}
 	}
 
 	// The measured window.
-	live := map[*toolResult]*child{fr.cgscope: cg, fr.perf: pf, fr.bpftrace: bt}
+	live := map[*toolResult]*benchutil.Child{fr.cgscope: cg, fr.perf: pf, fr.bpftrace: bt}
 	cpu0 := map[*toolResult]time.Duration{}
 	cpuSrc := map[*toolResult]string{}
 	winStart := time.Now()
 	load0, load0OK := workloadCPU(loads)
 	for t, c := range live {
-		if c != nil && !c.exited() {
-			if d, src, err := procCPU(c.cmd.Process.Pid); err == nil {
+		if c != nil && !c.Exited() {
+			if d, src, err := benchutil.ProcCPU(c.PID()); err == nil {
 				cpu0[t], cpuSrc[t] = d, src
 			}
 		}
@@ -400,8 +397,8 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	lateStart := time.Now()
 	late0 := map[*toolResult]time.Duration{}
 	for t, c := range live {
-		if _, ok := cpu0[t]; ok && !c.exited() {
-			if d, src, err := procCPU(c.cmd.Process.Pid); err == nil && src == cpuSrc[t] {
+		if _, ok := cpu0[t]; ok && !c.Exited() {
+			if d, src, err := benchutil.ProcCPU(c.PID()); err == nil && src == cpuSrc[t] {
 				late0[t] = d
 			}
 		}
@@ -414,13 +411,13 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 		logf("%d Hz: workloads ran %.2f s of CPU in the %.1f s window (%.1f%% of their CPUs)",
 			hz, (load1 - load0).Seconds(), fr.window.Seconds(), 100*fr.loadShare)
 	}
-	fr.loadavg = loadavg()
+	fr.loadavg = benchutil.Loadavg()
 	for t, c := range live {
 		d0, ok := cpu0[t]
-		if !ok || c == nil || c.exited() {
+		if !ok || c == nil || c.Exited() {
 			continue
 		}
-		if d1, src, err := procCPU(c.cmd.Process.Pid); err == nil && src == cpuSrc[t] {
+		if d1, src, err := benchutil.ProcCPU(c.PID()); err == nil && src == cpuSrc[t] {
 			t.haveSteady, t.steadyCPU, t.steadyWall = true, max(d1-d0, 0), winEnd.Sub(winStart)
 			if l0, ok := late0[t]; ok {
 				t.haveLate, t.lateCPU, t.lateWall = true, max(d1-l0, 0), winEnd.Sub(lateStart)
@@ -432,7 +429,7 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	}
 
 	// Just before stopping: cgscope's /metrics and bpftrace's bpf_stats.
-	if cgOK && !cg.exited() {
+	if cgOK && !cg.Exited() {
 		if m1, err := scrape(cgPort); err != nil {
 			fr.cgscope.fail("last /metrics scrape: %v", err)
 		} else {
@@ -453,9 +450,9 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 				m1.other["cgscope_symbolizer_cached_processes"]))
 		}
 	} else if cgOK {
-		fr.cgscope.abort("exited during the run: %v: %s", cg.waitErr, cg.logTail(3))
+		fr.cgscope.abort("exited during the run: %v: %s", cg.WaitErr, cg.LogTail(3))
 	}
-	if btProgIDs != nil && !bt.exited() {
+	if btProgIDs != nil && !bt.Exited() {
 		if now, err := bpfProgs(); err != nil {
 			fr.bpftrace.fail("bpftool at the end: %v", err)
 		} else {
@@ -474,47 +471,47 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 			} else {
 				// The programs were loaded after bpf_stats was enabled, so
 				// their counters cover their whole life.
-				t.haveBPF, t.bpf, t.bpfWall, t.bpfRuns = true, time.Duration(ns), time.Since(bt.started), float64(runs)
+				t.haveBPF, t.bpf, t.bpfWall, t.bpfRuns = true, time.Duration(ns), time.Since(bt.Started), float64(runs)
 			}
 		}
 	} else if btProgIDs != nil {
-		fr.bpftrace.abort("exited during the run: %v: %s", bt.waitErr, bt.logTail(3))
+		fr.bpftrace.abort("exited during the run: %v: %s", bt.WaitErr, bt.LogTail(3))
 	}
 
 	// Stop: cgscope with SIGTERM, perf and bpftrace with SIGINT (they flush
 	// perf.data and print the map at exit, which is part of their cost).
 	stops := []struct {
 		t   *toolResult
-		c   *child
+		c   *benchutil.Child
 		sig syscall.Signal
 	}{{fr.cgscope, cg, syscall.SIGTERM}, {fr.perf, pf, syscall.SIGINT}, {fr.bpftrace, bt, syscall.SIGINT}}
 	for _, s := range stops {
 		if s.c == nil {
 			continue
 		}
-		wasRunning := !s.c.exited()
+		wasRunning := !s.c.Exited()
 		var beforeStop time.Duration
 		haveBefore := false
 		if wasRunning {
-			if d, _, err := procCPU(s.c.cmd.Process.Pid); err == nil {
+			if d, _, err := benchutil.ProcCPU(s.c.PID()); err == nil {
 				beforeStop, haveBefore = d, true
 			}
 		}
-		clean := s.c.stop(s.sig, 60*time.Second)
+		clean := s.c.Stop(s.sig, 60*time.Second)
 		if wasRunning && !clean {
 			s.t.fail("did not exit on %v within 60 s; killed", s.sig)
 		}
-		u, err := s.c.usage()
+		u, err := s.c.Usage()
 		if err != nil {
 			s.t.fail("rusage: %v", err)
 			continue
 		}
 		s.t.haveUsage, s.t.usage = true, u
 		if haveBefore && clean {
-			s.t.stopCPU = max(u.user+u.sys-beforeStop, 0)
+			s.t.stopCPU = max(u.User+u.Sys-beforeStop, 0)
 		}
-		if wasRunning && clean && !s.c.cmd.ProcessState.Success() && !diedOf(s.c, s.sig) {
-			s.t.note = append(s.t.note, fmt.Sprintf("exit status after %v: %v", s.sig, s.c.cmd.ProcessState))
+		if wasRunning && clean && !s.c.Cmd.ProcessState.Success() && !diedOf(s.c, s.sig) {
+			s.t.note = append(s.t.note, fmt.Sprintf("exit status after %v: %v", s.sig, s.c.Cmd.ProcessState))
 		}
 	}
 	if st, err := os.Stat(perfData); err == nil {
@@ -526,8 +523,8 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 	for _, t := range fr.tools() {
 		if t.haveUsage {
 			logf("%d Hz %s: user+sys %.3f s over %.1f s (%.3f%%), BPF %.3f%%, total %.3f%%, peak RSS %.1f MiB",
-				hz, t.name, (t.usage.user + t.usage.sys).Seconds(), t.usage.wall.Seconds(), t.cpuPct(),
-				t.bpfPct(), t.totalPct(), mib(t.usage.maxRSS))
+				hz, t.name, (t.usage.User + t.usage.Sys).Seconds(), t.usage.Wall.Seconds(), t.cpuPct(),
+				t.bpfPct(), t.totalPct(), mib(t.usage.MaxRSS))
 		}
 	}
 	return fr
@@ -535,27 +532,27 @@ func runFrequency(opt options, v variantRun, tmp string, loads []*child) *freqRe
 
 // timeReady times one cgscope start from exec to the first 200 on /healthz.
 func timeReady(opt options, tmp string, i int) readyRun {
-	port, err := freePort()
+	port, err := benchutil.FreePort()
 	if err != nil {
 		return readyRun{err: err.Error()}
 	}
-	c, err := startChild("cgscope", filepath.Join(tmp, fmt.Sprintf("ready-%d.log", i)), opt.cgscope,
+	c, err := benchutil.Start("cgscope", filepath.Join(tmp, fmt.Sprintf("ready-%d.log", i)), opt.Cgscope,
 		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port))
 	if err != nil {
 		return readyRun{err: err.Error()}
 	}
-	ready, err := waitHealthy(c, port, 30*time.Second)
+	ready, err := benchutil.WaitHealthy(c, port, 30*time.Second)
 	var r readyRun
 	if err != nil {
 		r.err = err.Error()
 	} else {
-		r.ready = ready.Sub(c.started)
+		r.ready = ready.Sub(c.Started)
 	}
-	if !c.stop(syscall.SIGTERM, 30*time.Second) && r.err == "" {
+	if !c.Stop(syscall.SIGTERM, 30*time.Second) && r.err == "" {
 		r.err = "did not exit on SIGTERM within 30 s"
 	}
-	if u, err := c.usage(); err == nil {
-		r.cpu, r.maxRSS = u.user+u.sys, u.maxRSS
+	if u, err := c.Usage(); err == nil {
+		r.cpu, r.maxRSS = u.User+u.Sys, u.MaxRSS
 	}
 	return r
 }
@@ -563,7 +560,7 @@ func timeReady(opt options, tmp string, i int) readyRun {
 // symbolizerBench runs the symbolizer's benchmark; it returns the benchmark
 // lines, or why they are not available.
 func symbolizerBench(opt options) (string, string) {
-	out, err := output(10*time.Minute, opt.repoDir,
+	out, err := output(10*time.Minute, opt.Repo,
 		"go", "test", "./symbolizer", "-run", "^$", "-bench", "BenchmarkSymbolize", "-benchtime", "3x")
 	var keep []string
 	found := false
@@ -600,19 +597,19 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 // diedOf reports whether the child was ended by sig itself (perf re-raises
 // SIGINT after writing perf.data: that is a normal exit).
-func diedOf(c *child, sig syscall.Signal) bool {
-	ws, ok := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+func diedOf(c *benchutil.Child, sig syscall.Signal) bool {
+	ws, ok := c.Cmd.ProcessState.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
 // workloadCPU sums the workloads' CPU time; false if one has exited.
-func workloadCPU(loads []*child) (time.Duration, bool) {
+func workloadCPU(loads []*benchutil.Child) (time.Duration, bool) {
 	var sum time.Duration
 	for _, c := range loads {
-		if c.exited() {
+		if c.Exited() {
 			return 0, false
 		}
-		d, _, err := procCPU(c.cmd.Process.Pid)
+		d, _, err := benchutil.ProcCPU(c.PID())
 		if err != nil {
 			return 0, false
 		}
@@ -621,50 +618,26 @@ func workloadCPU(loads []*child) (time.Duration, bool) {
 	return sum, len(loads) > 0
 }
 
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// quietBusy is the host CPU use below which the host counts as idle.
-const quietBusy = 0.10
-
-// waitQuiet waits, at most maxWait, until the host's CPUs are less than
-// quietBusy busy over 3 s, and describes the outcome for the report.
+// waitQuiet waits, at most maxWait, until the host is idle, and describes
+// the outcome for the report.
 func waitQuiet(maxWait time.Duration) string {
-	deadline := time.Now().Add(maxWait)
-	for i := 0; ; i++ {
-		busy, err := hostBusy(3 * time.Second)
-		if err != nil {
-			return "unknown (" + err.Error() + ")"
-		}
-		if busy < quietBusy {
-			return fmt.Sprintf("idle before the run (%.1f%% of all CPUs busy over 3 s)", 100*busy)
-		}
-		if !time.Now().Before(deadline) {
-			msg := fmt.Sprintf("**busy**: %.0f%% of all CPUs were in use by other work over 3 s before the run", 100*busy)
-			if maxWait > 0 {
-				msg += fmt.Sprintf(" (after waiting %v for it to become idle)", maxWait)
-			}
-			return msg
-		}
-		if i == 0 {
-			logf("host is busy (%.0f%% of all CPUs): waiting up to %v for it to become idle", 100*busy, maxWait)
-		}
-		time.Sleep(2 * time.Second)
+	busy, quiet, err := benchutil.WaitQuiet(maxWait)
+	switch {
+	case err != nil:
+		return "unknown (" + err.Error() + ")"
+	case quiet:
+		return fmt.Sprintf("idle before the run (%.1f%% of all CPUs busy over 3 s)", 100*busy)
 	}
+	msg := fmt.Sprintf("**busy**: %.0f%% of all CPUs were in use by other work over 3 s before the run", 100*busy)
+	if maxWait > 0 {
+		msg += fmt.Sprintf(" (after waiting %v for it to become idle)", maxWait)
+	}
+	return msg
 }
 
-func loadsDead(loads []*child) bool {
+func loadsDead(loads []*benchutil.Child) bool {
 	for _, c := range loads {
-		if c.exited() {
+		if c.Exited() {
 			return true
 		}
 	}

@@ -24,31 +24,28 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
 )
 
 type options struct {
-	cgscope    string
-	out        string
+	benchutil.Target
 	duration   time.Duration
 	freqs      []int
 	readyRuns  int
 	quietWait  time.Duration
 	retries    int
-	repoDir    string
 	commandRun string
 }
 
 func main() {
 	var opt options
 	var freqs string
-	flag.StringVar(&opt.cgscope, "cgscope", "bin/cgscope", "path of the cgscope binary to measure")
-	flag.StringVar(&opt.out, "out", "docs/benchmarks.md", "Markdown report to write (overwritten)")
+	opt.Flags("docs/benchmarks.md", "Markdown report to write (overwritten)")
 	flag.DurationVar(&opt.duration, "duration", 30*time.Second, "how long the tools run side by side at each frequency")
 	flag.StringVar(&freqs, "freqs", "19,99", "comma-separated sampling frequencies in Hz")
 	flag.IntVar(&opt.readyRuns, "ready-runs", 5, "how many times to time cgscope's exec-to-healthy")
@@ -61,41 +58,11 @@ func main() {
 		os.Exit(2)
 	}
 
-	// Any signal that would end us: clean up first. Children run in their own
-	// process groups, so a terminal's Ctrl-C reaches only this process.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGXCPU, syscall.SIGXFSZ)
-	// Output piped into `head` must not kill us before cleanup: with SIGPIPE
-	// notified, writes to a closed stdout or stderr fail with EPIPE instead.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	go func() {
-		s := <-sigs
-		logf("got %v: stopping children and restoring sysctl", s)
-		cleanup()
-		os.Exit(130)
-	}()
-
-	code := runGuarded(opt)
-	cleanup()
-	os.Exit(code)
-}
-
-// runGuarded runs the benchmark and turns a panic into cleanup plus a
-// non-zero exit code.
-func runGuarded(opt options) (code int) {
-	defer func() {
-		if r := recover(); r != nil {
-			cleanup()
-			fmt.Fprintf(os.Stderr, "overhead: panic: %v\n", r)
-			code = 3
-		}
-	}()
-	if err := run(opt); err != nil {
-		fmt.Fprintln(os.Stderr, "overhead:", err)
-		return 1
-	}
-	return 0
+	benchutil.SetName("overhead")
+	// Whatever ends the run, the sysctl is restored with the children
+	// stopped.
+	benchutil.OnCleanup(restoreBPFStats)
+	benchutil.Main(func() error { return run(opt) })
 }
 
 func parseOptions(opt *options, freqs string) error {
@@ -121,21 +88,12 @@ func parseOptions(opt *options, freqs string) error {
 		}
 		opt.freqs = append(opt.freqs, hz)
 	}
-	bin, err := filepath.Abs(opt.cgscope)
-	if err != nil {
+	if err := opt.Check(); err != nil {
 		return err
 	}
-	if st, err := os.Stat(bin); err != nil || st.IsDir() {
-		return fmt.Errorf("-cgscope %s: not a file (run `make build` first)", opt.cgscope)
-	}
-	opt.cgscope = bin
-	repo, err := findRepo()
-	if err != nil {
-		return err
-	}
-	opt.repoDir = repo
+	repo, bin := opt.Repo, opt.Cgscope
 	opt.commandRun = fmt.Sprintf("go run ./internal/bench/overhead -cgscope %s -out %s -duration %s",
-		relTo(repo, bin), opt.out, opt.duration)
+		relTo(repo, bin), opt.Out, opt.duration)
 	if freqs != "19,99" {
 		opt.commandRun += " -freqs " + freqs
 	}
@@ -151,25 +109,6 @@ func parseOptions(opt *options, freqs string) error {
 	return nil
 }
 
-// findRepo walks up from the working directory to the directory holding go.mod.
-func findRepo() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for i := 0; i < 64; i++ {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	return "", fmt.Errorf("no go.mod above the working directory: run from the cgscope repository")
-}
-
 func relTo(base, p string) string {
 	if r, err := filepath.Rel(base, p); err == nil && !strings.HasPrefix(r, "..") {
 		return r
@@ -177,6 +116,4 @@ func relTo(base, p string) string {
 	return p
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s overhead: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+func logf(format string, args ...any) { benchutil.Logf(format, args...) }

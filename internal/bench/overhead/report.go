@@ -74,7 +74,7 @@ func (r *report) markdown() string {
 				w(" error: %s | | | | | | | | | |\n", mdEscape(strings.Join(t.errs, "; ")))
 				continue
 			}
-			w(" %.3f | %.1f | %.3f |", (t.usage.user + t.usage.sys).Seconds(), t.usage.wall.Seconds(), t.cpuPct())
+			w(" %.3f | %.1f | %.3f |", (t.usage.User + t.usage.Sys).Seconds(), t.usage.Wall.Seconds(), t.cpuPct())
 			switch {
 			case t.haveBPF:
 				w(" %.3f | %.3f | **%.3f** |", 1000*t.bpf.Seconds()/t.bpfWall.Seconds(), t.bpfPct(), t.totalPct())
@@ -93,7 +93,7 @@ func (r *report) markdown() string {
 			} else {
 				w(" n/a |")
 			}
-			w(" %.1f |\n", mib(t.usage.maxRSS))
+			w(" %.1f |\n", mib(t.usage.MaxRSS))
 		}
 		w("\n")
 		if f.loadShare > 0 {
@@ -107,7 +107,7 @@ func (r *report) markdown() string {
 		}
 		cg := f.cgscope
 		if cg.haveUsage && !cg.failed && cg.startCPU > 0 {
-			total := cg.usage.user + cg.usage.sys
+			total := cg.usage.User + cg.usage.Sys
 			w("- cgscope's user+sys of %s by phase: start-up (exec to healthy) %s, running (healthy to SIGTERM: the tools "+
 				"starting, the window, two /metrics scrapes) %s, shutdown (SIGTERM to exit: last drain, symbolization and "+
 				"history write) %s\n", fmtDur(total), fmtDur(cg.startCPU),
@@ -127,7 +127,7 @@ func (r *report) markdown() string {
 					what = "printing its map, symbolizing every stack"
 				}
 				w("- %s's user+sys of %s includes %s after SIGINT (%s)\n",
-					t.name, fmtDur(t.usage.user+t.usage.sys), fmtDur(t.stopCPU), what)
+					t.name, fmtDur(t.usage.User+t.usage.Sys), fmtDur(t.stopCPU), what)
 			}
 		}
 		bt := f.bpftrace
@@ -182,11 +182,11 @@ func (r *report) markdown() string {
 	}
 	if _, cpus, _ := r.readyStats(); len(cpus) > 0 {
 		for _, f := range r.freqs {
-			if cg := f.cgscope; f.hz == targetFreqHz && f.variant == "" && cg.haveUsage && !cg.failed && cg.usage.wall > 0 {
+			if cg := f.cgscope; f.hz == targetFreqHz && f.variant == "" && cg.haveUsage && !cg.failed && cg.usage.Wall > 0 {
 				w("The whole-life figures include cgscope's start-up and shutdown: a start with no profiling window "+
 					"(above) costs %s of CPU, which alone is %.2f%% of one core over the %.0f s life of the %d Hz run; "+
 					"a daemon that runs for hours pays it once.\n\n",
-					fmtDur(median(cpus)), 100*median(cpus).Seconds()/cg.usage.wall.Seconds(), cg.usage.wall.Seconds(), f.hz)
+					fmtDur(median(cpus)), 100*median(cpus).Seconds()/cg.usage.Wall.Seconds(), cg.usage.Wall.Seconds(), f.hz)
 			}
 		}
 	}
@@ -246,8 +246,8 @@ func (r *report) targets() []targetRow {
 	}
 	var peak int64
 	for _, f := range r.freqs {
-		if f.cgscope.haveUsage && !f.cgscope.failed && f.cgscope.usage.maxRSS > peak {
-			peak = f.cgscope.usage.maxRSS
+		if f.cgscope.haveUsage && !f.cgscope.failed && f.cgscope.usage.MaxRSS > peak {
+			peak = f.cgscope.usage.MaxRSS
 		}
 	}
 	_, _, readyRSS := r.readyStats()
@@ -293,7 +293,7 @@ func (r *report) summary() string {
 				continue
 			}
 			fmt.Fprintf(&b, "%3d Hz %-8s user+sys %.3f%%  BPF %.3f%%  total %.3f%%  window CPU %.3f%%  late window CPU %.3f%%  RSS %.1f MiB\n",
-				f.hz, t.name, t.cpuPct(), t.bpfPct(), t.totalPct(), t.steadyPct(), t.latePct(), mib(t.usage.maxRSS))
+				f.hz, t.name, t.cpuPct(), t.bpfPct(), t.totalPct(), t.steadyPct(), t.latePct(), mib(t.usage.MaxRSS))
 		}
 		fmt.Fprintf(&b, "%3d Hz workloads got %.2f%% of their CPUs; load average %s\n", f.hz, 100*f.loadShare, f.loadavg)
 		if cg := f.cgscope; cg.haveBPF && cg.bpfRuns > 0 {
