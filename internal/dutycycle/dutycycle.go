@@ -9,6 +9,7 @@ package dutycycle
 import (
 	"context"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -90,7 +91,7 @@ func (c *Controller) Run(ctx context.Context) {
 	}()
 	for {
 		period := c.periodFor(duty)
-		window := time.Duration(duty * float64(period))
+		window := time.Duration(math.Round(duty * float64(period)))
 		offset := time.Duration(0)
 		if duty < 1 {
 			offset = time.Duration(rand.Int64N(int64(period - window + 1)))

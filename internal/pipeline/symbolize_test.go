@@ -120,3 +120,29 @@ func TestStackSymbolizedOncePerBatch(t *testing.T) {
 		t.Errorf("symbolized %d times, want once", sym.userCalls)
 	}
 }
+
+// An off-CPU kernel stack, taken in a program at a tracepoint, starts
+// where the scheduler was, as a CPU sample's stack starts where the code
+// was: the program and the tracing machinery that ran it are left out.
+func TestWithoutTracing(t *testing.T) {
+	names := func(fs []symbolizer.Frame) []string {
+		var out []string
+		for _, f := range fs {
+			out = append(out, f.Function)
+		}
+		return out
+	}
+	stack := []symbolizer.Frame{{Function: "bpf_prog_9fc8ed37175a73cf_offcpu_switch"}, {Function: "bpf_trace_run4"},
+		{Function: "__traceiter_sched_switch"}, {Function: "__schedule"}, {Function: "schedule"}, {Function: "do_nanosleep"}}
+	if got, want := names(withoutTracing(stack)), []string{"__schedule", "schedule", "do_nanosleep"}; !slices.Equal(got, want) {
+		t.Errorf("withoutTracing = %v, want %v", got, want)
+	}
+	cpu := []symbolizer.Frame{{Function: "copy_page"}, {Function: "do_fault"}}
+	if got := names(withoutTracing(cpu)); !slices.Equal(got, []string{"copy_page", "do_fault"}) {
+		t.Errorf("a stack without tracing frames changed: %v", got)
+	}
+	only := []symbolizer.Frame{{Function: "bpf_prog_x"}}
+	if got := withoutTracing(only); len(got) != 1 {
+		t.Errorf("a stack of tracing frames only must keep its last frame, got %v", names(got))
+	}
+}
