@@ -145,6 +145,8 @@ __noinline int walk_cpython(struct interp_proc *p, struct stack_trace *trace, __
 	return w.end;
 }
 
+#include "interp_ruby.bpf.h"
+
 // interp_walk records the interpreter stack of the current thread into
 // trace when pid's image (cookie) has an interpreter the walkers know, and
 // says so in key->flags (how the walk ended, and the runtime). It returns
@@ -172,6 +174,8 @@ __noinline int interp_walk(struct stack_trace *trace, struct sample_key *key, __
 		end = IEND_NO_THREAD;
 	else if (kind == INTERP_CPYTHON)
 		end = walk_cpython(p, trace, tp, ts);
+	else if (kind == INTERP_RUBY)
+		end = walk_ruby(p, trace, ts);
 	else
 		end = IEND_NO_THREAD; // a runtime these samplers cannot walk yet
 	if (end < 0 || end >= IEND_MAX)

@@ -15,7 +15,7 @@
 enum interp_kind {
 	INTERP_NONE = 0,
 	INTERP_CPYTHON = 1,
-	INTERP_RUBY = 2, /* reserved: not walked yet */
+	INTERP_RUBY = 2,
 	INTERP_PHP = 3,  /* reserved: not walked yet */
 	INTERP_KINDS = 4,
 };
@@ -76,6 +76,33 @@ enum cpython_value {
 #define PY_WORD_LASTI_MAX 0xffff
 #define PY_WORD_ENTRY (1ULL << 63)
 
+/* The structure offsets the Ruby walker reads (interp_proc.off[]), in
+ * bytes; interp/ruby sets them per version from Ruby's vm_core.h (3.1:
+ * rb_execution_context_t 910-961, rb_control_frame_t 827-841). */
+enum ruby_offset {
+	RB_EC_VM_STACK = 0,  /* rb_execution_context_t.vm_stack (VALUE *) */
+	RB_EC_VM_STACK_SIZE, /* rb_execution_context_t.vm_stack_size, in VALUEs */
+	RB_EC_CFP,           /* rb_execution_context_t.cfp: the innermost control frame */
+	RB_CFP_PC,           /* rb_control_frame_t.pc */
+	RB_CFP_ISEQ,         /* rb_control_frame_t.iseq */
+	RB_CFP_EP,           /* rb_control_frame_t.ep */
+	RB_CFP_SIZE,         /* sizeof(rb_control_frame_t): frames are an array, the caller at cfp + 1 */
+	RB_OFFSETS,
+};
+
+/* Ruby words, innermost frame first. A frame of Ruby code takes three
+ * words: its iseq (bits 0..46) tagged RB_TAG_ISEQ, its pc (the next
+ * instruction's address), and the method entry of its method (the local
+ * env's ep[-2]: a ment or an svar holding it, 0 if not reached). A C
+ * method takes one: its method entry, tagged RB_TAG_CFUNC. Bit 63 is set
+ * on the frame that ends an activation of the interpreter loop (the frame
+ * C pushed before calling vm_exec: VM_FRAME_FLAG_FINISH). */
+#define RB_WORD_ADDR_BITS 47
+#define RB_WORD_TAG_SHIFT 61
+#define RB_TAG_ISEQ 1ULL
+#define RB_TAG_CFUNC 2ULL
+#define RB_WORD_ENTRY (1ULL << 63)
+
 /* What a walker needs of one process, whatever its runtime: interp.State
  * as the kernel keeps it. */
 struct interp_proc {
@@ -87,7 +114,7 @@ struct interp_proc {
 	__u64 tls2;    /* ... (INTERP_TLS_TWO_LEVEL: in the block there, at + tls2) */
 	__u64 addr;    /* a per-process address the runtime names (reserved: PHP's executor_globals) */
 	__u64 val[4];  /* runtime values (enum cpython_value) */
-	__u16 off[16]; /* runtime structure offsets (enum cpython_offset) */
+	__u16 off[16]; /* runtime structure offsets (enum cpython_offset, ruby_offset) */
 };
 
 #endif

@@ -364,3 +364,4 @@ const enum interp_end *unused_interp_end __attribute__((unused));
 const enum interp_proc_flags *unused_interp_proc_flags __attribute__((unused));
 const enum cpython_offset *unused_cpython_offset __attribute__((unused));
 const enum cpython_value *unused_cpython_value __attribute__((unused));
+const enum ruby_offset *unused_ruby_offset __attribute__((unused));

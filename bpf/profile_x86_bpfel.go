@@ -124,6 +124,19 @@ const (
 	ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED ProfileProcessEventKind = 2
 )
 
+type ProfileRubyOffset uint32
+
+const (
+	ProfileRubyOffsetRB_EC_VM_STACK      ProfileRubyOffset = 0
+	ProfileRubyOffsetRB_EC_VM_STACK_SIZE ProfileRubyOffset = 1
+	ProfileRubyOffsetRB_EC_CFP           ProfileRubyOffset = 2
+	ProfileRubyOffsetRB_CFP_PC           ProfileRubyOffset = 3
+	ProfileRubyOffsetRB_CFP_ISEQ         ProfileRubyOffset = 4
+	ProfileRubyOffsetRB_CFP_EP           ProfileRubyOffset = 5
+	ProfileRubyOffsetRB_CFP_SIZE         ProfileRubyOffset = 6
+	ProfileRubyOffsetRB_OFFSETS          ProfileRubyOffset = 7
+)
+
 type ProfileSampleKey struct {
 	_           structs.HostLayout
 	Pid         uint32
@@ -274,6 +287,7 @@ const (
 	ProfileVarUnusedInterpProcFlags  = "unused_interp_proc_flags"
 	ProfileVarUnusedNewProcessEvent  = "unused_new_process_event"
 	ProfileVarUnusedProcessEventKind = "unused_process_event_kind"
+	ProfileVarUnusedRubyOffset       = "unused_ruby_offset"
 	ProfileVarUnusedStackEnd         = "unused_stack_end"
 	ProfileVarUnusedStatIndex        = "unused_stat_index"
 	ProfileVarUnusedUnwindProbeArgs  = "unused_unwind_probe_args"
@@ -373,6 +387,7 @@ type ProfileVariableSpecs struct {
 	UnusedInterpProcFlags  *ebpf.VariableSpec `ebpf:"unused_interp_proc_flags"`
 	UnusedNewProcessEvent  *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
 	UnusedProcessEventKind *ebpf.VariableSpec `ebpf:"unused_process_event_kind"`
+	UnusedRubyOffset       *ebpf.VariableSpec `ebpf:"unused_ruby_offset"`
 	UnusedStackEnd         *ebpf.VariableSpec `ebpf:"unused_stack_end"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 	UnusedUnwindProbeArgs  *ebpf.VariableSpec `ebpf:"unused_unwind_probe_args"`
@@ -466,6 +481,7 @@ type ProfileVariables struct {
 	UnusedInterpProcFlags  *ebpf.Variable `ebpf:"unused_interp_proc_flags"`
 	UnusedNewProcessEvent  *ebpf.Variable `ebpf:"unused_new_process_event"`
 	UnusedProcessEventKind *ebpf.Variable `ebpf:"unused_process_event_kind"`
+	UnusedRubyOffset       *ebpf.Variable `ebpf:"unused_ruby_offset"`
 	UnusedStackEnd         *ebpf.Variable `ebpf:"unused_stack_end"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
 	UnusedUnwindProbeArgs  *ebpf.Variable `ebpf:"unused_unwind_probe_args"`
