@@ -27,6 +27,7 @@ declare -A want=(
 	[ip]=iproute2
 	[prometheus]=prometheus
 	[chromium]=chromium
+	[ruby3.1]=ruby3.1
 )
 missing=()
 for cmd in "${!want[@]}"; do
