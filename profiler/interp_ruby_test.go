@@ -199,7 +199,7 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 		return 0, 0
 	}
 	var on, off [2]float64 // run time, runs
-	for round := 0; round < 4; round++ {
+	for round := 0; round < 16; round++ {
 		walk := round%2 == 0
 		if walk {
 			err = s.Interpreters().LoadProcess(uint32(pid), image, proc.State())
@@ -210,7 +210,7 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 			t.Fatal(err)
 		}
 		d0, n0 := runTime()
-		time.Sleep(time.Second)
+		time.Sleep(300 * time.Millisecond)
 		d1, n1 := runTime()
 		acc := &off
 		if walk {
@@ -234,7 +234,7 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Drain()
-	time.Sleep(time.Second)
+	time.Sleep(2 * time.Second)
 	batch, err := s.Drain()
 	if err != nil {
 		t.Fatal(err)
@@ -255,11 +255,15 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 			mainN += smp.Count
 			if strings.HasPrefix(joined, "Work#fid_leaf < Work#fid_middle < block in Work#fid_outer < Kernel#loop < Work#fid_outer < <main>") {
 				mainChain += smp.Count
+			} else {
+				t.Logf("main thread, %d samples, walk %v: %s", smp.Count, smp.InterpEnd, joined)
 			}
 		} else {
 			otherN += smp.Count
 			if strings.Contains(joined, "Background.spin_other") && !strings.Contains(joined, "Work#") {
 				otherSpin += smp.Count
+			} else {
+				t.Logf("other Thread, %d samples, walk %v: %s", smp.Count, smp.InterpEnd, joined)
 			}
 		}
 	}
