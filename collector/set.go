@@ -10,6 +10,7 @@ import (
 
 	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/bpfstats"
+	"github.com/cgscope/cgscope/internal/dutycycle"
 )
 
 // Config configures the per-cgroup collectors.
@@ -124,6 +125,16 @@ func (s *Set) Running(name string) bool {
 
 // Counters returns the BPF counters, nil when no BPF collector runs.
 func (s *Set) Counters() *Counters { return s.counters }
+
+// SwitchPrograms returns what the duty-cycle controller attaches part of
+// the time for the per-cgroup metrics (the run-queue latency histogram's
+// program), nil when there is none (the sched collector does not run).
+func (s *Set) SwitchPrograms() dutycycle.Program {
+	if s.counters == nil {
+		return nil
+	}
+	return s.counters.SwitchPrograms()
+}
 
 // Files returns the cgroup-file cache, nil when cgroupfs does not run.
 func (s *Set) Files() *FileCache { return s.files }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -11,9 +12,10 @@ import (
 	"github.com/cgscope/cgscope/bpf"
 )
 
-// Every program of the counter object belongs to exactly one BPF collector,
-// and every collector has a unique name, a source that fits its programs,
-// and series to emit.
+// Every program of the counter object belongs to a BPF collector (the
+// thread-figure programs to both sched and faults, the sampled one to
+// sched alone), and every collector has a unique name, a source that fits
+// its programs, and series to emit.
 func TestTableCoversEveryProgram(t *testing.T) {
 	spec, err := bpf.LoadCgroupStats()
 	if err != nil {
@@ -32,11 +34,15 @@ func TestTableCoversEveryProgram(t *testing.T) {
 		if (c.Source == BPF) != (len(c.Programs) > 0) {
 			t.Errorf("collector %s: source %d with %d programs", c.Name, c.Source, len(c.Programs))
 		}
-		for _, p := range c.Programs {
+		progs := c.Programs
+		if c.Sampled != "" {
+			progs = append(slices.Clone(progs), c.Sampled)
+		}
+		for _, p := range progs {
 			if spec.Programs[p] == nil {
 				t.Errorf("collector %s: no program %s in the object", c.Name, p)
 			}
-			if o, ok := owner[p]; ok {
+			if o, ok := owner[p]; ok && !slices.Contains(taskPrograms, p) {
 				t.Errorf("program %s belongs to %s and %s", p, o, c.Name)
 			}
 			owner[p] = c.Name
