@@ -71,9 +71,10 @@ type CountersConfig struct {
 	Collectors map[string]bool
 	// CgroupRoot is the cgroup2 mount, where cgroup_skb programs attach.
 	CgroupRoot string
-	// ReportV1Cgroups makes each collection also report the v1 memory and
-	// cpu cgroups of every thread (hybrid hosts), for V1Twins.
-	ReportV1Cgroups bool
+	// OnCollect, when set, is given after each collection the cgroups the
+	// threads were in, v1 memory and cpu ones included (for hybrid hosts,
+	// where they tell which v1 cgroups mirror cgroup2 ones).
+	OnCollect func([]TaskCgroups)
 	// BTF, when set, is the parsed kernel BTF shared with other loads.
 	BTF *btf.Cache
 }
@@ -99,13 +100,13 @@ type Counters struct {
 	tasks    *link.Iter   // count_tasks, nil when no collector reads thread figures
 	runq     *runqSampler // nil when the histogram's program is not loaded
 
-	collectMu sync.Mutex    // one collection at a time: count_tasks settles each thread once
-	cgroupsOf []TaskCgroups // threads' cgroups reported by the last collection
+	collectMu sync.Mutex // one collection at a time
+	onCollect func([]TaskCgroups)
 }
 
-// TaskCgroups are the cgroups one or more threads were in at the last
-// collection, by id: cgroup2, and the v1 memory and cpu hierarchies (0 when
-// the controller is not on a v1 hierarchy).
+// TaskCgroups are the cgroups one or more threads were in at a collection,
+// by id: cgroup2, and the v1 memory and cpu hierarchies (0 when the
+// controller is not on a v1 hierarchy).
 type TaskCgroups struct {
 	Cgroup, Memory, CPU uint64
 }
@@ -125,11 +126,11 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 	spec.Maps[bpf.CgroupStatsMapCountersByCgroup].MaxEntries = uint32(cfg.MaxCgroups)
 	spec.Maps[bpf.CgroupStatsMapTasks].MaxEntries = uint32(cfg.MaxTasks)
 	spec.Maps[bpf.CgroupStatsMapActiveSockets].MaxEntries = uint32(cfg.MaxSockets)
-	if err := spec.Variables[bpf.CgroupStatsVarReportV1Cgroups].Set(cfg.ReportV1Cgroups); err != nil {
+	if err := spec.Variables[bpf.CgroupStatsVarReportV1Cgroups].Set(cfg.OnCollect != nil); err != nil {
 		return nil, err
 	}
 
-	c := &Counters{programs: map[string]*ebpf.Program{}}
+	c := &Counters{programs: map[string]*ebpf.Program{}, onCollect: cfg.OnCollect}
 	if cfg.BTF == nil {
 		cfg.BTF = btf.NewCache() // one parse of the kernel BTF for every collector
 	}
@@ -318,9 +319,17 @@ func (c *Counters) SwitchPrograms() dutycycle.Program {
 	return c.runq
 }
 
+// collectsTasks reports whether collections run count_tasks (the sched or
+// faults collector runs).
+func (c *Counters) collectsTasks() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tasks != nil
+}
+
 // collect runs count_tasks, which charges every thread's figures since the
-// last collection to its cgroup, and keeps the threads' cgroups it
-// reports.
+// last collection to its cgroup, and hands the threads' cgroups it reports
+// to onCollect.
 func (c *Counters) collect() error {
 	c.collectMu.Lock()
 	defer c.collectMu.Unlock()
@@ -339,7 +348,9 @@ func (c *Counters) collect() error {
 	if err != nil {
 		return fmt.Errorf("collecting thread figures: %w", err)
 	}
-	c.cgroupsOf = parseTaskCgroups(out)
+	if c.onCollect != nil {
+		c.onCollect(parseTaskCgroups(out))
+	}
 	return nil
 }
 
@@ -369,15 +380,6 @@ func nestedPIDNamespace() bool {
 		}
 	}
 	return false
-}
-
-// TaskCgroups returns the cgroups the threads were in at the last
-// collection (only with CountersConfig.ReportV1Cgroups), each combination
-// at least once.
-func (c *Counters) TaskCgroups() []TaskCgroups {
-	c.collectMu.Lock()
-	defer c.collectMu.Unlock()
-	return c.cgroupsOf
 }
 
 // Read collects the threads' figures, then returns the counters of every

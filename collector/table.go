@@ -1,10 +1,12 @@
 // Package collector is cgscope's per-cgroup collectors: one table of them
 // (name, flag help, default, source, BPF programs, the series each emits),
 // the loading and attaching of each BPF collector's counter programs on its
-// own, and the background cache of cgroup files. The flags, the programs
-// loaded, the series exported and the collectors' own metrics all come from
-// Table. It produces figures; exporter/cgroupmetrics turns them into
-// Prometheus series.
+// own, the collection of the kernel's per-thread figures with a task
+// iterator, the run-queue latency program a duty-cycle controller attaches
+// part of the time (SwitchPrograms), and the background cache of cgroup
+// files. The flags, the programs loaded, the series exported and the
+// collectors' own metrics all come from Table. It produces figures;
+// exporter/cgroupmetrics turns them into Prometheus series.
 package collector
 
 import (
