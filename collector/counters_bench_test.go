@@ -107,6 +107,43 @@ func BenchmarkCollect(b *testing.B) {
 	}
 }
 
+// BenchmarkThreadChurn starts and ends threads with the sched and faults
+// collectors running, and reports what the exit and free hooks cost per
+// thread (bpf_stats).
+func BenchmarkThreadChurn(b *testing.B) {
+	kerneltest.WithBPFStats(b)
+	c, err := NewCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 64,
+		Collectors: map[string]bool{Sched: true, Faults: true}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	before, err := c.ProgramStats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		done := make(chan struct{})
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			close(done)
+		}()
+		<-done
+	}
+	time.Sleep(50 * time.Millisecond) // the last threads' free
+	after, err := c.ProgramStats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i, a := range after {
+		if a.Name == bpf.CgroupStatsProgTaskExit || a.Name == bpf.CgroupStatsProgTaskFree {
+			if runs := a.RunCount - before[i].RunCount; runs > 0 {
+				b.ReportMetric(float64(a.Runtime-before[i].Runtime)/float64(runs), "ns/"+a.Name)
+			}
+		}
+	}
+}
+
 // pingPong makes two OS threads wake each other n times through pipes:
 // every round trip is two voluntary context switches and two wakeups.
 func pingPong(n int) {
