@@ -112,9 +112,12 @@ static __always_inline struct cgroup_counters *counters(__u64 cgroup)
 	return c;
 }
 
+// task_cgroup_id returns the cgroup2 id of a task that the program's
+// context hands it (tp_btf, iter: a pointer the verifier trusts), with plain
+// loads rather than BPF_CORE_READ's helper calls, a fifth of the cost.
 static __always_inline __u64 task_cgroup_id(struct task_struct *task)
 {
-	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	return task->cgroups->dfl_cgrp->kn->id;
 }
 
 // runq_bucket maps a wait in ns to its log2-of-µs histogram bucket: the
@@ -173,8 +176,7 @@ int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_s
 	__u64 *weight = bpf_map_lookup_elem(&runq_weight, &zero);
 	if (!weight || !*weight || now < queued)
 		return 0;
-	// Plain loads, not BPF_CORE_READ's helper calls: a fifth of the cost.
-	struct cgroup_counters *c = counters(next->cgroups->dfl_cgrp->kn->id);
+	struct cgroup_counters *c = counters(task_cgroup_id(next));
 	if (c)
 		c->runq_hist[runq_bucket(now - queued)] += *weight;
 	return 0;
@@ -311,24 +313,23 @@ int count_tasks(struct bpf_iter__task *ctx)
 }
 
 // task_exit charges an exiting thread's figures at once, to the cgroup it
-// ends in, when a collection has seen the thread; one that lived between
-// two collections is left whole to task_free, which saves creating its
-// state. It may run while count_tasks settles the same thread (which began
-// before the thread was exiting): the lock in task_state orders them.
+// ends in, so that a scrape just after a process ended counts it. It may
+// run while count_tasks settles the same thread (which began before the
+// thread was exiting): the lock in task_state orders them. The state it
+// creates for a thread no collection saw tells task_free what is charged.
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(task_exit, struct task_struct *task)
 {
 	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
-	struct task_state *st = bpf_map_lookup_elem(&tasks, &key);
+	struct task_state *st = task_state(&key);
 	if (st)
 		settle(task, st, task_cgroup_id(task));
 	return 0;
 }
 
 // task_free charges what a thread did after task_exit (it still ran,
-// waited and switched on its way out), or all it did if no collection saw
-// it, when the kernel frees it, a grace period after it was reaped, and
-// forgets it.
+// waited and switched on its way out) when the kernel frees it, a grace
+// period after it was reaped, and forgets it.
 SEC("tp_btf/sched_process_free")
 int BPF_PROG(task_free, struct task_struct *task)
 {
@@ -339,8 +340,7 @@ int BPF_PROG(task_free, struct task_struct *task)
 		bpf_map_delete_elem(&tasks, &key);
 		return 0;
 	}
-	// Never charged (it lived between two collections, or the map was
-	// full): all of it now.
+	// Never charged (the map was full): all of it now.
 	struct task_figures now;
 	read_figures(task, &now);
 	charge(task_cgroup_id(task), &now);
