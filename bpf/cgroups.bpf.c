@@ -80,14 +80,12 @@ struct {
 	__type(value, __u64);
 } cgroup_stats SEC(".maps");
 
-/* The weight of one wait seen by runq_latency, 2^RUNQ_WEIGHT_SHIFT / duty;
- * 0 stops it counting. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} runq_weight SEC(".maps");
+	__type(value, struct runq_config);
+} runq_config SEC(".maps");
 
 const struct cgroup_counters zero_counters = {};
 const struct task_state zero_state = {};
@@ -162,7 +160,8 @@ static __always_inline __u32 runq_bucket(__u64 ns)
 // wait is the kernel's own, it needs no wakeup hook and no state, and every
 // wait that ends while the program is attached is seen whole, however long
 // before it began. Userspace attaches the program only part of the time
-// (internal/dutycycle) and weighs each wait by the inverse of that part.
+// (internal/dutycycle) and weighs each wait by the inverse of that part
+// (struct runq_config).
 SEC("tp_btf/sched_switch")
 int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
@@ -173,12 +172,14 @@ int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_s
 	// every class when a task moves to a CPU (CONFIG_FAIR_GROUP_SCHED).
 	__u64 now = next->se.cfs_rq->rq->clock;
 	__u32 zero = 0;
-	__u64 *weight = bpf_map_lookup_elem(&runq_weight, &zero);
-	if (!weight || !*weight || now < queued)
+	struct runq_config *cfg = bpf_map_lookup_elem(&runq_config, &zero);
+	if (!cfg || !cfg->weight || now < queued)
+		return 0;
+	if (cfg->until != ~0ULL && bpf_ktime_get_ns() > cfg->until)
 		return 0;
 	struct cgroup_counters *c = counters(task_cgroup_id(next));
 	if (c)
-		c->runq_hist[runq_bucket(now - queued)] += *weight;
+		c->runq_hist[runq_bucket(now - queued)] += cfg->weight;
 	return 0;
 }
 

@@ -12,6 +12,16 @@
  * fraction duty of the time. */
 #define RUNQ_WEIGHT_SHIFT 16
 
+/* How runq_latency counts, set by userspace for each window it is attached:
+ * the weight of a wait, 2^RUNQ_WEIGHT_SHIFT / duty (0: do not count), and
+ * the end of the window (bpf_ktime_get_ns; ~0: none). Waits past the end
+ * are not counted, so the time counted is the window, not the window plus
+ * however long detaching takes. */
+struct runq_config {
+	__u64 weight;
+	__u64 until;
+};
+
 /* Per-cgroup counters, one copy per CPU (summed by userspace). */
 struct cgroup_counters {
 	/* Figures of the cgroup's threads, settled by the task iterator and

@@ -44,6 +44,12 @@ const (
 	CgroupStatsCgroupStatIndexCGSTAT_MAX               CgroupStatsCgroupStatIndex = 3
 )
 
+type CgroupStatsRunqConfig struct {
+	_      structs.HostLayout
+	Weight uint64
+	Until  uint64
+}
+
 type CgroupStatsTaskCgroups struct {
 	_      structs.HostLayout
 	Cgroup uint64
@@ -83,7 +89,7 @@ const (
 	CgroupStatsMapActiveSockets         = "active_sockets"
 	CgroupStatsMapCgroupStats           = "cgroup_stats"
 	CgroupStatsMapCountersByCgroup      = "counters_by_cgroup"
-	CgroupStatsMapRunqWeight            = "runq_weight"
+	CgroupStatsMapRunqConfig            = "runq_config"
 	CgroupStatsMapTasks                 = "tasks"
 	CgroupStatsProgCountTasks           = "count_tasks"
 	CgroupStatsProgInetSockSetState     = "inet_sock_set_state"
@@ -161,7 +167,7 @@ type CgroupStatsMapSpecs struct {
 	ActiveSockets    *ebpf.MapSpec `ebpf:"active_sockets"`
 	CgroupStats      *ebpf.MapSpec `ebpf:"cgroup_stats"`
 	CountersByCgroup *ebpf.MapSpec `ebpf:"counters_by_cgroup"`
-	RunqWeight       *ebpf.MapSpec `ebpf:"runq_weight"`
+	RunqConfig       *ebpf.MapSpec `ebpf:"runq_config"`
 	Tasks            *ebpf.MapSpec `ebpf:"tasks"`
 }
 
@@ -199,7 +205,7 @@ type CgroupStatsMaps struct {
 	ActiveSockets    *ebpf.Map `ebpf:"active_sockets"`
 	CgroupStats      *ebpf.Map `ebpf:"cgroup_stats"`
 	CountersByCgroup *ebpf.Map `ebpf:"counters_by_cgroup"`
-	RunqWeight       *ebpf.Map `ebpf:"runq_weight"`
+	RunqConfig       *ebpf.Map `ebpf:"runq_config"`
 	Tasks            *ebpf.Map `ebpf:"tasks"`
 }
 
@@ -208,7 +214,7 @@ func (m *CgroupStatsMaps) Close() error {
 		m.ActiveSockets,
 		m.CgroupStats,
 		m.CountersByCgroup,
-		m.RunqWeight,
+		m.RunqConfig,
 		m.Tasks,
 	)
 }

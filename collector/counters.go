@@ -142,7 +142,7 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 		bpf.CgroupStatsMapTasks:            c.maps.Tasks,
 		bpf.CgroupStatsMapActiveSockets:    c.maps.ActiveSockets,
 		bpf.CgroupStatsMapCgroupStats:      c.maps.CgroupStats,
-		bpf.CgroupStatsMapRunqWeight:       c.maps.RunqWeight,
+		bpf.CgroupStatsMapRunqConfig:       c.maps.RunqConfig,
 	}
 	for _, info := range Table {
 		if info.Source != BPF {
@@ -248,7 +248,7 @@ func (c *Counters) startSampled(spec *ebpf.CollectionSpec, shared map[string]*eb
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.programs[info.Sampled] = prog
-	c.runq = &runqSampler{prog: prog, weight: c.maps.RunqWeight}
+	c.runq = &runqSampler{prog: prog, config: c.maps.RunqConfig}
 }
 
 // loadOnly loads the named programs of spec against the shared maps.

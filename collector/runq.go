@@ -9,6 +9,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/cgscope/cgscope/bpf"
 )
 
 // runqSampler is the run-queue latency histogram's program (runq_latency,
@@ -18,7 +21,7 @@ import (
 // program running at every switch.
 type runqSampler struct {
 	prog   *ebpf.Program
-	weight *ebpf.Map // runq_weight: 2^runqWeightShift / duty
+	config *ebpf.Map // runq_config
 
 	mu     sync.Mutex
 	link   link.Link
@@ -27,7 +30,9 @@ type runqSampler struct {
 
 // Start attaches the program for a window that is the fraction duty of the
 // controller's period, weighting what it sees by 1/duty. Already attached
-// (duty 1 from one period to the next), it only sets the weight.
+// (duty 1 from one period to the next), it only sets the weight. Waits
+// ending after the window are not counted: detaching takes up to a few
+// milliseconds, which would add to the time counted.
 func (s *runqSampler) Start(window time.Duration, duty float64) error {
 	if !(duty > 0 && duty <= 1) {
 		return fmt.Errorf("run-queue latency sampling: duty %v out of (0, 1]", duty)
@@ -37,9 +42,18 @@ func (s *runqSampler) Start(window time.Duration, duty float64) error {
 	if s.closed {
 		return errors.New("run-queue latency sampling: closed")
 	}
-	w := uint64(math.Round(float64(uint64(1)<<runqWeightShift) / duty))
-	if err := s.weight.Update(uint32(0), w, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("run-queue latency sampling: setting the weight: %w", err)
+	cfg := bpf.CgroupStatsRunqConfig{Weight: uint64(math.Round(float64(uint64(1)<<runqWeightShift) / duty)), Until: math.MaxUint64}
+	configure := func() error {
+		if duty < 1 {
+			cfg.Until = monotonicNow() + uint64(window)
+		}
+		if err := s.config.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("run-queue latency sampling: %w", err)
+		}
+		return nil
+	}
+	if err := configure(); err != nil {
+		return err
 	}
 	if s.link != nil {
 		return nil
@@ -49,7 +63,8 @@ func (s *runqSampler) Start(window time.Duration, duty float64) error {
 		return fmt.Errorf("attaching the run-queue latency program to sched_switch: %w", err)
 	}
 	s.link = l
-	return nil
+	// The window counts from now that the program runs.
+	return configure()
 }
 
 // Stop detaches the program.
@@ -57,6 +72,13 @@ func (s *runqSampler) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.detach()
+}
+
+// monotonicNow is bpf_ktime_get_ns()'s clock.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
 }
 
 func (s *runqSampler) detach() error {
