@@ -164,9 +164,9 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 		slog.Warn("cgscope runs in a PID namespace of its own: the task iterator sees only its threads, so sched and faults figures miss the host's; run it in the host's (hostPID)")
 	}
 	if c.tasks != nil {
-		// A first collection now: the figures threads gathered before
-		// cgscope started are then in the first values scraped, and what
-		// follows is what happened since.
+		// A first collection now, so that what the threads did before
+		// cgscope started is in the first values scraped, not in the rate
+		// between the first two scrapes.
 		if err := c.collect(); err != nil {
 			c.Close()
 			return nil, err

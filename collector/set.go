@@ -55,10 +55,11 @@ func Start(ctx context.Context, cfg Config) (*Set, error) {
 	if anyBPF(cfg.Enabled) {
 		ccfg := CountersConfig{MaxCgroups: cfg.MaxCgroups, MaxTasks: cfg.MaxTasks, MaxSockets: cfg.MaxSockets,
 			Collectors: cfg.Enabled, CgroupRoot: cfg.CgroupRoot, BTF: cfg.BTF}
-		// On hybrid hosts the threads' placements tell which v1 memory and
-		// cpu cgroups the reader may take for their cgroup2 namesakes.
+		// On hybrid hosts the threads' placements, which the task iterator
+		// of the sched and faults collectors reports, tell which v1 memory
+		// and cpu cgroups the reader may take for their cgroup2 namesakes.
 		var mirrors *v1Mirrors
-		if reader != nil && reader.Layout() == cgroup.LayoutHybrid {
+		if reader != nil && reader.Layout() == cgroup.LayoutHybrid && (cfg.Enabled[Sched] || cfg.Enabled[Faults]) {
 			if m, err := cgroup.ReadMounts(); err == nil {
 				mirrors = newV1Mirrors(m)
 				ccfg.OnCollect = mirrors.observe
