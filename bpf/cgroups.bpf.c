@@ -50,7 +50,8 @@ struct {
 
 /* The figures of a live thread already charged to a cgroup. The lock
  * orders the iterator and the exit hook, which may settle one thread at
- * once. */
+ * once (a bpf_spin_lock is why the hooks are tp_btf programs: classic and
+ * raw tracepoints may not take one). */
 struct task_state {
 	struct bpf_spin_lock lock;
 	struct task_figures charged;
