@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cgscope/cgscope/bpf"
 	"github.com/cgscope/cgscope/cgroup"
+	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/kerneltest"
 )
 
@@ -58,27 +60,38 @@ func BenchmarkCounterProgramCost(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	reportPerRun(b, before, after)
+}
+
+// reportPerRun reports the BPF time per run of each program that ran
+// between two readings of their statistics (of the named ones, if any).
+func reportPerRun(b *testing.B, before, after []bpfstats.Program, only ...string) {
 	for i, a := range after {
 		runs := a.RunCount - before[i].RunCount
-		if runs == 0 {
+		if runs == 0 || (len(only) > 0 && !slices.Contains(only, a.Name)) {
 			continue
 		}
-		ns := float64(a.Runtime-before[i].Runtime) / float64(runs)
-		b.ReportMetric(ns, "ns/"+a.Name)
+		b.ReportMetric(float64(a.Runtime-before[i].Runtime)/float64(runs), "ns/"+a.Name)
 	}
 }
 
-// BenchmarkCollect measures a collection: the task iterator charging every
-// thread of the host to its cgroup, and the read of the counters, with the
-// BPF time per thread.
-func BenchmarkCollect(b *testing.B) {
+// threadFigureCounters loads the sched and faults collectors alone.
+func threadFigureCounters(b *testing.B) *Counters {
 	kerneltest.WithBPFStats(b)
 	c, err := NewCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 64,
 		Collectors: map[string]bool{Sched: true, Faults: true}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// BenchmarkCollect measures a collection: the task iterator charging every
+// thread of the host to its cgroup, and the read of the counters, with the
+// BPF time per thread.
+func BenchmarkCollect(b *testing.B) {
+	c := threadFigureCounters(b)
 	iter := func() *ebpf.Program {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -111,13 +124,7 @@ func BenchmarkCollect(b *testing.B) {
 // collectors running, and reports what the exit and free hooks cost per
 // thread (bpf_stats).
 func BenchmarkThreadChurn(b *testing.B) {
-	kerneltest.WithBPFStats(b)
-	c, err := NewCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 64,
-		Collectors: map[string]bool{Sched: true, Faults: true}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := threadFigureCounters(b)
 	before, err := c.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
@@ -135,13 +142,7 @@ func BenchmarkThreadChurn(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for i, a := range after {
-		if a.Name == bpf.CgroupStatsProgTaskExit || a.Name == bpf.CgroupStatsProgTaskFree {
-			if runs := a.RunCount - before[i].RunCount; runs > 0 {
-				b.ReportMetric(float64(a.Runtime-before[i].Runtime)/float64(runs), "ns/"+a.Name)
-			}
-		}
-	}
+	reportPerRun(b, before, after, bpf.CgroupStatsProgTaskExit, bpf.CgroupStatsProgTaskFree)
 }
 
 // pingPong makes two OS threads wake each other n times through pipes:
