@@ -354,6 +354,9 @@ type Stats struct {
 	// InterpStacks counts interpreter walks by runtime (InterpKinds)
 	// and how they ended (InterpEnds).
 	InterpStacks map[string]map[string]uint64
+	// InterpWalkTime is the time the walks took, by runtime: the BPF cost
+	// of interpreter stacks.
+	InterpWalkTime map[string]time.Duration
 }
 
 // DropReasons lists the reasons Stats.Dropped may hold, in stat-index order.
@@ -397,6 +400,7 @@ func (s *Sampler) Stats() (Stats, error) {
 		}
 	}
 	st.InterpStacks = map[string]map[string]uint64{}
+	st.InterpWalkTime = map[string]time.Duration{}
 	for _, kind := range walkedInterpKinds {
 		ends := make(map[string]uint64, len(InterpEnds))
 		for i, end := range InterpEnds {
@@ -406,6 +410,11 @@ func (s *Sampler) Stats() (Stats, error) {
 			}
 		}
 		st.InterpStacks[InterpKinds[kind]] = ends
+		ns, err := sum(bpf.ProfileStatIndexSTAT_INTERP_NS + bpf.ProfileStatIndex(kind))
+		if err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
+		st.InterpWalkTime[InterpKinds[kind]] = time.Duration(ns)
 	}
 	return st, nil
 }
