@@ -64,6 +64,13 @@ Work.new.fid_outer
 // returns its pid once it runs.
 func startRubyChain(t *testing.T, dir string, env ...string) int {
 	t.Helper()
+	return startRubyChainIn(t, dir, nil, env...)
+}
+
+// startRubyChainIn runs the chain under the command prefix (which execs
+// its arguments: the pid stays ruby's).
+func startRubyChainIn(t *testing.T, dir string, prefix []string, env ...string) int {
+	t.Helper()
 	if _, err := os.Stat(rubyBin); err != nil {
 		t.Fatalf("%s is missing (scripts/install-deps.sh installs ruby3.1): %v", rubyBin, err)
 	}
@@ -71,7 +78,8 @@ func startRubyChain(t *testing.T, dir string, env ...string) int {
 	if err := os.WriteFile(script, []byte(rubyChain), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(rubyBin, "--disable-gems", script)
+	args := append(append(prefix[:len(prefix):len(prefix)], rubyBin, "--disable-gems"), script)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -82,8 +90,12 @@ func startRubyChain(t *testing.T, dir string, env ...string) int {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
 		t.Fatalf("ruby printed no pid: %v", err)
+	}
+	if strings.TrimSpace(line) != fmt.Sprint(cmd.Process.Pid) {
+		t.Fatalf("ruby says pid %s, started %d", strings.TrimSpace(line), cmd.Process.Pid)
 	}
 	return cmd.Process.Pid
 }
@@ -177,31 +189,53 @@ func patchedLibruby(t *testing.T, dir string) {
 func TestRubyStacks(t *testing.T) {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
+	artifacts(t) // built before the first workload starts
 	before := startRubyChain(t, dir)
-	d := startCgscope(t, t.Cleanup, fmt.Sprintf("--profiling.frequency=%d", testFrequency), "--profiling.interval=2s")
+	r := startOTLPReceiver(t, "")
+	d := startCgscope(t, t.Cleanup, fmt.Sprintf("--profiling.frequency=%d", testFrequency), "--profiling.interval=1s",
+		"--otlp.endpoint="+r.addr, "--otlp.insecure", "--otlp.interval=1s")
 	after := startRubyChain(t, dir)
+	// As in a container: its libruby is a file only its mount namespace
+	// has (a tmpfs over an empty directory of the host's), reached
+	// through /proc/PID/root.
+	hidden := filepath.Join(dir, "container-lib")
+	os.Mkdir(hidden, 0o755)
+	const libruby = "/usr/lib/x86_64-linux-gnu/libruby-3.1.so.3.1"
+	contained := startRubyChainIn(t, dir, []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
+		fmt.Sprintf("mount -t tmpfs none %s && cp %s %s/ && exec env LD_LIBRARY_PATH=%s \"$@\"", hidden, libruby, hidden, hidden), "sh"})
+	if maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", contained)); err != nil || !strings.Contains(string(maps), hidden+"/libruby") {
+		t.Fatalf("the contained ruby does not map its own libruby (%v)", err)
+	}
+	if entries, _ := os.ReadDir(hidden); len(entries) != 0 {
+		t.Fatalf("the host sees the contained libruby")
+	}
 	oldDir := filepath.Join(dir, "old")
 	os.Mkdir(oldDir, 0o755)
 	patchedLibruby(t, oldDir)
 	old := startRubyChain(t, dir, "LD_LIBRARY_PATH="+oldDir)
 	time.Sleep(500 * time.Millisecond) // the interpreters found
 	p := d.capture(t, "seconds=5")
+	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
 	for _, c := range []struct {
 		name string
 		pid  int
-	}{{"started before cgscope", before}, {"started after cgscope", after}} {
+	}{{"started before cgscope", before}, {"started after cgscope", after}, {"in its own mount namespace", contained}} {
 		main := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(c.pid)(s) && tidIs(c.pid)(s) })
 		chain := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(c.pid)(s) && tidIs(c.pid)(s) && holdsRubyChain(s) })
-		mixed := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(c.pid)(s) && tidIs(c.pid)(s) && stackHas(s, "Background.spin_other") })
+		mixed := samplesWhere(p, func(s *profile.Sample) bool {
+			return pidIs(c.pid)(s) && tidIs(c.pid)(s) && stackHas(s, "Background.spin_other")
+		})
 		other := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(c.pid)(s) && !tidIs(c.pid)(s) })
 		spin := samplesWhere(p, func(s *profile.Sample) bool {
 			return pidIs(c.pid)(s) && !tidIs(c.pid)(s) && stackHas(s, "Background.spin_other") && stackHas(s, "block in Background.spin_other")
 		})
-		otherMixed := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(c.pid)(s) && !tidIs(c.pid)(s) && stackHas(s, "Work#fid_leaf") })
+		otherMixed := samplesWhere(p, func(s *profile.Sample) bool {
+			return pidIs(c.pid)(s) && !tidIs(c.pid)(s) && stackHas(s, "Work#fid_leaf")
+		})
 		t.Logf("%s: main thread %d samples, %d with the chain; other thread %d, %d in Background.spin_other", c.name, main, chain, other, spin)
-		if main < 100 || other < 100 {
-			t.Fatalf("%s: %d and %d samples of the two threads, want at least 100 each\n%s", c.name, main, other, rubyStacks(p, c.pid))
+		if main < 50 || other < 50 {
+			t.Fatalf("%s: %d and %d samples of the two threads, want at least 50 each\n%s", c.name, main, other, rubyStacks(p, c.pid))
 		}
 		if float64(chain) < 0.95*float64(main) {
 			t.Errorf("%s: %.1f%% of the main thread's samples hold the chain, want >= 95%%\n%s", c.name, 100*float64(chain)/float64(main), rubyStacks(p, c.pid))
@@ -213,6 +247,7 @@ func TestRubyStacks(t *testing.T) {
 			t.Errorf("%s: the threads' methods mixed up: %d main-thread samples in spin_other, %d other-thread ones in fid_leaf", c.name, mixed, otherMixed)
 		}
 	}
+	t.Logf("a stack of the process started before cgscope:\n%s", firstStack(p, before))
 	// The interpreter loop's native frame is replaced, not kept beside
 	// the Ruby frames: each activation (block in fid_outer ← Kernel#loop)
 	// appears once per sample.
@@ -243,8 +278,13 @@ func TestRubyStacks(t *testing.T) {
 	values := parseMetrics(t, string(body))
 	profiled := values[`cgscope_interpreter_processes_total{result="profiled",runtime="ruby"}`]
 	unsupported := values[`cgscope_interpreter_processes_total{result="unsupported_version",runtime="ruby"}`]
-	if profiled < 2 || unsupported < 1 {
-		t.Errorf("cgscope_interpreter_processes_total: ruby profiled %v, unsupported_version %v; want >= 2 and >= 1", profiled, unsupported)
+	if profiled < 3 || unsupported < 1 {
+		t.Errorf("cgscope_interpreter_processes_total: ruby profiled %v, unsupported_version %v; want >= 3 and >= 1", profiled, unsupported)
+	}
+	typed, untyped := r.rubyFrames(before, "Work#fid_leaf")
+	t.Logf("OTLP: Work#fid_leaf in %d locations with profile.frame.type=ruby, %d without", typed, untyped)
+	if typed == 0 || untyped > 0 {
+		t.Errorf("OTLP: Work#fid_leaf in %d locations with profile.frame.type=ruby, %d without", typed, untyped)
 	}
 	if n := values[`cgscope_interpreter_frames_total{result="named",runtime="ruby"}`]; n <= 0 {
 		t.Errorf("no Ruby frames named")
@@ -274,6 +314,22 @@ func rubyStacks(p *profile.Profile, pid int) string {
 	return b.String()
 }
 
+// firstStack prints the pid's main-thread stack with the most samples.
+func firstStack(p *profile.Profile, pid int) string {
+	var best *profile.Sample
+	for _, s := range p.Sample {
+		if pidIs(pid)(s) && tidIs(pid)(s) && (best == nil || s.Value[0] > best.Value[0]) {
+			best = s
+		}
+	}
+	if best == nil {
+		return ""
+	}
+	var b strings.Builder
+	writeStack(&b, best)
+	return b.String()
+}
+
 func writeStack(w io.Writer, s *profile.Sample) {
 	for _, l := range s.Location {
 		for _, ln := range l.Line {
@@ -283,4 +339,51 @@ func writeStack(w io.Writer, s *profile.Sample) {
 			fmt.Fprintf(w, "    %#x\n", l.Address)
 		}
 	}
+}
+
+// rubyFrames counts the locations of fn in pid's received OTLP profiles
+// with and without profile.frame.type=ruby.
+func (r *otlpReceiver) rubyFrames(pid int, fn string) (typed, untyped int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, pd := range r.profiles {
+		d := pd.Dictionary()
+		str := func(i int32) string { return d.StringTable().At(int(i)) }
+		for i := 0; i < pd.ResourceProfiles().Len(); i++ {
+			rp := pd.ResourceProfiles().At(i)
+			if v, ok := rp.Resource().Attributes().Get("process.pid"); !ok || v.Int() != int64(pid) {
+				continue
+			}
+			seen := map[int32]bool{}
+			profs := rp.ScopeProfiles().At(0).Profiles()
+			for j := 0; j < profs.Len(); j++ {
+				samples := profs.At(j).Samples()
+				for k := 0; k < samples.Len(); k++ {
+					locs := d.StackTable().At(int(samples.At(k).StackIndex())).LocationIndices()
+					for m := 0; m < locs.Len(); m++ {
+						li := locs.At(m)
+						if seen[li] {
+							continue
+						}
+						seen[li] = true
+						l := d.LocationTable().At(int(li))
+						if l.Lines().Len() == 0 || str(d.FunctionTable().At(int(l.Lines().At(0).FunctionIndex())).NameStrindex()) != fn {
+							continue
+						}
+						ok := false
+						for a := 0; a < l.AttributeIndices().Len(); a++ {
+							kv := d.AttributeTable().At(int(l.AttributeIndices().At(a)))
+							ok = ok || str(kv.KeyStrindex()) == "profile.frame.type" && kv.Value().Str() == "ruby"
+						}
+						if ok {
+							typed++
+						} else {
+							untyped++
+						}
+					}
+				}
+			}
+		}
+	}
+	return typed, untyped
 }
