@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test ./symbolizer $(FUZZ) -fuzz '^FuzzGoTable$$'
 	$(GO) test ./internal/containerid $(FUZZ) -fuzz '^FuzzParseContainerPath$$'
 	$(GO) test ./unwind $(FUZZ) -fuzz '^FuzzCompileSection$$'
+	$(GO) test ./interp/ruby $(FUZZ) -fuzz '^FuzzReadObjectFacts$$'
 
 # Regenerates the committed BPF objects and Go bindings with the pinned clang.
 generate: deps

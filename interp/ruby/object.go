@@ -101,6 +101,9 @@ func readObjectFacts(r io.ReaderAt) (*objectFacts, error) {
 	if err != nil {
 		return nil, &interp.UnsupportedError{Reason: err.Error(), Build: true}
 	}
+	if vmExec.Size == 0 || vmExec.Size > maxFunctionBytes {
+		return nil, &interp.UnsupportedError{Reason: fmt.Sprintf("rb_vm_exec of %d bytes", vmExec.Size), Build: true}
+	}
 	code := make([]byte, vmExec.Size)
 	if err := b.readCode(r, vmExec.Value, code); err != nil {
 		return nil, err
@@ -111,6 +114,9 @@ func readObjectFacts(r io.ReaderAt) (*objectFacts, error) {
 	}
 	return b, nil
 }
+
+// maxFunctionBytes bounds the code read of rb_vm_exec (about 3 KB in 3.1).
+const maxFunctionBytes = 64 << 10
 
 // dtpmodSlot finds the GOT slot of the R_X86_64_DTPMOD64 relocation of
 // symbol sym (ruby_current_ec): libruby's code reaches the variable through
