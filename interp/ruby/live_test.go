@@ -332,3 +332,62 @@ func containsInt(s []int, v int) bool {
 	}
 	return false
 }
+
+// fiberScript burns CPU inside a Fiber on the main thread: the thread's
+// ruby_current_ec is then the fiber's, whose stack starts at the fiber's
+// block (Ruby's backtraces show the same).
+const fiberScript = `def in_fiber_burn
+  x = 0
+  loop do
+    i = 0
+    while i < 100_000
+      x = (x + i) % 7919
+      i += 1
+    end
+  end
+end
+
+f = Fiber.new { in_fiber_burn }
+$stdout.puts Process.pid
+$stdout.flush
+f.resume
+`
+
+func TestLiveRubyFiber(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("reading another process's memory needs root")
+	}
+	pid := startRuby(t, fiberScript)
+	rt := New()
+	proc, err := attach(t, rt, pid)
+	if err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	p := proc.(*process)
+	mem := interp.NewMemory(uint32(pid))
+	var vmPtr uint64
+	for _, tg := range liveTargets(t, rt, pid, interp.NewCache(1<<20)) {
+		if bin, err := rt.objects.get(tg); err == nil {
+			bias, _ := bin.bias(&tg.Candidate)
+			vmPtr = bin.vmPtr + bias
+		}
+	}
+	tp := rubyThreads(t, p, mem, vmPtr)[0]
+	var frames []interp.Frame
+	for range 50 {
+		frames = p.Frames(userWalk(t, mem, p.state, tp))
+		if len(frames) > 0 && frames[0].Function == "block in Object#in_fiber_burn" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("in the fiber:\n  %s", strings.Join(names(frames), "\n  "))
+	want := []string{"block in Object#in_fiber_burn", "Kernel#loop", "Object#in_fiber_burn", "block in <main>"}
+	var got []string
+	for _, f := range frames {
+		got = append(got, f.Function)
+	}
+	if strings.Join(got, " < ") != strings.Join(want, " < ") {
+		t.Errorf("fiber stack %q, want %q", got, want)
+	}
+}
