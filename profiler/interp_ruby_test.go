@@ -59,7 +59,12 @@ module Background
   end
 end
 
+def deep(n)
+  n > 0 ? deep(n - 1) : loop { [1, 2, 3].each { |v| v * v } }
+end
+
 Thread.new { Background.spin_other }
+Thread.new { deep(60) }
 $stdout.puts Process.pid
 $stdout.flush
 Work.new.fid_outer
@@ -258,7 +263,7 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mainN, mainChain, otherN, otherSpin uint64
+	var mainN, mainChain, otherN, otherSpin, deepN, deepTruncated uint64
 	for _, smp := range batch.Samples {
 		if smp.PID != uint32(pid) {
 			continue
@@ -270,6 +275,18 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 			}
 		}
 		joined := strings.Join(names, " < ")
+		if smp.InterpKind == uint8(interp.KindRuby) && smp.InterpEnd == InterpDepth {
+			// A stack deeper than the words hold: its innermost frames,
+			// and the walk's end says it was cut.
+			deepN += smp.Count
+			frames := proc.Frames(smp.Interp)
+			if len(frames) >= 40 && frames[len(frames)-1].Function == "Object#deep" {
+				deepTruncated += smp.Count
+			} else {
+				t.Logf("deep stack, %d samples, %d frames: %v", smp.Count, len(frames), frames[len(frames)-1].Function)
+			}
+			continue
+		}
 		if smp.TID == uint32(pid) {
 			mainN += smp.Count
 			if strings.HasPrefix(joined, "Work#fid_leaf < Work#fid_middle < block in Work#fid_outer < Kernel#loop < Work#fid_outer < <main>") {
@@ -279,14 +296,17 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 			}
 		} else {
 			otherN += smp.Count
-			if strings.Contains(joined, "Background.spin_other") && !strings.Contains(joined, "Work#") {
+			if strings.Contains(joined, "Background.spin_other") && !strings.Contains(joined, "Work#") || strings.Contains(joined, "Object#deep") {
 				otherSpin += smp.Count
 			} else {
 				t.Logf("other Thread, %d samples, walk %v: %s", smp.Count, smp.InterpEnd, joined)
 			}
 		}
 	}
-	t.Logf("main thread: %d of %d samples walked to the chain; other Thread: %d of %d in Background.spin_other", mainChain, mainN, otherSpin, otherN)
+	t.Logf("main thread: %d of %d samples walked to the chain; other Threads: %d of %d in Background.spin_other or deep; %d of %d cut at the words' limit", mainChain, mainN, otherSpin, otherN, deepTruncated, deepN)
+	if deepN == 0 || deepTruncated != deepN {
+		t.Errorf("the 60-deep recursion: %d of %d samples cut at the limit with their innermost frames", deepTruncated, deepN)
+	}
 	if mainN == 0 || otherN == 0 || float64(mainChain) < 0.95*float64(mainN) || float64(otherSpin) < 0.95*float64(otherN) {
 		t.Errorf("walks: main %d/%d, other %d/%d; want >= 95%% each", mainChain, mainN, otherSpin, otherN)
 	}
