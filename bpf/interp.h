@@ -93,14 +93,17 @@ enum ruby_offset {
 /* Ruby words, innermost frame first. A frame of Ruby code takes three
  * words: its iseq (bits 0..46) tagged RB_TAG_ISEQ, its pc (the next
  * instruction's address), and the method entry of its method (the local
- * env's ep[-2]: a ment or an svar holding it, 0 if not reached). A C
- * method takes one: its method entry, tagged RB_TAG_CFUNC. Bit 63 is set
- * on the frame that ends an activation of the interpreter loop (the frame
- * C pushed before calling vm_exec: VM_FRAME_FLAG_FINISH). */
+ * env's ep[-2]: a ment or an svar holding it, 0 if not reached); or two,
+ * without the last, when RB_WORD_SAME_ME says it is the previous Ruby
+ * frame's (a block and its method, a recursion). A C method takes one: its
+ * method entry, tagged RB_TAG_CFUNC. Bit 63 is set on the frame that ends
+ * an activation of the interpreter loop (the frame C pushed before calling
+ * vm_exec: VM_FRAME_FLAG_FINISH). */
 #define RB_WORD_ADDR_BITS 47
 #define RB_WORD_TAG_SHIFT 61
 #define RB_TAG_ISEQ 1ULL
 #define RB_TAG_CFUNC 2ULL
+#define RB_WORD_SAME_ME (1ULL << 60)
 #define RB_WORD_ENTRY (1ULL << 63)
 
 /* What a walker needs of one process, whatever its runtime: interp.State

@@ -43,6 +43,7 @@ struct rb_walk {
 	__u8 *buf;
 	__u64 cfp;  // the next control frame to record
 	__u64 last; // the outermost frame, not recorded (the VM stack's dummy, or the main thread's <main>)
+	__u64 me;   // the method entry of the last Ruby frame recorded (~0: none yet)
 	__u32 n;    // words recorded
 	__u8 end;   // enum interp_end, once the walk stopped
 };
@@ -110,16 +111,19 @@ static long rb_step(__u64 i, struct rb_walk *w)
 	if (!(flags & RB_FRAME_FLAG_CFRAME)) {
 		if (!pc)
 			return 0; // not started: Ruby's backtraces skip it too
-		if (w->n + 3 > INTERP_MAX_WORDS) {
+		__u64 me = rb_local_me(buf);
+		__u64 same = me == w->me ? RB_WORD_SAME_ME : 0;
+		if (w->n + (same ? 2 : 3) > INTERP_MAX_WORDS) {
 			w->end = IEND_DEPTH;
 			return 1;
 		}
-		__u64 me = rb_local_me(buf);
 		if (iseq >= (1ULL << RB_WORD_ADDR_BITS))
 			iseq = 0; // not a user address: a frame userspace cannot name
-		rb_put(w, iseq | RB_TAG_ISEQ << RB_WORD_TAG_SHIFT | entry);
+		rb_put(w, iseq | RB_TAG_ISEQ << RB_WORD_TAG_SHIFT | entry | same);
 		rb_put(w, pc);
-		rb_put(w, me);
+		if (!same)
+			rb_put(w, me);
+		w->me = me;
 		return 0;
 	}
 	if ((flags & RB_FRAME_MAGIC_MASK) != RB_FRAME_MAGIC_CFUNC)
@@ -158,7 +162,7 @@ __noinline int walk_ruby(struct interp_proc *p, struct stack_trace *trace, __u64
 	struct interp_frame_buf *buf = bpf_map_lookup_elem(&interp_frame, &zero);
 	if (!buf)
 		return IEND_READ_FAILED;
-	struct rb_walk w = { .p = p, .trace = trace, .buf = buf->b, .cfp = cfp, .last = end - fsize, .end = IEND_DEPTH };
+	struct rb_walk w = { .p = p, .trace = trace, .buf = buf->b, .cfp = cfp, .last = end - fsize, .me = ~0ULL, .end = IEND_DEPTH };
 	// Skipped frames (C blocks, dummies) take iterations but no words.
 	bpf_loop(2 * INTERP_MAX_WORDS, rb_step, &w, 0);
 	trace->len = w.n;

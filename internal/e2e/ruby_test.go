@@ -248,6 +248,11 @@ func TestRubyStacks(t *testing.T) {
 		}
 	}
 	t.Logf("a stack of the process started before cgscope:\n%s", firstStack(p, before))
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		if strings.Contains(l, "interpreter") {
+			t.Log(l)
+		}
+	}
 	// The interpreter loop's native frame is replaced, not kept beside
 	// the Ruby frames: each activation (block in fid_outer ← Kernel#loop)
 	// appears once per sample.

@@ -169,6 +169,7 @@ func userWalk(t *testing.T, mem *interp.Memory, st *interp.State, tp uint64) []u
 		t.Fatalf("cfp %#x outside the VM stack %#x..%#x", cfp, stack, end)
 	}
 	var words []uint64
+	lastMe := ^uint64(0)
 	for ; cfp < end-fsize && len(words) < 124; cfp += fsize {
 		buf := make([]byte, fsize)
 		if err := mem.Read(cfp, buf); err != nil {
@@ -198,7 +199,12 @@ func userWalk(t *testing.T, mem *interp.Memory, st *interp.State, tp uint64) []u
 			if fl&2 == 0 {
 				me = 0
 			}
-			words = append(words, iseq|tagISeq<<wordTagShift|entry, pc, me)
+			if me == lastMe {
+				words = append(words, iseq|tagISeq<<wordTagShift|entry|wordSameMe, pc)
+			} else {
+				words = append(words, iseq|tagISeq<<wordTagShift|entry, pc, me)
+			}
+			lastMe = me
 		} else if flags&0x7fff0001 == 0x55550001 {
 			words = append(words, interp.Word(env, 0)|tagCFunc<<wordTagShift|entry)
 		}

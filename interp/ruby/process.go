@@ -34,6 +34,7 @@ const (
 	wordTagShift = 61
 	tagISeq      = 1
 	tagCFunc     = 2
+	wordSameMe   = 1 << 60
 	wordEntry    = 1 << 63
 )
 
@@ -123,6 +124,7 @@ func (p *process) IsLoop(f *symbolizer.Frame, leaf bool) bool {
 func (p *process) Frames(words []uint64) []interp.Frame {
 	out := make([]interp.Frame, 0, len(words))
 	now := time.Now()
+	lastMe := uint64(0)
 	for i := 0; i < len(words); {
 		w := words[i]
 		f := interp.Frame{Entry: w&wordEntry != 0}
@@ -130,12 +132,20 @@ func (p *process) Frames(words []uint64) []interp.Frame {
 		addr := w & wordAddrMask
 		switch w >> wordTagShift & 3 {
 		case tagISeq:
-			if i+2 >= len(words) {
+			n := 3
+			if w&wordSameMe != 0 {
+				n = 2
+			}
+			if i+n > len(words) {
 				i = len(words)
 				break
 			}
-			pc, me := words[i+1], words[i+2]
-			i += 3
+			pc, me := words[i+1], lastMe
+			if n == 3 {
+				me = words[i+2]
+			}
+			lastMe = me
+			i += n
 			is := p.iseq(addr, now)
 			if !is.ok {
 				break
