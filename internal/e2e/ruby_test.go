@@ -281,6 +281,11 @@ func TestRubyStacks(t *testing.T) {
 	}
 	body, _ := httpGet(t, d.url("/metrics"))
 	values := parseMetrics(t, string(body))
+	for k, v := range values {
+		if strings.HasPrefix(k, "cgscope_interpreter_") && strings.Contains(k, "ruby") {
+			t.Logf("%s %v", k, v)
+		}
+	}
 	profiled := values[`cgscope_interpreter_processes_total{result="profiled",runtime="ruby"}`]
 	unsupported := values[`cgscope_interpreter_processes_total{result="unsupported_version",runtime="ruby"}`]
 	if profiled < 3 || unsupported < 1 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strings"
 	"sync"
 
 	"github.com/cgscope/cgscope/interp"
@@ -32,6 +33,11 @@ type objectFacts struct {
 	// extent from .eh_frame_hdr's table of function starts.
 	loopStart, loopEnd uint64
 	loads              []elf.ProgHeader
+	// needs is set instead of the above for a ruby executable linked
+	// with libruby (Debian's): the libruby it needs (DT_NEEDED), which
+	// the dynamic linker may not have mapped yet when the process is
+	// first seen.
+	needs string
 }
 
 // candidateName matches libruby's names (libruby-3.1.so.3.1.2,
@@ -66,6 +72,13 @@ func readObjectFacts(r io.ReaderAt) (*objectFacts, error) {
 	syms, err := f.DynamicSymbols()
 	if err != nil {
 		return nil, fmt.Errorf("%w: no dynamic symbols", interp.ErrNotInterpreter)
+	}
+	if libs, _ := f.ImportedLibraries(); f.Type == elf.ET_DYN || f.Type == elf.ET_EXEC {
+		for _, lib := range libs {
+			if strings.HasPrefix(lib, "libruby") && !hasSymbol(syms, "ruby_version") {
+				return &objectFacts{needs: lib}, nil
+			}
+		}
 	}
 	var ecIndex int
 	var id2str, vmExec elf.Symbol
@@ -117,6 +130,15 @@ func readObjectFacts(r io.ReaderAt) (*objectFacts, error) {
 
 // maxFunctionBytes bounds the code read of rb_vm_exec (about 3 KB in 3.1).
 const maxFunctionBytes = 64 << 10
+
+func hasSymbol(syms []elf.Symbol, name string) bool {
+	for _, s := range syms {
+		if s.Name == name && s.Section != elf.SHN_UNDEF {
+			return true
+		}
+	}
+	return false
+}
 
 // dtpmodSlot finds the GOT slot of the R_X86_64_DTPMOD64 relocation of
 // symbol sym (ruby_current_ec): libruby's code reaches the variable through

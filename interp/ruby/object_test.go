@@ -46,3 +46,19 @@ func FuzzReadObjectFacts(f *testing.F) {
 		readObjectFacts(bytes.NewReader(data))
 	})
 }
+
+// Debian's ruby executable names the libruby it needs: a process seen
+// before the dynamic linker mapped it is tried again.
+func TestExecutableNeedsLibruby(t *testing.T) {
+	data, err := os.ReadFile("/usr/bin/ruby3.1")
+	if err != nil {
+		t.Fatalf("/usr/bin/ruby3.1 is missing (scripts/install-deps.sh installs ruby3.1): %v", err)
+	}
+	b, err := readObjectFacts(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.needs != "libruby-3.1.so.3.1" {
+		t.Errorf("ruby3.1 needs %q, want libruby-3.1.so.3.1", b.needs)
+	}
+}

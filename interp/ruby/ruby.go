@@ -58,6 +58,16 @@ func (rt *Runtime) Attach(t *interp.Target) (interp.Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	if bin.needs != "" {
+		// The executable: its libruby is the interpreter. Until the
+		// dynamic linker has mapped it, the process is tried again.
+		for _, m := range t.Mappings {
+			if strings.HasPrefix(baseName(m.Path), "libruby") {
+				return nil, fmt.Errorf("%w: the interpreter is in %s", interp.ErrNotInterpreter, m.Path)
+			}
+		}
+		return nil, interp.ErrNotReady
+	}
 	bias, err := bin.bias(&t.Candidate)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", interp.ErrNotInterpreter, err)
