@@ -99,15 +99,35 @@ func TestPython(t *testing.T) {
 		old = append(old, w.Process.Pid)
 	}
 	contained := containedPython(t, script("chain.py"))
+	// CPython 3.12 and 3.13 (built by pyenv, with a shared libpython)
+	// where this host has them: Debian 12 has neither.
+	others := map[string]int{}
+	home, _ := os.UserHomeDir()
+	for _, v := range []string{"3.12", "3.13"} {
+		matches, _ := filepath.Glob(filepath.Join(home, ".pyenv/versions", v+".*", "bin", "python"+v))
+		for _, m := range matches {
+			others[m] = workload(t, m, script("chain.py"), "60").Process.Pid
+		}
+	}
+	if len(others) == 0 {
+		t.Log("NOTE: no pyenv CPython 3.12 or 3.13 on this host: only 3.11 is walked")
+	}
 	time.Sleep(1500 * time.Millisecond) // interpreters are looked for at their first samples
 	p := d.capture(t, "seconds=6")
 	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
 	t.Run("chain", func(t *testing.T) {
-		for _, w := range []struct {
+		ws := []struct {
 			name string
 			pid  int
-		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}, {"in a container", contained}} {
+		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}, {"in a container", contained}}
+		for python, pid := range others {
+			ws = append(ws, struct {
+				name string
+				pid  int
+			}{python, pid})
+		}
+		for _, w := range ws {
 			whole := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(w.pid)(s) && holdsPyChain(pyFrames(s)) })
 			total := samplesWhere(p, pidIs(w.pid))
 			t.Logf("%s: chain with files and lines in %d of %d samples\n%s", w.name, whole, total, pidStacks(p, w.pid, 2))
