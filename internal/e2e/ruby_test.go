@@ -213,7 +213,18 @@ func TestRubyStacks(t *testing.T) {
 	os.Mkdir(oldDir, 0o755)
 	patchedLibruby(t, oldDir)
 	old := startRubyChain(t, dir, "LD_LIBRARY_PATH="+oldDir)
-	time.Sleep(500 * time.Millisecond) // the interpreters found
+	// Until the interpreters are found (at their first samples, again
+	// while a process still loads).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		body, _ := httpGet(t, d.url("/metrics"))
+		v := parseMetrics(t, string(body))
+		if v[`cgscope_interpreter_processes{runtime="ruby"}`] >= 3 && v[`cgscope_interpreter_processes_total{result="unsupported_version",runtime="ruby"}`] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Ruby interpreters were not all found in 20 s:\n%s", grepLines(string(body), "ruby"))
+		}
+	}
 	p := d.capture(t, "seconds=5")
 	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
