@@ -131,6 +131,9 @@ func threadContexts(t *interp.Target, lay *layout, bin *objectFacts, bias uint64
 	if v, err := mem.U64(ec + uint64(lay.ecThread)); err != nil || v != th {
 		return 0, build("the main thread's execution context does not name it (thread_ptr)")
 	}
+	if err := checkFrames(mem, lay, ec); err != nil {
+		return 0, err
+	}
 	modid, err := mem.U64(bin.dtpmod + bias)
 	if err != nil {
 		return 0, err
@@ -163,4 +166,40 @@ func threadContexts(t *interp.Target, lay *layout, bin *objectFacts, bias uint64
 		return 0, &interp.UnsupportedError{Reason: "ruby_current_ec of the main thread is not its execution context", Build: true, Retry: true}
 	}
 	return int64(bin.ecTLS) - int64(off), nil
+}
+
+// frameMagicDummy is VM_FRAME_MAGIC_DUMMY (vm_core.h:1248): the frame
+// rb_ec_initialize_vm_stack pushes first at the end of every VM stack
+// (vm.c:3085-3091), under all the others.
+const (
+	frameMagicMask  = 0x7fff0001
+	frameMagicDummy = 0x79990001
+)
+
+// checkFrames checks the control-frame layout the walker will use on an
+// execution context: its frame pointer lies in its VM stack a whole number
+// of frames from the end, and the bottom frame's env flags say DUMMY.
+func checkFrames(mem *interp.Memory, lay *layout, ec uint64) error {
+	var hdr [24]byte
+	if err := mem.Read(ec, hdr[:]); err != nil {
+		return err
+	}
+	stack, size, cfp := interp.Word(hdr[:], int(lay.ecVMStack)), interp.Word(hdr[:], int(lay.ecVMStackSize)), interp.Word(hdr[:], int(lay.ecCFP))
+	fsize := uint64(lay.cfpSize)
+	end := stack + 8*size
+	if stack == 0 || size == 0 || size > 1<<28 || cfp < stack || cfp >= end || (end-cfp)%fsize != 0 {
+		return &interp.UnsupportedError{Reason: "the main thread's frame pointer is not in its VM stack", Build: true, Retry: true}
+	}
+	ep, err := mem.U64(end - fsize + uint64(lay.cfpEP))
+	if err != nil {
+		return err
+	}
+	flags, err := mem.U64(ep)
+	if err != nil {
+		return err
+	}
+	if flags&frameMagicMask != frameMagicDummy {
+		return &interp.UnsupportedError{Reason: fmt.Sprintf("the VM stack's bottom frame has flags %#x, not a dummy frame's", flags), Build: true, Retry: true}
+	}
+	return nil
 }
