@@ -69,10 +69,10 @@ func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits
 	t.Helper()
 	cg := kerneltest.NewCgroup(t, "runqhist")
 	w := startHeld(t, cg, workload...)
-	w.waitFor(t, "ready")
-	pcount := threadFigures(t, w.cmd.Process.Pid).switchIns
+	w.WaitFor(t, "ready")
+	pcount := threadFigures(t, w.Pid()).switchIns
 	u := usageOf(t, c, cg)
-	w.finish(t)
+	w.Finish(t)
 	var n uint64
 	for _, b := range u.RunqHistogram {
 		n += b
@@ -92,10 +92,10 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 	c := sharedCounters(t)
 	a, b := kerneltest.NewCgroup(t, "move-a"), kerneltest.NewCgroup(t, "move-b")
 	w := startHeld(t, a, "steps")
-	w.waitFor(t, "ready")
-	w.step(t, "spin 200ms")
+	w.WaitFor(t, "ready")
+	w.Step(t, "spin 200ms")
 	a1 := usageOf(t, c, a)
-	w.step(t, "thread 300ms") // a thread no collection saw spins, then ends
+	w.Step(t, "thread 300ms") // a thread no collection saw spins, then ends
 	a2 := usageOf(t, c, a)
 	a3 := settledUsageOf(t, c, a) // charged when the kernel freed it
 	requireGrowing(t, "a, a thread ended", a1, a2, a3)
@@ -106,11 +106,11 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 		t.Errorf("the ended thread's 300 ms were not counted: %.3f s before, %.3f s after", a1.CPUSeconds, a3.CPUSeconds)
 	}
 
-	if err := os.WriteFile(filepath.Join(b.Abs, "cgroup.procs"), []byte(strconv.Itoa(w.cmd.Process.Pid)), 0); err != nil {
+	if err := os.WriteFile(filepath.Join(b.Abs, "cgroup.procs"), []byte(strconv.Itoa(w.Pid())), 0); err != nil {
 		t.Fatal(err)
 	}
-	w.step(t, "spin 300ms")
-	w.step(t, "thread 200ms")
+	w.Step(t, "spin 300ms")
+	w.Step(t, "thread 200ms")
 	a4, b4 := usageOf(t, c, a), usageOf(t, c, b)
 	requireGrowing(t, "a, its process moved to b", a3, a4)
 	if d := a4.CPUSeconds - a3.CPUSeconds; d > 0.02 {
@@ -120,7 +120,7 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 		t.Errorf("b: %.3f s counted, cpu.stat %.3f s", b4.CPUSeconds, b.CPUStatUsage(t))
 	}
 
-	w.finish(t)
+	w.Finish(t)
 	b5 := settledUsageOf(t, c, b)
 	a5 := usageOf(t, c, a)
 	requireGrowing(t, "a, its process ended in b", a4, a5)
