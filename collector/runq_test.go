@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/kerneltest"
 )
@@ -165,4 +168,86 @@ func shrank(prev, cur reflect.Value) bool {
 		}
 	}
 	return false
+}
+
+// Without bpf_stats (no CAP_SYS_ADMIN) the run-queue latency program's
+// cost is its runs, which it counts, times what a run was measured to
+// cost: every switch-in of a workload's threads is a run, the estimate
+// stays within a factor of the cost bpf_stats measure, and a duty-cycle
+// controller given only the estimate holds the program to its budget.
+func TestRunqCostWithoutBPFStats(t *testing.T) {
+	c := sharedCounters(t)
+	s := c.runq
+	if s == nil {
+		t.Fatal("no run-queue latency program")
+	}
+	stats, err := bpfstats.Enable()
+	if err != nil && !bpfstats.Enabled() {
+		t.Fatal(err)
+	}
+	if stats != nil {
+		defer stats.Close()
+	}
+	if err := s.Start(time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	runs0, st0 := s.runs(), programStats(t, s)
+	cg := kerneltest.NewCgroup(t, "runqcost")
+	w := startHeld(t, cg, "pingpong", "1s")
+	w.WaitFor(t, "ready")
+	switchIns := threadFigures(t, w.Pid()).switchIns
+	runs1, st1 := s.runs(), programStats(t, s)
+	w.Finish(t)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	runs := runs1 - runs0
+	estimated := time.Duration(runs) * estimatedRunqCost
+	measured := st1.Runtime - st0.Runtime
+	t.Logf("%d runs (%d switch-ins of the workload); estimated %v, bpf_stats %v for %d runs (%.0f ns a run)",
+		runs, switchIns, estimated, measured, st1.RunCount-st0.RunCount, float64(measured)/float64(st1.RunCount-st0.RunCount))
+	if runs < switchIns {
+		t.Errorf("%d runs counted, fewer than the workload's %d switch-ins", runs, switchIns)
+	}
+	if kernelRuns := st1.RunCount - st0.RunCount; runs < kernelRuns*9/10 || runs > kernelRuns*11/10 {
+		t.Errorf("%d runs counted, bpf_stats say %d", runs, kernelRuns)
+	}
+	if estimated < measured/3 || estimated > measured*3 {
+		t.Errorf("estimated cost %v, bpf_stats measured %v: want within a factor of 3", estimated, measured)
+	}
+
+	// The controller sees only the estimate, as without bpf_stats.
+	ctl := dutycycle.New(dutycycle.Config{Budget: 200 * time.Microsecond, Period: 100 * time.Millisecond,
+		MinWindow: 20 * time.Millisecond, Fallback: time.Microsecond}, estimateOnly{s})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ctl.Run(ctx); close(done) }()
+	busy := kerneltest.NewCgroup(t, "runqcost-busy")
+	w = startHeld(t, busy, "pingpong", "2s")
+	w.WaitFor(t, "ready")
+	cancel()
+	<-done
+	w.Finish(t)
+	cst := ctl.Stats()
+	t.Logf("controller: cost %v a second attached, duty %.3f", cst.Cost, cst.Duty)
+	// The ping-pong alone switches tens of thousands of times a second:
+	// several ms a second attached, far above the 0.2 ms budget.
+	if cst.Cost < time.Millisecond || cst.Duty > 0.5 {
+		t.Errorf("from the estimate the controller saw %v a second attached and ran at duty %.3f: want the budget to bind", cst.Cost, cst.Duty)
+	}
+}
+
+// estimateOnly gives the duty-cycle controller the run-queue program's
+// estimated cost, as Runtime does when bpf_stats are off.
+type estimateOnly struct{ *runqSampler }
+
+func (e estimateOnly) Runtime() time.Duration { return e.estimatedRuntime() }
+
+func programStats(t *testing.T, s *runqSampler) *ebpf.ProgramStats {
+	t.Helper()
+	st, err := s.prog.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
