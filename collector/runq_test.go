@@ -35,9 +35,14 @@ func TestRunqHistogramSampled(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Stop()
-		counted, waits := sampledWaits(t, c, "pingpong", "2s")
+		counted, waits, u := sampledWaits(t, c, "pingpong", "2s")
 		if !within(counted, waits, 0.02) {
 			t.Errorf("histogram counted %.0f waits, the threads had %.0f: want within 2%%", counted, waits)
+		}
+		// Attached throughout, the sum is every wait, less the parts
+		// before a move to another CPU's run queue.
+		if u.RunqHistogramSumSeconds > u.RunqWaitSeconds*1.01 || u.RunqHistogramSumSeconds < u.RunqWaitSeconds*0.8 {
+			t.Errorf("histogram sum %.4f s, the threads waited %.4f s: want 80-101%%", u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 		}
 	})
 	t.Run("duty=0.25", func(t *testing.T) {
@@ -48,7 +53,7 @@ func TestRunqHistogramSampled(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { ctl.Run(ctx); close(done) }()
-		counted, waits := sampledWaits(t, c, "sleepers", "4", "4s")
+		counted, waits, u := sampledWaits(t, c, "sleepers", "4", "4s")
 		cancel()
 		<-done
 		if d := ctl.Stats().Duty; d != 0.25 {
@@ -56,6 +61,9 @@ func TestRunqHistogramSampled(t *testing.T) {
 		}
 		if !within(counted, waits, 0.10) {
 			t.Errorf("histogram estimated %.0f waits, the threads had %.0f: want within 10%%", counted, waits)
+		}
+		if !within(u.RunqHistogramSumSeconds, u.RunqWaitSeconds, 0.3) {
+			t.Errorf("histogram sum estimated %.4f s, the threads waited %.4f s: want within 30%%", u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 		}
 	})
 }
@@ -68,23 +76,23 @@ func (unmeasured) Runtime() time.Duration { return 0 }
 // sampledWaits runs a workload in a new cgroup, and returns the waits the
 // histogram counted for it and how often its threads were switched in
 // (every time, they had waited in a run queue).
-func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits float64) {
+func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits float64, u *Usage) {
 	t.Helper()
 	cg := kerneltest.NewCgroup(t, "runqhist")
 	w := startHeld(t, cg, workload...)
 	w.WaitFor(t, "ready")
 	pcount := threadFigures(t, w.Pid()).switchIns
-	u := usageOf(t, c, cg)
+	u = usageOf(t, c, cg)
 	w.Finish(t)
 	var n uint64
 	for _, b := range u.RunqHistogram {
 		n += b
 	}
-	t.Logf("histogram %v; %d counted, %d switch-ins", u.RunqHistogram, n, pcount)
+	t.Logf("histogram %v; %d counted, %d switch-ins; sum %.4f s, waited %.4f s", u.RunqHistogram, n, pcount, u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 	if pcount < 10000 {
 		t.Fatalf("only %d switch-ins in %v", pcount, workload)
 	}
-	return float64(n), float64(pcount)
+	return float64(n), float64(pcount), u
 }
 
 // Counters never go back, and each part of a thread's figures is charged
