@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -31,7 +30,7 @@ const RunqBuckets = len(bpf.CgroupStatsCgroupCounters{}.RunqHist)
 const runqWeightShift = 16
 
 // Usage is what the BPF collectors counted for one cgroup, summed over
-// CPUs, since the counters began (Counters.Since): every figure was 0 then.
+// CPUs, since the counters began (NewCounters): every figure was 0 then.
 // The scheduler and fault figures are the cgroup's own threads', as of the
 // last Read: all of a thread's since it began if it began after the
 // counters, else what it did after the first collection that saw it. The
@@ -110,7 +109,6 @@ type Counters struct {
 
 	collectMu sync.Mutex // one collection at a time
 	onCollect func([]TaskCgroups)
-	since     time.Time // when the counters began
 }
 
 // TaskCgroups are the cgroups one or more threads were in at a collection,
@@ -141,12 +139,11 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 	// The counters begin now, before anything is attached: a thread born
 	// from now on is counted from its birth, an older one from the first
 	// collection (below), so that counters start near 0 at every start.
-	since := time.Now()
 	if err := spec.Variables[bpf.CgroupStatsVarCountingSince].Set(monotonicNow()); err != nil {
 		return nil, err
 	}
 
-	c := &Counters{programs: map[string]*ebpf.Program{}, onCollect: cfg.OnCollect, since: since}
+	c := &Counters{programs: map[string]*ebpf.Program{}, onCollect: cfg.OnCollect}
 	if cfg.BTF == nil {
 		cfg.BTF = btf.NewCache() // one parse of the kernel BTF for every collector
 	}
@@ -504,10 +501,6 @@ func (c *Counters) Forget(ids []uint64) error {
 	}
 	return errors.Join(errs...)
 }
-
-// Since returns when the counters began: every counter of Usage was 0
-// then (it is the created timestamp of their series).
-func (c *Counters) Since() time.Time { return c.since }
 
 // Dropped returns what the counter programs lost, by reason.
 func (c *Counters) Dropped() (map[string]uint64, error) {
