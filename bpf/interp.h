@@ -90,8 +90,8 @@ enum php_offset {
 	PHP_FN_TYPE,           /* zend_function.type, a byte */
 	PHP_OPA_LAST,          /* zend_op_array.last: its opcodes, a u32 */
 	PHP_OPA_OPCODES,       /* zend_op_array.opcodes */
-	PHP_OPA_LINE_START,    /* zend_op_array.line_start, a u32 */
 	PHP_FN_SIZE,           /* bytes of a zend_function read at once (covers the fields above) */
+	PHP_OPA_LINE_START,    /* zend_op_array.line_start, a u32 (read alone: beyond PHP_FN_SIZE) */
 	PHP_OP_SIZE,           /* sizeof(zend_op) */
 	PHP_OP_LINENO,         /* zend_op.lineno, a u32 */
 	PHP_OFFSETS,

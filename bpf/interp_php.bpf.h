@@ -75,7 +75,6 @@ static long php_step(__u64 i, struct php_walk *w)
 	if (type == PHP_USER_FUNCTION || type == PHP_EVAL_CODE) {
 		__u32 last = frame_u32(buf, p->off[PHP_OPA_LAST]);
 		__u64 opcodes = frame_word(buf, p->off[PHP_OPA_OPCODES]);
-		__u32 start = frame_u32(buf, p->off[PHP_OPA_LINE_START]);
 		// The innermost frame's opline is in r15 while the VM runs it
 		// (r14 is then that frame); a caller's EX(opline) is its call,
 		// saved before the call.
@@ -84,9 +83,11 @@ static long php_step(__u64 i, struct php_walk *w)
 			op = w->r15;
 		else if (php_opline_ok(p, opline, opcodes, last))
 			op = opline;
-		__u32 l = start;
-		if (op && bpf_probe_read_user(&l, sizeof(l), (void *)(op + p->off[PHP_OP_LINENO])))
-			l = start;
+		// Without an opline, where the function starts (line_start is
+		// past what is read of the function, at once, for every frame).
+		__u32 l = 0;
+		if (bpf_probe_read_user(&l, sizeof(l), op ? (void *)(op + p->off[PHP_OP_LINENO]) : (void *)(func + p->off[PHP_OPA_LINE_START])))
+			l = 0;
 		line = l > PHP_WORD_LINE_MAX ? PHP_WORD_LINE_MAX : l;
 		entry = call_info & p->val[PHP_CALL_TOP] ? PHP_WORD_ENTRY : 0;
 	} else if (type != PHP_INTERNAL_FUNCTION) {

@@ -20,6 +20,7 @@ import (
 	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/interp"
+	"github.com/cgscope/cgscope/interp/php"
 	"github.com/cgscope/cgscope/interp/python"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
@@ -80,7 +81,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 	app.Flag("scheduler.bpf-budget", "BPF CPU time per second that the programs running at every context switch (off-CPU sampler, run-queue latency histogram) may use together; on hosts that switch more they are attached part of each second and what they count is scaled up.").
 		Default("3ms").DurationVar(&f.switchBudget)
 	app.Flag("profiling.interpreters", "Interpreted languages whose own frames (functions, files, lines) replace their interpreter's native frames in stacks, comma-separated: "+strings.Join(slices.Sorted(maps.Keys(runtimes)), ", ")+"; none turns it off.").
-		Default("cpython").StringVar(&f.interpreters)
+		Default("cpython,php").StringVar(&f.interpreters)
 	app.Flag("profiling.interpreters.cache-size", "Memory for the names, files and line tables read from interpreted processes; the least recently used go beyond it.").
 		Default("16MiB").BytesVar(&f.interpCache)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
@@ -125,6 +126,7 @@ func (f *profilingFlags) validate() error {
 // --profiling.interpreters takes (OpenTelemetry's profile.frame.type).
 var runtimes = map[string]func() interp.Runtime{
 	"cpython": func() interp.Runtime { return python.New() },
+	"php":     func() interp.Runtime { return php.New() },
 }
 
 // runtimes returns the runtimes --profiling.interpreters names.
