@@ -35,7 +35,9 @@ enum stat_index {
 	STAT_STACK_END,               /* user stacks by how they ended: + enum stack_end */
 	/* interpreter walks by runtime and how they ended: + kind * IEND_MAX + enum interp_end */
 	STAT_INTERP_STACK = STAT_STACK_END + END_MAX,
-	STAT_MAX = STAT_INTERP_STACK + INTERP_KINDS * IEND_MAX,
+	/* nanoseconds spent walking interpreter stacks, by runtime: + kind */
+	STAT_INTERP_NS = STAT_INTERP_STACK + INTERP_KINDS * IEND_MAX,
+	STAT_MAX = STAT_INTERP_NS + INTERP_KINDS,
 };
 
 enum sample_flags {

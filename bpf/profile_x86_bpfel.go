@@ -170,7 +170,8 @@ const (
 	ProfileStatIndexSTAT_FRAMES_FP            ProfileStatIndex = 6
 	ProfileStatIndexSTAT_STACK_END            ProfileStatIndex = 7
 	ProfileStatIndexSTAT_INTERP_STACK         ProfileStatIndex = 14
-	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 38
+	ProfileStatIndexSTAT_INTERP_NS            ProfileStatIndex = 38
+	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 42
 )
 
 type ProfileUnwindLeaf struct {

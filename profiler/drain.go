@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -139,10 +138,6 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 		return nil, fmt.Errorf("switching map generation: %w", err)
 	}
 	s.generation = next
-	offCPUScale := 1.0
-	if o := s.offCPU.Load(); o != nil {
-		offCPUScale = o.drainScale(time.Now())
-	}
 	countsMap, stacksMap := s.generationMaps(old)
 	if err := s.waitForWriters(old, countsMap, stacksMap); err != nil {
 		return nil, err
@@ -164,7 +159,7 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 		return nil, err
 	}
 	if s.offCPU.Load() != nil {
-		if batch.OffCPU, err = s.drainOffCPU(old, offCPUScale); err != nil {
+		if batch.OffCPU, err = s.drainOffCPU(old); err != nil {
 			return nil, err
 		}
 	}
@@ -172,12 +167,11 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	return batch, nil
 }
 
-// drainOffCPU empties generation gen of the off-CPU counts, scaled for the
-// part of the interval the sampler was detached. Their stacks
+// drainOffCPU empties generation gen of the off-CPU counts. Their stacks
 // stay in offcpu_stacks (a sample's stacks are stored when its thread
 // leaves the CPU, maybe in an interval drained before): a stack evicted
 // meanwhile is lost, and counted.
-func (s *Sampler) drainOffCPU(gen uint32, scale float64) ([]RawSample, error) {
+func (s *Sampler) drainOffCPU(gen uint32) ([]RawSample, error) {
 	m := s.objs.OffcpuCounts0
 	if gen == 1 {
 		m = s.objs.OffcpuCounts1
@@ -198,8 +192,8 @@ func (s *Sampler) drainOffCPU(gen uint32, scale float64) ([]RawSample, error) {
 			rs.UserLost = rs.UserLost || (k.UserStack != 0 && stacks[k.UserStack] == nil)
 			rs.KernelLost = rs.KernelLost || (k.KernelStack != 0 && stacks[k.KernelStack] == nil)
 			rs.InterpLost = rs.InterpLost || (k.InterpStack != 0 && stacks[k.InterpStack] == nil)
-			rs.Count = uint64(math.Round(float64(v.Weight) * scale / (1 << offCPUWeightShift)))
-			rs.OffCPUNanos = uint64(float64(v.Ns) * scale)
+			rs.Count = (v.Weight + 1<<(offCPUWeightShift-1)) >> offCPUWeightShift
+			rs.OffCPUNanos = v.Ns
 			rs.Reason = OffCPUReason(k.Flags >> 16)
 			out = append(out, rs)
 		}
@@ -360,6 +354,9 @@ type Stats struct {
 	// InterpStacks counts interpreter walks by runtime (InterpKinds)
 	// and how they ended (InterpEnds).
 	InterpStacks map[string]map[string]uint64
+	// InterpWalkTime is the time the walks took, by runtime: the BPF cost
+	// of interpreter stacks.
+	InterpWalkTime map[string]time.Duration
 }
 
 // DropReasons lists the reasons Stats.Dropped may hold, in stat-index order.
@@ -403,6 +400,7 @@ func (s *Sampler) Stats() (Stats, error) {
 		}
 	}
 	st.InterpStacks = map[string]map[string]uint64{}
+	st.InterpWalkTime = map[string]time.Duration{}
 	for _, kind := range walkedInterpKinds {
 		ends := make(map[string]uint64, len(InterpEnds))
 		for i, end := range InterpEnds {
@@ -412,6 +410,11 @@ func (s *Sampler) Stats() (Stats, error) {
 			}
 		}
 		st.InterpStacks[InterpKinds[kind]] = ends
+		ns, err := sum(bpf.ProfileStatIndexSTAT_INTERP_NS + bpf.ProfileStatIndex(kind))
+		if err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
+		st.InterpWalkTime[InterpKinds[kind]] = time.Duration(ns)
 	}
 	return st, nil
 }

@@ -21,13 +21,18 @@ var (
 	descInterpStacks = prometheus.NewDesc("cgscope_interpreter_stacks_total",
 		"Interpreter stacks the samplers walked (CPU and off-CPU), by runtime and how the walk ended: complete, depth_limit and read_failed (their frames end with a [truncated: runtime reason] frame), no_thread_state (a thread of the process that is not the interpreter's), bad_thread_state (the thread's state failed its check), no_frames (the thread ran no interpreted code).",
 		[]string{"runtime", "end"}, nil)
+	descInterpWalkTime = prometheus.NewDesc("cgscope_interpreter_walk_seconds_total",
+		"Time the samplers spent walking interpreter stacks (in BPF, at sample time), by runtime: what interpreted processes cost beyond their native stacks; over cgscope_interpreter_stacks_total, the cost of one walk.",
+		[]string{"runtime"}, nil)
 	descOffCPUSwitches = prometheus.NewDesc("cgscope_offcpu_switches_total",
 		"Context switches the off-CPU sampler saw. On a host that switches too often for it to run all the time within --scheduler.bpf-budget it is attached part of the time (cgscope_scheduler_programs_duty_ratio) and its samples are weighted up.", nil, nil)
 	descOffCPUSamples = prometheus.NewDesc("cgscope_offcpu_samples_total",
 		"Switch-outs whose stacks the off-CPU sampler took.", nil, nil)
 	descOffCPULost = prometheus.NewDesc("cgscope_offcpu_samples_lost_total",
-		"Off-CPU samples lost, by reason: switch_in_unseen (the thread came back while the sampler was detached, so its blocked time is unknown; long blocks on busy hosts), counts_map_full (raise --profiling.max-sample-keys), stack_evicted (the sample is kept without its stack; raise --profiling.max-stacks).",
+		"Off-CPU samples lost, by reason: switch_in_unseen (the thread came back while the sampler was detached, so its blocked time is unknown; long blocks on busy hosts), counts_map_full (raise --profiling.max-sample-keys), stack_evicted (the sample is kept without its stack; raise --profiling.off-cpu.max-stacks).",
 		[]string{"reason"}, nil)
+	descOffCPUCapped = prometheus.NewDesc("cgscope_offcpu_samples_capped_total",
+		"Off-CPU samples whose weight hit its cap (a probability below 2^-28, all factors together): they count for less than they stand for.", nil, nil)
 	descOffCPUScale = prometheus.NewDesc("cgscope_offcpu_sampling_ratio",
 		"Host-wide factor on every thread's off-CPU sampling probability, lowered to keep samples near --profiling.off-cpu.max-samples a second.", nil, nil)
 )
@@ -39,9 +44,11 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descUserFrames
 	ch <- descUserStacks
 	ch <- descInterpStacks
+	ch <- descInterpWalkTime
 	ch <- descOffCPUSwitches
 	ch <- descOffCPUSamples
 	ch <- descOffCPULost
+	ch <- descOffCPUCapped
 	ch <- descOffCPUScale
 }
 
@@ -68,6 +75,9 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descInterpStacks, prometheus.CounterValue, float64(ends[end]), runtime, end)
 		}
 	}
+	for runtime, d := range st.InterpWalkTime {
+		ch <- prometheus.MustNewConstMetric(descInterpWalkTime, prometheus.CounterValue, d.Seconds(), runtime)
+	}
 	if o := s.offCPU.Load(); o != nil {
 		s.collectOffCPU(ch, o.Stats())
 	}
@@ -82,5 +92,6 @@ func (s *Sampler) collectOffCPU(ch chan<- prometheus.Metric, st OffCPUStats) {
 	counter(descOffCPULost, st.Censored, "switch_in_unseen")
 	counter(descOffCPULost, st.CountsFull, "counts_map_full")
 	counter(descOffCPULost, s.offCPUStacksLost.Load(), "stack_evicted")
+	counter(descOffCPUCapped, st.Capped)
 	ch <- prometheus.MustNewConstMetric(descOffCPUScale, prometheus.GaugeValue, st.Scale)
 }
