@@ -350,6 +350,49 @@ func TestHistoryReadsFormat4(t *testing.T) {
 	}
 }
 
+// Records of format 5 (before interpreted frames), written by the release
+// before format 6 into testdata, answer CPU queries as they did (the
+// profile pprof.Build makes of the window they were written from) and
+// off-CPU queries with its totals.
+func TestHistoryReadsFormat5(t *testing.T) {
+	h := openGolden(t, "testdata/history-v5", formatV5)
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	q := Query{From: start, To: start.Add(time.Hour)}
+	got, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := testWindows(1, start)
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+	checkInlinedLines(t, got)
+	// The off-CPU samples testWindows draws depend on the order of its
+	// CPU samples, which is not fixed: their totals are.
+	q.Kind = pprof.OffCPU
+	off, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pprof.Build(ws, pprof.Selector{Kind: pprof.OffCPU})
+	sum := func(p *profile.Profile) (n [2]int64, reasons int) {
+		for _, s := range p.Sample {
+			n[0], n[1] = n[0]+s.Value[0], n[1]+s.Value[1]
+			if len(s.Label[pprof.ReasonLabel]) == 1 {
+				reasons++
+			}
+		}
+		return n, reasons
+	}
+	gotN, gotReasons := sum(off)
+	wantN, _ := sum(want)
+	if off.DefaultSampleType != "off_cpu" || gotN != wantN || gotReasons != len(off.Sample) || len(off.Sample) == 0 {
+		t.Errorf("off-CPU profile of format 5: type %q, totals %v, %d of %d samples with a reason; want off_cpu, %v, all",
+			off.DefaultSampleType, gotN, gotReasons, len(off.Sample), wantN)
+	}
+	if h.undecodable.Load() != 0 {
+		t.Fatalf("%d windows undecodable", h.undecodable.Load())
+	}
+}
+
 // openGolden opens a copy of a segment directory of testdata, checking
 // that its records are of the format it stands for.
 func openGolden(t *testing.T, src string, version byte) *History {

@@ -98,15 +98,36 @@ func TestPython(t *testing.T) {
 		t.Cleanup(func() { w.Process.Kill(); w.Wait() })
 		old = append(old, w.Process.Pid)
 	}
+	contained := containedPython(t, script("chain.py"))
+	// CPython 3.12 and 3.13 (built by pyenv, with a shared libpython)
+	// where this host has them: Debian 12 has neither.
+	others := map[string]int{}
+	home, _ := os.UserHomeDir()
+	for _, v := range []string{"3.12", "3.13"} {
+		matches, _ := filepath.Glob(filepath.Join(home, ".pyenv/versions", v+".*", "bin", "python"+v))
+		for _, m := range matches {
+			others[m] = workload(t, m, script("chain.py"), "60").Process.Pid
+		}
+	}
+	if len(others) == 0 {
+		t.Log("NOTE: no pyenv CPython 3.12 or 3.13 on this host: only 3.11 is walked")
+	}
 	time.Sleep(1500 * time.Millisecond) // interpreters are looked for at their first samples
 	p := d.capture(t, "seconds=6")
 	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
 	t.Run("chain", func(t *testing.T) {
-		for _, w := range []struct {
+		ws := []struct {
 			name string
 			pid  int
-		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}} {
+		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}, {"in a container", contained}}
+		for python, pid := range others {
+			ws = append(ws, struct {
+				name string
+				pid  int
+			}{python, pid})
+		}
+		for _, w := range ws {
 			whole := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(w.pid)(s) && holdsPyChain(pyFrames(s)) })
 			total := samplesWhere(p, pidIs(w.pid))
 			t.Logf("%s: chain with files and lines in %d of %d samples\n%s", w.name, whole, total, pidStacks(p, w.pid, 2))
@@ -337,4 +358,30 @@ func pidStacks(p *profile.Profile, pid, n int) string {
 		}
 	}
 	return topStacks(q, n)
+}
+
+// containedPython runs the script, as a container would, in PID and mount
+// namespaces of its own, by a python3.11 on a tmpfs mounted only there:
+// its binary is reachable only through /proc/PID/root, and its thread ids
+// are not the host's. It returns the host's pid of the python.
+func containedPython(t *testing.T, script string) int {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	sh := fmt.Sprintf("mount -t tmpfs cgscope-e2e %[1]s && cp %[2]s %[1]s/python3.11 && PYTHONHOME=/usr exec %[1]s/python3.11 %[3]s 60", dir, debianPython, script)
+	w := workload(t, "unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", sh)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", w.Process.Pid, w.Process.Pid))
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == dir+"/python3.11" {
+				if _, err := os.Stat(exe); err == nil {
+					t.Fatalf("%s is visible outside the namespace", exe)
+				}
+				return pid
+			}
+		}
+	}
+	t.Fatal("the contained python did not start")
+	return 0
 }

@@ -72,7 +72,7 @@ func (rt *Runtime) Attach(t *interp.Target) (interp.Process, error) {
 		return nil, &interp.UnsupportedError{Version: version, Reason: "no structure layout for this version"}
 	}
 	if err := checkCodeType(t, lay, bin.codeType+bias); err != nil {
-		return nil, &interp.UnsupportedError{Version: version, Reason: err.Error(), Build: true}
+		return nil, &interp.UnsupportedError{Version: version, Reason: err.Error(), Build: true, Retry: errors.Is(err, errNotRelocated)}
 	}
 	rtAddr := bin.runtime + bias
 	if lay.debugOffsets {
@@ -109,6 +109,10 @@ func readVersion(t *interp.Target, bin *objectFacts, bias uint64) (uint64, strin
 	return hex, fmt.Sprintf("%d.%d.%d", hex>>24&0xff, hex>>16&0xff, hex>>8&0xff), nil
 }
 
+// errNotRelocated: a pointer of the interpreter's static data is not
+// relocated yet (the process is still being loaded).
+var errNotRelocated = errors.New("not relocated yet")
+
 // checkCodeType checks PyCode_Type as the process has it: named "code",
 // its fixed part ending where the layout's first instruction is, and
 // 2-byte code units (Objects/codeobject.c sets tp_basicsize to
@@ -121,7 +125,14 @@ func checkCodeType(t *interp.Target, lay *layout, addr uint64) error {
 		return fmt.Errorf("reading PyCode_Type: %w", err)
 	}
 	name, err := t.Mem.CString(interp.Word(b[:], typeName), 16)
-	if err != nil || name != "code" {
+	if err != nil || name == "" {
+		// tp_name is a pointer the dynamic loader relocates in a shared
+		// libpython: a process sampled while it is still loading has
+		// it unrelocated. Tried again, as for an interpreter not
+		// initialized yet.
+		return fmt.Errorf("%w: PyCode_Type's name unreadable (%v)", errNotRelocated, err)
+	}
+	if name != "code" {
 		return fmt.Errorf("PyCode_Type's name is %q, not \"code\"", name)
 	}
 	if basic, item := interp.Word(b[:], typeBasicSize), interp.Word(b[:], typeItemSize); basic != uint64(lay.codeAdaptive) || item != codeUnitBytes {
