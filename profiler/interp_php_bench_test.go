@@ -2,18 +2,15 @@ package profiler
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/cgscope/cgscope/internal/kerneltest"
 	"github.com/cgscope/cgscope/interp"
 	"github.com/cgscope/cgscope/interp/php"
-	"github.com/cgscope/cgscope/symbolizer"
 )
 
 // phpDepth is how deep the PHP benchmark's stack is, as pyDepth.
@@ -114,35 +111,12 @@ func runtimeWalks(b *testing.B, s *Sampler, name string) (uint64, time.Duration)
 // attachRuntime finds rt's interpreter in pid as the registry does,
 // reading its files through /proc/PID/root.
 func attachRuntime(b *testing.B, rt interp.Runtime, pid uint32) *interp.State {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	targets, err := interp.ProcTargets(pid, interp.NewCache(1<<20), rt.Candidate)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
-	maps, err := symbolizer.ParseMaps(f)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var exec []interp.Mapping
-	for _, m := range maps {
-		if m.Exec && strings.HasPrefix(m.Path, "/") {
-			exec = append(exec, interp.Mapping{Start: m.Start, Limit: m.Limit, Offset: m.Offset, Path: m.Path, Object: m.Path})
-		}
-	}
-	for _, m := range exec {
-		if !rt.Candidate(m.Path) {
-			continue
-		}
-		path := fmt.Sprintf("/proc/%d/root%s", pid, m.Path)
-		p, err := rt.Attach(&interp.Target{PID: pid, Mem: interp.NewMemory(pid), Mappings: exec, Candidate: m, Cache: interp.NewCache(1 << 20), Owner: 1,
-			Read: func(read func(io.ReaderAt) error) error {
-				f, err := os.Open(path)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				return read(f)
-			}})
+	for _, tg := range targets {
+		p, err := rt.Attach(tg)
 		if err != nil {
 			b.Fatalf("%s in pid %d: %v", rt.Name(), pid, err)
 		}

@@ -24,7 +24,7 @@ import (
 
 // Runtime is PHP's interp.Runtime.
 type Runtime struct {
-	objects objectCache
+	objects interp.Objects[*objectFacts]
 }
 
 // New returns PHP's runtime.
@@ -44,7 +44,7 @@ const maxCheckedFrames = 64
 // Attach finds the engine in the candidate, checks it against the running
 // process and returns it.
 func (rt *Runtime) Attach(t *interp.Target) (interp.Process, error) {
-	b, err := rt.objects.get(t)
+	b, err := rt.objects.Get(t, readObjectFacts)
 	if err != nil {
 		return nil, err
 	}

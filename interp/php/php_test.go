@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cgscope/cgscope/interp"
-	"github.com/cgscope/cgscope/symbolizer"
 )
 
 const php82 = "/usr/bin/php8.2"
@@ -169,38 +167,13 @@ func TestLiveProcess(t *testing.T) {
 // attach finds pid's engine as the registry does.
 func attach(t *testing.T, pid int) (interp.Process, error) {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	targets, err := interp.ProcTargets(uint32(pid), interp.NewCache(1<<20), candidate)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	maps, err := symbolizer.ParseMaps(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var exec []interp.Mapping
-	for _, m := range maps {
-		if m.Exec && strings.HasPrefix(m.Path, "/") {
-			exec = append(exec, interp.Mapping{Start: m.Start, Limit: m.Limit, Offset: m.Offset, Path: m.Path, Object: m.Path})
-		}
 	}
 	rt := New()
-	for _, m := range exec {
-		if !rt.Candidate(m.Path) {
-			continue
-		}
-		path := fmt.Sprintf("/proc/%d/root%s", pid, m.Path)
-		p, err := rt.Attach(&interp.Target{PID: uint32(pid), Mem: interp.NewMemory(uint32(pid)), Mappings: exec, Candidate: m,
-			Cache: interp.NewCache(1 << 20), Owner: 1,
-			Read: func(read func(io.ReaderAt) error) error {
-				f, err := os.Open(path)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				return read(f)
-			}})
-		if !errors.Is(err, interp.ErrNotInterpreter) {
+	for _, tg := range targets {
+		if p, err := rt.Attach(tg); !errors.Is(err, interp.ErrNotInterpreter) {
 			return p, err
 		}
 	}

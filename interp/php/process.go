@@ -37,20 +37,17 @@ type process struct {
 	mem     *interp.Memory
 	cache   *interp.Cache
 	owner   uint64
-	// The object execute_ex is in, and its hot and cold parts' object
-	// addresses.
-	path, buildID string
-	loops         [][2]uint64
+	// execute_ex, in the object it is in.
+	loop interp.Loop
 }
 
 func newProcess(t *interp.Target, lay *layout, b *objectFacts, bias uint64, version string) *process {
 	p := &process{
 		lay: lay, version: version, mem: t.Mem, cache: t.Cache, owner: t.Owner,
-		path: t.Candidate.Path, buildID: t.Candidate.BuildID,
-		loops: [][2]uint64{{b.execStart, b.execEnd}},
+		loop: interp.Loop{Path: t.Candidate.Path, BuildID: t.Candidate.BuildID, Ranges: [][2]uint64{{b.execStart, b.execEnd}}},
 	}
 	if b.coldStart != 0 {
-		p.loops = append(p.loops, [2]uint64{b.coldStart, b.coldEnd})
+		p.loop.Ranges = append(p.loop.Ranges, [2]uint64{b.coldStart, b.coldEnd})
 	}
 	return p
 }
@@ -61,29 +58,7 @@ func (p *process) Version() string      { return p.version }
 // IsLoop reports whether f is in execute_ex (or its cold part) of the
 // engine's object: each of its activations runs the PHP frames from one
 // its C caller entered (ZEND_CALL_TOP) to the innermost.
-func (p *process) IsLoop(f *symbolizer.Frame, leaf bool) bool {
-	m := f.Mapping
-	if m == nil || f.Kernel || f.Interpreter != "" {
-		return false
-	}
-	if p.buildID != "" && m.BuildID != "" {
-		if m.BuildID != p.buildID {
-			return false
-		}
-	} else if m.Path != p.path {
-		return false
-	}
-	a := f.ObjAddress
-	if !leaf {
-		a-- // a return address follows its call
-	}
-	for _, r := range p.loops {
-		if a >= r[0] && a < r[1] {
-			return true
-		}
-	}
-	return false
-}
+func (p *process) IsLoop(f *symbolizer.Frame, leaf bool) bool { return p.loop.Contains(f, leaf) }
 
 // function is what a zend_function is called, cached by its address.
 type function struct {
