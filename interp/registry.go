@@ -215,12 +215,15 @@ func (r *Registry) handle(n notice) {
 		// A library mapped since the process was announced: once the
 		// symbolizer has read the mappings again (the unwind tables ask
 		// it to, and so does naming an address in no known mapping),
-		// look again, once, if nothing was found before.
+		// look again if nothing was found before. With the whole retry
+		// schedule: a library just mapped (an embedder's libpython) is
+		// usually not initialized yet; a process whose new mappings hold
+		// no candidate is looked at once.
 		r.mu.Lock()
 		p := r.procs[n.pid]
 		r.mu.Unlock()
 		if p == nil && r.retries[n.pid] == nil {
-			r.retries[n.pid] = &retry{image: n.image, tries: len(retryDelays), at: time.Now().Add(changedDelay)}
+			r.retries[n.pid] = &retry{image: n.image, at: time.Now().Add(changedDelay)}
 		}
 	case noticeGone:
 		r.forget(n.pid, n.image)

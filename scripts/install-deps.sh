@@ -26,6 +26,7 @@ declare -A want=(
 	[readelf]=binutils
 	[losetup]=mount
 	[strip]=binutils
+	[gdb]=gdb
 	[setpriv]=util-linux
 	[ip]=iproute2
 	[prometheus]=prometheus

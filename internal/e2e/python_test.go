@@ -99,6 +99,9 @@ func TestPython(t *testing.T) {
 		old = append(old, w.Process.Pid)
 	}
 	contained := containedPython(t, script("chain.py"))
+	// Python embedded: Debian's gdb runs it from libpython3.11.so.
+	embedded := workload(t, "gdb", "-batch", "-nx", "-ex",
+		"python import runpy, sys; sys.argv = ['chain.py', '60']; runpy.run_path('"+script("chain.py")+"')")
 	// CPython 3.12 and 3.13 (built by pyenv, with a shared libpython)
 	// where this host has them: Debian 12 has neither.
 	others := map[string]int{}
@@ -112,7 +115,10 @@ func TestPython(t *testing.T) {
 	if len(others) == 0 {
 		t.Log("NOTE: no pyenv CPython 3.12 or 3.13 on this host: only 3.11 is walked")
 	}
-	time.Sleep(1500 * time.Millisecond) // interpreters are looked for at their first samples
+	// Interpreters are looked for at the processes' first samples (and
+	// again while they start): wait until every one is walked or refused.
+	waitInterpreters(t, d, 6+len(others), 2)
+	time.Sleep(time.Second)
 	p := d.capture(t, "seconds=6")
 	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
@@ -120,7 +126,7 @@ func TestPython(t *testing.T) {
 		ws := []struct {
 			name string
 			pid  int
-		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}, {"in a container", contained}}
+		}{{"started before cgscope", before.Process.Pid}, {"started after", after.Process.Pid}, {"in a container", contained}, {"embedded (gdb, libpython3.11.so)", embedded.Process.Pid}}
 		for python, pid := range others {
 			ws = append(ws, struct {
 				name string
@@ -131,7 +137,7 @@ func TestPython(t *testing.T) {
 			whole := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(w.pid)(s) && holdsPyChain(pyFrames(s)) })
 			total := samplesWhere(p, pidIs(w.pid))
 			t.Logf("%s: chain with files and lines in %d of %d samples\n%s", w.name, whole, total, pidStacks(p, w.pid, 2))
-			if total < 50 || float64(whole) < 0.95*float64(total) {
+			if total < 30 || float64(whole) < 0.95*float64(total) {
 				t.Errorf("%s: chain fid_leaf ← fid_middle ← Outer.fid_outer named with file and line in %d of %d samples, want at least 95%%", w.name, whole, total)
 			}
 		}
@@ -197,7 +203,7 @@ func TestPython(t *testing.T) {
 		total := samplesWhere(p, pidIs(compress.Process.Pid))
 		t.Logf("%d of %d samples in libz, %d of them below compress.fid_compress; %d with an interpreter loop frame\n%s",
 			inZlib, total, withCaller, loops, pidStacks(p, compress.Process.Pid, 1))
-		if inZlib < 50 || float64(withCaller) < 0.95*float64(inZlib) {
+		if inZlib < 30 || float64(withCaller) < 0.95*float64(inZlib) {
 			t.Errorf("compress.fid_compress above libz's frames in %d of %d samples, want at least 95%%", withCaller, inZlib)
 		}
 		if float64(loops) > 0.02*float64(total) {
@@ -213,7 +219,7 @@ func TestPython(t *testing.T) {
 			native := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(pid)(s) && stackHas(s, "_PyEval_EvalFrameDefault") })
 			named := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(pid)(s) && stackHas(s, "chain.fid_leaf") })
 			t.Logf("pid %d: %d samples, %d in the interpreter loop, %d naming Python functions", pid, total, native, named)
-			if total < 50 || float64(native) < 0.9*float64(total) || named > 0 {
+			if total < 30 || float64(native) < 0.9*float64(total) || named > 0 {
 				t.Errorf("pid %d: %d samples, %d in the interpreter loop, %d naming Python functions: want native stacks", pid, total, native, named)
 			}
 		}
@@ -221,8 +227,9 @@ func TestPython(t *testing.T) {
 		if n := metricValue(t, body, `cgscope_interpreter_processes_total{result="unsupported_version",runtime="cpython"}`); n < 2 {
 			t.Errorf("cgscope_interpreter_processes_total unsupported_version = %v, want at least 2", n)
 		}
-		lines := regexp.MustCompile(`(?m)^.*interpreter version not supported.*$`).FindAllString(d.stderr.String(), -1)
-		if len(lines) != 1 || !strings.Contains(lines[0], unsupported) || !strings.Contains(lines[0], "3.10") {
+		// Only the lines of this binary: the daemon sees the whole host.
+		lines := regexp.MustCompile(`(?m)^.*interpreter version not supported.*object=`+regexp.QuoteMeta(unsupported)+`( .*)?$`).FindAllString(d.stderr.String(), -1)
+		if len(lines) != 1 || !strings.Contains(lines[0], "3.10") {
 			t.Errorf("want one log line naming %s and 3.10, got %q", unsupported, lines)
 		}
 		if n := metricValue(t, body, `cgscope_interpreter_processes_total{result="profiled",runtime="cpython"}`); n < 4 {
@@ -384,4 +391,25 @@ func containedPython(t *testing.T, script string) int {
 	}
 	t.Fatal("the contained python did not start")
 	return 0
+}
+
+// waitInterpreters waits until the daemon walks the interpreters of at
+// least walked processes and has refused unsupported ones.
+func waitInterpreters(t *testing.T, d *daemon, walked, unsupported int) {
+	t.Helper()
+	start := time.Now()
+	var w, u float64
+	for time.Since(start) < 30*time.Second {
+		body, _ := httpGet(t, d.url("/metrics"))
+		w = metricValue(t, body, `cgscope_interpreter_processes{runtime="cpython"}`)
+		u = metricValue(t, body, `cgscope_interpreter_processes_total{result="unsupported_version",runtime="cpython"}`)
+		if w >= float64(walked) && u >= float64(unsupported) {
+			t.Logf("%v walked and %v unsupported interpreters after %v", w, u, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	body, _ := httpGet(t, d.url("/metrics"))
+	t.Fatalf("after 30s, %v interpreters walked (want %d) and %v unsupported (want %d)\n%s\n%s", w, walked, u, unsupported,
+		regexp.MustCompile(`(?m)^cgscope_interpreter.*$`).FindAllString(string(body), -1), d.stderr)
 }
