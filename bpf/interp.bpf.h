@@ -146,6 +146,7 @@ __noinline int walk_cpython(struct interp_proc *p, struct stack_trace *trace, __
 }
 
 #include "interp_ruby.bpf.h"
+#include "interp_php.bpf.h"
 
 // interp_walk records the interpreter stack of the current thread into
 // trace when pid's image (cookie) has an interpreter the walkers know, and
@@ -170,6 +171,8 @@ __noinline int interp_walk(struct stack_trace *trace, struct sample_key *key, __
 	int end;
 	if (bpf_probe_read_kernel(&tp, sizeof(tp), (void *)(task + p->task_tp)) || !tp)
 		end = IEND_READ_FAILED;
+	else if (kind == INTERP_PHP)
+		end = walk_php(p, trace); // a per-process global, no thread state
 	else if (bpf_probe_read_user(&ts, sizeof(ts), (void *)(tp + p->tls)))
 		end = IEND_READ_FAILED;
 	else if (ts && (p->flags & INTERP_TLS_TWO_LEVEL) && bpf_probe_read_user(&ts, sizeof(ts), (void *)(ts + p->tls2)))

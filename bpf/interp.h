@@ -15,8 +15,8 @@
 enum interp_kind {
 	INTERP_NONE = 0,
 	INTERP_CPYTHON = 1,
-	INTERP_RUBY = 2,
-	INTERP_PHP = 3,  /* reserved: not walked yet */
+	INTERP_RUBY = 2, /* bpf/interp_ruby.bpf.h */
+	INTERP_PHP = 3,  /* bpf/interp_php.bpf.h */
 	INTERP_KINDS = 4,
 };
 
@@ -105,6 +105,48 @@ enum ruby_offset {
 #define RB_TAG_CFUNC 2ULL
 #define RB_WORD_SAME_ME (1ULL << 60)
 #define RB_WORD_ENTRY (1ULL << 63)
+
+/* The structure offsets the PHP walker reads (interp_proc.off[]), in
+ * bytes; interp/php sets them per version from PHP's headers (the
+ * citations are there). interp_proc.addr is the process's
+ * executor_globals: PHP's NTS builds keep one per process, not per thread. */
+enum php_offset {
+	PHP_EG_CURRENT_EX = 0, /* zend_executor_globals.current_execute_data */
+	PHP_EX_OPLINE,         /* zend_execute_data.opline */
+	PHP_EX_FUNC,           /* zend_execute_data.func */
+	PHP_EX_CALL_INFO,      /* zend_execute_data.This.u1.type_info: the call info in its top 16 bits */
+	PHP_EX_PREV,           /* zend_execute_data.prev_execute_data */
+	PHP_EX_SIZE,           /* bytes of an execute_data read at once (covers the fields above) */
+	PHP_FN_TYPE,           /* zend_function.type, a byte */
+	PHP_OPA_LAST,          /* zend_op_array.last: its opcodes, a u32 */
+	PHP_OPA_OPCODES,       /* zend_op_array.opcodes */
+	PHP_FN_SIZE,           /* bytes of a zend_function read at once (covers the fields above) */
+	PHP_OPA_LINE_START,    /* zend_op_array.line_start, a u32 (read alone: beyond PHP_FN_SIZE) */
+	PHP_OP_SIZE,           /* sizeof(zend_op) */
+	PHP_OP_LINENO,         /* zend_op.lineno, a u32 */
+	PHP_OFFSETS,
+};
+
+/* interp_proc.val[] of a PHP process. */
+enum php_value {
+	PHP_CALL_TOP = 0, /* the call-info bit of the first frame of an activation of execute_ex (ZEND_CALL_TOP) */
+	PHP_VM_REGS,      /* non-zero: the VM keeps the running frame in r14 and its opline in r15 (HYBRID, global registers) */
+	PHP_VALUES,
+};
+
+/* PHP words: bits 0..46 the zend_function's address, 47..62 the line
+ * (0: unknown; 0xffff: further than it can say), 63 set on the first
+ * frame of an activation of execute_ex (ZEND_CALL_TOP: the native frame it
+ * replaces). */
+#define PHP_WORD_ADDR_BITS 47
+#define PHP_WORD_LINE_SHIFT 47
+#define PHP_WORD_LINE_MAX 0xffff
+#define PHP_WORD_ENTRY (1ULL << 63)
+
+/* Function types (zend_function.type). */
+#define PHP_INTERNAL_FUNCTION 1
+#define PHP_USER_FUNCTION 2
+#define PHP_EVAL_CODE 4
 
 /* What a walker needs of one process, whatever its runtime: interp.State
  * as the kernel keeps it. */

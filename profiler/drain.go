@@ -295,7 +295,7 @@ func lookupAndDeleteAll(m *ebpf.Map, keys, values any, consume func(n int)) erro
 
 // walkedInterpKinds are the interpreters the BPF side has walkers of
 // (enum interp_kind).
-var walkedInterpKinds = []int{int(bpf.ProfileInterpKindINTERP_CPYTHON), int(bpf.ProfileInterpKindINTERP_RUBY)}
+var walkedInterpKinds = []int{int(bpf.ProfileInterpKindINTERP_CPYTHON), int(bpf.ProfileInterpKindINTERP_RUBY), int(bpf.ProfileInterpKindINTERP_PHP)}
 
 // Where a sample key's flags keep the interpreter walk's end and runtime
 // (FLAG_INTERP_*_SHIFT of bpf/profile.h).

@@ -44,6 +44,8 @@ declare -A want_path=(
 	[/usr/bin/python3]=python3
 	# Debian 12's CPython: the interpreter tests and benchmark walk its stacks.
 	[/usr/bin/python3.11]=python3.11
+	# Debian 12's PHP 8.2 CLI: the PHP interpreter tests and benchmark walk its stacks.
+	[/usr/bin/php8.2]=php8.2-cli
 )
 for path in "${!want_path[@]}"; do
 	[ -x "$path" ] || missing+=("${want_path[$path]}")

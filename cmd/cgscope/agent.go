@@ -20,6 +20,7 @@ import (
 	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/interp"
+	"github.com/cgscope/cgscope/interp/php"
 	"github.com/cgscope/cgscope/interp/python"
 	"github.com/cgscope/cgscope/interp/ruby"
 	"github.com/cgscope/cgscope/profiler"
@@ -83,7 +84,7 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 	app.Flag("scheduler.bpf-budget", "BPF CPU time per second that the programs running at every context switch (off-CPU sampler, run-queue latency histogram) may use together; on hosts that switch more they are attached part of each second and what they count is scaled up.").
 		Default("3ms").DurationVar(&f.switchBudget)
 	app.Flag("profiling.interpreters", "Interpreted languages whose own frames (functions, files, lines) replace their interpreter's native frames in stacks, comma-separated: "+strings.Join(slices.Sorted(maps.Keys(runtimes)), ", ")+"; none turns it off.").
-		Default("cpython,ruby").StringVar(&f.interpreters)
+		Default("cpython,ruby,php").StringVar(&f.interpreters)
 	app.Flag("profiling.interpreters.cache-size", "Memory for the names, files and line tables read from interpreted processes; the least recently used go beyond it.").
 		Default("16MiB").BytesVar(&f.interpCache)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
@@ -132,6 +133,7 @@ func (f *profilingFlags) validate() error {
 var runtimes = map[string]func() interp.Runtime{
 	"cpython": func() interp.Runtime { return python.New() },
 	"ruby":    func() interp.Runtime { return ruby.New() },
+	"php":     func() interp.Runtime { return php.New() },
 }
 
 // runtimes returns the runtimes --profiling.interpreters names.
