@@ -164,6 +164,7 @@ func TestRubyWalkerInTheKernel(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 
+	kerneltest.WithBPFStats(t) // the cost below is read from bpf_stats
 	cfg := DefaultConfig()
 	cfg.Frequency = 499
 	s, err := Load(cfg)

@@ -50,7 +50,7 @@ func Main(m *testing.M) {
 
 // WithBPFStats skips the benchmark without root, and keeps the kernel's BPF
 // run-time statistics on while it runs.
-func WithBPFStats(b *testing.B) {
+func WithBPFStats(b testing.TB) {
 	b.Helper()
 	if os.Geteuid() != 0 {
 		b.Skip("SKIPPED: not root; the benchmark loads eBPF")
