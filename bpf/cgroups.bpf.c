@@ -2,14 +2,25 @@
 
 // SPDX-License-Identifier: GPL-2.0
 //
-// Per-cgroup counters: CPU time, context switches and run-queue latency from
-// the scheduler tracepoints, user page faults, OOM kills, packets and bytes
-// from cgroup_skb, and TCP connection events from sock/tcp tracepoints. All
-// counters are kept per CPU and per cgroup2 id, so the hot paths take no lock
-// and do no atomic operation; userspace sums over CPUs when it reads.
+// Per-cgroup counters, at a cost that does not grow with the host's event
+// rate where it can be helped:
 //
-// Each program is independent: userspace attaches what the kernel offers and
-// disables the rest (a "collector") with one log line.
+//   - CPU time, run-queue wait, context switches by kind and page faults are
+//     figures the kernel already keeps per thread. The task iterator
+//     (count_tasks), run by userspace at each collection, charges what every
+//     thread did since the last one to its cgroup; task_free charges an
+//     ending thread's last figures. Nothing runs at a switch or a fault.
+//   - The run-queue latency histogram needs single waits: runq_latency sees
+//     them at sched_switch, attached only part of the time, its counts
+//     weighted by the inverse of that part.
+//   - OOM kills, packets and bytes (cgroup_skb), and TCP connection events
+//     (sock/tcp tracepoints) are counted as they happen; they are rare, or
+//     cheap per packet.
+//
+// All counters are kept per CPU and per cgroup2 id, so no program takes a
+// lock or does an atomic operation; userspace sums over CPUs when it reads.
+// Userspace loads and attaches each collector's programs on its own, and
+// disables one the kernel cannot run with one log line.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -19,10 +30,6 @@
 #include "cgroups.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define TASK_RUNNING 0
-/* Set in sched_switch's prev_state when the task was preempted (TASK_REPORT_MAX). */
-#define PREEMPTED_STATE 0x100
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
@@ -41,12 +48,21 @@ struct {
 	__type(value, struct cgroup_counters);
 } counters_by_cgroup SEC(".maps");
 
+/* The figures of a live thread already charged to a cgroup. The lock
+ * orders the iterator and the exit hook, which may settle one thread at
+ * once (a bpf_spin_lock is why the hooks are tp_btf programs: classic and
+ * raw tracepoints may not take one). */
+struct task_state {
+	struct bpf_spin_lock lock;
+	struct task_figures charged;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
-	__type(key, __u32); /* thread id */
-	__type(value, struct task_sched);
+	__type(key, struct task_key);
+	__type(value, struct task_state);
 } tasks SEC(".maps");
 
 /* Established TCP sockets and the cgroup their connection was counted in. */
@@ -65,8 +81,15 @@ struct {
 	__type(value, __u64);
 } cgroup_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct runq_config);
+} runq_config SEC(".maps");
+
 const struct cgroup_counters zero_counters = {};
-const struct task_sched zero_task = {};
+const struct task_state zero_state = {};
 
 static __always_inline void count_drop(__u32 idx)
 {
@@ -88,126 +111,242 @@ static __always_inline struct cgroup_counters *counters(__u64 cgroup)
 	return c;
 }
 
-static __always_inline struct task_sched *task_state(__u32 tid)
-{
-	struct task_sched *t = bpf_map_lookup_elem(&tasks, &tid);
-	if (t)
-		return t;
-	bpf_map_update_elem(&tasks, &tid, &zero_task, BPF_NOEXIST);
-	t = bpf_map_lookup_elem(&tasks, &tid);
-	if (!t)
-		count_drop(CGSTAT_DROP_TASKS_FULL);
-	return t;
-}
-
-// runq_bucket maps a wait in ns to its log2-of-µs histogram bucket.
-static __always_inline __u32 runq_bucket(__u64 ns)
-{
-	__u64 us = ns / 1000;
-	__u32 b = 0;
-	for (int i = 0; i < RUNQ_BUCKETS - 1; i++) {
-		if (us == 0)
-			break;
-		us >>= 1;
-		b++;
-	}
-	return b;
-}
-
-// sched_switch charges the outgoing thread's CPU slice and its last run-queue
-// wait to the current cgroup (still the outgoing thread's here), and stamps
-// the incoming thread. The incoming thread's wait is charged when it leaves
-// the CPU, because only then is its cgroup the current one: that avoids
-// reading another task's cgroup, and lets this be a plain tracepoint, the
-// cheapest attach point.
-SEC("tracepoint/sched/sched_switch")
-int sched_switch(struct trace_event_raw_sched_switch *ctx)
-{
-	__u64 now = bpf_ktime_get_ns();
-	__u32 prev = ctx->prev_pid, next = ctx->next_pid;
-
-	if (prev != 0) {
-		struct task_sched *t = task_state(prev);
-		struct cgroup_counters *c = counters(bpf_get_current_cgroup_id());
-		long state = ctx->prev_state;
-		bool preempted = state == TASK_RUNNING || (state & PREEMPTED_STATE);
-		if (t && c) {
-			if (t->on_cpu_since)
-				c->cpu_ns += now - t->on_cpu_since;
-			if (t->pending_wait) {
-				c->runq_wait_ns += t->pending_wait;
-				__u32 b = runq_bucket(t->pending_wait);
-				if (b < RUNQ_BUCKETS)
-					c->runq_hist[b]++;
-			}
-		}
-		if (c) {
-			if (preempted)
-				c->switches_involuntary++;
-			else
-				c->switches_voluntary++;
-		}
-		if (t) {
-			t->on_cpu_since = 0;
-			t->pending_wait = 0;
-			// A preempted thread stays runnable: it waits in the queue from now.
-			t->queued_since = preempted ? now : 0;
-		}
-	}
-	if (next != 0) {
-		struct task_sched *t = task_state(next);
-		if (t) {
-			t->on_cpu_since = now;
-			if (t->queued_since)
-				t->pending_wait = now - t->queued_since;
-			t->queued_since = 0;
-		}
-	}
-	return 0;
-}
-
-static __always_inline int on_wakeup(__u32 tid)
-{
-	struct task_sched *t = task_state(tid);
-	if (t && !t->on_cpu_since)
-		t->queued_since = bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("tracepoint/sched/sched_wakeup")
-int sched_wakeup(struct trace_event_raw_sched_wakeup_template *ctx)
-{
-	return on_wakeup(ctx->pid);
-}
-
-SEC("tracepoint/sched/sched_wakeup_new")
-int sched_wakeup_new(struct trace_event_raw_sched_wakeup_template *ctx)
-{
-	return on_wakeup(ctx->pid);
-}
-
-// sched_process_exit forgets an exiting thread, keeping the task map bounded
-// by the live threads. The last slice is charged at its final sched_switch.
-SEC("tracepoint/sched/sched_process_exit")
-int sched_process_exit(struct trace_event_raw_sched_process_template *ctx)
-{
-	__u32 tid = ctx->pid;
-	bpf_map_delete_elem(&tasks, &tid);
-	return 0;
-}
-
-SEC("tracepoint/exceptions/page_fault_user")
-int page_fault_user(void *ctx)
-{
-	struct cgroup_counters *c = counters(bpf_get_current_cgroup_id());
-	if (c)
-		c->page_faults++;
-	return 0;
-}
-
+// task_cgroup_id returns the cgroup2 id of a task that the program's
+// context hands it (tp_btf, iter: a pointer the verifier trusts), with plain
+// loads rather than BPF_CORE_READ's helper calls, a fifth of the cost.
 static __always_inline __u64 task_cgroup_id(struct task_struct *task)
 {
-	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	return task->cgroups->dfl_cgrp->kn->id;
+}
+
+// runq_bucket maps a wait in ns to its log2-of-µs histogram bucket: the
+// number of bits of the wait in µs (0 for under 1 µs), at most the last.
+static __always_inline __u32 runq_bucket(__u64 ns)
+{
+	__u64 v = ns / 1000;
+	__u32 n = 0;
+	if (v >> 32) {
+		v >>= 32;
+		n += 32;
+	}
+	if (v >> 16) {
+		v >>= 16;
+		n += 16;
+	}
+	if (v >> 8) {
+		v >>= 8;
+		n += 8;
+	}
+	if (v >> 4) {
+		v >>= 4;
+		n += 4;
+	}
+	if (v >> 2) {
+		v >>= 2;
+		n += 2;
+	}
+	if (v >> 1) {
+		v >>= 1;
+		n += 1;
+	}
+	n += v;
+	return n < RUNQ_BUCKETS - 1 ? n : RUNQ_BUCKETS - 1;
+}
+
+// runq_latency adds the run-queue wait that ends now, the incoming thread's,
+// to its cgroup's histogram. The kernel stamped the wait's start
+// (sched_info.last_queued, on the run queue's clock) when it queued the
+// thread, and just after this tracepoint adds the time since, by the run
+// queue's clock (updated just before it), to the thread's run_delay. So the
+// wait is the kernel's own, it needs no wakeup hook and no state, and every
+// wait that ends while the program is attached is seen whole, however long
+// before it began. Userspace attaches the program only part of the time
+// (internal/dutycycle) and weighs each wait by the inverse of that part
+// (struct runq_config).
+SEC("tp_btf/sched_switch")
+int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u64 queued = next->sched_info.last_queued;
+	if (!queued || !next->pid)
+		return 0;
+	// The run queue of this CPU, which next is on: se.cfs_rq is set for
+	// every class when a task moves to a CPU (CONFIG_FAIR_GROUP_SCHED).
+	__u64 now = next->se.cfs_rq->rq->clock;
+	__u32 zero = 0;
+	struct runq_config *cfg = bpf_map_lookup_elem(&runq_config, &zero);
+	if (!cfg || !cfg->weight || now < queued)
+		return 0;
+	if (cfg->until != ~0ULL && bpf_ktime_get_ns() > cfg->until)
+		return 0;
+	struct cgroup_counters *c = counters(task_cgroup_id(next));
+	if (c)
+		c->runq_hist[runq_bucket(now - queued)] += cfg->weight;
+	return 0;
+}
+
+#define PF_EXITING 0x00000004
+
+// read_figures reads what the kernel keeps of a thread.
+static __always_inline void read_figures(struct task_struct *task, struct task_figures *f)
+{
+	f->cpu_ns = task->se.sum_exec_runtime;
+	f->runq_wait_ns = task->sched_info.run_delay;
+	f->switches_voluntary = task->nvcsw;
+	f->switches_involuntary = task->nivcsw;
+	f->page_faults_minor = task->min_flt;
+	f->page_faults_major = task->maj_flt;
+}
+
+// charge adds what a thread did since its figures were last charged.
+static __always_inline void charge(__u64 cgroup, const struct task_figures *delta)
+{
+	struct cgroup_counters *c = counters(cgroup);
+	if (!c)
+		return;
+	c->cpu_ns += delta->cpu_ns;
+	c->runq_wait_ns += delta->runq_wait_ns;
+	c->switches_voluntary += delta->switches_voluntary;
+	c->switches_involuntary += delta->switches_involuntary;
+	c->page_faults_minor += delta->page_faults_minor;
+	c->page_faults_major += delta->page_faults_major;
+}
+
+// advance moves one charged figure up to now, setting delta to the rise:
+// figures only grow, so a settler that read them before another one did
+// finds nothing left to charge rather than a negative rise.
+#define advance(charged, now, delta, field)                                \
+	do {                                                               \
+		if ((now)->field > (charged)->field) {                     \
+			(delta)->field = (now)->field - (charged)->field; \
+			(charged)->field = (now)->field;                   \
+		}                                                          \
+	} while (0)
+
+// settle charges what task did since its figures were last charged to
+// cgroup, and records them as charged.
+static __always_inline void settle(struct task_struct *task, struct task_state *st, __u64 cgroup)
+{
+	struct task_figures now, delta = {};
+	read_figures(task, &now);
+	bpf_spin_lock(&st->lock);
+	advance(&st->charged, &now, &delta, cpu_ns);
+	advance(&st->charged, &now, &delta, runq_wait_ns);
+	advance(&st->charged, &now, &delta, switches_voluntary);
+	advance(&st->charged, &now, &delta, switches_involuntary);
+	advance(&st->charged, &now, &delta, page_faults_minor);
+	advance(&st->charged, &now, &delta, page_faults_major);
+	bpf_spin_unlock(&st->lock);
+	charge(cgroup, &delta);
+}
+
+// task_state returns the state of a thread, creating it charged with zero
+// (where a thread's figures begin); NULL when the map is full.
+static __always_inline struct task_state *task_state(struct task_key *key)
+{
+	struct task_state *st = bpf_map_lookup_elem(&tasks, key);
+	if (st)
+		return st;
+	bpf_map_update_elem(&tasks, key, &zero_state, BPF_NOEXIST);
+	st = bpf_map_lookup_elem(&tasks, key);
+	if (!st)
+		count_drop(CGSTAT_DROP_TASKS_FULL); // task_free charges it all, late
+	return st;
+}
+
+// v1_cgroup_id returns the id of the task's cgroup in the hierarchy of one
+// controller (on hybrid hosts a v1 hierarchy).
+static __always_inline __u64 v1_cgroup_id(struct task_struct *task, __u32 subsys)
+{
+	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct cgroup_subsys_state *css = NULL;
+	if (subsys >= CGROUP_SUBSYS_COUNT)
+		return 0;
+	bpf_core_read(&css, sizeof(css), &cset->subsys[subsys]);
+	return css ? BPF_CORE_READ(css, cgroup, kn, id) : 0;
+}
+
+// Set by userspace on hybrid hosts: the iterator then writes each thread's
+// v1 memory and cpu cgroups (struct task_cgroups), so that userspace can
+// tell which cgroup2 paths the v1 hierarchies mirror.
+const volatile bool report_v1_cgroups = false;
+
+// The cgroups written last in this pass: the threads of a process come one
+// after another and share their cgroups, so a record is written only when
+// they change.
+struct task_cgroups last_reported;
+
+static __always_inline void report_cgroups(struct seq_file *seq, __u64 seq_num, struct task_struct *task, __u64 cgroup)
+{
+	struct task_cgroups r = {.cgroup = cgroup};
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		r.memory = v1_cgroup_id(task, bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id));
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, cpu_cgrp_id))
+		r.cpu = v1_cgroup_id(task, bpf_core_enum_value(enum cgroup_subsys_id, cpu_cgrp_id));
+	if (seq_num != 0 && r.cgroup == last_reported.cgroup && r.memory == last_reported.memory &&
+	    r.cpu == last_reported.cpu)
+		return;
+	last_reported = r;
+	bpf_seq_write(seq, &r, sizeof(r));
+}
+
+// count_tasks runs at every collection, for every thread of the host: it
+// charges what the thread did since its last collection (its whole life at
+// the first) to the cgroup it is in now, so a thread that moved between
+// collections has that part charged to its new cgroup. Exiting threads are
+// left to task_exit and task_free; leaving them also keeps this and
+// task_free from settling one thread at once (a thread freed while this
+// runs was exiting before it began).
+SEC("iter/task")
+int count_tasks(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	if (!task)
+		return 0;
+	__u64 cgroup = task_cgroup_id(task);
+	if (report_v1_cgroups)
+		report_cgroups(ctx->meta->seq, ctx->meta->seq_num, task, cgroup);
+	if (task->flags & PF_EXITING)
+		return 0;
+	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
+	struct task_state *st = task_state(&key);
+	if (st)
+		settle(task, st, cgroup);
+	return 0;
+}
+
+// task_exit charges an exiting thread's figures at once, to the cgroup it
+// ends in, so that a scrape just after a process ended counts it. It may
+// run while count_tasks settles the same thread (which began before the
+// thread was exiting): the lock in task_state orders them. The state it
+// creates for a thread no collection saw tells task_free what is charged.
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(task_exit, struct task_struct *task)
+{
+	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
+	struct task_state *st = task_state(&key);
+	if (st)
+		settle(task, st, task_cgroup_id(task));
+	return 0;
+}
+
+// task_free charges what a thread did after task_exit (it still ran,
+// waited and switched on its way out) when the kernel frees it, a grace
+// period after it was reaped, and forgets it.
+SEC("tp_btf/sched_process_free")
+int BPF_PROG(task_free, struct task_struct *task)
+{
+	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
+	struct task_state *st = bpf_map_lookup_elem(&tasks, &key);
+	if (st) {
+		settle(task, st, task_cgroup_id(task));
+		bpf_map_delete_elem(&tasks, &key);
+		return 0;
+	}
+	// Never charged (the map was full): all of it now.
+	struct task_figures now;
+	read_figures(task, &now);
+	charge(task_cgroup_id(task), &now);
+	return 0;
 }
 
 SEC("tp_btf/mark_victim")

@@ -17,10 +17,11 @@ type CgroupStatsCgroupCounters struct {
 	_                   structs.HostLayout
 	CpuNs               uint64
 	RunqWaitNs          uint64
-	RunqHist            [24]uint64
 	SwitchesVoluntary   uint64
 	SwitchesInvoluntary uint64
-	PageFaults          uint64
+	PageFaultsMinor     uint64
+	PageFaultsMajor     uint64
+	RunqHist            [24]uint64
 	OomKills            uint64
 	RxBytes             uint64
 	TxBytes             uint64
@@ -43,11 +44,42 @@ const (
 	CgroupStatsCgroupStatIndexCGSTAT_MAX               CgroupStatsCgroupStatIndex = 3
 )
 
-type CgroupStatsTaskSched struct {
-	_           structs.HostLayout
-	OnCpuSince  uint64
-	QueuedSince uint64
-	PendingWait uint64
+type CgroupStatsRunqConfig struct {
+	_      structs.HostLayout
+	Weight uint64
+	Until  uint64
+}
+
+type CgroupStatsTaskCgroups struct {
+	_      structs.HostLayout
+	Cgroup uint64
+	Memory uint64
+	Cpu    uint64
+}
+
+type CgroupStatsTaskKey struct {
+	_       structs.HostLayout
+	Tid     uint32
+	Pad     uint32
+	StartNs uint64
+}
+
+type CgroupStatsTaskState struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	_       [4]byte
+	Charged struct {
+		_                   structs.HostLayout
+		CpuNs               uint64
+		RunqWaitNs          uint64
+		SwitchesVoluntary   uint64
+		SwitchesInvoluntary uint64
+		PageFaultsMinor     uint64
+		PageFaultsMajor     uint64
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -57,20 +89,22 @@ const (
 	CgroupStatsMapActiveSockets         = "active_sockets"
 	CgroupStatsMapCgroupStats           = "cgroup_stats"
 	CgroupStatsMapCountersByCgroup      = "counters_by_cgroup"
+	CgroupStatsMapRunqConfig            = "runq_config"
 	CgroupStatsMapTasks                 = "tasks"
+	CgroupStatsProgCountTasks           = "count_tasks"
 	CgroupStatsProgInetSockSetState     = "inet_sock_set_state"
 	CgroupStatsProgOomMarkVictim        = "oom_mark_victim"
-	CgroupStatsProgPageFaultUser        = "page_fault_user"
-	CgroupStatsProgSchedProcessExit     = "sched_process_exit"
-	CgroupStatsProgSchedSwitch          = "sched_switch"
-	CgroupStatsProgSchedWakeup          = "sched_wakeup"
-	CgroupStatsProgSchedWakeupNew       = "sched_wakeup_new"
+	CgroupStatsProgRunqLatency          = "runq_latency"
 	CgroupStatsProgSkbEgress            = "skb_egress"
 	CgroupStatsProgSkbIngress           = "skb_ingress"
+	CgroupStatsProgTaskExit             = "task_exit"
+	CgroupStatsProgTaskFree             = "task_free"
 	CgroupStatsProgTcpRetransmitSkb     = "tcp_retransmit_skb"
+	CgroupStatsVarLastReported          = "last_reported"
+	CgroupStatsVarReportV1Cgroups       = "report_v1_cgroups"
 	CgroupStatsVarUnusedCgroupStatIndex = "unused_cgroup_stat_index"
 	CgroupStatsVarZeroCounters          = "zero_counters"
-	CgroupStatsVarZeroTask              = "zero_task"
+	CgroupStatsVarZeroState             = "zero_state"
 )
 
 // LoadCgroupStats returns the embedded CollectionSpec for CgroupStats.
@@ -115,15 +149,14 @@ type CgroupStatsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CgroupStatsProgramSpecs struct {
+	CountTasks       *ebpf.ProgramSpec `ebpf:"count_tasks"`
 	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
 	OomMarkVictim    *ebpf.ProgramSpec `ebpf:"oom_mark_victim"`
-	PageFaultUser    *ebpf.ProgramSpec `ebpf:"page_fault_user"`
-	SchedProcessExit *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
-	SchedSwitch      *ebpf.ProgramSpec `ebpf:"sched_switch"`
-	SchedWakeup      *ebpf.ProgramSpec `ebpf:"sched_wakeup"`
-	SchedWakeupNew   *ebpf.ProgramSpec `ebpf:"sched_wakeup_new"`
+	RunqLatency      *ebpf.ProgramSpec `ebpf:"runq_latency"`
 	SkbEgress        *ebpf.ProgramSpec `ebpf:"skb_egress"`
 	SkbIngress       *ebpf.ProgramSpec `ebpf:"skb_ingress"`
+	TaskExit         *ebpf.ProgramSpec `ebpf:"task_exit"`
+	TaskFree         *ebpf.ProgramSpec `ebpf:"task_free"`
 	TcpRetransmitSkb *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
 }
 
@@ -134,6 +167,7 @@ type CgroupStatsMapSpecs struct {
 	ActiveSockets    *ebpf.MapSpec `ebpf:"active_sockets"`
 	CgroupStats      *ebpf.MapSpec `ebpf:"cgroup_stats"`
 	CountersByCgroup *ebpf.MapSpec `ebpf:"counters_by_cgroup"`
+	RunqConfig       *ebpf.MapSpec `ebpf:"runq_config"`
 	Tasks            *ebpf.MapSpec `ebpf:"tasks"`
 }
 
@@ -141,9 +175,11 @@ type CgroupStatsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CgroupStatsVariableSpecs struct {
+	LastReported          *ebpf.VariableSpec `ebpf:"last_reported"`
+	ReportV1Cgroups       *ebpf.VariableSpec `ebpf:"report_v1_cgroups"`
 	UnusedCgroupStatIndex *ebpf.VariableSpec `ebpf:"unused_cgroup_stat_index"`
 	ZeroCounters          *ebpf.VariableSpec `ebpf:"zero_counters"`
-	ZeroTask              *ebpf.VariableSpec `ebpf:"zero_task"`
+	ZeroState             *ebpf.VariableSpec `ebpf:"zero_state"`
 }
 
 // CgroupStatsObjects contains all objects after they have been loaded into the kernel.
@@ -169,6 +205,7 @@ type CgroupStatsMaps struct {
 	ActiveSockets    *ebpf.Map `ebpf:"active_sockets"`
 	CgroupStats      *ebpf.Map `ebpf:"cgroup_stats"`
 	CountersByCgroup *ebpf.Map `ebpf:"counters_by_cgroup"`
+	RunqConfig       *ebpf.Map `ebpf:"runq_config"`
 	Tasks            *ebpf.Map `ebpf:"tasks"`
 }
 
@@ -177,6 +214,7 @@ func (m *CgroupStatsMaps) Close() error {
 		m.ActiveSockets,
 		m.CgroupStats,
 		m.CountersByCgroup,
+		m.RunqConfig,
 		m.Tasks,
 	)
 }
@@ -185,38 +223,38 @@ func (m *CgroupStatsMaps) Close() error {
 //
 // It can be passed to LoadCgroupStatsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CgroupStatsVariables struct {
+	LastReported          *ebpf.Variable `ebpf:"last_reported"`
+	ReportV1Cgroups       *ebpf.Variable `ebpf:"report_v1_cgroups"`
 	UnusedCgroupStatIndex *ebpf.Variable `ebpf:"unused_cgroup_stat_index"`
 	ZeroCounters          *ebpf.Variable `ebpf:"zero_counters"`
-	ZeroTask              *ebpf.Variable `ebpf:"zero_task"`
+	ZeroState             *ebpf.Variable `ebpf:"zero_state"`
 }
 
 // CgroupStatsPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadCgroupStatsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CgroupStatsPrograms struct {
+	CountTasks       *ebpf.Program `ebpf:"count_tasks"`
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
 	OomMarkVictim    *ebpf.Program `ebpf:"oom_mark_victim"`
-	PageFaultUser    *ebpf.Program `ebpf:"page_fault_user"`
-	SchedProcessExit *ebpf.Program `ebpf:"sched_process_exit"`
-	SchedSwitch      *ebpf.Program `ebpf:"sched_switch"`
-	SchedWakeup      *ebpf.Program `ebpf:"sched_wakeup"`
-	SchedWakeupNew   *ebpf.Program `ebpf:"sched_wakeup_new"`
+	RunqLatency      *ebpf.Program `ebpf:"runq_latency"`
 	SkbEgress        *ebpf.Program `ebpf:"skb_egress"`
 	SkbIngress       *ebpf.Program `ebpf:"skb_ingress"`
+	TaskExit         *ebpf.Program `ebpf:"task_exit"`
+	TaskFree         *ebpf.Program `ebpf:"task_free"`
 	TcpRetransmitSkb *ebpf.Program `ebpf:"tcp_retransmit_skb"`
 }
 
 func (p *CgroupStatsPrograms) Close() error {
 	return _CgroupStatsClose(
+		p.CountTasks,
 		p.InetSockSetState,
 		p.OomMarkVictim,
-		p.PageFaultUser,
-		p.SchedProcessExit,
-		p.SchedSwitch,
-		p.SchedWakeup,
-		p.SchedWakeupNew,
+		p.RunqLatency,
 		p.SkbEgress,
 		p.SkbIngress,
+		p.TaskExit,
+		p.TaskFree,
 		p.TcpRetransmitSkb,
 	)
 }

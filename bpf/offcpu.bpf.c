@@ -43,10 +43,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define TASK_INTERRUPTIBLE 0x1
 #define TASK_UNINTERRUPTIBLE 0x2
 #define TASK_NOLOAD 0x400
-/* The largest weight: a sample taken with a probability of 2^-18 (a
- * switch-out expected to last 100 ns is sampled at 2^-17 at the default
- * rate of 50 a second). */
-#define MAX_WEIGHT (1ULL << (18 + OFFCPU_WEIGHT_SHIFT))
+/* The largest weight: a sample taken with a probability of 2^-28, all
+ * factors together (a switch-out expected to last 1 µs is sampled at 2^-14
+ * at the default rate of 50 a second, 2^-24 at a host-wide factor of 2^-7
+ * and a duty of 1/8). Samples capped are counted. */
+#define MAX_WEIGHT (1ULL << (28 + OFFCPU_WEIGHT_SHIFT))
 /* The part of a window in which switch-outs are sampled (profiler/offcpu.go
  * sampleShare), and the most a sample's weight grows for the chance that
  * its block ended after the window. */
@@ -66,7 +67,7 @@ struct {
 } offcpu_tasks SEC(".maps");
 
 // Set by userspace (profiler/offcpu.go) before attaching and at every window.
-struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50};
+struct offcpu_config offcpu_cfg = {.scale = 65536, .per_task = 50, .duty = 65536};
 // When sampling ends in this window (switch_time's clock): set at the
 // window's first switch, from offcpu_cfg.sample_for; userspace clears it
 // before each window. Kept in the kernel's time, so that a late userspace
@@ -123,7 +124,8 @@ static __always_inline __u32 reason_of(bool preempt, unsigned int state, struct 
 	if (state & TASK_UNINTERRUPTIBLE) {
 		if (state & TASK_NOLOAD)
 			return OFFCPU_SLEEPING; // TASK_IDLE: a kernel thread waiting for work
-		return task->in_iowait ? OFFCPU_IO : OFFCPU_UNINTERRUPTIBLE;
+		// A bitfield: its bit, not only its byte, is relocated.
+		return BPF_CORE_READ_BITFIELD(task, in_iowait) ? OFFCPU_IO : OFFCPU_UNINTERRUPTIBLE;
 	}
 	return OFFCPU_OTHER;
 }
@@ -145,7 +147,9 @@ static __always_inline __u64 completion_weight(__u64 weight, __u64 blocked)
 	__u64 left = blocked < window ? window - blocked : 0;
 	if (left * MAX_COMPLETION_FACTOR < share)
 		return weight * MAX_COMPLETION_FACTOR;
-	return weight * share / left;
+	// share / left in 16-bit fixed point first: weight * share could
+	// overflow (a weight of 2^38 and a window of seconds).
+	return weight * ((share << 16) / left) >> 16;
 }
 
 // track_blocked keeps a moving average of how long a thread stays off the
@@ -171,9 +175,13 @@ static __always_inline void track_blocked(struct offcpu_task *t, __u64 now)
 // off, on the CPU the thread leaves: whatever would have ended the block
 // meanwhile — a timer or disk interrupt on that CPU, a worker thread bound
 // to it, a wakeup, which waits for the switch to finish — comes only when
-// it is done. A block seen to last less than twice that time most likely
-// ended during it and is counted as lasting what it took past it (half of
-// it, if less); a longer one was not delayed.
+// it is done. A block seen to last less than the sampling ended during it:
+// half of it is counted. One seen to last less than twice the sampling most
+// likely was delayed by all of it, which is taken out; a longer one most
+// likely was not delayed. An estimate, with a step at twice the sampling:
+// blocks of about the sampling's own length (tens of µs here, more when
+// the hypervisor steals the CPU meanwhile) are counted within a factor of
+// two either way; longer ones exactly.
 static __always_inline __u64 without_sampling(__u64 blocked, __u64 spent)
 {
 	if (blocked >= 2 * spent)
@@ -270,10 +278,14 @@ static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
 	p = (p >> 16) * (scale > 65536 ? 65536 : scale);
 	if (p == 0 || (p < (1ULL << 32) && bpf_get_prandom_u32() >= p))
 		return 0;
-	// 1/p. That the program is attached only part of the time is made up
-	// for in userspace, by the time it sampled in each drained interval.
-	__u64 weight = (1ULL << (32 + OFFCPU_WEIGHT_SHIFT)) / p;
-	return weight > MAX_WEIGHT ? MAX_WEIGHT : weight;
+	// 1/p, and 1/the share of the time switch-outs are sampled: a sample
+	// stands for the switch-outs of the time the program was not attached.
+	__u64 weight = (1ULL << (32 + OFFCPU_WEIGHT_SHIFT)) / p, duty = offcpu_cfg.duty;
+	if (duty && weight > (MAX_WEIGHT << 16) / duty) { // checked before it can overflow
+		offcpu_stat(OFFCPU_STAT_WEIGHT_CAPPED);
+		return MAX_WEIGHT;
+	}
+	return weight * duty >> 16;
 }
 
 // offcpu_user_stack stores the user stack of the current task in

@@ -36,6 +36,7 @@ struct offcpu_config {
 	__u64 sampling; /* 1: sample switch-outs; 0: only finish the pending ones */
 	__u64 sample_for; /* ns from the window's first switch during which to sample; 0: no end */
 	__u64 epoch;    /* the attachment window: a sample pending from another is dropped */
+	__u64 duty;     /* 65536 / the share of the time switch-outs are sampled */
 	__u64 window;   /* ns the program stays attached; 0: throughout */
 };
 
@@ -47,6 +48,7 @@ enum offcpu_stat_index {
 	OFFCPU_STAT_CENSORED,     /* samples dropped: their switch-in was not seen */
 	OFFCPU_STAT_COUNTS_FULL,  /* samples lost: the counts map was full */
 	OFFCPU_STAT_SAMPLE_NS,    /* ns spent taking the samples' stacks */
+	OFFCPU_STAT_WEIGHT_CAPPED, /* samples whose weight was capped (undercounted) */
 	OFFCPU_STAT_MAX,
 };
 

@@ -20,6 +20,7 @@ type OffCPUOffcpuConfig struct {
 	Sampling  uint64
 	SampleFor uint64
 	Epoch     uint64
+	Duty      uint64
 	Window    uint64
 }
 
@@ -37,13 +38,14 @@ const (
 type OffCPUOffcpuStatIndex uint32
 
 const (
-	OffCPUOffcpuStatIndexOFFCPU_STAT_SWITCHES    OffCPUOffcpuStatIndex = 0
-	OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLED     OffCPUOffcpuStatIndex = 1
-	OffCPUOffcpuStatIndexOFFCPU_STAT_FINISHED    OffCPUOffcpuStatIndex = 2
-	OffCPUOffcpuStatIndexOFFCPU_STAT_CENSORED    OffCPUOffcpuStatIndex = 3
-	OffCPUOffcpuStatIndexOFFCPU_STAT_COUNTS_FULL OffCPUOffcpuStatIndex = 4
-	OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS   OffCPUOffcpuStatIndex = 5
-	OffCPUOffcpuStatIndexOFFCPU_STAT_MAX         OffCPUOffcpuStatIndex = 6
+	OffCPUOffcpuStatIndexOFFCPU_STAT_SWITCHES      OffCPUOffcpuStatIndex = 0
+	OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLED       OffCPUOffcpuStatIndex = 1
+	OffCPUOffcpuStatIndexOFFCPU_STAT_FINISHED      OffCPUOffcpuStatIndex = 2
+	OffCPUOffcpuStatIndexOFFCPU_STAT_CENSORED      OffCPUOffcpuStatIndex = 3
+	OffCPUOffcpuStatIndexOFFCPU_STAT_COUNTS_FULL   OffCPUOffcpuStatIndex = 4
+	OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS     OffCPUOffcpuStatIndex = 5
+	OffCPUOffcpuStatIndexOFFCPU_STAT_WEIGHT_CAPPED OffCPUOffcpuStatIndex = 6
+	OffCPUOffcpuStatIndexOFFCPU_STAT_MAX           OffCPUOffcpuStatIndex = 7
 )
 
 type OffCPUOffcpuTask struct {

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -76,14 +77,38 @@ type v1Stater interface {
 // each Read only opens the files of one cgroup. Where a controller is on a
 // v1 hierarchy (hybrid hosts), Read looks the same relative path up there, as
 // systemd creates its units at the same path in every hierarchy; a cgroup
-// absent there has those fields unknown. It is safe for concurrent use.
+// absent there, or one MirrorChecks says holds other threads, has those
+// fields unknown. It is safe for concurrent use.
 type FileReader struct {
 	layout string
 	v2root string // cgroup2 mount point, "" when none
 
 	// Controllers on v1 hierarchies, nil when not there.
 	v1mem, v1cpu, v1cpuacct v1Stater
+	// checks say whether the v1 memory and cpu cgroups of a path hold the
+	// same threads as its cgroup2 cgroup (nil: assumed).
+	checks atomic.Pointer[MirrorChecks]
 }
+
+// MirrorChecks say whether a v1 hierarchy's cgroup of a path holds the same
+// threads as the cgroup2 cgroup of that path. They must be safe for
+// concurrent use.
+type MirrorChecks struct {
+	Memory, CPU func(path string) bool
+}
+
+// CheckMirrors makes Read use the v1 memory and cpu cgroups of a path only
+// where the checks pass; a nil check passes every path.
+func (r *FileReader) CheckMirrors(c MirrorChecks) { r.checks.Store(&c) }
+
+func (r *FileReader) mirrorChecks() MirrorChecks {
+	if c := r.checks.Load(); c != nil {
+		return *c
+	}
+	return MirrorChecks{}
+}
+
+func passes(check func(path string) bool, rel string) bool { return check == nil || check(rel) }
 
 // NewFileReader finds the cgroup mounts in /proc/self/mountinfo.
 func NewFileReader() (*FileReader, error) {
@@ -172,7 +197,8 @@ func (r *FileReader) Read(p string) (FileStats, error) {
 		}
 		found = true
 	}
-	if r.v1mem != nil {
+	checks := r.mirrorChecks()
+	if r.v1mem != nil && passes(checks.Memory, rel) {
 		var m v1stats.Metrics
 		if ok, err := v1Stat(r.v1mem, rel, &m); err != nil {
 			errs = append(errs, err)
@@ -181,7 +207,7 @@ func (r *FileReader) Read(p string) (FileStats, error) {
 			fillV1Memory(m.Memory, &st)
 		}
 	}
-	if r.v1cpu != nil {
+	if r.v1cpu != nil && passes(checks.CPU, rel) {
 		m := v1stats.Metrics{CPU: &v1stats.CPUStat{Throttling: &v1stats.Throttle{}, Usage: &v1stats.CPUUsage{}}}
 		if ok, err := v1Stat(r.v1cpu, rel, &m); err != nil {
 			errs = append(errs, err)

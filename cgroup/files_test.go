@@ -287,6 +287,23 @@ func TestCgroupFileReadV1Tree(t *testing.T) {
 		if _, err := r.Read("/only-in-v1"); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("a cgroup2 path that does not exist: err = %v, want fs.ErrNotExist", err)
 		}
+
+		// A v1 cgroup that holds other threads than its cgroup2
+		// namesake is not read; the other controller's still is.
+		r.CheckMirrors(MirrorChecks{Memory: func(p string) bool { return p != "/system.slice/app.service" }})
+		st, err = r.Read("/system.slice/app.service")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantUnknown(t, "memory of an unmirrored v1 cgroup", st.MemoryUsageBytes)
+		wantUnknown(t, "faults of an unmirrored v1 cgroup", st.PageFaultsMinor)
+		wantValue(t, "throttling of a mirrored v1 cpu cgroup", st.CPUPeriods, 10)
+		wantValue(t, "cpu usage from cgroup2", st.CPUUsageSeconds, 3)
+		st, err = r.Read("/system.slice/unlimited.service")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantValue(t, "usage of a mirrored v1 cgroup", st.MemoryUsageBytes, 100*miB)
 	})
 
 	t.Run("v1", func(t *testing.T) {

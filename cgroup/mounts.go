@@ -1,7 +1,9 @@
 // Package cgroup reads the host's cgroup hierarchy: where it is mounted
-// (cgroup2, and v1 controllers on hybrid hosts), which path a cgroup2 id
-// names, and what a cgroup's files say (memory, CPU throttling, PSI). It
-// uses no BPF and exports nothing: collectors and the pipeline build on it.
+// (cgroup2, and v1 controllers on hybrid hosts), which path a cgroup id
+// names, what a cgroup's files say (memory, page faults, CPU time and
+// throttling, PSI), and on hybrid hosts which v1 cgroups hold the same
+// threads as their cgroup2 namesakes. It uses no BPF and exports nothing:
+// collectors and the pipeline build on it.
 package cgroup
 
 import (

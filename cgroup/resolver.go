@@ -16,11 +16,12 @@ import (
 )
 
 // Resolver maps cgroup2 ids, which BPF reports, to cgroup paths such as
-// "/system.slice/ssh.service". A cgroup2 id is the inode number of the
-// cgroup's directory and also its kernfs file handle: an unknown id is
-// opened by handle (exact and O(1), needs CAP_DAC_READ_SEARCH), else found by
-// walking the tree again, at most once per minInterval, so a storm of
-// samples from a just-deleted cgroup costs one walk.
+// "/system.slice/ssh.service" (or the ids of a v1 hierarchy to its paths).
+// A cgroup id is the inode number of the cgroup's directory and also its
+// kernfs file handle: an unknown id is opened by handle (exact and O(1),
+// needs CAP_DAC_READ_SEARCH), else found by walking the tree again, at most
+// once per minInterval, so a storm of samples from a just-deleted cgroup
+// costs one walk.
 type Resolver struct {
 	root        string
 	maxEntries  int
@@ -38,18 +39,24 @@ func NewResolver(maxEntries int) (*Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewResolverAt(root, maxEntries), nil
+}
+
+// NewResolverAt indexes the cgroup hierarchy mounted at root (a v1
+// controller's, say).
+func NewResolverAt(root string, maxEntries int) *Resolver {
 	r := &Resolver{root: root, maxEntries: maxEntries, minInterval: 2 * time.Second, paths: map[uint64]string{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.walk()
-	return r, nil
+	return r
 }
 
-// Root returns the cgroup2 mount point.
+// Root returns the hierarchy's mount point.
 func (r *Resolver) Root() string { return r.root }
 
-// Path returns the cgroup path of id relative to the cgroup2 root ("/" for
-// the root itself), or "" if no such cgroup exists (any longer).
+// Path returns the cgroup path of id relative to the root ("/" for the root
+// itself), or "" if no such cgroup exists (any longer).
 func (r *Resolver) Path(id uint64) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/bpfstats"
+	"github.com/cgscope/cgscope/internal/dutycycle"
 )
 
 // Config configures the per-cgroup collectors.
@@ -42,25 +43,41 @@ type Set struct {
 // error means the shared counter maps could not be created.
 func Start(ctx context.Context, cfg Config) (*Set, error) {
 	s := &Set{}
+	files := Status{Name: CgroupFS, Reason: disabledByFlag}
+	var reader *cgroup.FileReader
+	if cfg.Enabled[CgroupFS] {
+		var err error
+		if reader, err = cgroup.NewFileReader(); err != nil {
+			files.Reason = fmt.Sprintf("cgroup files unreadable: %v", err)
+			slog.Warn("collector disabled: cgroup files unreadable", "collector", CgroupFS, "err", err)
+		}
+	}
 	if anyBPF(cfg.Enabled) {
-		c, err := NewCounters(CountersConfig{MaxCgroups: cfg.MaxCgroups, MaxTasks: cfg.MaxTasks, MaxSockets: cfg.MaxSockets,
-			Collectors: cfg.Enabled, CgroupRoot: cfg.CgroupRoot, BTF: cfg.BTF})
+		ccfg := CountersConfig{MaxCgroups: cfg.MaxCgroups, MaxTasks: cfg.MaxTasks, MaxSockets: cfg.MaxSockets,
+			Collectors: cfg.Enabled, CgroupRoot: cfg.CgroupRoot, BTF: cfg.BTF}
+		// On hybrid hosts the threads' placements, which the task iterator
+		// of the sched and faults collectors reports, tell which v1 memory
+		// and cpu cgroups the reader may take for their cgroup2 namesakes.
+		var mirrors *v1Mirrors
+		if reader != nil && reader.Layout() == cgroup.LayoutHybrid && (cfg.Enabled[Sched] || cfg.Enabled[Faults]) {
+			if m, err := cgroup.ReadMounts(); err == nil {
+				mirrors = newV1Mirrors(m)
+				ccfg.OnCollect = mirrors.observe
+			}
+		}
+		c, err := NewCounters(ccfg)
 		if err != nil {
 			return nil, err
 		}
 		s.counters = c
-	}
-	files := Status{Name: CgroupFS, Reason: disabledByFlag}
-	if cfg.Enabled[CgroupFS] {
-		r, err := cgroup.NewFileReader()
-		if err != nil {
-			files.Reason = fmt.Sprintf("cgroup files unreadable: %v", err)
-			slog.Warn("collector disabled: cgroup files unreadable", "collector", CgroupFS, "err", err)
-		} else {
-			s.files = NewFileCache(r, cfg.FilesInterval, cfg.FilesBudget)
-			go s.files.Run(ctx)
-			files = Status{Name: CgroupFS, Enabled: true}
+		if mirrors != nil && c.collectsTasks() {
+			reader.CheckMirrors(mirrors.checks())
 		}
+	}
+	if reader != nil {
+		s.files = NewFileCache(reader, cfg.FilesInterval, cfg.FilesBudget)
+		go s.files.Run(ctx)
+		files = Status{Name: CgroupFS, Enabled: true}
 	}
 	s.status = s.statusOf(files)
 	for _, st := range s.status {
@@ -124,6 +141,16 @@ func (s *Set) Running(name string) bool {
 
 // Counters returns the BPF counters, nil when no BPF collector runs.
 func (s *Set) Counters() *Counters { return s.counters }
+
+// SwitchPrograms returns what the duty-cycle controller attaches part of
+// the time for the per-cgroup metrics (the run-queue latency histogram's
+// program), nil when there is none (the sched collector does not run).
+func (s *Set) SwitchPrograms() dutycycle.Program {
+	if s.counters == nil {
+		return nil
+	}
+	return s.counters.SwitchPrograms()
+}
 
 // Files returns the cgroup-file cache, nil when cgroupfs does not run.
 func (s *Set) Files() *FileCache { return s.files }

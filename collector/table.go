@@ -1,10 +1,12 @@
 // Package collector is cgscope's per-cgroup collectors: one table of them
 // (name, flag help, default, source, BPF programs, the series each emits),
 // the loading and attaching of each BPF collector's counter programs on its
-// own, and the background cache of cgroup files. The flags, the programs
-// loaded, the series exported and the collectors' own metrics all come from
-// Table. It produces figures; exporter/cgroupmetrics turns them into
-// Prometheus series.
+// own, the collection of the kernel's per-thread figures with a task
+// iterator, the run-queue latency program a duty-cycle controller attaches
+// part of the time (SwitchPrograms), and the background cache of cgroup
+// files. The flags, the programs loaded, the series exported and the
+// collectors' own metrics all come from Table. It produces figures;
+// exporter/cgroupmetrics turns them into Prometheus series.
 package collector
 
 import (
@@ -43,8 +45,12 @@ type Info struct {
 	Default bool
 	Source  Source
 	// Programs are the BPF programs it loads and attaches, by the names
-	// bpf2go generated for them.
+	// bpf2go generated for them. Collectors may share programs, which are
+	// then loaded once.
 	Programs []string
+	// Sampled is a program it loads but does not attach: the duty-cycle
+	// controller attaches it part of the time (Counters.SwitchPrograms).
+	Sampled string
 	// Metrics are the per-cgroup families it emits.
 	Metrics []*Metric
 	emit    func(in *Input, out Sink)
@@ -53,14 +59,13 @@ type Info struct {
 // Table is every collector, in the order of their flags.
 var Table = []*Info{
 	{Name: Sched, Default: true, Source: BPF,
-		Help: "CPU time, context switches and run-queue latency per cgroup (sched tracepoints).",
-		Programs: []string{bpf.CgroupStatsProgSchedSwitch, bpf.CgroupStatsProgSchedWakeup,
-			bpf.CgroupStatsProgSchedWakeupNew, bpf.CgroupStatsProgSchedProcessExit},
+		Help:     "CPU time, run-queue wait and context switches per cgroup from the kernel's per-thread figures, read with a task iterator when scraped (no cost per switch); a run-queue latency histogram sampled at sched_switch part of the time.",
+		Programs: taskPrograms, Sampled: bpf.CgroupStatsProgRunqLatency,
 		Metrics: []*Metric{cpuSeconds, runqWait, runqLatency, contextSwitches},
 		emit:    emitSched},
 	{Name: Faults, Default: true, Source: BPF,
-		Help:     "User page faults per cgroup (exceptions:page_fault_user).",
-		Programs: []string{bpf.CgroupStatsProgPageFaultUser},
+		Help:     "Page faults per cgroup that memory.stat does not report (no memory controller for it), from the kernel's per-thread min_flt/maj_flt read with a task iterator when scraped (no cost per fault).",
+		Programs: taskPrograms,
 		Metrics:  []*Metric{pageFaults},
 		emit:     emitFaults},
 	{Name: OOM, Default: true, Source: BPF,
@@ -84,6 +89,12 @@ var Table = []*Info{
 			pressure},
 		emit: emitFiles},
 }
+
+// taskPrograms read the kernel's per-thread figures: the task iterator
+// that charges them to cgroups at each collection, and the hook that
+// charges a thread's last figures when it ends. The sched and faults
+// collectors share them.
+var taskPrograms = []string{bpf.CgroupStatsProgTaskFree, bpf.CgroupStatsProgTaskExit, bpf.CgroupStatsProgCountTasks}
 
 // Lookup returns the collector of that name, nil if there is none.
 func Lookup(name string) *Info {
@@ -146,13 +157,13 @@ var runqBuckets = func() []float64 {
 
 var (
 	cpuSeconds = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_seconds_total",
-		Help: "CPU time the cgroup's threads spent on CPU, from sched_switch (eBPF). Charged when a thread leaves the CPU."}
+		Help: "CPU time the cgroup's own threads spent on CPU (child cgroups not included): the kernel's per-thread sum_exec_runtime, which cpu.stat usage_usec also sums, read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
 	runqWait = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_runqueue_wait_seconds_total",
-		Help: "Time the cgroup's runnable threads waited in a CPU run queue, from wakeup or preemption to running (sched_wakeup, sched_wakeup_new, sched_switch; eBPF)."}
+		Help: "Time the cgroup's threads waited in a CPU run queue, from wakeup or preemption to running: the kernel's per-thread sched_info.run_delay (/proc/PID/schedstat), read with a BPF task iterator at scrape time and when a thread ends (eBPF). A wait counts once it ends."}
 	runqLatency = &Metric{Kind: Histogram, Name: "cgscope_cgroup_cpu_runqueue_latency_seconds", Buckets: runqBuckets,
-		Help: "Distribution of single run-queue waits of the cgroup's threads (eBPF, log2 buckets)."}
+		Help: "Distribution of single run-queue waits of the cgroup's threads (log2 buckets). Sampled: waits are seen at sched_switch (eBPF) only part of the time, a duty cycle that keeps the cost within budget on busy hosts, and each counts the inverse of that part, so counts are estimates; _sum is the exact total wait, as cgscope_cgroup_cpu_runqueue_wait_seconds_total."}
 	contextSwitches = &Metric{Kind: Counter, Name: "cgscope_cgroup_context_switches_total", Labels: []string{"kind"},
-		Help: "Context switches of the cgroup's threads from sched_switch (eBPF): voluntary (blocked) or involuntary (preempted)."}
+		Help: "Context switches of the cgroup's threads: voluntary (blocked) or involuntary (preempted), the kernel's per-thread nvcsw/nivcsw (/proc/PID/status), read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
 	cpuThrottled = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_throttled_seconds_total",
 		Help: "Time the cgroup was throttled by its CPU quota, from cpu.stat (cgroup files)."}
 	memUsage = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_usage_bytes",
@@ -166,7 +177,7 @@ var (
 	memLimit = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_limit_bytes",
 		Help: "Memory limit of the cgroup: memory.max (v2) or memory.limit_in_bytes (v1); absent when unlimited."}
 	pageFaults = &Metric{Kind: Counter, Name: "cgscope_cgroup_page_faults_total", Labels: []string{"kind"},
-		Help: "Page faults of the cgroup by kind, from memory.stat pgfault/pgmajfault where the memory controller is available; otherwise all user page faults from the exceptions:page_fault_user tracepoint (eBPF), reported as minor."}
+		Help: "Page faults of the cgroup by kind: memory.stat pgfault/pgmajfault (the cgroup and its descendants) where a memory controller covers the cgroup; otherwise the kernel's per-thread min_flt/maj_flt of the cgroup's own threads, read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
 	oomKills = &Metric{Kind: Counter, Name: "cgscope_cgroup_oom_kills_total",
 		Help: "Processes of the cgroup killed by the OOM killer, from oom:mark_victim (eBPF)."}
 	rxBytes = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_receive_bytes_total",
@@ -195,18 +206,21 @@ func emitSched(in *Input, out Sink) {
 	u := in.Usage
 	out.Add(cpuSeconds, u.CPUSeconds)
 	out.Add(runqWait, u.RunqWaitSeconds)
-	out.Histogram(runqLatency, u.RunqHistogram[:], u.RunqWaitSeconds)
+	if u.RunqSampled {
+		out.Histogram(runqLatency, u.RunqHistogram[:], u.RunqWaitSeconds)
+	}
 	out.Add(contextSwitches, float64(u.SwitchesVoluntary), "voluntary")
 	out.Add(contextSwitches, float64(u.SwitchesInvoluntary), "involuntary")
 }
 
-// emitFaults counts every user fault as minor, and only where memory.stat
-// (the memory controller, through cgroupfs) does not give both kinds.
+// emitFaults gives the threads' faults only where memory.stat (the memory
+// controller, through cgroupfs) does not give them.
 func emitFaults(in *Input, out Sink) {
 	if in.Files != nil && in.Files.PageFaultsMinor.Known {
 		return
 	}
-	out.Add(pageFaults, float64(in.Usage.PageFaults), "minor")
+	out.Add(pageFaults, float64(in.Usage.PageFaultsMinor), "minor")
+	out.Add(pageFaults, float64(in.Usage.PageFaultsMajor), "major")
 }
 
 func emitOOM(in *Input, out Sink) {

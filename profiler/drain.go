@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -129,10 +128,6 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 		return nil, fmt.Errorf("switching map generation: %w", err)
 	}
 	s.generation = next
-	offCPUScale := 1.0
-	if o := s.offCPU.Load(); o != nil {
-		offCPUScale = o.drainScale(time.Now())
-	}
 	countsMap, stacksMap := s.generationMaps(old)
 	if err := s.waitForWriters(old, countsMap, stacksMap); err != nil {
 		return nil, err
@@ -154,7 +149,7 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 		return nil, err
 	}
 	if s.offCPU.Load() != nil {
-		if batch.OffCPU, err = s.drainOffCPU(old, offCPUScale); err != nil {
+		if batch.OffCPU, err = s.drainOffCPU(old); err != nil {
 			return nil, err
 		}
 	}
@@ -162,12 +157,11 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	return batch, nil
 }
 
-// drainOffCPU empties generation gen of the off-CPU counts, scaled for the
-// part of the interval the sampler was detached. Their stacks
+// drainOffCPU empties generation gen of the off-CPU counts. Their stacks
 // stay in offcpu_stacks (a sample's stacks are stored when its thread
 // leaves the CPU, maybe in an interval drained before): a stack evicted
 // meanwhile is lost, and counted.
-func (s *Sampler) drainOffCPU(gen uint32, scale float64) ([]RawSample, error) {
+func (s *Sampler) drainOffCPU(gen uint32) ([]RawSample, error) {
 	m := s.objs.OffcpuCounts0
 	if gen == 1 {
 		m = s.objs.OffcpuCounts1
@@ -187,8 +181,8 @@ func (s *Sampler) drainOffCPU(gen uint32, scale float64) ([]RawSample, error) {
 			rs := rawSample(k, 0, stacks)
 			rs.UserLost = rs.UserLost || (k.UserStack != 0 && stacks[k.UserStack] == nil)
 			rs.KernelLost = rs.KernelLost || (k.KernelStack != 0 && stacks[k.KernelStack] == nil)
-			rs.Count = uint64(math.Round(float64(v.Weight) * scale / (1 << offCPUWeightShift)))
-			rs.OffCPUNanos = uint64(float64(v.Ns) * scale)
+			rs.Count = (v.Weight + 1<<(offCPUWeightShift-1)) >> offCPUWeightShift
+			rs.OffCPUNanos = v.Ns
 			rs.Reason = OffCPUReason(k.Flags >> 16)
 			out = append(out, rs)
 		}

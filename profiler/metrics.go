@@ -23,8 +23,10 @@ var (
 	descOffCPUSamples = prometheus.NewDesc("cgscope_offcpu_samples_total",
 		"Switch-outs whose stacks the off-CPU sampler took.", nil, nil)
 	descOffCPULost = prometheus.NewDesc("cgscope_offcpu_samples_lost_total",
-		"Off-CPU samples lost, by reason: switch_in_unseen (the thread came back while the sampler was detached, so its blocked time is unknown; long blocks on busy hosts), counts_map_full (raise --profiling.max-sample-keys), stack_evicted (the sample is kept without its stack; raise --profiling.max-stacks).",
+		"Off-CPU samples lost, by reason: switch_in_unseen (the thread came back while the sampler was detached, so its blocked time is unknown; long blocks on busy hosts), counts_map_full (raise --profiling.max-sample-keys), stack_evicted (the sample is kept without its stack; raise --profiling.off-cpu.max-stacks).",
 		[]string{"reason"}, nil)
+	descOffCPUCapped = prometheus.NewDesc("cgscope_offcpu_samples_capped_total",
+		"Off-CPU samples whose weight hit its cap (a probability below 2^-28, all factors together): they count for less than they stand for.", nil, nil)
 	descOffCPUScale = prometheus.NewDesc("cgscope_offcpu_sampling_ratio",
 		"Host-wide factor on every thread's off-CPU sampling probability, lowered to keep samples near --profiling.off-cpu.max-samples a second.", nil, nil)
 )
@@ -38,6 +40,7 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descOffCPUSwitches
 	ch <- descOffCPUSamples
 	ch <- descOffCPULost
+	ch <- descOffCPUCapped
 	ch <- descOffCPUScale
 }
 
@@ -73,5 +76,6 @@ func (s *Sampler) collectOffCPU(ch chan<- prometheus.Metric, st OffCPUStats) {
 	counter(descOffCPULost, st.Censored, "switch_in_unseen")
 	counter(descOffCPULost, st.CountsFull, "counts_map_full")
 	counter(descOffCPULost, s.offCPUStacksLost.Load(), "stack_evicted")
+	counter(descOffCPUCapped, st.Capped)
 	ch <- prometheus.MustNewConstMetric(descOffCPUScale, prometheus.GaugeValue, st.Scale)
 }

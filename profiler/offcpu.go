@@ -73,7 +73,6 @@ type OffCPU struct {
 	scale  float64 // host-wide sampling factor, 0..1
 	// settings are what the program was last configured with.
 	settings bpf.OffCPUOffcpuConfig
-	sampling samplingClock
 	sampled  uint64        // OFFCPU_STAT_SAMPLED at the last Start
 	spent    time.Duration // OFFCPU_STAT_SAMPLE_NS at the last Start
 	since    time.Time
@@ -127,11 +126,11 @@ func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
 		}
 	}
 	o := &OffCPU{cfg: cfg, scale: 1}
-	o.sampling.since, o.sampling.drainedAt = time.Now(), time.Now()
 	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{MapReplacements: shared, Cache: cfg.BTF}); err != nil {
 		return nil, fmt.Errorf("loading the off-CPU sampler: %w", err)
 	}
-	o.settings = bpf.OffCPUOffcpuConfig{Scale: 65536, PerTask: uint64(cfg.PerThread)}
+	o.cfg.BTF = nil // needed only to load: let it be freed
+	o.settings = bpf.OffCPUOffcpuConfig{Scale: 65536, PerTask: uint64(cfg.PerThread), Duty: 65536}
 	if err := o.configure(o.settings); err != nil {
 		o.objs.Close()
 		return nil, err
@@ -180,77 +179,24 @@ func (o *OffCPU) Start(window time.Duration, duty float64) error {
 			return fmt.Errorf("configuring the off-CPU sampler: %w", err)
 		}
 	}
-	share := 1.0
 	if duty < 1 {
-		share = sampleShare
+		duty *= sampleShare
 		cfg.Window = uint64(window)
 		cfg.SampleFor = uint64(sampleShare * float64(window))
 	}
+	cfg.Duty = uint64(65536 / max(duty, 1.0/65536))
 	if err := o.configure(cfg); err != nil {
 		return err
 	}
-	o.sampling.open(time.Now(), share)
 	if o.link != nil {
 		return nil
 	}
 	l, err := link.AttachTracing(link.TracingOptions{Program: o.objs.Switch})
 	if err != nil {
-		o.sampling.close(time.Now())
 		return fmt.Errorf("attaching the off-CPU sampler to tp_btf/sched_switch: %w", err)
 	}
 	o.link = l
 	return nil
-}
-
-// samplingClock adds up the time the sampler sampled, as a share of the
-// time it was attached: all of it when attached throughout, sampleShare of
-// a window.
-type samplingClock struct {
-	total time.Duration // up to since
-	since time.Time
-	share float64 // of the time since that counts; 0 detached
-
-	drained   time.Duration // total at the last drain
-	drainedAt time.Time
-}
-
-func (c *samplingClock) advance(now time.Time) {
-	if c.share > 0 {
-		c.total += time.Duration(c.share * float64(now.Sub(c.since)))
-	}
-	c.since = now
-}
-
-func (c *samplingClock) open(now time.Time, share float64) {
-	c.advance(now)
-	c.share = share
-}
-
-func (c *samplingClock) close(now time.Time) {
-	c.advance(now)
-	c.share = 0
-}
-
-// scale is what the samples drained now stand for: the time since the last
-// drain over the time sampled in it. A ratio over each interval, not the
-// nominal duty of each window, so that an interval that happened to hold
-// more or less sampling than the average is not over- or under-counted.
-func (c *samplingClock) scale(now time.Time) float64 {
-	c.advance(now)
-	sampled, interval := c.total-c.drained, now.Sub(c.drainedAt)
-	first := c.drainedAt.IsZero()
-	c.drained, c.drainedAt = c.total, now
-	if first || sampled <= 0 || interval <= 0 {
-		return 1
-	}
-	return max(1, float64(interval)/float64(sampled))
-}
-
-// drainScale is samplingClock.scale, for the sampler's Drain.
-func (o *OffCPU) drainScale(now time.Time) float64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.sampling.scale(now)
 }
 
 // adjustScale keeps the host-wide samples a second within what
@@ -305,7 +251,6 @@ func (o *OffCPU) detach() error {
 	if o.link == nil {
 		return nil
 	}
-	o.sampling.close(time.Now())
 	err := o.link.Close()
 	o.link = nil
 	return err
@@ -342,7 +287,10 @@ type OffCPUStats struct {
 	Switches, Sampled, Finished, Censored, CountsFull uint64
 	// SampleTime is the time spent taking the samples' stacks.
 	SampleTime time.Duration
-	Scale      float64
+	// Capped are samples whose weight was capped: they count for less
+	// than they stand for.
+	Capped uint64
+	Scale  float64
 }
 
 // Stats reads the program's counters.
@@ -357,6 +305,7 @@ func (o *OffCPU) Stats() OffCPUStats {
 		Censored:   o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_CENSORED),
 		CountsFull: o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_COUNTS_FULL),
 		SampleTime: time.Duration(o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_SAMPLE_NS)),
+		Capped:     o.stat(bpf.OffCPUOffcpuStatIndexOFFCPU_STAT_WEIGHT_CAPPED),
 		Scale:      scale,
 	}
 }

@@ -274,14 +274,6 @@ func startOffCPUWorkload(t *testing.T, args ...string) (*exec.Cmd, *strings.Buil
 	return cmd, out
 }
 
-func workloadTotals(t *testing.T, out string) (sleeps, sleptNs uint64) {
-	t.Helper()
-	if _, err := fmt.Sscan(out, &sleeps, &sleptNs); err != nil {
-		t.Fatalf("workload printed %q: %v", out, err)
-	}
-	return sleeps, sleptNs
-}
-
 type offCPUSum struct{ count, ns uint64 }
 
 // sumOffCPU adds up the off-CPU samples of pid's threads other than the

@@ -24,6 +24,11 @@ type Config struct {
 	// MaxSampleKeys bounds the unique (process, thread, cgroup, stack) keys
 	// counted per drain interval; samples beyond it are counted as dropped.
 	MaxSampleKeys int
+	// OffCPUStacks is how many stacks the off-CPU sampler keeps (an LRU:
+	// a sample's stacks are taken when its thread leaves the CPU, perhaps
+	// in an earlier interval than it is drained); 0 when it will not be
+	// loaded.
+	OffCPUStacks int
 	// MaxStacks bounds the unique stacks (user and kernel together) per drain
 	// interval; a stack beyond it is lost (the sample is kept) and counted.
 	MaxStacks int
@@ -41,7 +46,7 @@ type Config struct {
 
 // DefaultConfig returns the sizes cgscope uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, MaxProcesses: 8192,
+	return Config{Frequency: 19, MaxSampleKeys: 16384, MaxStacks: 8192, OffCPUStacks: 4096, MaxProcesses: 8192,
 		UnwindTableBytes: 16 << 20, UnwindProcesses: 4096}
 }
 
@@ -61,6 +66,7 @@ func (c Config) Validate() error {
 		{"Frequency", c.Frequency, 1, 1000},
 		{"MaxSampleKeys", c.MaxSampleKeys, 64, 1 << 22},
 		{"MaxStacks", c.MaxStacks, 64, 1 << 20},
+		{"OffCPUStacks", c.OffCPUStacks, 0, 1 << 20},
 		{"MaxProcesses", c.MaxProcesses, 64, 1 << 22},
 		{"UnwindTableBytes", c.UnwindTableBytes, 64 * LeafBytes, 1 << 30},
 		{"UnwindProcesses", c.UnwindProcesses, 16, 1 << 20},
@@ -174,7 +180,9 @@ func (s *Sampler) load() error {
 		spec.Maps[name].MaxEntries = uint32(s.cfg.MaxSampleKeys)
 	}
 	spec.Maps[bpf.ProfileMapOffcpuCounts].InnerMap.MaxEntries = uint32(s.cfg.MaxSampleKeys)
-	spec.Maps[bpf.ProfileMapOffcpuStacks].MaxEntries = uint32(s.cfg.MaxStacks)
+	// An LRU map is allocated whole: no room for off-CPU stacks unless the
+	// off-CPU sampler will be loaded.
+	spec.Maps[bpf.ProfileMapOffcpuStacks].MaxEntries = uint32(max(s.cfg.OffCPUStacks, 1))
 	spec.Maps[bpf.ProfileMapKnownProcs].MaxEntries = uint32(s.cfg.MaxProcesses)
 	leaves := s.cfg.UnwindTableBytes / LeafBytes
 	spec.Maps[bpf.ProfileMapUnwindLeaves].MaxEntries = uint32(leaves)

@@ -22,6 +22,9 @@ declare -A want=(
 	[bpftrace]=bpftrace
 	[perf]=linux-perf
 	[gcc]=gcc
+	[g++]=g++
+	[readelf]=binutils
+	[losetup]=mount
 	[strip]=binutils
 	[setpriv]=util-linux
 	[ip]=iproute2
@@ -33,6 +36,14 @@ for cmd in "${!want[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+# Runtimes the tests name by path (a rustup or pyenv one may come first on PATH).
+declare -A want_path=(
+	[/usr/bin/rustc]=rustc
+	[/usr/bin/python3]=python3
+)
+for path in "${!want_path[@]}"; do
+	[ -x "$path" ] || missing+=("${want_path[$path]}")
+done
 
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps: installing ${missing[*]}"

@@ -68,6 +68,8 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default("true").BoolVar(&f.offCPU)
 	app.Flag("profiling.off-cpu.per-thread", "Off-CPU samples per second of a thread's time off the CPU: switch-outs are sampled in proportion to how long the thread's last ones lasted, and weighted to keep totals unbiased.").
 		Default(fmt.Sprint(off.PerThread)).IntVar(&f.offCPUConfig.PerThread)
+	app.Flag("profiling.off-cpu.max-stacks", "Off-CPU stacks the kernel keeps (an LRU: a stack is taken when its thread leaves the CPU, maybe intervals before it is drained); an evicted one is counted in cgscope_offcpu_samples_lost_total{reason=\"stack_evicted\"}.").
+		Default(fmt.Sprint(d.OffCPUStacks)).IntVar(&f.sampler.OffCPUStacks)
 	app.Flag("profiling.off-cpu.max-samples", "Off-CPU stacks taken a second host-wide at most; above it every thread is sampled less.").
 		Default(fmt.Sprint(off.MaxSamples)).IntVar(&f.offCPUConfig.MaxSamples)
 	app.Flag("scheduler.bpf-budget", "BPF CPU time per second that the programs running at every context switch (off-CPU sampler, run-queue latency histogram) may use together; on hosts that switch more they are attached part of each second and what they count is scaled up.").
@@ -80,6 +82,9 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 
 func (f *profilingFlags) validate() error {
 	f.sampler.UnwindTableBytes = int(min(f.unwindBytes, 1<<40))
+	if !f.offCPU {
+		f.sampler.OffCPUStacks = 0 // the map is allocated whole: none without the sampler
+	}
 	var rangeErr *profiler.RangeError
 	if err := f.sampler.Validate(); errors.As(err, &rangeErr) {
 		return fmt.Errorf("--%s=%d: want %d..%d", samplerFlagNames[rangeErr.Field], rangeErr.Value, rangeErr.Lo, rangeErr.Hi)
@@ -110,6 +115,7 @@ var samplerFlagNames = map[string]string{
 	"Frequency":        "profiling.frequency",
 	"MaxSampleKeys":    "profiling.max-sample-keys",
 	"MaxStacks":        "profiling.max-stacks",
+	"OffCPUStacks":     "profiling.off-cpu.max-stacks",
 	"MaxProcesses":     "profiling.max-processes",
 	"UnwindTableBytes": "unwind.max-table-bytes",
 	"UnwindProcesses":  "unwind.max-processes",
@@ -129,8 +135,9 @@ type agent struct {
 	unwind   *unwind.Registry // nil with --no-unwind.tables
 	// switchTime attaches the programs that run at every context switch
 	// part of the time, within --scheduler.bpf-budget.
-	switchTime *dutycycle.Controller
-	closers    []func() error
+	switchTime     *dutycycle.Controller
+	stopSwitchTime func()
+	closers        []func() error
 }
 
 // startAgent loads and attaches the sampler and starts delivering new-process
@@ -207,7 +214,7 @@ func (a *agent) startSwitchTime(f *profilingFlags) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); a.switchTime.Run(ctx) }()
-	a.closers = append(a.closers, func() error { cancel(); <-done; return nil })
+	a.stopSwitchTime = func() { cancel(); <-done }
 	if !f.offCPU {
 		return
 	}
@@ -235,6 +242,9 @@ func (a *agent) addCloser(c func() error) { a.closers = append(a.closers, c) }
 
 func (a *agent) close() error {
 	var errs []error
+	if a.stopSwitchTime != nil {
+		a.stopSwitchTime() // before the programs it attaches are closed
+	}
 	if a.sampler != nil {
 		errs = append(errs, a.sampler.Close())
 	}

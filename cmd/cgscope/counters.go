@@ -46,7 +46,8 @@ func addCounterFlags(cmd *kingpin.CmdClause) *counterFlags {
 		Default("2m").DurationVar(&f.grace)
 	cmd.Flag("cgroup.max-tracked", "cgroups the kernel keeps counters for; more are counted in cgscope_cgroup_counter_events_dropped_total.").
 		Default("16384").IntVar(&f.maxTracked)
-	cmd.Flag("cgroup.max-tasks", "Threads the scheduler collector tracks at once.").Default("65536").IntVar(&f.maxTasks)
+	cmd.Flag("cgroup.max-tasks", "Threads whose figures the sched and faults collectors keep between scrapes; a thread beyond it is counted only when it ends (cgscope_cgroup_counter_events_dropped_total{reason=\"tasks_map_full\"}).").
+		Default("65536").IntVar(&f.maxTasks)
 	cmd.Flag("cgroup.max-sockets", "Established TCP sockets tracked for active connections.").Default("65536").IntVar(&f.maxSockets)
 	return f
 }

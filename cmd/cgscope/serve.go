@@ -99,6 +99,9 @@ func (c *serveCommand) run() error {
 	if err != nil {
 		return err
 	}
+	if p := collectors.SwitchPrograms(); p != nil {
+		a.switchTime.Add(p) // the run-queue latency histogram, sampled
+	}
 	gatherer := prometheus.Gatherer(reg)
 	if cgroupMetrics != nil {
 		gatherer = cgroupmetrics.CombineGatherers(reg, cgroupMetrics)

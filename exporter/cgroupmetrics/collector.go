@@ -269,9 +269,15 @@ func (c *Collector) usage() (map[uint64]*collector.Usage, error) {
 		}
 	}
 	if c.files != nil {
+		// The histogram runs for all cgroups or none: the root always has
+		// threads, so Read says which.
+		sampled := false
+		for _, u := range usage {
+			sampled = sampled || u.RunqSampled
+		}
 		for id := range existing {
 			if usage[id] == nil {
-				usage[id] = &collector.Usage{}
+				usage[id] = &collector.Usage{RunqSampled: sampled}
 			}
 		}
 	}

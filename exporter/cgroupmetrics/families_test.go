@@ -42,7 +42,7 @@ type fixedWorkloads map[string]*attribution.Workload
 // family's label names.
 func TestCgroupFamiliesAreWellFormed(t *testing.T) {
 	usage := func(cpu float64) *collector.Usage {
-		u := &collector.Usage{CPUSeconds: cpu, RunqWaitSeconds: cpu / 10, SwitchesVoluntary: 3, RxBytes: 100, TCPActive: -1}
+		u := &collector.Usage{CPUSeconds: cpu, RunqWaitSeconds: cpu / 10, RunqSampled: true, SwitchesVoluntary: 3, RxBytes: 100, TCPActive: -1}
 		u.RunqHistogram[0], u.RunqHistogram[5], u.RunqHistogram[collector.RunqBuckets-1] = 4, 2, 1
 		return u
 	}

@@ -272,8 +272,10 @@ func (r *otlpReceiver) counts() (profiles, metrics int) {
 	return len(r.profiles), len(r.metrics)
 }
 
-// pidSamples sums, over every received profile, the samples of pid whose
-// stack holds fn ("" = any stack).
+// pidSamples sums, over every received CPU profile (sample type
+// samples/count), the samples of pid whose stack holds fn ("" = any
+// stack). The off-CPU profiles of the same requests (off_cpu/nanoseconds,
+// context_switch/count) are left out: a CPU-bound thread is preempted too.
 func (r *otlpReceiver) pidSamples(pid int, fn string) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -287,6 +289,10 @@ func (r *otlpReceiver) pidSamples(pid int, fn string) int64 {
 			}
 			profs := rp.ScopeProfiles().At(0).Profiles()
 			for j := 0; j < profs.Len(); j++ {
+				st := profs.At(j).SampleType()
+				if d.StringTable().At(int(st.TypeStrindex())) != "samples" {
+					continue
+				}
 				samples := profs.At(j).Samples()
 				for k := 0; k < samples.Len(); k++ {
 					s := samples.At(k)

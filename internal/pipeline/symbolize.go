@@ -52,6 +52,7 @@ func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
 	for i := range b.OffCPU {
 		rs := &b.OffCPU[i]
 		s := p.sample(&bs, rs)
+		s.Frames = withoutTracing(s.Frames)
 		s.OffCPU = time.Duration(rs.OffCPUNanos)
 		s.Reason = rs.Reason.String()
 		w.OffCPU = append(w.OffCPU, s)
@@ -102,15 +103,16 @@ func (bs *batchSymbolizer) kernelFrames(rs *profiler.RawSample) []symbolizer.Fra
 	if f, ok := bs.kernel[rs.KernelStackID]; ok {
 		return f
 	}
-	f := withoutTracing(bs.sym.Kernel(rs.Kernel))
+	f := bs.sym.Kernel(rs.Kernel)
 	bs.kernel[rs.KernelStackID] = f
 	return f
 }
 
 // withoutTracing drops the leading frames of the machinery that ran the
-// BPF program (the program itself, bpf_trace_run4, __traceiter_sched_switch
-// for an off-CPU stack taken at a tracepoint): the stack starts where the
-// traced code was, as a CPU sample's does.
+// off-CPU program (the program itself, bpf_trace_run4,
+// __traceiter_sched_switch): the stack starts where the scheduler was, as
+// a CPU sample's starts where the code was. Only off-CPU stacks: a CPU
+// sample that lands in a BPF program shows that program's cost.
 func withoutTracing(frames []symbolizer.Frame) []symbolizer.Frame {
 	for len(frames) > 1 && isTracingFrame(frames[0].Function) {
 		frames = frames[1:]

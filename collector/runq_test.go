@@ -1,0 +1,168 @@
+package collector
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cgscope/cgscope/internal/dutycycle"
+	"github.com/cgscope/cgscope/internal/kerneltest"
+)
+
+// The run-queue latency histogram's count, each wait weighted by 1/duty,
+// estimates how many waits a workload's threads had (how often they were
+// switched in, by their schedstat): exactly, give or take 2%, for a pipe
+// ping-pong with the program attached throughout, and within 10% for
+// threads waking from short sleeps with the duty-cycle controller
+// attaching it a quarter of the time. (Not the ping-pong: a workload bound
+// by its switches runs slower while the program is attached, so a sample
+// of those moments sees fewer waits than the rest of the time has.)
+func TestRunqHistogramSampled(t *testing.T) {
+	c := sharedCounters(t)
+	p := c.SwitchPrograms()
+	if p == nil {
+		t.Fatal("no run-queue latency program to sample with")
+	}
+	t.Run("duty=1", func(t *testing.T) {
+		if err := p.Start(time.Hour, 1); err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop()
+		counted, waits := sampledWaits(t, c, "pingpong", "2s")
+		if !within(counted, waits, 0.02) {
+			t.Errorf("histogram counted %.0f waits, the threads had %.0f: want within 2%%", counted, waits)
+		}
+	})
+	t.Run("duty=0.25", func(t *testing.T) {
+		// Without a measured cost the controller assumes Fallback per
+		// second attached, which sets the duty to Budget/Fallback.
+		ctl := dutycycle.New(dutycycle.Config{Budget: 25 * time.Millisecond, Period: 100 * time.Millisecond,
+			Fallback: 100 * time.Millisecond}, unmeasured{p})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { ctl.Run(ctx); close(done) }()
+		counted, waits := sampledWaits(t, c, "sleepers", "4", "4s")
+		cancel()
+		<-done
+		if d := ctl.Stats().Duty; d != 0.25 {
+			t.Fatalf("the controller ran at duty %v, not 0.25", d)
+		}
+		if !within(counted, waits, 0.10) {
+			t.Errorf("histogram estimated %.0f waits, the threads had %.0f: want within 10%%", counted, waits)
+		}
+	})
+}
+
+// unmeasured hides a program's BPF time from the duty-cycle controller.
+type unmeasured struct{ dutycycle.Program }
+
+func (unmeasured) Runtime() time.Duration { return 0 }
+
+// sampledWaits runs a workload in a new cgroup, and returns the waits the
+// histogram counted for it and how often its threads were switched in
+// (every time, they had waited in a run queue).
+func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits float64) {
+	t.Helper()
+	cg := kerneltest.NewCgroup(t, "runqhist")
+	w := startHeld(t, cg, workload...)
+	w.waitFor(t, "ready")
+	pcount := threadFigures(t, w.cmd.Process.Pid).switchIns
+	u := usageOf(t, c, cg)
+	w.finish(t)
+	var n uint64
+	for _, b := range u.RunqHistogram {
+		n += b
+	}
+	t.Logf("histogram %v; %d counted, %d switch-ins", u.RunqHistogram, n, pcount)
+	if pcount < 10000 {
+		t.Fatalf("only %d switch-ins in %v", pcount, workload)
+	}
+	return float64(n), float64(pcount)
+}
+
+// Counters never go back, and each part of a thread's figures is charged
+// once: when a thread ends (charged as it exits and when it is freed), and
+// when its process moves to another cgroup (what it did before stays with
+// the old cgroup, what it does after goes to the new one).
+func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
+	c := sharedCounters(t)
+	a, b := kerneltest.NewCgroup(t, "move-a"), kerneltest.NewCgroup(t, "move-b")
+	w := startHeld(t, a, "steps")
+	w.waitFor(t, "ready")
+	w.step(t, "spin 200ms")
+	a1 := usageOf(t, c, a)
+	w.step(t, "thread 300ms") // a thread no collection saw spins, then ends
+	a2 := usageOf(t, c, a)
+	a3 := settledUsageOf(t, c, a) // charged when the kernel freed it
+	requireGrowing(t, "a, a thread ended", a1, a2, a3)
+	if !within(a3.CPUSeconds, a.CPUStatUsage(t), 0.02) {
+		t.Errorf("a: %.3f s counted, cpu.stat %.3f s, a thread having ended", a3.CPUSeconds, a.CPUStatUsage(t))
+	}
+	if a3.CPUSeconds-a1.CPUSeconds < 0.29 {
+		t.Errorf("the ended thread's 300 ms were not counted: %.3f s before, %.3f s after", a1.CPUSeconds, a3.CPUSeconds)
+	}
+
+	if err := os.WriteFile(filepath.Join(b.Abs, "cgroup.procs"), []byte(strconv.Itoa(w.cmd.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	w.step(t, "spin 300ms")
+	w.step(t, "thread 200ms")
+	a4, b4 := usageOf(t, c, a), usageOf(t, c, b)
+	requireGrowing(t, "a, its process moved to b", a3, a4)
+	if d := a4.CPUSeconds - a3.CPUSeconds; d > 0.02 {
+		t.Errorf("a was charged %.3f s of what its process did in b", d)
+	}
+	if !within(b4.CPUSeconds, b.CPUStatUsage(t), 0.05) {
+		t.Errorf("b: %.3f s counted, cpu.stat %.3f s", b4.CPUSeconds, b.CPUStatUsage(t))
+	}
+
+	w.finish(t)
+	b5 := settledUsageOf(t, c, b)
+	a5 := usageOf(t, c, a)
+	requireGrowing(t, "a, its process ended in b", a4, a5)
+	requireGrowing(t, "b, its process ended", b4, b5)
+	if !within(b5.CPUSeconds, b.CPUStatUsage(t), 0.02) {
+		t.Errorf("b: %.3f s counted after the process ended, cpu.stat %.3f s", b5.CPUSeconds, b.CPUStatUsage(t))
+	}
+	t.Logf("cpu: a %.3f → %.3f → %.3f → %.3f → %.3f s, b %.3f → %.3f s; switches a %d, b %d",
+		a1.CPUSeconds, a2.CPUSeconds, a3.CPUSeconds, a4.CPUSeconds, a5.CPUSeconds, b4.CPUSeconds, b5.CPUSeconds,
+		a5.SwitchesVoluntary+a5.SwitchesInvoluntary, b5.SwitchesVoluntary+b5.SwitchesInvoluntary)
+}
+
+// requireGrowing fails unless no counter of Usage shrinks from one reading
+// to the next.
+func requireGrowing(t *testing.T, what string, readings ...*Usage) {
+	t.Helper()
+	for i := 1; i < len(readings); i++ {
+		prev, cur := reflect.ValueOf(*readings[i-1]), reflect.ValueOf(*readings[i])
+		for f := 0; f < prev.NumField(); f++ {
+			name := prev.Type().Field(f).Name
+			if name == "TCPActive" || name == "RunqSampled" {
+				continue // a gauge, a flag
+			}
+			if shrank(prev.Field(f), cur.Field(f)) {
+				t.Errorf("%s: %s went from %v to %v", what, name, prev.Field(f), cur.Field(f))
+			}
+		}
+	}
+}
+
+func shrank(prev, cur reflect.Value) bool {
+	switch prev.Kind() {
+	case reflect.Float64:
+		return cur.Float() < prev.Float()-1e-9
+	case reflect.Uint64:
+		return cur.Uint() < prev.Uint()
+	case reflect.Array:
+		for i := 0; i < prev.Len(); i++ {
+			if shrank(prev.Index(i), cur.Index(i)) {
+				return true
+			}
+		}
+	}
+	return false
+}
