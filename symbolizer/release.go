@@ -6,7 +6,7 @@ import (
 )
 
 // What the Symbolizer holds of a process is released once the caller says the process is
-// done with (ForgetProcess: it exited and its last samples were symbolized), not when a
+// done with (ReleaseProcess: it exited and its last samples were symbolized), not when a
 // bound is reached; the bounds (Options.MaxProcesses, Options.MaxObjects) stay as a second
 // line, and what they push out is counted apart. An object is held while a cached snapshot
 // maps it: each snapshot takes a reference on the objects of its mappings when it is
@@ -74,11 +74,11 @@ func (s *Symbolizer) publishSnapshot(p *process) {
 	s.mu.Unlock()
 }
 
-// ForgetProcess releases what the Symbolizer holds of pid: its mappings snapshot, its JIT
+// ReleaseProcess releases what the Symbolizer holds of pid: its mappings snapshot, its JIT
 // symbols, and the objects no other cached process maps (their files are closed). Call it
 // once the process has exited and its last samples were symbolized; frames of pid
 // symbolized later are named only if the process is still alive (User re-reads its maps).
-func (s *Symbolizer) ForgetProcess(pid uint32) {
+func (s *Symbolizer) ReleaseProcess(pid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.missing, pid)

@@ -36,7 +36,7 @@ type Options struct {
 	// only matters when the processes held map more.
 	MaxObjects int
 	// MaxProcesses bounds the process snapshots (LRU), default 4096. Snapshots are
-	// released by ForgetProcess; the bound is a second line for callers that do not say
+	// released by ReleaseProcess; the bound is a second line for callers that do not say
 	// when processes are done with, or hosts with more sampled processes than it.
 	MaxProcesses int
 	// FrameCacheSize is how many object addresses and what they name are
@@ -62,7 +62,7 @@ type Stats struct {
 	ObjectsMapped, OpenFiles int
 	// ProcessBytes estimates the heap the cached process snapshots take (gauge).
 	ProcessBytes int
-	// ProcessesForgotten counts snapshots released by ForgetProcess, ProcessesEvicted
+	// ProcessesForgotten counts snapshots released by ReleaseProcess, ProcessesEvicted
 	// those pushed out by MaxProcesses.
 	ProcessesForgotten, ProcessesEvicted uint64
 	// ObjectsUnmapped counts objects closed because no cached process mapped them any

@@ -67,9 +67,6 @@ type Symbolizer interface {
 	ExecutableAddress(pid uint32, addr uint64) bool
 	// ProcessStarted snapshots a new process's mappings while it lives.
 	ProcessStarted(pid uint32) error
-	// ForgetProcess releases what is held of an exited process whose last
-	// samples were symbolized.
-	ForgetProcess(pid uint32)
 }
 
 // CgroupPaths names cgroup2 ids (cgroup.Resolver); "" when gone.
@@ -113,8 +110,10 @@ func (p *Pipeline) SetWorkloads(r WorkloadResolver) { p.workloads = r }
 
 // New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
 func New(s Sampler, sym Symbolizer, cgroups CgroupPaths, interval time.Duration) *Pipeline {
-	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){},
+	p := &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){},
 		procs: newProcesses()}
+	p.releaseWith(sym)
+	return p
 }
 
 // Run flushes every interval until ctx ends; then it stops sampling and

@@ -26,6 +26,9 @@ type processes struct {
 	// exited are the gone processes, by the drain count at their exit.
 	exited map[uint32]uint64
 
+	// releasers are told of each released pid (OnProcessReleased).
+	releasers []func(pid uint32)
+
 	exitsBySampler, exitsBySweep atomic.Uint64
 }
 
@@ -64,16 +67,18 @@ func (ps *processes) drainStarted() uint64 {
 	return ps.drains
 }
 
-// release forgets, in sym, the processes that exited before drain started (drain has
-// been symbolized): none of their samples is left in the kernel.
-func (ps *processes) release(drain uint64, sym Symbolizer) {
+// release tells the releasers of the processes that exited before drain started (drain
+// has been symbolized): none of their samples is left in the kernel.
+func (ps *processes) release(drain uint64) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for pid, at := range ps.exited {
 		if at < drain {
 			// Under ps.mu, so that a new image of the pid (started) cannot be
 			// snapshotted in between and lose its snapshot.
-			sym.ForgetProcess(pid)
+			for _, fn := range ps.releasers {
+				fn(pid)
+			}
 			delete(ps.exited, pid)
 		}
 	}
@@ -115,9 +120,34 @@ func (ps *processes) counts() (running, exited int) {
 	return len(ps.running), len(ps.exited)
 }
 
-// releaseExited is run after every symbolized drain: it forgets the processes
+// ProcessReleaser is state kept per process (a symbolizer's mappings snapshot, an
+// interpreter's per-process state) that can be let go of once the process is done with.
+type ProcessReleaser interface {
+	// ReleaseProcess is called once pid exited and its last samples were symbolized and
+	// delivered; a later image of the pid is announced anew. It must not block long: it
+	// runs after each drain, before the next one.
+	ReleaseProcess(pid uint32)
+}
+
+// OnProcessReleased adds r to what is told of released processes: the one seam through
+// which per-process state is let go of. The symbolizer given to New joins by itself when
+// it is a ProcessReleaser. Call it before the pipeline runs.
+func (p *Pipeline) OnProcessReleased(r ProcessReleaser) {
+	p.procs.mu.Lock()
+	p.procs.releasers = append(p.procs.releasers, r.ReleaseProcess)
+	p.procs.mu.Unlock()
+}
+
+// releaseWith joins v to the releasers if it is one.
+func (p *Pipeline) releaseWith(v any) {
+	if r, ok := v.(ProcessReleaser); ok {
+		p.OnProcessReleased(r)
+	}
+}
+
+// releaseExited is run after every symbolized drain: it releases the processes
 // whose last samples that drain held, and sweeps for exits nobody announced.
 func (p *Pipeline) releaseExited(drain uint64) {
-	p.procs.release(drain, p.sym)
+	p.procs.release(drain)
 	p.procs.sweep()
 }
