@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cgscope/cgscope/internal/bench/benchutil"
+)
+
+// TestProcessChurn runs the daemon for a minute under 100 execs a second (twenty
+// /bin/true every 200 ms, a 200 ms busy Go program every 150 ms) and checks that what
+// it holds per process is given back after the processes exit, not when a cap is
+// reached: processes held and object files open stay near what the live processes
+// need, the daemon's RSS stops growing after warm-up, and its descriptors return to
+// about where they were once the churn stops.
+func TestProcessChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("TestProcessChurn: a minute of churn; not run with -short")
+	}
+	const (
+		churnFor = 60 * time.Second
+		warm     = 20 * time.Second
+		interval = 2 * time.Second
+	)
+	dir := artifacts(t)
+	d := startCgscope(t, t.Cleanup, "--profiling.frequency=99", "--profiling.interval="+interval.String(),
+		"--storage.path="+t.TempDir())
+	pid := d.cmd.Process.Pid
+	_, portStr, _ := strings.Cut(d.addr, ":")
+	port, _ := strconv.Atoi(portStr)
+	fdsBefore := countFDs(t, pid)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var counts benchutil.ChurnCounts
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		benchutil.Churn(ctx, []string{filepath.Join(dir, "gosplit"), "-duration=" + benchutil.ChurnBusyFor.String()}, &counts)
+	}()
+	defer func() { cancel(); <-done }()
+
+	start := time.Now()
+	var rssWarm int64
+	var maxHeld, maxOpenRatio float64
+	for tick := time.NewTicker(5 * time.Second); time.Since(start) < churnFor; <-tick.C {
+		m, err := benchutil.Scrape(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rss, err := benchutil.StatusBytes(pid, "VmRSS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held, open, mapped := m.Get("cgscope_symbolizer_cached_processes"), m.Get("cgscope_symbolizer_open_files"),
+			m.Get("cgscope_symbolizer_mapped_objects")
+		t.Logf("%4.0fs rss %.1f MiB, fds %d, processes held %.0f (running %.0f, exited %.0f), objects mapped %.0f, files open %.0f",
+			time.Since(start).Seconds(), float64(rss)/(1<<20), countFDs(t, pid), held,
+			m.Get(`cgscope_profile_processes{state="running"}`), m.Get(`cgscope_profile_processes{state="exited"}`), mapped, open)
+		if time.Since(start) >= warm {
+			if rssWarm == 0 {
+				rssWarm = rss
+			}
+			maxHeld = max(maxHeld, held)
+			if mapped > 0 {
+				maxOpenRatio = max(maxOpenRatio, open/mapped)
+			}
+		}
+	}
+	rssEnd, err := benchutil.StatusBytes(pid, "VmRSS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	t.Logf("churn: %d processes started, %d failed", counts.Started.Load(), counts.Failed.Load())
+	if counts.Started.Load() < uint64(churnFor.Seconds())*50 {
+		t.Fatalf("the churn started only %d processes in %v (host too slow?)", counts.Started.Load(), churnFor)
+	}
+
+	// Once the churn stops, two drains release what it left: processes held return to
+	// the live ones (the daemon's own announced processes, other work on the host).
+	var m benchutil.Metrics
+	deadline := time.Now().Add(5 * interval)
+	for {
+		time.Sleep(interval)
+		if m, err = benchutil.Scrape(port); err != nil {
+			t.Fatal(err)
+		}
+		held, running := m.Get("cgscope_symbolizer_cached_processes"), m.Get(`cgscope_profile_processes{state="running"}`)
+		if held <= running+5 || time.Now().After(deadline) {
+			break
+		}
+	}
+	held, running := m.Get("cgscope_symbolizer_cached_processes"), m.Get(`cgscope_profile_processes{state="running"}`)
+	released := m.Get(`cgscope_symbolizer_process_releases_total{reason="exited"}`)
+	evicted := m.Get(`cgscope_symbolizer_process_releases_total{reason="evicted"}`)
+	fdsAfter := countFDs(t, pid)
+	t.Logf("after the churn: processes held %.0f, running %.0f, released %.0f, evicted %.0f; fds %d (before %d); RSS %.1f MiB at %v, %.1f MiB at %v; processes held at most %.0f, files open per mapped object at most %.2f",
+		held, running, released, evicted, fdsAfter, fdsBefore, float64(rssWarm)/(1<<20), warm, float64(rssEnd)/(1<<20), churnFor, maxHeld, maxOpenRatio)
+
+	if held > running+5 {
+		t.Errorf("%.0f processes held after the churn, %.0f running: exited processes not released", held, running)
+	}
+	if released < 100 {
+		t.Errorf("only %.0f processes released after their exit", released)
+	}
+	if evicted != 0 {
+		t.Errorf("%.0f processes evicted by the cap: the release should have come first", evicted)
+	}
+	if maxOpenRatio > 1.2 {
+		t.Errorf("object files open up to %.2f times the objects held processes map (want ≤ 1.2)", maxOpenRatio)
+	}
+	if fdsAfter > fdsBefore+10 {
+		t.Errorf("%d file descriptors open after the churn, %d before it", fdsAfter, fdsBefore)
+	}
+	if growth := rssEnd - rssWarm; growth >= 2<<20 {
+		t.Errorf("RSS grew %.1f MiB between %v and %v of churn (want < 2 MiB)", float64(growth)/(1<<20), warm, churnFor)
+	}
+}
+
+func countFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
