@@ -28,6 +28,9 @@ type objEntry struct {
 	path string
 	// openFiles counts the Symbolizer's open object files (shared by its entries).
 	openFiles *atomic.Int64
+	// blocks and blockFile name the file's blocks in the block cache, once parsed.
+	blocks    *blockCache
+	blockFile uint64
 
 	parsed atomic.Bool // obj is final
 	obj    *Object     // nil until parsed, and when parsing failed
@@ -75,7 +78,9 @@ func (e *objEntry) object(s *Symbolizer) *Object {
 	var obj *Object
 	err := ErrMalformedObject
 	if e.file != nil && e.size >= 0 {
-		obj, err = parseObject(newObjFile(e.file, uint64(e.size), s.blocks), e.buildID)
+		f := newObjFile(e.file, uint64(e.size), s.blocks)
+		e.blocks, e.blockFile = s.blocks, f.id
+		obj, err = parseObject(f, e.buildID)
 	}
 	if err != nil {
 		s.errors.Add(1)
@@ -107,13 +112,17 @@ func (e *objEntry) evict() {
 	}
 }
 
-// free closes the file. The blocks read from it age out of the block cache.
+// free closes the file and drops its blocks from the block cache: no lookup can read
+// them again, and they would otherwise hold their share of it until they aged out.
 func (e *objEntry) free() {
 	e.freeOnce.Do(func() {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		e.freed = true
 		e.closeFile()
+		if e.blocks != nil {
+			e.blocks.dropFile(e.blockFile)
+		}
 	})
 }
 

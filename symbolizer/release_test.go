@@ -34,6 +34,9 @@ func TestReleaseProcessClosesObjects(t *testing.T) {
 			t.Fatalf("pid %d: frame %+v", p.pid, f[0])
 		}
 	}
+	if s.blocks.len() == 0 {
+		t.Fatal("symbolizing read no block of the objects")
+	}
 	st := s.Stats()
 	if st.ProcessesCached != 2 || st.OpenFiles == 0 || st.ObjectsMapped < st.OpenFiles || st.ProcessBytes <= 0 {
 		t.Fatalf("two processes held: %+v", st)
@@ -58,6 +61,9 @@ func TestReleaseProcessClosesObjects(t *testing.T) {
 	if st.ProcessesCached != 0 || st.OpenFiles != 0 || st.ObjectsMapped != 0 || st.ObjectsCached != 0 ||
 		st.ProcessBytes != 0 || st.ProcessesForgotten != 2 || st.ObjectsUnmapped == 0 || st.ProcessesEvicted != 0 {
 		t.Fatalf("after releasing both: %+v", st)
+	}
+	if n := s.blocks.len(); n != 0 {
+		t.Errorf("%d blocks of closed objects left in the block cache", n)
 	}
 	// The test programs' pipes are still open; only the objects' files were closed.
 	if n := openFDs(t); n > fdsBefore+6 {
