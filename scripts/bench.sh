@@ -93,4 +93,6 @@ go build -o "$tmpdir/sched" ./internal/bench/sched
 echo "bench: measuring the process-churn soak for about 12 minutes" >&2
 go build -o "$tmpdir/churn" ./internal/bench/churn
 "$tmpdir/churn" -cgscope bin/cgscope -out docs/benchmarks.md
+echo "bench: the churn soak again with a 40MiB Go memory limit, about 12 minutes" >&2
+"$tmpdir/churn" -cgscope bin/cgscope -out docs/benchmarks.md -cgscope-flags=--runtime.memory-limit=40MiB
 echo "bench: results in docs/benchmarks.md" >&2

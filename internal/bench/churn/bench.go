@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,9 +48,10 @@ func run(opt options) error {
 		return err
 	}
 	hist := filepath.Join(tmp, "history")
-	agent, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope.log"), opt.Cgscope, "serve",
+	argv := append([]string{opt.Cgscope, "serve",
 		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
-		fmt.Sprintf("--profiling.frequency=%d", opt.hz), "--storage.path="+hist)
+		fmt.Sprintf("--profiling.frequency=%d", opt.hz), "--storage.path=" + hist}, strings.Fields(opt.extra)...)
+	agent, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope.log"), argv...)
 	if err != nil {
 		return err
 	}
@@ -97,7 +99,7 @@ func run(opt options) error {
 	<-churnDone
 	host, _ := benchutil.HostBusy(time.Second)
 	section := report(opt, rs, counts.Failed.Load(), benchutil.Version(opt.Cgscope, opt.Repo), load, busyQuiet, quiet, host, dirBytes(hist))
-	return benchutil.WriteReport(opt.Out, title, section)
+	return benchutil.WriteReport(opt.Out, sectionTitle(opt), section)
 }
 
 // read takes one reading of the agent.

@@ -32,6 +32,7 @@ type options struct {
 	duration time.Duration
 	every    time.Duration
 	hz       int
+	extra    string // more cgscope flags, space-separated
 }
 
 func main() {
@@ -40,6 +41,7 @@ func main() {
 	flag.DurationVar(&opt.duration, "duration", 10*time.Minute, "how long the churn runs")
 	flag.DurationVar(&opt.every, "every", 10*time.Second, "how often the agent is read")
 	flag.IntVar(&opt.hz, "frequency", 99, "cgscope's --profiling.frequency")
+	flag.StringVar(&opt.extra, "cgscope-flags", "", "more flags for cgscope, space-separated (e.g. --runtime.memory-limit=40MiB); they name the report's section")
 	flag.Parse()
 	if err := check(&opt); err != nil {
 		fmt.Fprintln(os.Stderr, "churn:", err)

@@ -10,6 +10,14 @@ import (
 
 const title = "## Process churn soak"
 
+// sectionTitle names the run's section: the defaults, or the extra flags.
+func sectionTitle(opt options) string {
+	if f := strings.Join(strings.Fields(opt.extra), " "); f != "" {
+		return title + " with `" + f + "`"
+	}
+	return title
+}
+
 // Targets of issue 16.
 const (
 	cpuTarget       = 0.5 // % of one core
@@ -31,7 +39,7 @@ func at(rs []reading, d time.Duration) reading {
 func report(opt options, rs []reading, failed uint64, version, load string, busyBefore float64, quiet bool, hostBusy float64, histBytes int64) string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	p("%s\n\n", title)
+	p("%s\n\n", sectionTitle(opt))
 	p("Run by `scripts/bench.sh` (`internal/bench/churn`), %s, %s; load average %s at the start",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), version, load)
 	if !quiet {
@@ -39,6 +47,9 @@ func report(opt options, rs []reading, failed uint64, version, load string, busy
 			100*busyBefore, 100*hostBusy)
 	}
 	p(".\n\n")
+	if opt.extra != "" {
+		p("The same soak as the previous section, with `%s` added to cgscope's flags.\n\n", opt.extra)
+	}
 	p("cgscope with its defaults at %d Hz and `--storage.path` (history on disk), for %v, under a process churn of about 100 execs a second: "+
 		"%d × `/bin/true` every %v and a Go program burning CPU for %v every %v (`benchutil.Churn`). A reading every %v: "+
 		"the agent's RSS, Go heap in use, open file descriptors and CPU (user+sys over the interval, %% of one core), "+
