@@ -40,7 +40,7 @@ func report(opt options, rs []reading, failed uint64, version, load string, busy
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("%s\n\n", sectionTitle(opt))
-	p("Run by `scripts/bench.sh` (`internal/bench/churn`), %s, %s; load average %s at the start",
+	p("Run with `internal/bench/churn` (as `scripts/bench.sh` runs it), %s, %s; load average %s at the start",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), version, load)
 	if !quiet {
 		p(" (the host did not become idle: %.0f%% of its CPUs busy before the run, %.0f%% at its end: other sessions' work ran alongside, so CPU figures are high and noisy)",
