@@ -10,7 +10,7 @@ var (
 	descDrainErrors = prometheus.NewDesc("cgscope_profile_drain_errors_total",
 		"Drains of the kernel maps that failed.", nil, nil)
 	descProcesses = prometheus.NewDesc("cgscope_profile_processes",
-		"Processes announced by the sampler, by state: running, or exited and waiting for their last samples to be symbolized before they are released.",
+		"Processes the pipeline tracks (announced by the sampler, or sampled with a user stack although their notice was lost), by state: running, or exited and waiting for their last samples to be symbolized before they are released.",
 		[]string{"state"}, nil)
 	descProcessExits = prometheus.NewDesc("cgscope_profile_process_exits_total",
 		"Exits and execs of announced processes, by how they were learnt: sampler (its exit hook, or its check at each drain of the processes it announced) or sweep (found gone by the pipeline: the sampler's notice was lost).",

@@ -161,7 +161,7 @@ func (p *Pipeline) Flush() (*Window, error) {
 		fn(w)
 	}
 	p.delivering.RUnlock()
-	p.releaseExited(drain)
+	p.releaseExited(drain, batch)
 	return w, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/cgscope/cgscope/profiler"
 )
 
 // Process lifecycle. The sampler announces a process image at its first sample
@@ -147,7 +149,31 @@ func (p *Pipeline) releaseWith(v any) {
 
 // releaseExited is run after every symbolized drain: it releases the processes
 // whose last samples that drain held, and sweeps for exits nobody announced.
-func (p *Pipeline) releaseExited(drain uint64) {
+func (p *Pipeline) releaseExited(drain uint64, batch *profiler.RawBatch) {
 	p.procs.release(drain)
+	p.procs.sampled(batch)
 	p.procs.sweep()
+}
+
+// sampled adds the processes with user stacks in batch that were never announced (their
+// notice was lost, the ring buffer being full): the symbolizer snapshotted them to name
+// their frames, so they must be swept and released like the others.
+func (ps *processes) sampled(batch *profiler.RawBatch) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	last := uint32(0)
+	for i := range batch.Samples {
+		smp := &batch.Samples[i]
+		if len(smp.User) == 0 || smp.PID == last {
+			continue
+		}
+		last = smp.PID
+		if _, ok := ps.running[smp.PID]; ok {
+			continue
+		}
+		if _, ok := ps.exited[smp.PID]; ok {
+			continue
+		}
+		ps.running[smp.PID] = 0 // no image known: the sweep alone ends it
+	}
 }

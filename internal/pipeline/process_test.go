@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+
+	"github.com/cgscope/cgscope/profiler"
 )
 
 type recordReleaser struct{ pids []uint32 }
@@ -57,5 +59,31 @@ func TestProcessSweep(t *testing.T) {
 	ps.release(ps.drainStarted())
 	if !slices.Equal(r.pids, []uint32{dead}) || ps.exitsBySweep.Load() != 1 {
 		t.Fatalf("released %v (sweep exits %d), want [%d]", r.pids, ps.exitsBySweep.Load(), dead)
+	}
+}
+
+// TestUnannouncedSampledProcessSwept checks that a process with user stacks in a drain
+// that was never announced (its notice lost) is tracked, so its exit is swept and
+// released like an announced one's.
+func TestUnannouncedSampledProcessSwept(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := uint32(cmd.Process.Pid)
+	ps := newProcesses()
+	var r recordReleaser
+	ps.releasers = append(ps.releasers, r.ReleaseProcess)
+	ps.sampled(&profiler.RawBatch{Samples: []profiler.RawSample{
+		{PID: dead, User: []uint64{0x1000}},
+		{PID: 1}, // no user stack: kernel work, nothing snapshotted
+	}})
+	if run, _ := ps.counts(); run != 1 {
+		t.Fatalf("%d processes tracked, want the one with a user stack", run)
+	}
+	ps.sweep()
+	ps.release(ps.drainStarted())
+	if !slices.Equal(r.pids, []uint32{dead}) {
+		t.Fatalf("released %v, want [%d]", r.pids, dead)
 	}
 }
