@@ -11,11 +11,15 @@
 //     thread did since the last one to its cgroup; task_free charges an
 //     ending thread's last figures. Nothing runs at a switch or a fault.
 //   - The run-queue latency histogram needs single waits: runq_latency sees
-//     them at sched_switch, attached only part of the time, its counts
-//     weighted by the inverse of that part.
+//     them at sched_switch, attached only part of the time, its counts and
+//     its sum weighted by the inverse of that part.
 //   - OOM kills, packets and bytes (cgroup_skb), and TCP connection events
 //     (sock/tcp tracepoints) are counted as they happen; they are rare, or
 //     cheap per packet.
+//
+// The thread figures count from when cgscope's counters began
+// (counting_since), not from the threads' birth: a thread older than that
+// is charged only what it did after a program first saw it.
 //
 // All counters are kept per CPU and per cgroup2 id, so no program takes a
 // lock or does an atomic operation; userspace sums over CPUs when it reads.
@@ -89,9 +93,8 @@ struct {
 } runq_config SEC(".maps");
 
 const struct cgroup_counters zero_counters = {};
-const struct task_state zero_state = {};
 
-static __always_inline void count_drop(__u32 idx)
+static __always_inline void count_stat(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&cgroup_stats, &idx);
 	if (v)
@@ -107,7 +110,7 @@ static __always_inline struct cgroup_counters *counters(__u64 cgroup)
 	bpf_map_update_elem(&counters_by_cgroup, &cgroup, &zero_counters, BPF_NOEXIST);
 	c = bpf_map_lookup_elem(&counters_by_cgroup, &cgroup);
 	if (!c)
-		count_drop(CGSTAT_DROP_CGROUPS_FULL);
+		count_stat(CGSTAT_DROP_CGROUPS_FULL);
 	return c;
 }
 
@@ -161,11 +164,16 @@ static __always_inline __u32 runq_bucket(__u64 ns)
 // wait is the kernel's own, it needs no wakeup hook and no state, and every
 // wait that ends while the program is attached is seen whole, however long
 // before it began. Userspace attaches the program only part of the time
-// (internal/dutycycle) and weighs each wait by the inverse of that part
-// (struct runq_config).
+// (internal/dutycycle) and weighs each wait, in the counts and in the sum,
+// by the inverse of that part (struct runq_config). A wait the kernel split
+// by moving the thread to another run queue (sched_info_dequeue ends it
+// there) is seen from when it was queued on this one. Every run is counted
+// (CGSTAT_RUNQ_RUNS): without bpf_stats that is how userspace tells what
+// the program costs.
 SEC("tp_btf/sched_switch")
 int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
+	count_stat(CGSTAT_RUNQ_RUNS);
 	__u64 queued = next->sched_info.last_queued;
 	if (!queued || !next->pid)
 		return 0;
@@ -179,8 +187,15 @@ int BPF_PROG(runq_latency, bool preempt, struct task_struct *prev, struct task_s
 	if (cfg->until != ~0ULL && bpf_ktime_get_ns() > cfg->until)
 		return 0;
 	struct cgroup_counters *c = counters(task_cgroup_id(next));
-	if (c)
-		c->runq_hist[runq_bucket(now - queued)] += cfg->weight;
+	if (!c)
+		return 0;
+	__u64 wait = now - queued;
+	c->runq_hist[runq_bucket(wait)] += cfg->weight;
+	// Weighted as the count; clamped so that the product fits 64 bits
+	// (struct runq_config bounds the weight).
+	if (wait > RUNQ_MAX_SUM_WAIT_NS)
+		wait = RUNQ_MAX_SUM_WAIT_NS;
+	c->runq_hist_sum_ns += (wait * cfg->weight + (1ULL << (RUNQ_WEIGHT_SHIFT - 1))) >> RUNQ_WEIGHT_SHIFT;
 	return 0;
 }
 
@@ -239,17 +254,38 @@ static __always_inline void settle(struct task_struct *task, struct task_state *
 	charge(cgroup, &delta);
 }
 
-// task_state returns the state of a thread, creating it charged with zero
-// (where a thread's figures begin); NULL when the map is full.
-static __always_inline struct task_state *task_state(struct task_key *key)
+// When cgscope's counters began (bpf_ktime_get_ns, the clock of
+// task_struct.start_time), set by userspace before it attaches a program.
+const volatile __u64 counting_since = 0;
+
+// born_counted reports whether a thread began after the counters did: its
+// whole life is then charged. An older thread is charged only what it did
+// after a program first saw it, so that counters start near 0 whenever
+// cgscope starts: charging the lifetime figures of the threads alive then
+// would make every restart look to Prometheus like an increase of those
+// lifetimes (less the threads that ended, a drop it takes for a reset).
+static __always_inline bool born_counted(const struct task_key *key)
+{
+	return key->start_ns >= counting_since;
+}
+
+// task_state returns the state of a thread, creating it with its figures
+// charged up to where they begin to count: zero for a thread born since
+// the counters began, now for an older one (whose past is left out). A
+// racing settler creates the same, read a moment apart; the first one's
+// stays (BPF_NOEXIST). NULL when the map is full.
+static __always_inline struct task_state *task_state(struct task_struct *task, struct task_key *key)
 {
 	struct task_state *st = bpf_map_lookup_elem(&tasks, key);
 	if (st)
 		return st;
-	bpf_map_update_elem(&tasks, key, &zero_state, BPF_NOEXIST);
+	struct task_state init = {};
+	if (!born_counted(key))
+		read_figures(task, &init.charged);
+	bpf_map_update_elem(&tasks, key, &init, BPF_NOEXIST);
 	st = bpf_map_lookup_elem(&tasks, key);
 	if (!st)
-		count_drop(CGSTAT_DROP_TASKS_FULL); // task_free charges it all, late
+		count_stat(CGSTAT_DROP_TASKS_FULL); // left to task_free
 	return st;
 }
 
@@ -290,12 +326,13 @@ static __always_inline void report_cgroups(struct seq_file *seq, __u64 seq_num, 
 }
 
 // count_tasks runs at every collection, for every thread of the host: it
-// charges what the thread did since its last collection (its whole life at
-// the first) to the cgroup it is in now, so a thread that moved between
-// collections has that part charged to its new cgroup. Exiting threads are
-// left to task_exit and task_free; leaving them also keeps this and
-// task_free from settling one thread at once (a thread freed while this
-// runs was exiting before it began).
+// charges what the thread did since its last collection (at the first:
+// its whole life if it began after the counters did, else nothing) to the
+// cgroup it is in now, so a thread that moved between collections has that
+// part charged to its new cgroup. Exiting threads are left to task_exit and
+// task_free; leaving them also keeps this and task_free from settling one
+// thread at once (a thread freed while this runs was exiting before it
+// began).
 SEC("iter/task")
 int count_tasks(struct bpf_iter__task *ctx)
 {
@@ -308,7 +345,7 @@ int count_tasks(struct bpf_iter__task *ctx)
 	if (task->flags & PF_EXITING)
 		return 0;
 	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
-	struct task_state *st = task_state(&key);
+	struct task_state *st = task_state(task, &key);
 	if (st)
 		settle(task, st, cgroup);
 	return 0;
@@ -323,7 +360,7 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(task_exit, struct task_struct *task)
 {
 	struct task_key key = {.tid = task->pid, .start_ns = task->start_time};
-	struct task_state *st = task_state(&key);
+	struct task_state *st = task_state(task, &key);
 	if (st)
 		settle(task, st, task_cgroup_id(task));
 	return 0;
@@ -342,7 +379,11 @@ int BPF_PROG(task_free, struct task_struct *task)
 		bpf_map_delete_elem(&tasks, &key);
 		return 0;
 	}
-	// Never charged (the map was full): all of it now.
+	// Never charged (the map was full): all of it now, if it began after
+	// the counters did. What an older one did since they began is not
+	// known: it is left out (as CGSTAT_DROP_TASKS_FULL told).
+	if (!born_counted(&key))
+		return 0;
 	struct task_figures now;
 	read_figures(task, &now);
 	charge(task_cgroup_id(task), &now);
@@ -413,7 +454,7 @@ int inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		if (bpf_map_update_elem(&active_sockets, &sk, &cg, BPF_ANY) == 0)
 			c->tcp_active++;
 		else
-			count_drop(CGSTAT_DROP_SOCKETS_FULL);
+			count_stat(CGSTAT_DROP_SOCKETS_FULL);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {

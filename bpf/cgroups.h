@@ -12,8 +12,13 @@
  * fraction duty of the time. */
 #define RUNQ_WEIGHT_SHIFT 16
 
+/* A wait adds at most this (ns, ~4.6 min) to the histogram's sum, so that
+ * the weighted sum of one fits 64 bits with a weight under 2^25. */
+#define RUNQ_MAX_SUM_WAIT_NS (1ULL << 38)
+
 /* How runq_latency counts, set by userspace for each window it is attached:
- * the weight of a wait, 2^RUNQ_WEIGHT_SHIFT / duty (0: do not count), and
+ * the weight of a wait, 2^RUNQ_WEIGHT_SHIFT / duty (0: do not count; below
+ * 2^25, i.e. duty above 1/512), and
  * the end of the window (bpf_ktime_get_ns; ~0: none). Waits past the end
  * are not counted, so the time counted is the window, not the window plus
  * however long detaching takes. */
@@ -34,6 +39,9 @@ struct cgroup_counters {
 	__u64 page_faults_major;
 	/* Waits seen by runq_latency, weighted (RUNQ_WEIGHT_SHIFT). */
 	__u64 runq_hist[RUNQ_BUCKETS];
+	/* The same waits' lengths (ns), each weighted as its count: the
+	 * histogram's own sum, an estimate like its counts. */
+	__u64 runq_hist_sum_ns;
 	__u64 oom_kills;
 	__u64 rx_bytes;
 	__u64 tx_bytes;
@@ -74,11 +82,12 @@ struct task_cgroups {
 	__u64 cpu;
 };
 
-/* Keep in step with collector.DropReasons. */
+/* The drops first, in step with collector.DropReasons. */
 enum cgroup_stat_index {
 	CGSTAT_DROP_CGROUPS_FULL = 0, /* event lost: cgroup_counters map full */
-	CGSTAT_DROP_TASKS_FULL,       /* thread counted only at its end: task map full */
+	CGSTAT_DROP_TASKS_FULL,       /* thread counted only at its end, or (born before counting began) not at all: task map full */
 	CGSTAT_DROP_SOCKETS_FULL,     /* active-connection tracking lost: socket map full */
+	CGSTAT_RUNQ_RUNS,             /* runs of runq_latency: its cost where bpf_stats are off */
 	CGSTAT_MAX,
 };
 

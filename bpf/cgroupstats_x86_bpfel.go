@@ -22,6 +22,7 @@ type CgroupStatsCgroupCounters struct {
 	PageFaultsMinor     uint64
 	PageFaultsMajor     uint64
 	RunqHist            [24]uint64
+	RunqHistSumNs       uint64
 	OomKills            uint64
 	RxBytes             uint64
 	TxBytes             uint64
@@ -41,7 +42,8 @@ const (
 	CgroupStatsCgroupStatIndexCGSTAT_DROP_CGROUPS_FULL CgroupStatsCgroupStatIndex = 0
 	CgroupStatsCgroupStatIndexCGSTAT_DROP_TASKS_FULL   CgroupStatsCgroupStatIndex = 1
 	CgroupStatsCgroupStatIndexCGSTAT_DROP_SOCKETS_FULL CgroupStatsCgroupStatIndex = 2
-	CgroupStatsCgroupStatIndexCGSTAT_MAX               CgroupStatsCgroupStatIndex = 3
+	CgroupStatsCgroupStatIndexCGSTAT_RUNQ_RUNS         CgroupStatsCgroupStatIndex = 3
+	CgroupStatsCgroupStatIndexCGSTAT_MAX               CgroupStatsCgroupStatIndex = 4
 )
 
 type CgroupStatsRunqConfig struct {
@@ -100,11 +102,11 @@ const (
 	CgroupStatsProgTaskExit             = "task_exit"
 	CgroupStatsProgTaskFree             = "task_free"
 	CgroupStatsProgTcpRetransmitSkb     = "tcp_retransmit_skb"
+	CgroupStatsVarCountingSince         = "counting_since"
 	CgroupStatsVarLastReported          = "last_reported"
 	CgroupStatsVarReportV1Cgroups       = "report_v1_cgroups"
 	CgroupStatsVarUnusedCgroupStatIndex = "unused_cgroup_stat_index"
 	CgroupStatsVarZeroCounters          = "zero_counters"
-	CgroupStatsVarZeroState             = "zero_state"
 )
 
 // LoadCgroupStats returns the embedded CollectionSpec for CgroupStats.
@@ -175,11 +177,11 @@ type CgroupStatsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CgroupStatsVariableSpecs struct {
+	CountingSince         *ebpf.VariableSpec `ebpf:"counting_since"`
 	LastReported          *ebpf.VariableSpec `ebpf:"last_reported"`
 	ReportV1Cgroups       *ebpf.VariableSpec `ebpf:"report_v1_cgroups"`
 	UnusedCgroupStatIndex *ebpf.VariableSpec `ebpf:"unused_cgroup_stat_index"`
 	ZeroCounters          *ebpf.VariableSpec `ebpf:"zero_counters"`
-	ZeroState             *ebpf.VariableSpec `ebpf:"zero_state"`
 }
 
 // CgroupStatsObjects contains all objects after they have been loaded into the kernel.
@@ -223,11 +225,11 @@ func (m *CgroupStatsMaps) Close() error {
 //
 // It can be passed to LoadCgroupStatsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CgroupStatsVariables struct {
+	CountingSince         *ebpf.Variable `ebpf:"counting_since"`
 	LastReported          *ebpf.Variable `ebpf:"last_reported"`
 	ReportV1Cgroups       *ebpf.Variable `ebpf:"report_v1_cgroups"`
 	UnusedCgroupStatIndex *ebpf.Variable `ebpf:"unused_cgroup_stat_index"`
 	ZeroCounters          *ebpf.Variable `ebpf:"zero_counters"`
-	ZeroState             *ebpf.Variable `ebpf:"zero_state"`
 }
 
 // CgroupStatsPrograms contains all programs after they have been loaded into the kernel.

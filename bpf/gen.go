@@ -5,6 +5,6 @@
 // committed matches the sources.
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type sample_key -type stack_trace -type new_process_event -type process_event_kind -type stat_index -type stack_end -type cfa_kind -type unwind_row -type unwind_leaf_key -type unwind_leaf -type unwind_table -type unwind_range -type unwind_proc -type unwind_probe_args -type offcpu_value Profile profile.bpf.c -- -I.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type sample_key -type stack_trace -type new_process_event -type process_event_kind -type stat_index -type stack_end -type cfa_kind -type unwind_row -type unwind_leaf_key -type unwind_leaf -type unwind_table -type unwind_range -type unwind_proc -type unwind_probe_args -type offcpu_value -type interp_proc -type interp_kind -type interp_end -type interp_proc_flags -type cpython_offset -type cpython_value Profile profile.bpf.c -- -I.
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type cgroup_counters -type cgroup_stat_index CgroupStats cgroups.bpf.c -- -I.
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target amd64 -type offcpu_task -type offcpu_value -type offcpu_reason -type offcpu_stat_index OffCPU offcpu.bpf.c -- -I.

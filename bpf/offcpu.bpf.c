@@ -290,7 +290,8 @@ static __always_inline __u64 sampling_weight(struct offcpu_task *t, __u64 now)
 
 // offcpu_user_stack stores the user stack of the current task in
 // offcpu_stacks, by its unwind table when its image has one loaded, else by
-// the kernel's frame-pointer walk, and records how the walk ended.
+// the kernel's frame-pointer walk, and records how the walk ended; and the
+// interpreter's stack, when the process has one the walkers know.
 static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key, struct stack_trace *trace,
 					      __u64 cookie)
 {
@@ -313,6 +314,8 @@ static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key,
 		key->flags |= (__u32)end << FLAG_USER_END_SHIFT;
 	if (key->user_stack && leaf_fp)
 		key->leaf_caller = leaf_caller();
+	if (cookie && interp_walk(trace, key, cookie))
+		key->interp_stack = stack_id(store_trace_in(trace, &offcpu_stacks), &key->flags, FLAG_INTERP_STACK_LOST);
 }
 
 // sample_out takes the stacks of the current task, leaving the CPU, when

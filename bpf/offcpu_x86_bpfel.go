@@ -13,6 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type OffCPUInterpFrameBuf struct {
+	_ structs.HostLayout
+	B [136]uint8
+}
+
+type OffCPUInterpProc struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Kind   uint32
+	Flags  uint32
+	TaskTp uint64
+	Tls    int64
+	Tls2   uint64
+	Addr   uint64
+	Val    [4]uint64
+	Off    [16]uint16
+}
+
 type OffCPUOffcpuConfig struct {
 	_         structs.HostLayout
 	Scale     uint64
@@ -74,6 +92,7 @@ type OffCPUSampleKey struct {
 	UserStack   uint64
 	KernelStack uint64
 	LeafCaller  uint64
+	InterpStack uint64
 	Flags       uint32
 	Pad         uint32
 	Comm        [16]int8
@@ -135,6 +154,8 @@ type OffCPUUnwindTable struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	OffCPUMapControl               = "control"
+	OffCPUMapInterpFrame           = "interp_frame"
+	OffCPUMapInterpProcs           = "interp_procs"
 	OffCPUMapKnownProcs            = "known_procs"
 	OffCPUMapOffcpuCounts          = "offcpu_counts"
 	OffCPUMapOffcpuCounts0         = "offcpu_counts0"
@@ -212,6 +233,8 @@ type OffCPUProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type OffCPUMapSpecs struct {
 	Control       *ebpf.MapSpec `ebpf:"control"`
+	InterpFrame   *ebpf.MapSpec `ebpf:"interp_frame"`
+	InterpProcs   *ebpf.MapSpec `ebpf:"interp_procs"`
 	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
 	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
 	OffcpuCounts0 *ebpf.MapSpec `ebpf:"offcpu_counts0"`
@@ -263,6 +286,8 @@ func (o *OffCPUObjects) Close() error {
 // It can be passed to LoadOffCPUObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OffCPUMaps struct {
 	Control       *ebpf.Map `ebpf:"control"`
+	InterpFrame   *ebpf.Map `ebpf:"interp_frame"`
+	InterpProcs   *ebpf.Map `ebpf:"interp_procs"`
 	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
 	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
 	OffcpuCounts0 *ebpf.Map `ebpf:"offcpu_counts0"`
@@ -286,6 +311,8 @@ type OffCPUMaps struct {
 func (m *OffCPUMaps) Close() error {
 	return _OffCPUClose(
 		m.Control,
+		m.InterpFrame,
+		m.InterpProcs,
 		m.KnownProcs,
 		m.OffcpuCounts,
 		m.OffcpuCounts0,

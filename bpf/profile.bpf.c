@@ -271,6 +271,20 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 	return id;
 }
 
+// interp_stack stores the interpreter stack of the sample, when its process
+// has an interpreter the walkers know, in generation g's stack map and
+// returns its id (0: none). A global function, as user_stack.
+__noinline __u64 interp_stack(__u32 g, struct sample_key *key, __u64 cookie)
+{
+	if (!key)
+		return 0;
+	__u32 zero = 0;
+	struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
+	if (!trace || !interp_walk(trace, key, cookie))
+		return 0;
+	return stack_id(store_trace(trace, g), &key->flags, FLAG_INTERP_STACK_LOST);
+}
+
 SEC("perf_event")
 int sample_cpu(struct sample_ctx *ctx)
 {
@@ -303,6 +317,8 @@ int sample_cpu(struct sample_ctx *ctx)
 		key.kernel_stack = stack_id(store_stack((void *)ctx, g, 0), &key.flags, FLAG_KERNEL_STACK_LOST);
 	__u64 cookie = image_cookie(pid);
 	key.user_stack = user_stack((void *)ctx, g, &key, cookie);
+	if (cookie)
+		key.interp_stack = interp_stack(g, &key, cookie);
 	if (!cookie && (key.user_stack || (key.flags & FLAG_USER_STACK_LOST)))
 		announce_process(pid);
 
@@ -343,3 +359,8 @@ const enum process_event_kind *unused_process_event_kind __attribute__((unused))
 const enum unwind_proc_flags *unused_unwind_proc_flags __attribute__((unused));
 const struct unwind_probe_args *unused_unwind_probe_args __attribute__((unused));
 const enum cfa_kind *unused_cfa_kind __attribute__((unused));
+const enum interp_kind *unused_interp_kind __attribute__((unused));
+const enum interp_end *unused_interp_end __attribute__((unused));
+const enum interp_proc_flags *unused_interp_proc_flags __attribute__((unused));
+const enum cpython_offset *unused_cpython_offset __attribute__((unused));
+const enum cpython_value *unused_cpython_value __attribute__((unused));

@@ -4,6 +4,7 @@
 #define CGSCOPE_PROFILE_H
 
 #include "unwind.h"
+#include "interp.h"
 
 /* Frames kept per stack; a multiple of four (see hash_stack). The kernel
  * walks at most kernel.perf_event_max_stack (127) of them. */
@@ -32,14 +33,23 @@ enum stat_index {
 	STAT_FRAMES_TABLE,            /* user frames unwound by a table row */
 	STAT_FRAMES_FP,               /* user frames unwound by the frame pointer */
 	STAT_STACK_END,               /* user stacks by how they ended: + enum stack_end */
-	STAT_MAX = STAT_STACK_END + END_MAX,
+	/* interpreter walks by runtime and how they ended: + kind * IEND_MAX + enum interp_end */
+	STAT_INTERP_STACK = STAT_STACK_END + END_MAX,
+	/* nanoseconds spent walking interpreter stacks, by runtime: + kind */
+	STAT_INTERP_NS = STAT_INTERP_STACK + INTERP_KINDS * IEND_MAX,
+	STAT_MAX = STAT_INTERP_NS + INTERP_KINDS,
 };
 
 enum sample_flags {
 	FLAG_USER_STACK_LOST = 1,
 	FLAG_KERNEL_STACK_LOST = 2,
+	FLAG_INTERP_STACK_LOST = 4,
 	/* Bits 8..15: how the user stack ended (enum stack_end). */
 	FLAG_USER_END_SHIFT = 8,
+	/* Bits 24..27: how the interpreter walk ended (enum interp_end), bits
+	 * 28..31: its runtime (enum interp_kind; 0: none walked). */
+	FLAG_INTERP_END_SHIFT = 24,
+	FLAG_INTERP_KIND_SHIFT = 28,
 };
 
 struct sample_key {
@@ -49,6 +59,7 @@ struct sample_key {
 	__u64 user_stack;   /* stack id, 0 = none */
 	__u64 kernel_stack; /* stack id, 0 = none */
 	__u64 leaf_caller;  /* return address found at the user SP, 0 = none */
+	__u64 interp_stack; /* stack id of the interpreter's words (see interp.h), 0 = none */
 	__u32 flags;        /* FLAG_* */
 	__u32 pad;
 	char comm[16];

@@ -27,6 +27,74 @@ const (
 	ProfileCfaKindCFA_REG_BASE    ProfileCfaKind = 16
 )
 
+type ProfileCpythonOffset uint32
+
+const (
+	ProfileCpythonOffsetPY_TSTATE_THREAD_ID ProfileCpythonOffset = 0
+	ProfileCpythonOffsetPY_TSTATE_FRAME     ProfileCpythonOffset = 1
+	ProfileCpythonOffsetPY_CFRAME_FRAME     ProfileCpythonOffset = 2
+	ProfileCpythonOffsetPY_FRAME_CODE       ProfileCpythonOffset = 3
+	ProfileCpythonOffsetPY_FRAME_PREVIOUS   ProfileCpythonOffset = 4
+	ProfileCpythonOffsetPY_FRAME_INSTR      ProfileCpythonOffset = 5
+	ProfileCpythonOffsetPY_FRAME_ENTRY      ProfileCpythonOffset = 6
+	ProfileCpythonOffsetPY_FRAME_SIZE       ProfileCpythonOffset = 7
+	ProfileCpythonOffsetPY_CODE_ADAPTIVE    ProfileCpythonOffset = 8
+	ProfileCpythonOffsetPY_OFFSETS          ProfileCpythonOffset = 9
+)
+
+type ProfileCpythonValue uint32
+
+const (
+	ProfileCpythonValuePY_ENTRY_OWNER ProfileCpythonValue = 0
+	ProfileCpythonValuePY_VALUES      ProfileCpythonValue = 1
+)
+
+type ProfileInterpEnd uint32
+
+const (
+	ProfileInterpEndIEND_COMPLETE    ProfileInterpEnd = 0
+	ProfileInterpEndIEND_DEPTH       ProfileInterpEnd = 1
+	ProfileInterpEndIEND_READ_FAILED ProfileInterpEnd = 2
+	ProfileInterpEndIEND_NO_THREAD   ProfileInterpEnd = 3
+	ProfileInterpEndIEND_BAD_THREAD  ProfileInterpEnd = 4
+	ProfileInterpEndIEND_NO_FRAMES   ProfileInterpEnd = 5
+	ProfileInterpEndIEND_MAX         ProfileInterpEnd = 6
+)
+
+type ProfileInterpFrameBuf struct {
+	_ structs.HostLayout
+	B [136]uint8
+}
+
+type ProfileInterpKind uint32
+
+const (
+	ProfileInterpKindINTERP_NONE    ProfileInterpKind = 0
+	ProfileInterpKindINTERP_CPYTHON ProfileInterpKind = 1
+	ProfileInterpKindINTERP_RUBY    ProfileInterpKind = 2
+	ProfileInterpKindINTERP_PHP     ProfileInterpKind = 3
+	ProfileInterpKindINTERP_KINDS   ProfileInterpKind = 4
+)
+
+type ProfileInterpProc struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Kind   uint32
+	Flags  uint32
+	TaskTp uint64
+	Tls    int64
+	Tls2   uint64
+	Addr   uint64
+	Val    [4]uint64
+	Off    [16]uint16
+}
+
+type ProfileInterpProcFlags uint32
+
+const (
+	ProfileInterpProcFlagsINTERP_TLS_TWO_LEVEL ProfileInterpProcFlags = 1
+)
+
 type ProfileLastProc struct {
 	_      structs.HostLayout
 	Pid    uint32
@@ -64,6 +132,7 @@ type ProfileSampleKey struct {
 	UserStack   uint64
 	KernelStack uint64
 	LeafCaller  uint64
+	InterpStack uint64
 	Flags       uint32
 	Pad         uint32
 	Comm        [16]int8
@@ -100,7 +169,9 @@ const (
 	ProfileStatIndexSTAT_FRAMES_TABLE         ProfileStatIndex = 5
 	ProfileStatIndexSTAT_FRAMES_FP            ProfileStatIndex = 6
 	ProfileStatIndexSTAT_STACK_END            ProfileStatIndex = 7
-	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 14
+	ProfileStatIndexSTAT_INTERP_STACK         ProfileStatIndex = 14
+	ProfileStatIndexSTAT_INTERP_NS            ProfileStatIndex = 38
+	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 42
 )
 
 type ProfileUnwindLeaf struct {
@@ -169,6 +240,8 @@ const (
 	ProfileMapCounts                 = "counts"
 	ProfileMapCounts0                = "counts0"
 	ProfileMapCounts1                = "counts1"
+	ProfileMapInterpFrame            = "interp_frame"
+	ProfileMapInterpProcs            = "interp_procs"
 	ProfileMapKnownProcs             = "known_procs"
 	ProfileMapLastProc               = "last_proc"
 	ProfileMapOffcpuCounts           = "offcpu_counts"
@@ -195,6 +268,11 @@ const (
 	ProfileVarKsymNames              = "ksym_names"
 	ProfileVarProcEpoch              = "proc_epoch"
 	ProfileVarUnusedCfaKind          = "unused_cfa_kind"
+	ProfileVarUnusedCpythonOffset    = "unused_cpython_offset"
+	ProfileVarUnusedCpythonValue     = "unused_cpython_value"
+	ProfileVarUnusedInterpEnd        = "unused_interp_end"
+	ProfileVarUnusedInterpKind       = "unused_interp_kind"
+	ProfileVarUnusedInterpProcFlags  = "unused_interp_proc_flags"
 	ProfileVarUnusedNewProcessEvent  = "unused_new_process_event"
 	ProfileVarUnusedProcessEventKind = "unused_process_event_kind"
 	ProfileVarUnusedStackEnd         = "unused_stack_end"
@@ -261,6 +339,8 @@ type ProfileMapSpecs struct {
 	Counts        *ebpf.MapSpec `ebpf:"counts"`
 	Counts0       *ebpf.MapSpec `ebpf:"counts0"`
 	Counts1       *ebpf.MapSpec `ebpf:"counts1"`
+	InterpFrame   *ebpf.MapSpec `ebpf:"interp_frame"`
+	InterpProcs   *ebpf.MapSpec `ebpf:"interp_procs"`
 	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
 	LastProc      *ebpf.MapSpec `ebpf:"last_proc"`
 	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
@@ -287,6 +367,11 @@ type ProfileVariableSpecs struct {
 	KsymNames              *ebpf.VariableSpec `ebpf:"ksym_names"`
 	ProcEpoch              *ebpf.VariableSpec `ebpf:"proc_epoch"`
 	UnusedCfaKind          *ebpf.VariableSpec `ebpf:"unused_cfa_kind"`
+	UnusedCpythonOffset    *ebpf.VariableSpec `ebpf:"unused_cpython_offset"`
+	UnusedCpythonValue     *ebpf.VariableSpec `ebpf:"unused_cpython_value"`
+	UnusedInterpEnd        *ebpf.VariableSpec `ebpf:"unused_interp_end"`
+	UnusedInterpKind       *ebpf.VariableSpec `ebpf:"unused_interp_kind"`
+	UnusedInterpProcFlags  *ebpf.VariableSpec `ebpf:"unused_interp_proc_flags"`
 	UnusedNewProcessEvent  *ebpf.VariableSpec `ebpf:"unused_new_process_event"`
 	UnusedProcessEventKind *ebpf.VariableSpec `ebpf:"unused_process_event_kind"`
 	UnusedStackEnd         *ebpf.VariableSpec `ebpf:"unused_stack_end"`
@@ -319,6 +404,8 @@ type ProfileMaps struct {
 	Counts        *ebpf.Map `ebpf:"counts"`
 	Counts0       *ebpf.Map `ebpf:"counts0"`
 	Counts1       *ebpf.Map `ebpf:"counts1"`
+	InterpFrame   *ebpf.Map `ebpf:"interp_frame"`
+	InterpProcs   *ebpf.Map `ebpf:"interp_procs"`
 	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
 	LastProc      *ebpf.Map `ebpf:"last_proc"`
 	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
@@ -344,6 +431,8 @@ func (m *ProfileMaps) Close() error {
 		m.Counts,
 		m.Counts0,
 		m.Counts1,
+		m.InterpFrame,
+		m.InterpProcs,
 		m.KnownProcs,
 		m.LastProc,
 		m.OffcpuCounts,
@@ -371,6 +460,11 @@ type ProfileVariables struct {
 	KsymNames              *ebpf.Variable `ebpf:"ksym_names"`
 	ProcEpoch              *ebpf.Variable `ebpf:"proc_epoch"`
 	UnusedCfaKind          *ebpf.Variable `ebpf:"unused_cfa_kind"`
+	UnusedCpythonOffset    *ebpf.Variable `ebpf:"unused_cpython_offset"`
+	UnusedCpythonValue     *ebpf.Variable `ebpf:"unused_cpython_value"`
+	UnusedInterpEnd        *ebpf.Variable `ebpf:"unused_interp_end"`
+	UnusedInterpKind       *ebpf.Variable `ebpf:"unused_interp_kind"`
+	UnusedInterpProcFlags  *ebpf.Variable `ebpf:"unused_interp_proc_flags"`
 	UnusedNewProcessEvent  *ebpf.Variable `ebpf:"unused_new_process_event"`
 	UnusedProcessEventKind *ebpf.Variable `ebpf:"unused_process_event_kind"`
 	UnusedStackEnd         *ebpf.Variable `ebpf:"unused_stack_end"`

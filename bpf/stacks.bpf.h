@@ -130,6 +130,7 @@ static __always_inline void count_stat(__u32 idx)
 }
 
 #include "unwind.bpf.h"
+#include "interp.bpf.h"
 
 
 // mix_frame folds one frame into both hashes.

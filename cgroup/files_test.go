@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cgscope/cgscope/internal/kerneltest/held"
 )
 
 const miB = 1 << 20
@@ -538,30 +540,12 @@ func TestCgroupFileReadLive(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCgroupFileHelperProcess$")
 	cmd.Env = append(os.Environ(), "CGSCOPE_TEST_ALLOC_MIB=64")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Registered after the cgroups' cleanups, so it runs before them.
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	cg.addProc(t, cmd.Process.Pid)
-	if _, err := stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "ready") {
-		t.Fatalf("helper did not get ready: %q, %v", line, err)
+	// Started after the cgroups, so it is killed before they are removed.
+	w := held.Start(t, cmd)
+	cg.addProc(t, w.Pid())
+	w.Send(t, "go")
+	if line := w.Line(t); !strings.HasPrefix(line, "ready") {
+		t.Fatalf("helper did not get ready: %q", line)
 	}
 
 	st, err := r.Read(rel)

@@ -30,9 +30,11 @@ const RunqBuckets = len(bpf.CgroupStatsCgroupCounters{}.RunqHist)
 const runqWeightShift = 16
 
 // Usage is what the BPF collectors counted for one cgroup, summed over
-// CPUs. The scheduler and fault figures are the cgroup's own threads', as
-// of the last Read; the others count events since the programs were
-// attached.
+// CPUs, since the counters began (NewCounters): every figure was 0 then.
+// The scheduler and fault figures are the cgroup's own threads', as of the
+// last Read: all of a thread's since it began if it began after the
+// counters, else what it did after the first collection that saw it. The
+// others count events since the programs were attached.
 type Usage struct {
 	CPUSeconds      float64
 	RunqWaitSeconds float64
@@ -40,6 +42,11 @@ type Usage struct {
 	// the waits seen while the histogram's program was attached, each
 	// weighted by the inverse of the fraction of time it was.
 	RunqHistogram [RunqBuckets]uint64
+	// RunqHistogramSumSeconds is the histogram's sum: the lengths of the
+	// same waits, weighted as their counts, so an estimate of their total
+	// as the counts are of their number (RunqWaitSeconds is the exact
+	// total of all waits).
+	RunqHistogramSumSeconds float64
 	// RunqSampled says the histogram's program is loaded (it counts only
 	// while the duty-cycle controller attaches it).
 	RunqSampled         bool
@@ -129,6 +136,12 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 	if err := spec.Variables[bpf.CgroupStatsVarReportV1Cgroups].Set(cfg.OnCollect != nil); err != nil {
 		return nil, err
 	}
+	// The counters begin now, before anything is attached: a thread born
+	// from now on is counted from its birth, an older one from the first
+	// collection (below), so that counters start near 0 at every start.
+	if err := spec.Variables[bpf.CgroupStatsVarCountingSince].Set(monotonicNow()); err != nil {
+		return nil, err
+	}
 
 	c := &Counters{programs: map[string]*ebpf.Program{}, onCollect: cfg.OnCollect}
 	if cfg.BTF == nil {
@@ -164,9 +177,11 @@ func newCounters(cfg CountersConfig, spec *ebpf.CollectionSpec) (*Counters, erro
 		slog.Warn("cgscope runs in a PID namespace of its own: the task iterator sees only its threads, so sched and faults figures miss the host's; run it in the host's (hostPID)")
 	}
 	if c.tasks != nil {
-		// A first collection now, so that what the threads did before
-		// cgscope started is in the first values scraped, not in the rate
-		// between the first two scrapes.
+		// A first collection now takes the figures of the threads alive
+		// as where they begin to count: what they did before cgscope
+		// started is left out (it would make a restart look like an
+		// increase of their whole lives), what they do from now on is
+		// counted.
 		if err := c.collect(); err != nil {
 			c.Close()
 			return nil, err
@@ -248,7 +263,7 @@ func (c *Counters) startSampled(spec *ebpf.CollectionSpec, shared map[string]*eb
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.programs[info.Sampled] = prog
-	c.runq = &runqSampler{prog: prog, config: c.maps.RunqConfig}
+	c.runq = &runqSampler{prog: prog, config: c.maps.RunqConfig, stats: c.maps.CgroupStats}
 }
 
 // loadOnly loads the named programs of spec against the shared maps.
@@ -432,6 +447,7 @@ func addCounters(sum, v *bpf.CgroupStatsCgroupCounters) {
 	for i, n := range v.RunqHist {
 		sum.RunqHist[i] += n
 	}
+	sum.RunqHistSumNs += v.RunqHistSumNs
 	sum.OomKills += v.OomKills
 	sum.RxBytes += v.RxBytes
 	sum.TxBytes += v.TxBytes
@@ -448,23 +464,24 @@ func addCounters(sum, v *bpf.CgroupStatsCgroupCounters) {
 // toUsage converts a cgroup's kernel counters, summed over CPUs.
 func toUsage(v *bpf.CgroupStatsCgroupCounters) *Usage {
 	u := &Usage{
-		CPUSeconds:          float64(v.CpuNs) / 1e9,
-		RunqWaitSeconds:     float64(v.RunqWaitNs) / 1e9,
-		SwitchesVoluntary:   v.SwitchesVoluntary,
-		SwitchesInvoluntary: v.SwitchesInvoluntary,
-		PageFaultsMinor:     v.PageFaultsMinor,
-		PageFaultsMajor:     v.PageFaultsMajor,
-		OOMKills:            v.OomKills,
-		RxBytes:             v.RxBytes,
-		TxBytes:             v.TxBytes,
-		RxPackets:           v.RxPackets,
-		TxPackets:           v.TxPackets,
-		TCPOpenedOutbound:   v.TcpOpenedOutbound,
-		TCPOpenedInbound:    v.TcpOpenedInbound,
-		TCPConnectFailures:  v.TcpConnectFailures,
-		TCPClosed:           v.TcpClosed,
-		TCPRetransmits:      v.TcpRetransmits,
-		TCPActive:           v.TcpActive,
+		CPUSeconds:              float64(v.CpuNs) / 1e9,
+		RunqWaitSeconds:         float64(v.RunqWaitNs) / 1e9,
+		RunqHistogramSumSeconds: float64(v.RunqHistSumNs) / 1e9,
+		SwitchesVoluntary:       v.SwitchesVoluntary,
+		SwitchesInvoluntary:     v.SwitchesInvoluntary,
+		PageFaultsMinor:         v.PageFaultsMinor,
+		PageFaultsMajor:         v.PageFaultsMajor,
+		OOMKills:                v.OomKills,
+		RxBytes:                 v.RxBytes,
+		TxBytes:                 v.TxBytes,
+		RxPackets:               v.RxPackets,
+		TxPackets:               v.TxPackets,
+		TCPOpenedOutbound:       v.TcpOpenedOutbound,
+		TCPOpenedInbound:        v.TcpOpenedInbound,
+		TCPConnectFailures:      v.TcpConnectFailures,
+		TCPClosed:               v.TcpClosed,
+		TCPRetransmits:          v.TcpRetransmits,
+		TCPActive:               v.TcpActive,
 	}
 	// Rounding a growing weight never makes the count shrink.
 	for i, w := range v.RunqHist {
@@ -489,15 +506,26 @@ func (c *Counters) Forget(ids []uint64) error {
 func (c *Counters) Dropped() (map[string]uint64, error) {
 	out := make(map[string]uint64, len(DropReasons))
 	for i, reason := range DropReasons {
-		var perCPU []uint64
-		if err := c.maps.CgroupStats.Lookup(uint32(i), &perCPU); err != nil {
+		n, err := readStat(c.maps.CgroupStats, bpf.CgroupStatsCgroupStatIndex(i))
+		if err != nil {
 			return nil, fmt.Errorf("reading counter drops: %w", err)
 		}
-		for _, v := range perCPU {
-			out[reason] += v
-		}
+		out[reason] = n
 	}
 	return out, nil
+}
+
+// readStat sums one of the per-CPU cgroup_stats over CPUs.
+func readStat(stats *ebpf.Map, i bpf.CgroupStatsCgroupStatIndex) (uint64, error) {
+	var perCPU []uint64
+	if err := stats.Lookup(uint32(i), &perCPU); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
 }
 
 // ProgramStats returns bpf_stats of every loaded counter program, the
@@ -535,6 +563,7 @@ func (u *Usage) Add(o *Usage) {
 	for i, n := range o.RunqHistogram {
 		u.RunqHistogram[i] += n
 	}
+	u.RunqHistogramSumSeconds += o.RunqHistogramSumSeconds
 	u.RunqSampled = u.RunqSampled || o.RunqSampled
 	u.SwitchesVoluntary += o.SwitchesVoluntary
 	u.SwitchesInvoluntary += o.SwitchesInvoluntary

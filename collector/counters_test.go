@@ -3,7 +3,6 @@ package collector
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"os"
@@ -25,6 +24,7 @@ import (
 	"github.com/cgscope/cgscope/bpf"
 	"github.com/cgscope/cgscope/cgroup"
 	"github.com/cgscope/cgscope/internal/kerneltest"
+	"github.com/cgscope/cgscope/internal/kerneltest/held"
 )
 
 var (
@@ -139,11 +139,11 @@ func TestCounterThreadFiguresMatchProc(t *testing.T) {
 	c := sharedCounters(t)
 	cg := kerneltest.NewCgroup(t, "procfigures")
 	w := startHeld(t, cg, "mix", "50000", "64", "300ms")
-	w.waitFor(t, "ready")
-	before := threadFigures(t, w.cmd.Process.Pid)
+	w.WaitFor(t, "ready")
+	before := threadFigures(t, w.Pid())
 	u := usageOf(t, c, cg)
-	after := threadFigures(t, w.cmd.Process.Pid)
-	w.finish(t)
+	after := threadFigures(t, w.Pid())
+	w.Finish(t)
 	got := procFigures{
 		cpuNs: uint64(math.Round(u.CPUSeconds * 1e9)), runqNs: uint64(math.Round(u.RunqWaitSeconds * 1e9)),
 		voluntary: u.SwitchesVoluntary, involuntary: u.SwitchesInvoluntary,
@@ -225,70 +225,11 @@ func parseU(t *testing.T, s string) uint64 {
 	return v
 }
 
-// heldWorkload is a workload of main_test.go running in a cgroup: it says
+// startHeld starts a workload of main_test.go in a cgroup: it says
 // "ready" when its work is done and ends when its stdin does.
-type heldWorkload struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Scanner
-}
-
-func startHeld(t *testing.T, cg *kerneltest.Cgroup, workload ...string) *heldWorkload {
+func startHeld(t *testing.T, cg *kerneltest.Cgroup, workload ...string) *held.Process {
 	t.Helper()
-	cmd := cg.Command(t, nil, workload...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := &heldWorkload{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
-	t.Cleanup(func() {
-		if w.cmd.ProcessState == nil {
-			w.cmd.Process.Kill()
-			w.cmd.Wait()
-		}
-	})
-	return w
-}
-
-// line returns the workload's next line of output.
-func (w *heldWorkload) line(t *testing.T) string {
-	t.Helper()
-	if !w.out.Scan() {
-		t.Fatalf("workload ended early: %v", w.out.Err())
-	}
-	return w.out.Text()
-}
-
-func (w *heldWorkload) waitFor(t *testing.T, want string) {
-	t.Helper()
-	if got := w.line(t); got != want {
-		t.Fatalf("workload said %q, want %q", got, want)
-	}
-}
-
-// step sends a step to the steps workload and waits until it is done.
-func (w *heldWorkload) step(t *testing.T, step string) {
-	t.Helper()
-	if _, err := fmt.Fprintln(w.stdin, step); err != nil {
-		t.Fatal(err)
-	}
-	w.waitFor(t, "done")
-}
-
-// finish lets the workload end and waits for it.
-func (w *heldWorkload) finish(t *testing.T) {
-	t.Helper()
-	w.stdin.Close()
-	if err := w.cmd.Wait(); err != nil {
-		t.Fatalf("workload: %v", err)
-	}
+	return held.Start(t, cg.Command(t, nil, workload...))
 }
 
 // 64 MiB over loopback TCP from cgroup A to cgroup B.
@@ -695,4 +636,52 @@ func bpfCollectors() []string {
 		}
 	}
 	return names
+}
+
+// Counters start near 0 whenever cgscope starts: a thread that was busy
+// before is charged only what it does after the first collection, so a
+// restart does not put its whole life into rate(); a process that begins
+// after the counters is charged whole, though no collection saw it before
+// it ended.
+func TestCountersStartNearZero(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	old := kerneltest.NewCgroup(t, "baseline-old")
+	w := startHeld(t, old, "steps")
+	w.WaitFor(t, "ready")
+	w.Step(t, "spin 1s")
+	before := old.CPUStatUsage(t)
+
+	c, err := NewCounters(CountersConfig{MaxCgroups: 4096, MaxTasks: 65536, MaxSockets: 64,
+		Collectors: map[string]bool{Sched: true, Faults: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first := usageOf(t, c, old)
+	w.Step(t, "spin 300ms")
+	later := usageOf(t, c, old)
+	w.Finish(t)
+	ended := settledUsageOf(t, c, old)
+	t.Logf("old process: %.3f s before the counters; counted %.3f s at first, %.3f s after 300 ms more, %.3f s after it ended",
+		before, first.CPUSeconds, later.CPUSeconds, ended.CPUSeconds)
+	if before < 0.9 {
+		t.Fatalf("the workload had %.3f s of CPU before the counters began, want 1 s", before)
+	}
+	if first.CPUSeconds > 0.05 {
+		t.Errorf("first value %.3f s: the threads' %.3f s from before the counters began were charged", first.CPUSeconds, before)
+	}
+	if d := later.CPUSeconds - first.CPUSeconds; d < 0.29 || d > 0.4 {
+		t.Errorf("300 ms spun after the counters began counted as %.3f s", d)
+	}
+	if ended.CPUSeconds > later.CPUSeconds+0.05 {
+		t.Errorf("the process's end charged %.3f s more: its life before the counters", ended.CPUSeconds-later.CPUSeconds)
+	}
+
+	born := kerneltest.NewCgroup(t, "baseline-new")
+	born.Run(t, "burn", "2", "300ms")
+	got, want := settledUsageOf(t, c, born).CPUSeconds, born.CPUStatUsage(t)
+	t.Logf("new process: counted %.3f s, cpu.stat %.3f s", got, want)
+	if !within(got, want, 0.05) {
+		t.Errorf("a process born after the counters began: %.3f s counted, cpu.stat %.3f s", got, want)
+	}
 }

@@ -7,7 +7,7 @@ var (
 		"Whether a per-cgroup collector runs: 1 running, 0 disabled by flag, unsupported by the kernel, or failed to start (see the log).",
 		[]string{"collector"}, nil)
 	descDropped = prometheus.NewDesc("cgscope_cgroup_counter_events_dropped_total",
-		"Events the per-cgroup counter programs could not count, by reason: cgroups_map_full (raise --cgroup.max-tracked), tasks_map_full (a collection found no room for a thread, whose figures are then counted only when it ends; raise --cgroup.max-tasks), sockets_map_full (raise --cgroup.max-sockets).",
+		"Events the per-cgroup counter programs could not count, by reason: cgroups_map_full (raise --cgroup.max-tracked), tasks_map_full (a collection found no room for a thread, whose figures are then counted only when it ends, or not at all if it was running when cgscope started; raise --cgroup.max-tasks), sockets_map_full (raise --cgroup.max-sockets).",
 		[]string{"reason"}, nil)
 )
 

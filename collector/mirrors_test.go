@@ -41,10 +41,10 @@ func TestV1MirrorsOnHybridHost(t *testing.T) {
 	a, b := kerneltest.NewCgroup(t, "mirror-a"), kerneltest.NewCgroup(t, "mirror-b")
 	v1a, v1b := v1MemoryCgroup(t, a), v1MemoryCgroup(t, b)
 	wa, wb := startHeld(t, a, "steps"), startHeld(t, b, "steps")
-	wa.waitFor(t, "ready")
-	wb.waitFor(t, "ready")
-	joinCgroup(t, v1a, wa.cmd.Process.Pid)
-	joinCgroup(t, v1a, wb.cmd.Process.Pid) // b's process in a's v1 cgroup
+	wa.WaitFor(t, "ready")
+	wb.WaitFor(t, "ready")
+	joinCgroup(t, v1a, wa.Pid())
+	joinCgroup(t, v1a, wb.Pid()) // b's process in a's v1 cgroup
 
 	memoryKnown := func() (bool, bool) {
 		t.Helper()
@@ -59,12 +59,12 @@ func TestV1MirrorsOnHybridHost(t *testing.T) {
 	if ka, kb := memoryKnown(); ka || kb {
 		t.Errorf("memory read from v1 cgroups that hold another cgroup's threads: a %v, b %v", ka, kb)
 	}
-	joinCgroup(t, v1b, wb.cmd.Process.Pid)
+	joinCgroup(t, v1b, wb.Pid())
 	if ka, kb := memoryKnown(); !ka || !kb {
 		t.Errorf("memory not read from v1 cgroups that mirror their cgroup2 namesakes: a %v, b %v", ka, kb)
 	}
-	wa.finish(t)
-	wb.finish(t)
+	wa.Finish(t)
+	wb.Finish(t)
 }
 
 // v1MemoryCgroup makes the v1 memory cgroup of the cgroup's path.

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/kerneltest"
 )
@@ -32,9 +35,14 @@ func TestRunqHistogramSampled(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Stop()
-		counted, waits := sampledWaits(t, c, "pingpong", "2s")
+		counted, waits, u := sampledWaits(t, c, "pingpong", "2s")
 		if !within(counted, waits, 0.02) {
 			t.Errorf("histogram counted %.0f waits, the threads had %.0f: want within 2%%", counted, waits)
+		}
+		// Attached throughout, the sum is every wait, less the parts
+		// before a move to another CPU's run queue.
+		if u.RunqHistogramSumSeconds > u.RunqWaitSeconds*1.01 || u.RunqHistogramSumSeconds < u.RunqWaitSeconds*0.8 {
+			t.Errorf("histogram sum %.4f s, the threads waited %.4f s: want 80-101%%", u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 		}
 	})
 	t.Run("duty=0.25", func(t *testing.T) {
@@ -45,7 +53,7 @@ func TestRunqHistogramSampled(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { ctl.Run(ctx); close(done) }()
-		counted, waits := sampledWaits(t, c, "sleepers", "4", "4s")
+		counted, waits, u := sampledWaits(t, c, "sleepers", "4", "4s")
 		cancel()
 		<-done
 		if d := ctl.Stats().Duty; d != 0.25 {
@@ -53,6 +61,9 @@ func TestRunqHistogramSampled(t *testing.T) {
 		}
 		if !within(counted, waits, 0.10) {
 			t.Errorf("histogram estimated %.0f waits, the threads had %.0f: want within 10%%", counted, waits)
+		}
+		if !within(u.RunqHistogramSumSeconds, u.RunqWaitSeconds, 0.3) {
+			t.Errorf("histogram sum estimated %.4f s, the threads waited %.4f s: want within 30%%", u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 		}
 	})
 }
@@ -65,23 +76,23 @@ func (unmeasured) Runtime() time.Duration { return 0 }
 // sampledWaits runs a workload in a new cgroup, and returns the waits the
 // histogram counted for it and how often its threads were switched in
 // (every time, they had waited in a run queue).
-func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits float64) {
+func sampledWaits(t *testing.T, c *Counters, workload ...string) (counted, waits float64, u *Usage) {
 	t.Helper()
 	cg := kerneltest.NewCgroup(t, "runqhist")
 	w := startHeld(t, cg, workload...)
-	w.waitFor(t, "ready")
-	pcount := threadFigures(t, w.cmd.Process.Pid).switchIns
-	u := usageOf(t, c, cg)
-	w.finish(t)
+	w.WaitFor(t, "ready")
+	pcount := threadFigures(t, w.Pid()).switchIns
+	u = usageOf(t, c, cg)
+	w.Finish(t)
 	var n uint64
 	for _, b := range u.RunqHistogram {
 		n += b
 	}
-	t.Logf("histogram %v; %d counted, %d switch-ins", u.RunqHistogram, n, pcount)
+	t.Logf("histogram %v; %d counted, %d switch-ins; sum %.4f s, waited %.4f s", u.RunqHistogram, n, pcount, u.RunqHistogramSumSeconds, u.RunqWaitSeconds)
 	if pcount < 10000 {
 		t.Fatalf("only %d switch-ins in %v", pcount, workload)
 	}
-	return float64(n), float64(pcount)
+	return float64(n), float64(pcount), u
 }
 
 // Counters never go back, and each part of a thread's figures is charged
@@ -92,10 +103,10 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 	c := sharedCounters(t)
 	a, b := kerneltest.NewCgroup(t, "move-a"), kerneltest.NewCgroup(t, "move-b")
 	w := startHeld(t, a, "steps")
-	w.waitFor(t, "ready")
-	w.step(t, "spin 200ms")
+	w.WaitFor(t, "ready")
+	w.Step(t, "spin 200ms")
 	a1 := usageOf(t, c, a)
-	w.step(t, "thread 300ms") // a thread no collection saw spins, then ends
+	w.Step(t, "thread 300ms") // a thread no collection saw spins, then ends
 	a2 := usageOf(t, c, a)
 	a3 := settledUsageOf(t, c, a) // charged when the kernel freed it
 	requireGrowing(t, "a, a thread ended", a1, a2, a3)
@@ -106,11 +117,11 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 		t.Errorf("the ended thread's 300 ms were not counted: %.3f s before, %.3f s after", a1.CPUSeconds, a3.CPUSeconds)
 	}
 
-	if err := os.WriteFile(filepath.Join(b.Abs, "cgroup.procs"), []byte(strconv.Itoa(w.cmd.Process.Pid)), 0); err != nil {
+	if err := os.WriteFile(filepath.Join(b.Abs, "cgroup.procs"), []byte(strconv.Itoa(w.Pid())), 0); err != nil {
 		t.Fatal(err)
 	}
-	w.step(t, "spin 300ms")
-	w.step(t, "thread 200ms")
+	w.Step(t, "spin 300ms")
+	w.Step(t, "thread 200ms")
 	a4, b4 := usageOf(t, c, a), usageOf(t, c, b)
 	requireGrowing(t, "a, its process moved to b", a3, a4)
 	if d := a4.CPUSeconds - a3.CPUSeconds; d > 0.02 {
@@ -120,7 +131,7 @@ func TestCountersMonotonicAcrossExitAndMove(t *testing.T) {
 		t.Errorf("b: %.3f s counted, cpu.stat %.3f s", b4.CPUSeconds, b.CPUStatUsage(t))
 	}
 
-	w.finish(t)
+	w.Finish(t)
 	b5 := settledUsageOf(t, c, b)
 	a5 := usageOf(t, c, a)
 	requireGrowing(t, "a, its process ended in b", a4, a5)
@@ -165,4 +176,86 @@ func shrank(prev, cur reflect.Value) bool {
 		}
 	}
 	return false
+}
+
+// Without bpf_stats (no CAP_SYS_ADMIN) the run-queue latency program's
+// cost is its runs, which it counts, times what a run was measured to
+// cost: every switch-in of a workload's threads is a run, the estimate
+// stays within a factor of the cost bpf_stats measure, and a duty-cycle
+// controller given only the estimate holds the program to its budget.
+func TestRunqCostWithoutBPFStats(t *testing.T) {
+	c := sharedCounters(t)
+	s := c.runq
+	if s == nil {
+		t.Fatal("no run-queue latency program")
+	}
+	stats, err := bpfstats.Enable()
+	if err != nil && !bpfstats.Enabled() {
+		t.Fatal(err)
+	}
+	if stats != nil {
+		defer stats.Close()
+	}
+	if err := s.Start(time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	runs0, st0 := s.runs(), programStats(t, s)
+	cg := kerneltest.NewCgroup(t, "runqcost")
+	w := startHeld(t, cg, "pingpong", "1s")
+	w.WaitFor(t, "ready")
+	switchIns := threadFigures(t, w.Pid()).switchIns
+	runs1, st1 := s.runs(), programStats(t, s)
+	w.Finish(t)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	runs := runs1 - runs0
+	estimated := time.Duration(runs) * estimatedRunqCost
+	measured := st1.Runtime - st0.Runtime
+	t.Logf("%d runs (%d switch-ins of the workload); estimated %v, bpf_stats %v for %d runs (%.0f ns a run)",
+		runs, switchIns, estimated, measured, st1.RunCount-st0.RunCount, float64(measured)/float64(st1.RunCount-st0.RunCount))
+	if runs < switchIns {
+		t.Errorf("%d runs counted, fewer than the workload's %d switch-ins", runs, switchIns)
+	}
+	if kernelRuns := st1.RunCount - st0.RunCount; runs < kernelRuns*9/10 || runs > kernelRuns*11/10 {
+		t.Errorf("%d runs counted, bpf_stats say %d", runs, kernelRuns)
+	}
+	if estimated < measured/3 || estimated > measured*3 {
+		t.Errorf("estimated cost %v, bpf_stats measured %v: want within a factor of 3", estimated, measured)
+	}
+
+	// The controller sees only the estimate, as without bpf_stats.
+	ctl := dutycycle.New(dutycycle.Config{Budget: 200 * time.Microsecond, Period: 100 * time.Millisecond,
+		MinWindow: 20 * time.Millisecond, Fallback: time.Microsecond}, estimateOnly{s})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ctl.Run(ctx); close(done) }()
+	busy := kerneltest.NewCgroup(t, "runqcost-busy")
+	w = startHeld(t, busy, "pingpong", "2s")
+	w.WaitFor(t, "ready")
+	cancel()
+	<-done
+	w.Finish(t)
+	cst := ctl.Stats()
+	t.Logf("controller: cost %v a second attached, duty %.3f", cst.Cost, cst.Duty)
+	// The ping-pong alone switches tens of thousands of times a second:
+	// several ms a second attached, far above the 0.2 ms budget.
+	if cst.Cost < time.Millisecond || cst.Duty > 0.5 {
+		t.Errorf("from the estimate the controller saw %v a second attached and ran at duty %.3f: want the budget to bind", cst.Cost, cst.Duty)
+	}
+}
+
+// estimateOnly gives the duty-cycle controller the run-queue program's
+// estimated cost, as Runtime does when bpf_stats are off.
+type estimateOnly struct{ *runqSampler }
+
+func (e estimateOnly) Runtime() time.Duration { return e.estimatedRuntime() }
+
+func programStats(t *testing.T, s *runqSampler) *ebpf.ProgramStats {
+	t.Helper()
+	st, err := s.prog.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -113,6 +113,46 @@ type Input struct {
 	// Files are what its cgroup files said; nil when not read (the
 	// cgroupfs collector is off, or the cgroup was not read yet).
 	Files *cgroup.FileStats
+	// Faults is where its page-fault series come from, picked once for
+	// the cgroup (PickFaultSource) and kept by the caller.
+	Faults FaultSource
+}
+
+// FaultSource is where a cgroup's cgscope_cgroup_page_faults_total comes
+// from. The two sources mean different things (memory.stat counts the
+// cgroup's subtree since it was made, the threads' figures its own
+// threads, kernel-mode faults included), so a series that switched
+// between them would jump or drop: a cgroup keeps the one it got first.
+type FaultSource uint8
+
+const (
+	// FaultsUndecided: no series yet; the cgroup's files were not read.
+	FaultsUndecided FaultSource = iota
+	// FaultsFromFiles: memory.stat pgfault/pgmajfault (cgroupfs).
+	FaultsFromFiles
+	// FaultsFromThreads: the threads' min_flt/maj_flt (faults collector).
+	FaultsFromThreads
+)
+
+// PickFaultSource returns the fault source of a cgroup that had cur so
+// far, given what its files said now (nil: not read) and whether they are
+// read at all (the cgroupfs collector runs, and the series is one
+// cgroup's). Once decided it stays: a failed read or a memory controller
+// that comes or goes later (on hybrid hosts, with where threads are)
+// leaves a gap in the series rather than a switch.
+func PickFaultSource(cur FaultSource, files *cgroup.FileStats, filesRead bool) FaultSource {
+	switch {
+	case cur != FaultsUndecided:
+		return cur
+	case !filesRead:
+		return FaultsFromThreads
+	case files == nil:
+		return FaultsUndecided // not read yet: wait for the files (one refresh)
+	case files.PageFaultsMinor.Known:
+		return FaultsFromFiles
+	default:
+		return FaultsFromThreads
+	}
 }
 
 // Emit writes the collector's series of one cgroup to out.
@@ -161,7 +201,7 @@ var (
 	runqWait = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_runqueue_wait_seconds_total",
 		Help: "Time the cgroup's threads waited in a CPU run queue, from wakeup or preemption to running: the kernel's per-thread sched_info.run_delay (/proc/PID/schedstat), read with a BPF task iterator at scrape time and when a thread ends (eBPF). A wait counts once it ends."}
 	runqLatency = &Metric{Kind: Histogram, Name: "cgscope_cgroup_cpu_runqueue_latency_seconds", Buckets: runqBuckets,
-		Help: "Distribution of single run-queue waits of the cgroup's threads (log2 buckets). Sampled: waits are seen at sched_switch (eBPF) only part of the time, a duty cycle that keeps the cost within budget on busy hosts, and each counts the inverse of that part, so counts are estimates; _sum is the exact total wait, as cgscope_cgroup_cpu_runqueue_wait_seconds_total."}
+		Help: "Distribution of single run-queue waits of the cgroup's threads (log2 buckets). Sampled: waits are seen at sched_switch (eBPF) only part of the time, a duty cycle that keeps the cost within budget on busy hosts, and each counts the inverse of that part, so counts are estimates; _sum is an estimate too, the same waits' lengths weighted as their counts (the exact total is cgscope_cgroup_cpu_runqueue_wait_seconds_total). A wait cut by a move to another CPU's run queue is seen from the move."}
 	contextSwitches = &Metric{Kind: Counter, Name: "cgscope_cgroup_context_switches_total", Labels: []string{"kind"},
 		Help: "Context switches of the cgroup's threads: voluntary (blocked) or involuntary (preempted), the kernel's per-thread nvcsw/nivcsw (/proc/PID/status), read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
 	cpuThrottled = &Metric{Kind: Counter, Name: "cgscope_cgroup_cpu_throttled_seconds_total",
@@ -177,7 +217,7 @@ var (
 	memLimit = &Metric{Kind: Gauge, Name: "cgscope_cgroup_memory_limit_bytes",
 		Help: "Memory limit of the cgroup: memory.max (v2) or memory.limit_in_bytes (v1); absent when unlimited."}
 	pageFaults = &Metric{Kind: Counter, Name: "cgscope_cgroup_page_faults_total", Labels: []string{"kind"},
-		Help: "Page faults of the cgroup by kind: memory.stat pgfault/pgmajfault (the cgroup and its descendants) where a memory controller covers the cgroup; otherwise the kernel's per-thread min_flt/maj_flt of the cgroup's own threads, read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
+		Help: "Page faults of the cgroup by kind, from one source per cgroup, picked when it is first exported and kept: memory.stat pgfault/pgmajfault (the cgroup's subtree: it and its descendants) where a memory controller covered the cgroup then; otherwise the kernel's per-thread min_flt/maj_flt of the cgroup's own threads (kernel-mode faults included), read with a BPF task iterator at scrape time and when a thread ends (eBPF)."}
 	oomKills = &Metric{Kind: Counter, Name: "cgscope_cgroup_oom_kills_total",
 		Help: "Processes of the cgroup killed by the OOM killer, from oom:mark_victim (eBPF)."}
 	rxBytes = &Metric{Kind: Counter, Name: "cgscope_cgroup_network_receive_bytes_total",
@@ -207,16 +247,17 @@ func emitSched(in *Input, out Sink) {
 	out.Add(cpuSeconds, u.CPUSeconds)
 	out.Add(runqWait, u.RunqWaitSeconds)
 	if u.RunqSampled {
-		out.Histogram(runqLatency, u.RunqHistogram[:], u.RunqWaitSeconds)
+		out.Histogram(runqLatency, u.RunqHistogram[:], u.RunqHistogramSumSeconds)
 	}
 	out.Add(contextSwitches, float64(u.SwitchesVoluntary), "voluntary")
 	out.Add(contextSwitches, float64(u.SwitchesInvoluntary), "involuntary")
 }
 
 // emitFaults gives the threads' faults only where memory.stat (the memory
-// controller, through cgroupfs) does not give them.
+// controller, through cgroupfs) did not give them when the cgroup's source
+// was picked.
 func emitFaults(in *Input, out Sink) {
-	if in.Files != nil && in.Files.PageFaultsMinor.Known {
+	if in.Faults != FaultsFromThreads {
 		return
 	}
 	out.Add(pageFaults, float64(in.Usage.PageFaultsMinor), "minor")
@@ -265,8 +306,10 @@ func emitFiles(in *Input, out Sink) {
 	emit(memRSS, fs.MemoryRSSBytes)
 	emit(memCache, fs.MemoryCacheBytes)
 	emit(memLimit, fs.MemoryLimitBytes)
-	emit(pageFaults, fs.PageFaultsMinor, "minor")
-	emit(pageFaults, fs.PageFaultsMajor, "major")
+	if in.Faults == FaultsFromFiles {
+		emit(pageFaults, fs.PageFaultsMinor, "minor")
+		emit(pageFaults, fs.PageFaultsMajor, "major")
+	}
 	emit(pressure, fs.PressureCPUSomeSeconds, "cpu", "some")
 	emit(pressure, fs.PressureMemorySomeSeconds, "memory", "some")
 	emit(pressure, fs.PressureMemoryFullSeconds, "memory", "full")

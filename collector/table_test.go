@@ -79,10 +79,11 @@ func TestUnsupported(t *testing.T) {
 type recordingSink struct {
 	values     map[string]float64
 	histograms map[string][]uint64
+	sums       map[string]float64
 }
 
 func newRecordingSink() *recordingSink {
-	return &recordingSink{values: map[string]float64{}, histograms: map[string][]uint64{}}
+	return &recordingSink{values: map[string]float64{}, histograms: map[string][]uint64{}, sums: map[string]float64{}}
 }
 
 func (s *recordingSink) Add(m *Metric, v float64, labelValues ...string) {
@@ -91,35 +92,72 @@ func (s *recordingSink) Add(m *Metric, v float64, labelValues ...string) {
 
 func (s *recordingSink) Histogram(m *Metric, counts []uint64, sum float64) {
 	s.histograms[m.Name] = slices.Clone(counts)
+	s.sums[m.Name] = sum
 }
 
-// The threads' faults are exported, both kinds, only where memory.stat
-// says nothing; the histogram only where its program is loaded.
+// Page faults come from the source picked for the cgroup, both kinds, and
+// from one collector only; the histogram only where its program is loaded,
+// with its own (sampled) sum.
 func TestEmitSourcesOfFaultsAndHistogram(t *testing.T) {
-	u := &Usage{PageFaultsMinor: 7, PageFaultsMajor: 2, RunqSampled: true}
+	u := &Usage{PageFaultsMinor: 7, PageFaultsMajor: 2, RunqSampled: true, RunqWaitSeconds: 3, RunqHistogramSumSeconds: 2.5}
 	u.RunqHistogram[3] = 5
+	files := &cgroup.FileStats{PageFaultsMinor: cgroup.Value{V: 70, Known: true}, PageFaultsMajor: cgroup.Value{V: 20, Known: true}}
+	const minor, major = "cgscope_cgroup_page_faults_total[minor]", "cgscope_cgroup_page_faults_total[major]"
+	for _, c := range []struct {
+		source       FaultSource
+		minor, major float64 // 0: no series
+	}{
+		{FaultsFromThreads, 7, 2},
+		{FaultsFromFiles, 70, 20},
+		{FaultsUndecided, 0, 0},
+	} {
+		out := newRecordingSink()
+		in := &Input{Usage: u, Files: files, Faults: c.source}
+		Lookup(Faults).Emit(in, out)
+		Lookup(CgroupFS).Emit(in, out)
+		if out.values[minor] != c.minor || out.values[major] != c.major {
+			t.Errorf("source %d: faults minor %v, major %v; want %v, %v", c.source, out.values[minor], out.values[major], c.minor, c.major)
+		}
+	}
 
 	out := newRecordingSink()
-	Lookup(Faults).Emit(&Input{Usage: u}, out)
-	if out.values["cgscope_cgroup_page_faults_total[minor]"] != 7 || out.values["cgscope_cgroup_page_faults_total[major]"] != 2 {
-		t.Errorf("no memory.stat: faults %v, want the threads' 7 minor and 2 major", out.values)
-	}
-	out = newRecordingSink()
-	files := &cgroup.FileStats{PageFaultsMinor: cgroup.Value{V: 70, Known: true}, PageFaultsMajor: cgroup.Value{V: 20, Known: true}}
-	Lookup(Faults).Emit(&Input{Usage: u, Files: files}, out)
-	if len(out.values) != 0 {
-		t.Errorf("memory.stat known: the faults collector still emits %v", out.values)
-	}
-
-	out = newRecordingSink()
 	Lookup(Sched).Emit(&Input{Usage: u}, out)
 	if got := out.histograms["cgscope_cgroup_cpu_runqueue_latency_seconds"]; len(got) != RunqBuckets || got[3] != 5 {
 		t.Errorf("histogram %v, want %d buckets with 5 in bucket 3", got, RunqBuckets)
+	}
+	if got := out.sums["cgscope_cgroup_cpu_runqueue_latency_seconds"]; got != 2.5 {
+		t.Errorf("histogram sum %v, want the sampled waits' 2.5, not the exact total", got)
 	}
 	out = newRecordingSink()
 	u.RunqSampled = false
 	Lookup(Sched).Emit(&Input{Usage: u}, out)
 	if len(out.histograms) != 0 || len(out.values) == 0 {
 		t.Errorf("histogram program not loaded: histograms %v, values %v; want only the values", out.histograms, out.values)
+	}
+}
+
+// A cgroup's fault source is picked once: from its files when first read
+// (memory.stat if it has faults, else the threads), the threads' where
+// files are not read, and then kept whatever the files say.
+func TestPickFaultSource(t *testing.T) {
+	known := &cgroup.FileStats{PageFaultsMinor: cgroup.Value{V: 1, Known: true}}
+	unknown := &cgroup.FileStats{}
+	for _, c := range []struct {
+		cur       FaultSource
+		files     *cgroup.FileStats
+		filesRead bool
+		want      FaultSource
+	}{
+		{FaultsUndecided, nil, false, FaultsFromThreads},
+		{FaultsUndecided, nil, true, FaultsUndecided},
+		{FaultsUndecided, known, true, FaultsFromFiles},
+		{FaultsUndecided, unknown, true, FaultsFromThreads},
+		{FaultsFromFiles, nil, true, FaultsFromFiles},
+		{FaultsFromFiles, unknown, true, FaultsFromFiles},
+		{FaultsFromThreads, known, true, FaultsFromThreads},
+	} {
+		if got := PickFaultSource(c.cur, c.files, c.filesRead); got != c.want {
+			t.Errorf("PickFaultSource(%d, %+v, %v) = %d, want %d", c.cur, c.files, c.filesRead, got, c.want)
+		}
 	}
 }

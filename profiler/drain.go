@@ -36,6 +36,16 @@ type RawSample struct {
 	UserLost, KernelLost bool
 	// UserEnd is how the walk of the user stack ended.
 	UserEnd StackEnd
+	// Interp are the words an interpreter walker recorded of the thread's
+	// interpreted frames (InterpKind names the walker: interp.Kind), and
+	// InterpStackID identifies them within the batch (0: none);
+	// InterpEnd is how the walk ended, InterpLost marks words that could
+	// not be stored.
+	InterpStackID uint64
+	Interp        []uint64
+	InterpKind    uint8
+	InterpEnd     InterpEnd
+	InterpLost    bool
 	// Count is the samples taken; for an off-CPU sample, the switch-outs it
 	// stands for (weighted by the inverse of their sampling probability).
 	Count uint64
@@ -173,7 +183,7 @@ func (s *Sampler) drainOffCPU(gen uint32) ([]RawSample, error) {
 	err := lookupAndDeleteAll(m, keys, values, func(n int) {
 		for i := range n {
 			k, v := &keys[i], &values[i]
-			for _, id := range []uint64{k.UserStack, k.KernelStack} {
+			for _, id := range []uint64{k.UserStack, k.KernelStack, k.InterpStack} {
 				if _, ok := stacks[id]; !ok && id != 0 {
 					stacks[id] = s.offCPUStack(id)
 				}
@@ -181,6 +191,7 @@ func (s *Sampler) drainOffCPU(gen uint32) ([]RawSample, error) {
 			rs := rawSample(k, 0, stacks)
 			rs.UserLost = rs.UserLost || (k.UserStack != 0 && stacks[k.UserStack] == nil)
 			rs.KernelLost = rs.KernelLost || (k.KernelStack != 0 && stacks[k.KernelStack] == nil)
+			rs.InterpLost = rs.InterpLost || (k.InterpStack != 0 && stacks[k.InterpStack] == nil)
 			rs.Count = (v.Weight + 1<<(offCPUWeightShift-1)) >> offCPUWeightShift
 			rs.OffCPUNanos = v.Ns
 			rs.Reason = OffCPUReason(k.Flags >> 16)
@@ -282,6 +293,17 @@ func lookupAndDeleteAll(m *ebpf.Map, keys, values any, consume func(n int)) erro
 	}
 }
 
+// walkedInterpKinds are the interpreters the BPF side has walkers of
+// (enum interp_kind).
+var walkedInterpKinds = []int{int(bpf.ProfileInterpKindINTERP_CPYTHON)}
+
+// Where a sample key's flags keep the interpreter walk's end and runtime
+// (FLAG_INTERP_*_SHIFT of bpf/profile.h).
+const (
+	flagInterpEndShift  = 24
+	flagInterpKindShift = 28
+)
+
 func rawSample(k *bpf.ProfileSampleKey, count uint64, stacks map[uint64][]uint64) RawSample {
 	return RawSample{
 		PID:           k.Pid,
@@ -296,6 +318,11 @@ func rawSample(k *bpf.ProfileSampleKey, count uint64, stacks map[uint64][]uint64
 		UserLost:      k.Flags&1 != 0,
 		KernelLost:    k.Flags&2 != 0,
 		UserEnd:       StackEnd(k.Flags >> 8),
+		InterpStackID: k.InterpStack,
+		Interp:        stacks[k.InterpStack],
+		InterpKind:    uint8(k.Flags >> flagInterpKindShift),
+		InterpEnd:     InterpEnd(k.Flags >> flagInterpEndShift & 0xf),
+		InterpLost:    k.Flags&4 != 0,
 		Count:         count,
 	}
 }
@@ -324,6 +351,12 @@ type Stats struct {
 	UserFrames map[string]uint64
 	// UserStacks counts user stacks by how their walk ended (StackEnds).
 	UserStacks map[string]uint64
+	// InterpStacks counts interpreter walks by runtime (InterpKinds)
+	// and how they ended (InterpEnds).
+	InterpStacks map[string]map[string]uint64
+	// InterpWalkTime is the time the walks took, by runtime: the BPF cost
+	// of interpreter stacks.
+	InterpWalkTime map[string]time.Duration
 }
 
 // DropReasons lists the reasons Stats.Dropped may hold, in stat-index order.
@@ -365,6 +398,23 @@ func (s *Sampler) Stats() (Stats, error) {
 		if st.UserStacks[name], err = sum(bpf.ProfileStatIndexSTAT_STACK_END + bpf.ProfileStatIndex(i)); err != nil {
 			return st, fmt.Errorf("reading sampler stats: %w", err)
 		}
+	}
+	st.InterpStacks = map[string]map[string]uint64{}
+	st.InterpWalkTime = map[string]time.Duration{}
+	for _, kind := range walkedInterpKinds {
+		ends := make(map[string]uint64, len(InterpEnds))
+		for i, end := range InterpEnds {
+			idx := bpf.ProfileStatIndexSTAT_INTERP_STACK + bpf.ProfileStatIndex(kind*int(bpf.ProfileInterpEndIEND_MAX)+i)
+			if ends[end], err = sum(idx); err != nil {
+				return st, fmt.Errorf("reading sampler stats: %w", err)
+			}
+		}
+		st.InterpStacks[InterpKinds[kind]] = ends
+		ns, err := sum(bpf.ProfileStatIndexSTAT_INTERP_NS + bpf.ProfileStatIndex(kind))
+		if err != nil {
+			return st, fmt.Errorf("reading sampler stats: %w", err)
+		}
+		st.InterpWalkTime[InterpKinds[kind]] = time.Duration(ns)
 	}
 	return st, nil
 }

@@ -18,6 +18,12 @@ var (
 	descUserStacks = prometheus.NewDesc("cgscope_user_stacks_total",
 		"User stacks sampled, by how their walk ended: complete, frame_pointers (the kernel's walk, for processes without unwind tables), or truncated: depth_limit, read_failed, unsupported_rule, outside_mappings, bad_frame (these end with a [truncated: reason] frame in profiles).",
 		[]string{"end"}, nil)
+	descInterpStacks = prometheus.NewDesc("cgscope_interpreter_stacks_total",
+		"Interpreter stacks the samplers walked (CPU and off-CPU), by runtime and how the walk ended: complete, depth_limit and read_failed (their frames end with a [truncated: runtime reason] frame), no_thread_state (a thread of the process that is not the interpreter's), bad_thread_state (the thread's state failed its check), no_frames (the thread ran no interpreted code).",
+		[]string{"runtime", "end"}, nil)
+	descInterpWalkTime = prometheus.NewDesc("cgscope_interpreter_walk_seconds_total",
+		"Time the samplers spent walking interpreter stacks (in BPF, at sample time), by runtime: what interpreted processes cost beyond their native stacks; over cgscope_interpreter_stacks_total, the cost of one walk.",
+		[]string{"runtime"}, nil)
 	descOffCPUSwitches = prometheus.NewDesc("cgscope_offcpu_switches_total",
 		"Context switches the off-CPU sampler saw. On a host that switches too often for it to run all the time within --scheduler.bpf-budget it is attached part of the time (cgscope_scheduler_programs_duty_ratio) and its samples are weighted up.", nil, nil)
 	descOffCPUSamples = prometheus.NewDesc("cgscope_offcpu_samples_total",
@@ -37,6 +43,8 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descUserFrames
 	ch <- descUserStacks
+	ch <- descInterpStacks
+	ch <- descInterpWalkTime
 	ch <- descOffCPUSwitches
 	ch <- descOffCPUSamples
 	ch <- descOffCPULost
@@ -61,6 +69,14 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, end := range StackEnds {
 		ch <- prometheus.MustNewConstMetric(descUserStacks, prometheus.CounterValue, float64(st.UserStacks[end]), end)
+	}
+	for runtime, ends := range st.InterpStacks {
+		for _, end := range InterpEnds {
+			ch <- prometheus.MustNewConstMetric(descInterpStacks, prometheus.CounterValue, float64(ends[end]), runtime, end)
+		}
+	}
+	for runtime, d := range st.InterpWalkTime {
+		ch <- prometheus.MustNewConstMetric(descInterpWalkTime, prometheus.CounterValue, d.Seconds(), runtime)
 	}
 	if o := s.offCPU.Load(); o != nil {
 		s.collectOffCPU(ch, o.Stats())

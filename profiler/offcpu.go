@@ -116,7 +116,8 @@ func (s *Sampler) LoadOffCPU(cfg OffCPUConfig) (*OffCPU, error) {
 		bpf.OffCPUMapOffcpuCounts: s.objs.OffcpuCounts, bpf.OffCPUMapOffcpuStacks: s.objs.OffcpuStacks,
 		bpf.OffCPUMapUnwindProcs: s.objs.UnwindProcs, bpf.OffCPUMapUnwindTables: s.objs.UnwindTables,
 		bpf.OffCPUMapUnwindIndex: s.objs.UnwindIndex, bpf.OffCPUMapUnwindLeaves: s.objs.UnwindLeaves,
-		bpf.OffCPUMapUnwindRegs: s.objs.UnwindRegs,
+		bpf.OffCPUMapUnwindRegs:  s.objs.UnwindRegs,
+		bpf.OffCPUMapInterpProcs: s.objs.InterpProcs, bpf.OffCPUMapInterpFrame: s.objs.InterpFrame,
 	}
 	for name, m := range shared {
 		ms := spec.Maps[name]

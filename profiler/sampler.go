@@ -84,6 +84,7 @@ type Sampler struct {
 	objs    samplerObjects
 	namer   *kernelNamer // nil when the kernel refused it
 	unwind  *UnwindTables
+	interp  *InterpreterProcs
 	links   []link.Link
 	perfFDs []int
 	events  *ringbuf.Reader
@@ -198,6 +199,7 @@ func (s *Sampler) load() error {
 		return fmt.Errorf("%w: loading the CPU sampler BPF program: %w", ErrPreflight, err)
 	}
 	s.unwind = newUnwindTables(&s.objs, leaves)
+	s.interp = &InterpreterProcs{procs: s.objs.InterpProcs}
 	if s.namer, err = loadKernelNamer(spec, s.cfg.BTF); err != nil {
 		slog.Warn("kernel frames will be named from /proc/kallsyms", "err", err)
 	}

@@ -1,7 +1,6 @@
 package profiler
 
 import (
-	"bufio"
 	"errors"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/cgscope/cgscope/internal/kerneltest"
+
+	"github.com/cgscope/cgscope/internal/kerneltest/held"
 )
 
 // burn keeps one goroutine busy until stop is closed.
@@ -172,20 +173,8 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	cg := kerneltest.NewCgroup(t, "announce")
 	cmd := cg.Command(t, nil, "burnexec", "300ms")
 	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-		t.Fatalf("workload did not get ready: %q %v", line, err)
-	}
+	w := held.Start(t, cmd)
+	w.WaitFor(t, "ready")
 
 	cfg := DefaultConfig()
 	cfg.Frequency = 499
@@ -197,7 +186,7 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	h := &processLog{started: map[uint32]int{}, gone: map[uint32]int{}}
 	go s.RunProcessEvents(h)
 
-	stdin.Write([]byte("go\n"))
+	w.Send(t, "go")
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("burnexec workload: %v", err)
 	}

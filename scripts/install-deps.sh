@@ -26,6 +26,7 @@ declare -A want=(
 	[readelf]=binutils
 	[losetup]=mount
 	[strip]=binutils
+	[gdb]=gdb
 	[setpriv]=util-linux
 	[ip]=iproute2
 	[prometheus]=prometheus
@@ -40,6 +41,8 @@ done
 declare -A want_path=(
 	[/usr/bin/rustc]=rustc
 	[/usr/bin/python3]=python3
+	# Debian 12's CPython: the interpreter tests and benchmark walk its stacks.
+	[/usr/bin/python3.11]=python3.11
 )
 for path in "${!want_path[@]}"; do
 	[ -x "$path" ] || missing+=("${want_path[$path]}")

@@ -19,6 +19,11 @@ type Frame struct {
 	Line       int      // source line when known, else 0
 	Mapping    *Mapping // the mapping the address falls in; nil for kernel frames and for addresses in no mapping. Shared: do not modify.
 	Kernel     bool
+	// Interpreter is set on a frame of interpreted code (a Python function, which
+	// package interp names): the runtime, as OpenTelemetry's profile.frame.type
+	// names it ("cpython"). Such a frame has no Mapping nor address: Function, File
+	// and Line say where it was.
+	Interpreter string
 	// Inlined are the calls the compiler inlined at this address, innermost first, each
 	// inlined into the next and the last into Function; nil when there are none or the
 	// object does not record them (only Go pclntabs do). When it is set, Function, File

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -16,6 +19,8 @@ import (
 	"github.com/cgscope/cgscope/internal/bpfstats"
 	"github.com/cgscope/cgscope/internal/dutycycle"
 	"github.com/cgscope/cgscope/internal/pipeline"
+	"github.com/cgscope/cgscope/interp"
+	"github.com/cgscope/cgscope/interp/python"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
 	"github.com/cgscope/cgscope/unwind"
@@ -33,6 +38,8 @@ type profilingFlags struct {
 	unwindBytes   units.Base2Bytes
 	offCPU        bool
 	offCPUConfig  profiler.OffCPUConfig
+	interpreters  string
+	interpCache   units.Base2Bytes
 	switchBudget  time.Duration
 	kube          *kubernetesFlags
 }
@@ -74,6 +81,10 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default(fmt.Sprint(off.MaxSamples)).IntVar(&f.offCPUConfig.MaxSamples)
 	app.Flag("scheduler.bpf-budget", "BPF CPU time per second that the programs running at every context switch (off-CPU sampler, run-queue latency histogram) may use together; on hosts that switch more they are attached part of each second and what they count is scaled up.").
 		Default("3ms").DurationVar(&f.switchBudget)
+	app.Flag("profiling.interpreters", "Interpreted languages whose own frames (functions, files, lines) replace their interpreter's native frames in stacks, comma-separated: "+strings.Join(slices.Sorted(maps.Keys(runtimes)), ", ")+"; none turns it off.").
+		Default("cpython").StringVar(&f.interpreters)
+	app.Flag("profiling.interpreters.cache-size", "Memory for the names, files and line tables read from interpreted processes; the least recently used go beyond it.").
+		Default("16MiB").BytesVar(&f.interpCache)
 	app.Flag("profiling.bpf-stats", "Enable the kernel's BPF run-time statistics while running (for cgscope_bpf_program_* metrics).").
 		Default("true").BoolVar(&f.bpfStatsOnOff)
 	f.kube = addKubernetesFlags(app)
@@ -106,8 +117,34 @@ func (f *profilingFlags) validate() error {
 		return fmt.Errorf("--profiling.off-cpu.max-samples=%d: want 1..1000000", f.offCPUConfig.MaxSamples)
 	case f.switchBudget < 100*time.Microsecond || f.switchBudget > 100*time.Millisecond:
 		return fmt.Errorf("--scheduler.bpf-budget=%s: want 100µs..100ms", f.switchBudget)
+	case f.interpCache < 1<<20 || f.interpCache > 1<<30:
+		return fmt.Errorf("--profiling.interpreters.cache-size=%s: want 1MiB..1GiB", f.interpCache)
+	}
+	if _, err := f.runtimes(); err != nil {
+		return err
 	}
 	return f.kube.validate()
+}
+
+// runtimes are the interpreted languages cgscope can walk, by the name
+// --profiling.interpreters takes (OpenTelemetry's profile.frame.type).
+var runtimes = map[string]func() interp.Runtime{
+	"cpython": func() interp.Runtime { return python.New() },
+}
+
+// runtimes returns the runtimes --profiling.interpreters names.
+func (f *profilingFlags) runtimes() ([]interp.Runtime, error) {
+	var out []interp.Runtime
+	for _, name := range strings.Split(f.interpreters, ",") {
+		switch name = strings.TrimSpace(name); {
+		case name == "" || name == "none":
+		case runtimes[name] != nil:
+			out = append(out, runtimes[name]())
+		default:
+			return nil, fmt.Errorf("--profiling.interpreters: unknown %q, want a list of %s, or none", name, strings.Join(slices.Sorted(maps.Keys(runtimes)), ", "))
+		}
+	}
+	return out, nil
 }
 
 // samplerFlagNames names the flag behind each profiler.Config field.
@@ -133,6 +170,7 @@ type agent struct {
 	btf      *btf.Cache
 	pipeline *pipeline.Pipeline
 	unwind   *unwind.Registry // nil with --no-unwind.tables
+	interp   *interp.Registry // nil with --profiling.interpreters=none
 	// switchTime attaches the programs that run at every context switch
 	// part of the time, within --scheduler.bpf-budget.
 	switchTime     *dutycycle.Controller
@@ -181,6 +219,7 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	a.workloads = workloads
 	a.closers = append(a.closers, stopWorkloads)
 	a.pipeline.SetWorkloads(workloads)
+	var notices processNotices
 	if f.unwindTables {
 		reg := unwind.NewRegistry(s.UnwindTables(), pipeline.UnwindSource(a.sym), unwind.Config{
 			MaxBytes: f.sampler.UnwindTableBytes, KernelBytes: profiler.TableKernelBytes, Linger: time.Minute,
@@ -189,7 +228,19 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		go reg.Run(ctx)
 		a.closers = append(a.closers, func() error { cancel(); return nil })
 		a.unwind = reg
-		a.pipeline.SetUnwinder(reg)
+		notices = append(notices, reg)
+	}
+	if rts, _ := f.runtimes(); len(rts) > 0 {
+		reg := interp.NewRegistry(s.Interpreters(), pipeline.InterpSource(a.sym), rts, interp.Config{CacheBytes: int(f.interpCache)})
+		ctx, cancel := context.WithCancel(context.Background())
+		go reg.Run(ctx)
+		a.closers = append(a.closers, func() error { cancel(); return nil })
+		a.interp = reg
+		a.pipeline.SetInterpreters(reg)
+		notices = append(notices, reg)
+	}
+	if len(notices) > 0 {
+		a.pipeline.SetUnwinder(notices)
 	}
 	a.startSwitchTime(f)
 	go s.RunProcessEvents(a.pipeline)
@@ -200,6 +251,29 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	}()
 	slog.Info("profiling", "cpus", s.CPUs(), "frequency_hz", f.sampler.Frequency, "interval", f.interval)
 	return a, nil
+}
+
+// processNotices hands the pipeline's process notices (after the
+// symbolizer has read a new process's mappings) to each of what loads
+// things for the walkers: the unwind tables and the interpreters.
+type processNotices []pipeline.Unwinder
+
+func (n processNotices) ProcessStarted(pid uint32, image uint64) {
+	for _, u := range n {
+		u.ProcessStarted(pid, image)
+	}
+}
+
+func (n processNotices) ProcessGone(pid uint32, image uint64) {
+	for _, u := range n {
+		u.ProcessGone(pid, image)
+	}
+}
+
+func (n processNotices) ProcessMappingsChanged(pid uint32, image uint64) {
+	for _, u := range n {
+		u.ProcessMappingsChanged(pid, image)
+	}
 }
 
 // startSwitchTime loads the off-CPU sampler (unless turned off) and starts

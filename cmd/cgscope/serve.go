@@ -99,6 +99,9 @@ func (c *serveCommand) run() error {
 	if a.unwind != nil {
 		reg.MustRegister(a.unwind)
 	}
+	if a.interp != nil {
+		reg.MustRegister(a.interp)
+	}
 	cgroupOpts.Workloads = a.workloads
 	collectors, cgroupMetrics, err := c.registerCgroupMetrics(ctx, reg, a, cgroupOpts)
 	if err != nil {

@@ -112,6 +112,7 @@ type admission struct {
 	workload *attribution.Workload
 	labels   []string
 	pairs    []*dto.LabelPair // labels as sorted pairs, built on first use
+	faults   collector.FaultSource
 }
 
 // cgroupSeries is one exported cgroup: a label set and what it sums.
@@ -155,7 +156,8 @@ type scrape struct {
 
 // emit writes the series of every running collector, one collector at a
 // time, timing each. The cgroup files are read first (timed as cgroupfs's),
-// since the faults collector counts only where they hold no faults. When
+// since they decide where a new cgroup's page faults come from
+// (faultSource). When
 // the cgroups could not be gathered (ok false), no collector has series.
 func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Time, ok bool) []scrape {
 	var took time.Duration
@@ -170,6 +172,9 @@ func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Tim
 			}
 		}
 		took = c.now().Sub(t)
+	}
+	for _, s := range series {
+		s.in.Faults = c.faultSource(s)
 	}
 	var scrapes []scrape
 	sink := &seriesSink{out: out}
@@ -189,6 +194,19 @@ func (c *Collector) emit(out *familySink, series []*cgroupSeries, start time.Tim
 		scrapes = append(scrapes, scrape{info.Name, d, ok})
 	}
 	return scrapes
+}
+
+// faultSource picks where a series' page faults come from, once per
+// admitted cgroup (kept until its slot is freed), so that the series never
+// switches between memory.stat and the threads' figures. "other" sums
+// cgroups whose files are not read: the threads' figures.
+func (c *Collector) faultSource(s *cgroupSeries) collector.FaultSource {
+	a := c.admitted[s.path]
+	if s.path == "" || a == nil {
+		return collector.PickFaultSource(collector.FaultsUndecided, nil, false)
+	}
+	a.faults = collector.PickFaultSource(a.faults, s.in.Files, c.files != nil)
+	return a.faults
 }
 
 func (c *Collector) running(info *collector.Info) bool {

@@ -46,8 +46,10 @@ import (
 //	  string    uvarint length, bytes (id 0 is always "", never written)
 //	  frame     uvarint function, file, mapping path, build id (string ids),
 //	            uvarint line, uvarint address, byte flags (frameMapped,
-//	            frameKernel, and from format 4 frameInlined: a call inlined
-//	            at the address of the next frame of its stack)
+//	            frameKernel, from format 4 frameInlined: a call inlined
+//	            at the address of the next frame of its stack, and from
+//	            format 6 frameInterpreted: an interpreted frame, whose
+//	            mapping path is its runtime's name, "cpython")
 //	  label set uvarint pid, tid, comm (string id), cgroup (string id),
 //	            then (format 3 on) namespace, pod, container (string ids;
 //	            the Kubernetes names at the time, which a cgroup path
@@ -70,7 +72,8 @@ const (
 	levelWindow   = 0
 	levelOffCPU   = 1
 	levelDict     = 16
-	formatVersion = formatV5 // written; every format from formatV2 on is read
+	formatVersion = formatV6 // written; every format from formatV2 on is read
+	formatV6      = 6        // added interpreted frames
 	formatV5      = 5        // added off-CPU windows
 	formatV4      = 4        // added inlined calls
 	formatV3      = 3        // added Kubernetes names to label sets
@@ -79,6 +82,9 @@ const (
 	frameMapped  = 1 << 0
 	frameKernel  = 1 << 1
 	frameInlined = 1 << 2
+	// frameInterpreted is a frame of interpreted code (a Python
+	// function): its runtime is kept where a mapping's path is.
+	frameInterpreted = 1 << 3
 
 	// maxDictIDs bounds an id read from a record, so a bad record cannot
 	// make a reader allocate gigabytes.
@@ -299,6 +305,9 @@ func frameKeyOf(fr *symbolizer.Frame) frameKey {
 	switch {
 	case fr.Kernel:
 		k.flags = frameKernel
+	case fr.Interpreter != "":
+		k.flags = frameInterpreted
+		k.mapPath = fr.Interpreter
 	case fr.Mapping != nil:
 		k.flags = frameMapped
 		k.mapPath, k.buildID = fr.Mapping.Path, fr.Mapping.BuildID
@@ -503,8 +512,8 @@ func (d *genDict) add(data []byte) error {
 	for range fN {
 		f := frameRec{fn: r.id(), file: r.id(), mapPath: r.id(), buildID: r.id()}
 		f.line, f.addr, f.flags = int64(r.uvarint()), r.uvarint(), r.byte()
-		if f.flags&frameInlined != 0 && version < formatV4 { // a flag those formats never wrote
-			r.err = true
+		if f.flags&frameInlined != 0 && version < formatV4 || f.flags&frameInterpreted != 0 && version < formatV6 {
+			r.err = true // a flag those formats never wrote
 		}
 		frames = append(frames, f)
 	}
@@ -676,6 +685,8 @@ func (d *genDict) symFrame(id uint32) symbolizer.Frame {
 	switch {
 	case f.flags&frameKernel != 0:
 		fr.Kernel = true
+	case f.flags&frameInterpreted != 0:
+		fr.Interpreter = d.strs[f.mapPath]
 	case f.flags&frameMapped != 0:
 		fr.Mapping = &symbolizer.Mapping{Path: d.strs[f.mapPath], BuildID: d.strs[f.buildID]}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/cgscope/cgscope/internal/attribution"
 	"github.com/cgscope/cgscope/internal/pipeline"
 	"github.com/cgscope/cgscope/internal/store"
+	"github.com/cgscope/cgscope/symbolizer"
 )
 
 func testWindows(n int, start time.Time) []*pipeline.Window {
@@ -349,6 +350,49 @@ func TestHistoryReadsFormat4(t *testing.T) {
 	}
 }
 
+// Records of format 5 (before interpreted frames), written by the release
+// before format 6 into testdata, answer CPU queries as they did (the
+// profile pprof.Build makes of the window they were written from) and
+// off-CPU queries with its totals.
+func TestHistoryReadsFormat5(t *testing.T) {
+	h := openGolden(t, "testdata/history-v5", formatV5)
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	q := Query{From: start, To: start.Add(time.Hour)}
+	got, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := testWindows(1, start)
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+	checkInlinedLines(t, got)
+	// The off-CPU samples testWindows draws depend on the order of its
+	// CPU samples, which is not fixed: their totals are.
+	q.Kind = pprof.OffCPU
+	off, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pprof.Build(ws, pprof.Selector{Kind: pprof.OffCPU})
+	sum := func(p *profile.Profile) (n [2]int64, reasons int) {
+		for _, s := range p.Sample {
+			n[0], n[1] = n[0]+s.Value[0], n[1]+s.Value[1]
+			if len(s.Label[pprof.ReasonLabel]) == 1 {
+				reasons++
+			}
+		}
+		return n, reasons
+	}
+	gotN, gotReasons := sum(off)
+	wantN, _ := sum(want)
+	if off.DefaultSampleType != "off_cpu" || gotN != wantN || gotReasons != len(off.Sample) || len(off.Sample) == 0 {
+		t.Errorf("off-CPU profile of format 5: type %q, totals %v, %d of %d samples with a reason; want off_cpu, %v, all",
+			off.DefaultSampleType, gotN, gotReasons, len(off.Sample), wantN)
+	}
+	if h.undecodable.Load() != 0 {
+		t.Fatalf("%d windows undecodable", h.undecodable.Load())
+	}
+}
+
 // openGolden opens a copy of a segment directory of testdata, checking
 // that its records are of the format it stands for.
 func openGolden(t *testing.T, src string, version byte) *History {
@@ -581,5 +625,91 @@ func TestHistoryOffCPURecordChecks(t *testing.T) {
 	d.strOK[rows.reasons[0]] = false
 	if err := decodeWindow(recs[2].Data, d, &rows, pprof.OffCPU); err != errMissingDict {
 		t.Errorf("a reason whose string is lost: %v, want %v", err, errMissingDict)
+	}
+}
+
+// Interpreted frames (format 6: Python functions, with no mapping nor
+// address, told apart by function, file and line) come back from the
+// history as they went in: as pprof.Build makes them, and in the
+// dictionary with their runtime, next to native frames of the same
+// function name.
+func TestHistoryInterpretedFrames(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(3, start)
+	py := func(fn string, line int) symbolizer.Frame {
+		return symbolizer.Frame{Function: fn, File: "/srv/app/chain.py", Line: line, Interpreter: "cpython"}
+	}
+	native := ws[0].Samples[0].Frames[len(ws[0].Samples[0].Frames)-1]
+	for i, w := range ws {
+		for j := range w.Samples {
+			if j%2 != 0 {
+				continue
+			}
+			s := &w.Samples[j]
+			// The same function on two lines, and a native frame named like
+			// an interpreted one, are distinct frames.
+			leaf := py("chain.fid_leaf", 8+j%3)
+			s.Frames = append([]symbolizer.Frame{leaf, py("chain.fid_middle", 14), py("chain.Outer.fid_outer", 19+i)}, s.Frames...)
+			if j%4 == 0 {
+				n := native
+				n.Function = "chain.fid_leaf"
+				s.Frames = append(s.Frames, n)
+			}
+		}
+	}
+	st := store.NewMemory(16 << 20)
+	h := writeAll(t, st, ws)
+	q := Query{From: start, To: start.Add(time.Hour)}
+	got, err := h.Profile(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+	if h.undecodable.Load() != 0 {
+		t.Fatalf("%d windows undecodable", h.undecodable.Load())
+	}
+
+	// The dictionary keeps the runtime; a format 5 record with the flag is
+	// refused (that format never wrote it).
+	d := newGenDict()
+	var interpreted int
+	err = st.Load(st.List(levelDict, start, start.Add(time.Hour)), func(_ store.Meta, b []byte) error {
+		if b[0] != formatV6 {
+			return fmt.Errorf("a record of format %d, want %d", b[0], formatV6)
+		}
+		return d.add(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := range d.frames {
+		fr := d.symFrame(uint32(id))
+		if fr.Interpreter == "" {
+			continue
+		}
+		interpreted++
+		if fr.Interpreter != "cpython" || fr.Mapping != nil || fr.Kernel || fr.File != "/srv/app/chain.py" || !strings.HasPrefix(fr.Function, "chain.") || fr.Line == 0 {
+			t.Errorf("interpreted frame read back as %+v", fr)
+		}
+	}
+	if interpreted != 3+1+3 { // fid_leaf on 3 lines, fid_middle, fid_outer on 3
+		t.Errorf("%d interpreted frames in the dictionary, want 7", interpreted)
+	}
+	u := binary.AppendUvarint
+	record := func(version byte) []byte {
+		b := u(u(nil, 1), 1)
+		b = append(u(b, 2), "fn"...)
+		b = u(u(b, 0), 1)
+		b = u(u(u(u(b, 1), 0), 1), 0) // function, file, runtime ("fn"), build id
+		b = append(u(u(b, 7), 0), frameInterpreted)
+		b = u(u(b, 0), 0)
+		b = u(u(b, 0), 0)
+		return zstdEncoder.EncodeAll(b, []byte{version})
+	}
+	if err := newGenDict().add(record(formatV5)); err == nil {
+		t.Error("a format 5 record with an interpreted frame was accepted")
+	}
+	if err := newGenDict().add(record(formatV6)); err != nil {
+		t.Errorf("a format 6 record with an interpreted frame: %v", err)
 	}
 }

@@ -139,11 +139,13 @@ type mappingKey struct{ path, buildID string }
 type attrKey struct{ key, value string }
 
 // otherLocKey identifies a frame outside the userLocs encoding: by mapping
-// and address, or, for frames in no mapping, by address and name.
+// and address, or, for frames in no mapping (interpreted frames among
+// them), by address, name, file and line.
 type otherLocKey struct {
-	mapping int32
-	addr    uint64
-	fn      string
+	mapping  int32
+	addr     uint64
+	fn, file string
+	line     int
 }
 
 // reset empties the tables for a request of about samples samples,
@@ -273,7 +275,7 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 	if fr.Mapping != nil {
 		k.mapping = b.mapping(fr.Mapping)
 	} else {
-		k.fn = fr.Function
+		k.fn, k.file, k.line = fr.Function, fr.File, fr.Line
 	}
 	if i, ok := b.otherLocs[k]; ok {
 		return i
@@ -285,7 +287,8 @@ func (b *dictBuilder) location(fr *symbolizer.Frame) int32 {
 
 // locationEntry is a Location: an object-relative address in a mapping,
 // with one line when the function is known (function > 0) and the
-// profile.frame.type attribute for kernel frames (attr > 0).
+// profile.frame.type attribute for kernel and interpreted frames (attr >
+// 0).
 type locationEntry struct {
 	addr           uint64
 	line           int64
@@ -310,11 +313,14 @@ func (b *dictBuilder) newLocation(fr *symbolizer.Frame, mapping int32) int32 {
 		}
 		l.inlined = b.inlBuf
 	}
-	if fr.Kernel {
+	switch {
+	case fr.Kernel:
 		if b.kernelAttr == 0 {
 			b.kernelAttr = b.strAttr(attrFrameType, "kernel")
 		}
 		l.attr = b.kernelAttr
+	case fr.Interpreter != "":
+		l.attr = b.strAttr(attrFrameType, fr.Interpreter)
 	}
 	encodeLocation(&b.locations.protoWriter, l)
 	return b.locations.added()

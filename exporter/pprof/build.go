@@ -33,10 +33,14 @@ type Builder struct {
 
 type mappingKey struct{ path, buildID string }
 type functionKey struct{ name, file string }
+
+// locationKey tells locations apart; an interpreted frame has no mapping
+// nor address, only its function, file and line.
 type locationKey struct {
-	mapping *profile.Mapping
-	addr    uint64
-	fn      string
+	mapping  *profile.Mapping
+	addr     uint64
+	fn, file string
+	line     int
 }
 
 // Build merges the samples of windows that sel selects into one profile of
@@ -173,7 +177,7 @@ func appendKeyString(key []byte, s string) []byte {
 // Location returns the profile's location of a frame, made on first use.
 func (b *Builder) Location(fr *symbolizer.Frame) *profile.Location {
 	m := b.mapping(fr)
-	key := locationKey{mapping: m, addr: fr.ObjAddress, fn: fr.Function}
+	key := locationKey{mapping: m, addr: fr.ObjAddress, fn: fr.Function, file: fr.File, line: fr.Line}
 	if l, ok := b.locations[key]; ok {
 		return l
 	}

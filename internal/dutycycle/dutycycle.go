@@ -56,9 +56,12 @@ type Stats struct {
 type Controller struct {
 	cfg Config
 
-	mu    sync.Mutex // guards progs and stats
+	mu    sync.Mutex // guards progs, stats and floorWarned
 	progs []Program
 	stats Stats
+	// floorWarned: the budget was found to be below what the programs
+	// cost at the lowest duty, and it was said once.
+	floorWarned bool
 }
 
 // New returns a controller of progs; call Run.
@@ -149,18 +152,31 @@ func (c *Controller) nextDuty(used, on time.Duration) float64 {
 		cost = (cost + c.stats.Cost) / 2
 	}
 	c.stats.Cost = cost
+	// Below the floor the budget is not kept: say it, once (it is the
+	// host's switch rate, not a passing state, so once is enough; the
+	// duty-ratio and cost metrics show it from then on).
+	warn := !c.floorWarned && c.cfg.Budget.Seconds()/cost.Seconds() < minDuty
+	c.floorWarned = c.floorWarned || warn
 	c.mu.Unlock()
+	if warn {
+		slog.Warn("switch-time BPF programs cost more than their budget even at the lowest duty: the budget is exceeded",
+			"cost_per_second_attached", cost, "min_duty", minDuty,
+			"bpf_time_per_second", time.Duration(minDuty*float64(cost)), "budget", c.cfg.Budget)
+	}
 	return c.dutyFor(cost)
 }
 
+// minDuty is the lowest duty: a window must be long enough to see a
+// switch out and back in, and to measure the cost again.
+const minDuty = 0.01
+
 // dutyFor is the fraction of the period the budget affords at a cost per
-// second attached; not below a hundredth: a window must be long enough to
-// see a switch out and back in, and to measure the cost again.
+// second attached; not below minDuty.
 func (c *Controller) dutyFor(cost time.Duration) float64 {
 	if cost <= 0 {
 		return 1
 	}
-	return min(1, max(0.01, c.cfg.Budget.Seconds()/cost.Seconds()))
+	return min(1, max(minDuty, c.cfg.Budget.Seconds()/cost.Seconds()))
 }
 
 func (c *Controller) record(on time.Duration, duty float64) {

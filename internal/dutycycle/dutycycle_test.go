@@ -2,6 +2,8 @@ package dutycycle
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -123,4 +125,45 @@ func TestControllerAdd(t *testing.T) {
 	if !p.since.IsZero() {
 		t.Error("program still attached after Run returned")
 	}
+}
+
+// A host where even the lowest duty costs more than the budget runs at
+// that duty, and the controller says once that the budget is exceeded.
+func TestControllerWarnsOnceBelowFloor(t *testing.T) {
+	var log strings.Builder
+	var mu sync.Mutex
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(lockedWriter{&mu, &log}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	defer slog.SetDefault(prev)
+
+	cfg := Config{Budget: time.Millisecond, Period: 20 * time.Millisecond, MinWindow: time.Millisecond,
+		MaxPeriod: 100 * time.Millisecond, Fallback: time.Second}
+	// 1 s a second attached: the budget affords a thousandth, under 1/100.
+	c := run(t, cfg, &meteredProgram{costPerSecond: time.Second}, time.Second)
+	mu.Lock()
+	out := log.String()
+	mu.Unlock()
+	if d := c.Stats().Duty; d != minDuty {
+		t.Errorf("duty %v, want the floor %v", d, minDuty)
+	}
+	if n := strings.Count(out, "budget is exceeded"); n != 1 {
+		t.Errorf("%d warnings that the budget is exceeded, want 1:\n%s", n, out)
+	}
+
+	log.Reset()
+	run(t, cfg, &meteredProgram{costPerSecond: 50 * time.Millisecond}, 300*time.Millisecond)
+	if strings.Contains(log.String(), "budget is exceeded") {
+		t.Errorf("warned with a cost the floor keeps within budget:\n%s", log.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

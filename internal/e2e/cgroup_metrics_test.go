@@ -38,8 +38,7 @@ func cgroupSeries(name, cgroup string, extra ...string) string {
 func TestCgroupSeriesOnMetrics(t *testing.T) {
 	d := sharedCgscope(t)
 	rel, abs := cgroup2(t)
-	w := workload(t, filepath.Join(artifacts(t), "gosplit"), "-duration=1s")
-	joinCgroup(t, abs, w.Process.Pid)
+	w := workloadIn(t, abs, filepath.Join(artifacts(t), "gosplit"), "-duration=1s")
 	w.Wait()
 
 	body, _ := httpGet(t, d.url("/metrics"))

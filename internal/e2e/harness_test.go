@@ -256,6 +256,29 @@ func startHeld(t *testing.T, cmd *exec.Cmd, join func(pid int)) {
 	stdin.Write([]byte("go\n"))
 }
 
+// workloadIn starts a workload already in the cgroup at abs (clone3 with
+// CLONE_INTO_CGROUP), so that all of its CPU time is the cgroup's: one
+// moved there after it started ran its start-up elsewhere, which the
+// cgroup's cpu.stat does not count and the per-thread figures do.
+func workloadIn(t *testing.T, abs, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	dir, err := os.Open(abs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
 func joinCgroup(t *testing.T, abs string, pid int) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(abs, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0); err != nil {

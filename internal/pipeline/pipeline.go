@@ -80,7 +80,8 @@ type Pipeline struct {
 	sym       Symbolizer
 	cgroups   CgroupPaths // nil without cgroup2
 	workloads WorkloadResolver
-	unwinder  Unwinder // nil: no unwind tables
+	unwinder  Unwinder     // nil: no unwind tables
+	interp    Interpreters // nil: native frames only
 	interval  time.Duration
 	procs     *processes // announced processes, released after their exit (process.go)
 

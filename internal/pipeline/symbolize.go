@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cgscope/cgscope/internal/attribution"
+	"github.com/cgscope/cgscope/interp"
 	"github.com/cgscope/cgscope/profiler"
 	"github.com/cgscope/cgscope/symbolizer"
 )
@@ -21,12 +22,14 @@ type userStackKey struct {
 	stack      uint64
 	leafCaller uint64
 	end        profiler.StackEnd
+	interp     uint64 // the interpreter's stack id
 }
 
 // batchSymbolizer symbolizes each unique stack of a batch once: many sample
 // keys (one per thread) share a stack.
 type batchSymbolizer struct {
 	sym    Symbolizer
+	interp Interpreters // nil: native frames only
 	user   map[userStackKey][]symbolizer.Frame
 	kernel map[uint64][]symbolizer.Frame
 }
@@ -34,6 +37,7 @@ type batchSymbolizer struct {
 func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
 	bs := batchSymbolizer{
 		sym:    p.sym,
+		interp: p.interp,
 		user:   map[userStackKey][]symbolizer.Frame{},
 		kernel: map[uint64][]symbolizer.Frame{},
 	}
@@ -136,11 +140,18 @@ func (bs *batchSymbolizer) userFrames(rs *profiler.RawSample) []symbolizer.Frame
 	if rs.UserStackID == 0 {
 		return nil
 	}
-	key := userStackKey{pid: rs.PID, stack: rs.UserStackID, leafCaller: rs.LeafCaller, end: rs.UserEnd}
+	key := userStackKey{pid: rs.PID, stack: rs.UserStackID, leafCaller: rs.LeafCaller, end: rs.UserEnd, interp: rs.InterpStackID}
 	if f, ok := bs.user[key]; ok {
 		return f
 	}
 	f := bs.sym.User(rs.PID, bs.withLeafCaller(rs))
+	if bs.interp != nil && len(rs.Interp) > 0 {
+		end := ""
+		if rs.InterpEnd.Truncated() {
+			end = rs.InterpEnd.String()
+		}
+		f = bs.interp.Merge(rs.PID, interp.Kind(rs.InterpKind), f, rs.Interp, end)
+	}
 	if rs.UserEnd.Truncated() {
 		f = append(f, truncatedFrame(rs.UserEnd))
 	}
