@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures cgscope's overhead next to perf and bpftrace, native unwinding, and
-# cgscope on busy hosts (context switches, page faults), and writes docs/benchmarks.md.
+# cgscope on busy hosts (context switches, page faults), a process-churn soak,
+# and writes docs/benchmarks.md.
 #   BENCH_DURATION=30s scripts/bench.sh      (the Makefile's `make bench` builds bin/cgscope first)
 # Extra arguments are passed to the tool, e.g. scripts/bench.sh -freqs 19,49,99
 set -euo pipefail
@@ -86,6 +87,14 @@ echo "bench: measuring busy-host loads for about 8 to 11 minutes" >&2
 go build -o "$tmpdir/sched" ./internal/bench/sched
 "$tmpdir/sched" -cgscope bin/cgscope -out docs/benchmarks.md
 
+# Process churn: 100 execs a second for 10 minutes with history on disk; the
+# agent's RSS, heap, file descriptors and CPU every 10 s as a table, with the
+# targets (CPU, RSS flat and bounded, fds following the mapped objects).
+echo "bench: measuring the process-churn soak for about 12 minutes" >&2
+go build -o "$tmpdir/churn" ./internal/bench/churn
+"$tmpdir/churn" -cgscope bin/cgscope -out docs/benchmarks.md
+echo "bench: the churn soak again with a 40MiB Go memory limit, about 12 minutes" >&2
+"$tmpdir/churn" -cgscope bin/cgscope -out docs/benchmarks.md -cgscope-flags=--runtime.memory-limit=40MiB
 # Interpreted stacks: the BPF cost of walking a Python stack at each sample
 # (Debian's python3.11, 40 frames deep), against the 15 µs target; written
 # by the same script the section's text comes from.

@@ -10,6 +10,8 @@ type lru[K comparable, V any] struct {
 	// onEvict, if set, is called with every value that leaves the cache: evicted, removed
 	// or replaced by put.
 	onEvict func(K, V)
+	// evicted counts the entries put pushed out for room: what the bound cost.
+	evicted uint64
 }
 
 type lruNode[K comparable, V any] struct {
@@ -58,6 +60,7 @@ func (l *lru[K, V]) put(k K, v V) {
 	l.items[k] = n
 	l.insertFront(n)
 	if len(l.items) > l.max {
+		l.evicted++
 		l.remove(l.root.prev.key)
 	}
 }

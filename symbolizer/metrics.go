@@ -18,6 +18,20 @@ var (
 		"Processes whose memory mappings the symbolizer holds.", nil, nil)
 	descMapsReads = prometheus.NewDesc("cgscope_symbolizer_maps_reads_total",
 		"Reads of /proc/PID/maps: the first snapshot of a process, and re-reads after an address fell outside every known mapping.", nil, nil)
+	descMapsQueries = prometheus.NewDesc("cgscope_symbolizer_maps_queries_total",
+		"Reads of /proc/PID/maps answered by the PROCMAP_QUERY ioctl (executable mappings only, with the kernel's build IDs) rather than by parsing its text.", nil, nil)
+	descMappedObjects = prometheus.NewDesc("cgscope_symbolizer_mapped_objects",
+		"Distinct objects mapped by the processes the symbolizer holds; an object no such process maps is closed.", nil, nil)
+	descOpenFiles = prometheus.NewDesc("cgscope_symbolizer_open_files",
+		"Object files the symbolizer holds open, one file descriptor each.", nil, nil)
+	descProcessBytes = prometheus.NewDesc("cgscope_symbolizer_process_bytes",
+		"Estimated heap bytes of the process mappings snapshots held (JIT symbol tables not included).", nil, nil)
+	descProcessReleases = prometheus.NewDesc("cgscope_symbolizer_process_releases_total",
+		"Process snapshots released, by reason: exited (the process exited and its last samples were symbolized) or evicted (pushed out by --symbolizer.max-processes).",
+		[]string{"reason"}, nil)
+	descObjectReleases = prometheus.NewDesc("cgscope_symbolizer_object_releases_total",
+		"Objects closed, by reason: unmapped (no process the symbolizer holds maps it any more) or evicted (pushed out by --symbolizer.max-objects).",
+		[]string{"reason"}, nil)
 	descPerfMapBadLines = prometheus.NewDesc("cgscope_symbolizer_perf_map_bad_lines_total",
 		"Unparsable lines skipped in JIT symbol files (/tmp/perf-PID.map).", nil, nil)
 )
@@ -25,7 +39,8 @@ var (
 // Describe implements prometheus.Collector.
 func (s *Symbolizer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descErrors, descObjCache, descFrameCache, descObjects, descProcesses,
-		descMapsReads, descPerfMapBadLines} {
+		descMapsReads, descMapsQueries, descPerfMapBadLines, descMappedObjects, descOpenFiles, descProcessBytes, descProcessReleases,
+		descObjectReleases} {
 		ch <- d
 	}
 }
@@ -44,7 +59,18 @@ func (s *Symbolizer) Collect(ch chan<- prometheus.Metric) {
 	counter(descFrameCache, st.FrameCacheHits, "hit")
 	counter(descFrameCache, st.FrameCacheMisses, "miss")
 	counter(descMapsReads, st.MapsReads)
+	counter(descMapsQueries, st.MapsQueries)
 	counter(descPerfMapBadLines, st.PerfMapBadLines)
-	ch <- prometheus.MustNewConstMetric(descObjects, prometheus.GaugeValue, float64(st.ObjectsCached))
-	ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(st.ProcessesCached))
+	counter(descProcessReleases, st.ProcessesForgotten, "exited")
+	counter(descProcessReleases, st.ProcessesEvicted, "evicted")
+	counter(descObjectReleases, st.ObjectsUnmapped, "unmapped")
+	counter(descObjectReleases, st.ObjectsEvicted, "evicted")
+	gauge := func(d *prometheus.Desc, v int) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
+	}
+	gauge(descObjects, st.ObjectsCached)
+	gauge(descProcesses, st.ProcessesCached)
+	gauge(descMappedObjects, st.ObjectsMapped)
+	gauge(descOpenFiles, st.OpenFiles)
+	gauge(descProcessBytes, st.ProcessBytes)
 }

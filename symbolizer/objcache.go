@@ -38,11 +38,33 @@ type fileInfo struct {
 // loadCall lets concurrent calls for processes mapping the same new file wait for one
 // load instead of each doing it.
 type loadCall struct {
-	done     chan struct{}
-	wantRefs int32 // how many of the callers want the entry acquired
-	key      objKey
-	ent      *objEntry
-	err      error
+	done       chan struct{}
+	wantRefs   int32 // how many of the callers want the entry acquired
+	wantMapped int   // how many of the callers build a snapshot that maps it
+	key        objKey
+	ent        *objEntry
+	err        error
+}
+
+// objWant is what a caller of objectFor takes on the entry it gets, under the lock that
+// finds or creates it, so that the entry cannot be closed in between.
+type objWant uint8
+
+const (
+	// wantAcquired: a reference for a lookup (objEntry.acquire); release it when done.
+	wantAcquired objWant = 1 << iota
+	// wantMapped: a mapping reference for the snapshot being built (see release.go).
+	wantMapped
+)
+
+// take gives the caller of objectFor what it wants of e; the caller holds s.mu.
+func (s *Symbolizer) take(e *objEntry, key objKey, want objWant) {
+	if want&wantAcquired != 0 {
+		e.acquire()
+	}
+	if want&wantMapped != 0 {
+		s.mapObjectLocked(key)
+	}
 }
 
 var errKnownBad = errors.New("object failed to parse before")
@@ -57,9 +79,9 @@ func objectKey(buildID string, fk fileKey, st fileStamp) objKey {
 // objectFor returns the cache entry of the object mapped by m. A file seen before is found
 // in the cache after one stat (to notice a recycled inode) and without being opened;
 // otherwise it is opened, and kept open unless an object with its build ID is cached.
-// With acquire, the entry is returned acquired (see objEntry); else callers may use only
-// its immutable fields.
-func (s *Symbolizer) objectFor(pid uint32, m *Mapping, acquire bool) (objKey, *objEntry, error) {
+// The caller takes what want says on the entry (see objWant); without wantAcquired it
+// may use only the entry's immutable fields.
+func (s *Symbolizer) objectFor(pid uint32, m *Mapping, want objWant) (objKey, *objEntry, error) {
 	fk := fileKey{m.Dev, m.Inode}
 	stamp, stamped := s.statMapped(pid, m)
 	s.mu.Lock()
@@ -70,9 +92,7 @@ func (s *Symbolizer) objectFor(pid uint32, m *Mapping, acquire bool) (objKey, *o
 			return objKey{}, nil, errKnownBad
 		}
 		if e, ok := s.objects.get(info.key); ok {
-			if acquire {
-				e.acquire()
-			}
+			s.take(e, info.key, want)
 			s.mu.Unlock()
 			s.objectHits.Add(1)
 			return info.key, e, nil
@@ -83,8 +103,11 @@ func (s *Symbolizer) objectFor(pid uint32, m *Mapping, acquire bool) (objKey, *o
 		c = &loadCall{done: make(chan struct{})}
 		s.loading[fk] = c
 	}
-	if acquire {
+	if want&wantAcquired != 0 {
 		c.wantRefs++
+	}
+	if want&wantMapped != 0 {
+		c.wantMapped++
 	}
 	s.mu.Unlock()
 	if loading {
@@ -99,12 +122,15 @@ func (s *Symbolizer) objectFor(pid uint32, m *Mapping, acquire bool) (objKey, *o
 // loadObject opens the file of m and returns its cache entry: the cached one if an object
 // with the same build ID is cached, else a new one that keeps the file for parsing on
 // first lookup. Only the headers and the build ID note are read here. It ends the load c:
-// under the Symbolizer's mutex, it acquires the entry for the callers that want it and
+// under the Symbolizer's mutex, it gives the callers what they want of the entry and
 // removes c, so that no caller joins c after that.
 func (s *Symbolizer) loadObject(pid uint32, m *Mapping, fk fileKey, c *loadCall) (objKey, *objEntry, error) {
 	finish := func(e *objEntry) {
 		if e != nil {
 			e.refs.Add(c.wantRefs)
+			for range c.wantMapped {
+				s.mapObjectLocked(e.key)
+			}
 		}
 		delete(s.loading, fk)
 	}
@@ -145,7 +171,7 @@ func (s *Symbolizer) loadObject(pid uint32, m *Mapping, fk fileKey, c *loadCall)
 	}
 	s.mu.Unlock()
 	s.objectMisses.Add(1)
-	e := newFileEntry(key, buildID, ef.Class, ef.Machine, f, stamp.size)
+	e := newFileEntry(key, buildID, m.Path, ef, f, stamp.size, &s.openFiles)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.objects.get(key); ok {

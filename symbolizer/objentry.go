@@ -13,7 +13,8 @@ import (
 // sample symbolized. The first lookup that needs the object parses it, which reads only
 // headers; its tables are then read from the file as lookups need them (see objfile.go).
 //
-// The cache holds at most Options.MaxObjects entries, so as many open files. Entries are
+// An entry stays cached while a cached process snapshot maps it (see release.go), and
+// the cache holds at most Options.MaxObjects entries, so as many open files. Entries are
 // reference counted: a lookup acquires the entry (under the Symbolizer's mutex, only while
 // the entry is cached) and releases it when done. The file is closed once the entry is
 // evicted and no lookup holds it, so that lookups do not fail half-way.
@@ -22,6 +23,14 @@ type objEntry struct {
 	buildID string
 	class   elf.Class
 	machine elf.Machine
+	// path is the path the file was first opened by: snapshots of processes that map
+	// it at the same path share this string instead of holding copies.
+	path string
+	// openFiles counts the Symbolizer's open object files (shared by its entries).
+	openFiles *atomic.Int64
+	// blocks and blockFile name the file's blocks in the block cache, once parsed.
+	blocks    *blockCache
+	blockFile uint64
 
 	parsed atomic.Bool // obj is final
 	obj    *Object     // nil until parsed, and when parsing failed
@@ -37,9 +46,12 @@ type objEntry struct {
 	freeOnce sync.Once
 }
 
-// newFileEntry makes the entry of an unparsed object from its open file.
-func newFileEntry(key objKey, buildID string, class elf.Class, machine elf.Machine, f *os.File, size int64) *objEntry {
-	return &objEntry{key: key, buildID: buildID, class: class, machine: machine, file: f, size: size}
+// newFileEntry makes the entry of an unparsed object from its open file, counted in
+// openFiles until closed.
+func newFileEntry(key objKey, buildID, path string, ef *elfFile, f *os.File, size int64, openFiles *atomic.Int64) *objEntry {
+	openFiles.Add(1)
+	return &objEntry{key: key, buildID: buildID, class: ef.Class, machine: ef.Machine, path: path,
+		file: f, size: size, openFiles: openFiles}
 }
 
 // newParsedEntry makes the entry of an object parsed from memory (a vDSO).
@@ -66,14 +78,13 @@ func (e *objEntry) object(s *Symbolizer) *Object {
 	var obj *Object
 	err := ErrMalformedObject
 	if e.file != nil && e.size >= 0 {
-		obj, err = parseObject(newObjFile(e.file, uint64(e.size), s.blocks), e.buildID)
+		f := newObjFile(e.file, uint64(e.size), s.blocks)
+		e.blocks, e.blockFile = s.blocks, f.id
+		obj, err = parseObject(f, e.buildID)
 	}
 	if err != nil {
 		s.errors.Add(1)
-		if e.file != nil {
-			e.file.Close()
-			e.file = nil
-		}
+		e.closeFile()
 	}
 	e.obj = obj
 	e.parsed.Store(true)
@@ -101,15 +112,28 @@ func (e *objEntry) evict() {
 	}
 }
 
-// free closes the file. The blocks read from it age out of the block cache.
+// free closes the file and drops its blocks from the block cache: no lookup can read
+// them again, and they would otherwise hold their share of it until they aged out.
 func (e *objEntry) free() {
 	e.freeOnce.Do(func() {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		e.freed = true
-		if e.file != nil {
-			e.file.Close()
-			e.file = nil
+		e.closeFile()
+		if e.blocks != nil {
+			e.blocks.dropFile(e.blockFile)
 		}
 	})
+}
+
+// closeFile closes the entry's file, if open; the caller holds e.mu.
+func (e *objEntry) closeFile() {
+	if e.file == nil {
+		return
+	}
+	e.file.Close()
+	e.file = nil
+	if e.openFiles != nil {
+		e.openFiles.Add(-1)
+	}
 }

@@ -239,6 +239,25 @@ func (c *blockCache) get(k blockKey) ([]byte, bool) {
 	return c.blocks.get(k)
 }
 
+// dropFile removes the blocks of file; it walks the cache (2,048 blocks by default), which
+// is cheap next to the closing of an object that calls it.
+func (c *blockCache) dropFile(file uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.blocks.items {
+		if k.file == file {
+			c.blocks.remove(k)
+		}
+	}
+}
+
+// len returns how many blocks are cached.
+func (c *blockCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blocks.len()
+}
+
 func (c *blockCache) put(k blockKey, b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

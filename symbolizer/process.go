@@ -14,11 +14,13 @@ import (
 
 // process is the snapshot of one process's executable mappings. It is immutable once
 // published, except for the time of the last maps read and the lazily loaded JIT map.
+// It holds a mapping reference on each of its objects (release.go).
 type process struct {
 	pid      uint32
 	lastRead atomic.Int64 // UnixNano of the last /proc/PID/maps read attempt
 	maps     []procMapping
 	jit      *jitState // shared by the snapshots of one process
+	bytes    int       // estimated heap (snapshotBytes)
 }
 
 // procMapping is an executable mapping and the cache key of its object, if any.
@@ -26,6 +28,8 @@ type procMapping struct {
 	Mapping
 	obj    objKey
 	hasObj bool
+	// sharedPath: Path is the object entry's string, not a copy of the snapshot's own.
+	sharedPath bool
 }
 
 type jitState struct {
@@ -65,17 +69,8 @@ func (s *Symbolizer) ProcessStarted(pid uint32) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.procs.put(pid, p)
-	s.mu.Unlock()
+	s.publishSnapshot(p)
 	return nil
-}
-
-// ForgetProcess drops the snapshot of pid, e.g. once its last samples were symbolized.
-func (s *Symbolizer) ForgetProcess(pid uint32) {
-	s.mu.Lock()
-	s.procs.remove(pid)
-	s.mu.Unlock()
 }
 
 // ExecutableAddress reports whether addr lies in an executable mapping of pid (using the
@@ -94,33 +89,27 @@ func (s *Symbolizer) cachedProcess(pid uint32) *process {
 	return p
 }
 
-// readProcess snapshots pid's executable mappings and resolves their objects. Mappings
+// readProcess snapshots pid's executable mappings and resolves their objects, taking a
+// mapping reference on each (the caller publishes or discards the snapshot). Mappings
 // unchanged since old (a previous snapshot of the same process) keep their objects
 // without touching the files again.
 func (s *Symbolizer) readProcess(pid uint32, old *process) (*process, error) {
 	s.mapsReads.Add(1)
-	data, err := os.ReadFile(s.procPath(pid, "maps"))
+	maps, err := s.readExecMappings(pid)
 	if err != nil {
 		s.errors.Add(1)
 		return nil, fmt.Errorf("symbolizer: pid %d: %w", pid, err)
 	}
-	all, err := parseMaps(data, true)
-	if err != nil {
-		s.errors.Add(1)
-		return nil, fmt.Errorf("symbolizer: pid %d: %w", pid, err)
-	}
-	p := &process{pid: pid, jit: &jitState{}}
+	p := &process{pid: pid, jit: &jitState{}, maps: make([]procMapping, 0, len(maps))}
 	p.lastRead.Store(time.Now().UnixNano())
 	if old != nil {
 		p.jit = old.jit
 	}
 	var vdso *Mapping
-	for i := range all {
-		switch m := &all[i]; {
-		case !m.Exec:
-		case m.Path == "[vdso]":
+	for i := range maps {
+		if m := &maps[i]; m.Path == "[vdso]" {
 			vdso = m // resolved last: it depends on the other objects' ELF class
-		default:
+		} else {
 			p.maps = append(p.maps, s.resolveMapping(pid, m, old))
 		}
 	}
@@ -128,22 +117,57 @@ func (s *Symbolizer) readProcess(pid uint32, old *process) (*process, error) {
 		p.maps = append(p.maps, s.resolveVDSO(pid, vdso, p.maps))
 	}
 	slices.SortFunc(p.maps, func(a, b procMapping) int { return cmp.Compare(a.Start, b.Start) })
+	p.bytes = snapshotBytes(p)
 	return p, nil
 }
 
-// resolveMapping attaches the object of one executable mapping.
+// resolveMapping attaches the object of one executable mapping, with a mapping
+// reference on it.
 func (s *Symbolizer) resolveMapping(pid uint32, m *Mapping, old *process) procMapping {
 	if prev := old.find(m.Start); prev != nil && sameMapping(&prev.Mapping, m) {
+		if prev.hasObj {
+			s.mu.Lock()
+			s.mapObjectLocked(prev.obj)
+			s.mu.Unlock()
+		}
 		return *prev
 	}
 	pm := procMapping{Mapping: *m}
 	if !m.fileBacked() {
 		return pm // anonymous: JIT code, named from the perf map if any
 	}
-	if key, e, err := s.objectFor(pid, m, false); err == nil {
-		pm.obj, pm.hasObj, pm.BuildID = key, true, e.buildID
+	key, e, ok := s.cachedByBuildID(m.BuildID)
+	if !ok {
+		var err error
+		if key, e, err = s.objectFor(pid, m, wantMapped); err != nil {
+			return pm // unreadable: the kernel's build ID, if any, still names it
+		}
+	}
+	pm.obj, pm.hasObj, pm.BuildID = key, true, e.buildID
+	if e.path == m.Path {
+		pm.Path, pm.sharedPath = e.path, true
 	}
 	return pm
+}
+
+// cachedByBuildID returns the cached object of a build ID the kernel read from a
+// mapped file, with a mapping reference on it: then the file is neither stat'ed nor
+// opened. The build ID names the mapped file's contents, so no check of the file's
+// identity is needed.
+func (s *Symbolizer) cachedByBuildID(buildID string) (objKey, *objEntry, bool) {
+	if buildID == "" {
+		return objKey{}, nil, false
+	}
+	key := objKey{buildID: buildID}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.objects.get(key)
+	if !ok {
+		return objKey{}, nil, false
+	}
+	s.take(e, key, wantMapped)
+	s.objectHits.Add(1)
+	return key, e, true
 }
 
 // resolveVDSO attaches the vDSO object, given the process's other executable mappings.
@@ -151,6 +175,9 @@ func (s *Symbolizer) resolveVDSO(pid uint32, m *Mapping, maps []procMapping) pro
 	pm := procMapping{Mapping: *m}
 	if key, e, err := s.vdsoObject(pid, m, s.sameClassAsSelf(maps)); err == nil {
 		pm.obj, pm.hasObj, pm.BuildID = key, true, e.buildID
+		s.mu.Lock()
+		s.mapObjectLocked(key)
+		s.mu.Unlock()
 	}
 	return pm
 }
@@ -298,7 +325,7 @@ func (s *Symbolizer) mappingEntry(pid uint32, pm *procMapping) *objEntry {
 		}
 		return nil
 	}
-	key, e, err := s.objectFor(pid, &pm.Mapping, true)
+	key, e, err := s.objectFor(pid, &pm.Mapping, wantAcquired)
 	if err != nil {
 		return nil // gone
 	}
@@ -326,30 +353,24 @@ func (s *Symbolizer) acquireCached(key objKey) *objEntry {
 // none: the process is gone, or its pid now belongs to another process (whose mappings
 // must not be used for the old one's samples).
 func (s *Symbolizer) reread(pid uint32, old *process) *process {
-	if old != nil && time.Since(time.Unix(0, old.lastRead.Load())) < s.mapsReread {
-		return nil
-	}
+	now := time.Now()
 	if old != nil {
-		old.lastRead.Store(time.Now().UnixNano())
+		if now.Sub(time.Unix(0, old.lastRead.Load())) < s.mapsReread {
+			return nil
+		}
+		old.lastRead.Store(now.UnixNano())
+	} else if s.recentlyMissing(pid, now) {
+		return nil // a dead pid's samples do not re-read its maps each time
 	}
 	np, err := s.readProcess(pid, old)
 	if err != nil {
-		if old == nil {
-			// Remember the failure so an unknown, dead pid is not retried per sample.
-			np = &process{pid: pid, jit: &jitState{}}
-			np.lastRead.Store(time.Now().UnixNano())
-			s.mu.Lock()
-			s.procs.put(pid, np)
-			s.mu.Unlock()
-		}
 		return nil
 	}
 	if !sameProcess(old, np) {
+		s.discardSnapshot(np)
 		return nil
 	}
-	s.mu.Lock()
-	s.procs.put(pid, np)
-	s.mu.Unlock()
+	s.publishSnapshot(np)
 	return np
 }
 

@@ -35,9 +35,15 @@ type Frame struct {
 
 // Options configures a Symbolizer; zero fields take their defaults.
 type Options struct {
-	ProcRoot     string // default "/proc"
-	MaxObjects   int    // object cache bound (LRU), default 512: each cached object keeps its file open
-	MaxProcesses int    // process-mappings cache bound (LRU), default 8192
+	ProcRoot string // default "/proc"
+	// MaxObjects bounds the object cache (LRU), default 512: each cached object keeps its
+	// file open. Objects are closed as soon as no cached process maps them; the bound
+	// only matters when the processes held map more.
+	MaxObjects int
+	// MaxProcesses bounds the process snapshots (LRU), default 4096. Snapshots are
+	// released by ReleaseProcess; the bound is a second line for callers that do not say
+	// when processes are done with, or hosts with more sampled processes than it.
+	MaxProcesses int
 	// FrameCacheSize is how many object addresses and what they name are
 	// remembered (two-way set-associative, rounded up to a power of two),
 	// default 16384; negative turns the cache off.
@@ -45,7 +51,7 @@ type Options struct {
 }
 
 // Stats are the Symbolizer's self-metrics: monotonically increasing counters, except for
-// the two cache sizes.
+// the gauges marked so.
 type Stats struct {
 	FramesSymbolized                   uint64 // named frames ("hits")
 	FramesUnsymbolized                 uint64 // frames returned with Function=="" ("misses")
@@ -55,12 +61,30 @@ type Stats struct {
 	ObjectsCached, ProcessesCached     int    // current sizes (gauges)
 	MapsReads                          uint64
 	PerfMapBadLines                    uint64 // unparsable lines skipped in /tmp/perf-PID.map files
+
+	// ObjectsMapped is how many distinct objects the cached processes map, OpenFiles
+	// how many object files are open (gauges).
+	ObjectsMapped, OpenFiles int
+	// ProcessBytes estimates the heap the cached process snapshots take (gauge).
+	ProcessBytes int
+	// ProcessesForgotten counts snapshots released by ReleaseProcess, ProcessesEvicted
+	// those pushed out by MaxProcesses.
+	ProcessesForgotten, ProcessesEvicted uint64
+	// ObjectsUnmapped counts objects closed because no cached process mapped them any
+	// more, ObjectsEvicted those pushed out by MaxObjects.
+	ObjectsUnmapped, ObjectsEvicted uint64
+	// MapsQueries counts snapshots read with the PROCMAP_QUERY ioctl (executable
+	// mappings only, build IDs from the kernel), the rest of MapsReads parsed the text.
+	MapsQueries uint64
 }
 
 const (
-	defaultProcRoot     = "/proc"
-	defaultMaxObjects   = 512
-	defaultMaxProcesses = 8192
+	defaultProcRoot   = "/proc"
+	defaultMaxObjects = 512
+	// defaultMaxProcesses holds a busy host's sampled processes plus those that exited
+	// during the last drain intervals (100 sampled exits a second for 20 s is 2,000),
+	// at about 1.5 KiB each for a process mapping ten objects.
+	defaultMaxProcesses = 4096
 	// defaultMapsReread bounds how often an address outside every known mapping makes User
 	// re-read /proc/PID/maps: often enough to catch dlopen'ed libraries quickly, rarely
 	// enough that a garbage return address in every sample costs nothing.
@@ -76,6 +100,9 @@ type Symbolizer struct {
 	mapsReread time.Duration
 	maxVDSOs   int
 	seed       maphash.Seed // for vDSO content hashes
+
+	// noProcmapQuery is set once the maps files did not answer PROCMAP_QUERY (procmap.go).
+	noProcmapQuery atomic.Bool
 
 	knames       kernelNames // names from the kernel itself, when a KernelNamer is set
 	kernelLoader sync.Mutex  // serializes kallsyms loads
@@ -93,10 +120,18 @@ type Symbolizer struct {
 	procs    *lru[uint32, *process]
 	loading  map[fileKey]*loadCall
 	vdsoKeys map[uint64]objKey // vDSO content hash -> object key
+	// mapped counts, per object, the cached (or being built) snapshots that map it:
+	// an object is closed when its count drops to zero (release.go).
+	mapped map[objKey]int
+	// missing holds pids whose maps could not be read lately (UnixNano of the attempt).
+	missing   map[uint32]int64
+	procBytes int // estimated heap of the cached snapshots
 
 	framesNamed, framesUnnamed, errors  atomic.Uint64
 	objectHits, objectMisses, mapsReads atomic.Uint64
-	perfMapBadLines                     atomic.Uint64
+	perfMapBadLines, mapsQueries        atomic.Uint64
+	processesForgotten, objectsUnmapped atomic.Uint64
+	openFiles                           atomic.Int64
 }
 
 // New returns a Symbolizer with empty caches.
@@ -112,7 +147,7 @@ func New(opts Options) *Symbolizer {
 	}
 	objects := newLRU[objKey, *objEntry](opts.MaxObjects)
 	objects.onEvict = func(_ objKey, e *objEntry) { e.evict() }
-	return &Symbolizer{
+	s := &Symbolizer{
 		procRoot:   opts.ProcRoot,
 		mapsReread: defaultMapsReread,
 		maxVDSOs:   16,
@@ -123,28 +158,37 @@ func New(opts Options) *Symbolizer {
 		procs:      newLRU[uint32, *process](opts.MaxProcesses),
 		loading:    make(map[fileKey]*loadCall),
 		vdsoKeys:   make(map[uint64]objKey),
+		mapped:     make(map[objKey]int),
+		missing:    make(map[uint32]int64),
 		seed:       maphash.MakeSeed(),
 	}
+	s.procs.onEvict = func(_ uint32, p *process) { s.releaseSnapshotLocked(p) }
+	return s
 }
 
 // Stats returns the counters and cache sizes.
 func (s *Symbolizer) Stats() Stats {
-	s.mu.Lock()
-	objects, procs := s.objects.len(), s.procs.len()
-	s.mu.Unlock()
-	return Stats{
+	st := Stats{
 		FramesSymbolized:   s.framesNamed.Load(),
 		FramesUnsymbolized: s.framesUnnamed.Load(),
 		Errors:             s.errors.Load(),
 		ObjectCacheHits:    s.objectHits.Load(),
 		ObjectCacheMisses:  s.objectMisses.Load(),
-		ObjectsCached:      objects,
-		ProcessesCached:    procs,
 		MapsReads:          s.mapsReads.Load(),
+		MapsQueries:        s.mapsQueries.Load(),
 		PerfMapBadLines:    s.perfMapBadLines.Load(),
 		FrameCacheHits:     s.frames.hitCount(),
 		FrameCacheMisses:   s.frames.missCount(),
+		ProcessesForgotten: s.processesForgotten.Load(),
+		ObjectsUnmapped:    s.objectsUnmapped.Load(),
+		OpenFiles:          int(s.openFiles.Load()),
 	}
+	s.mu.Lock()
+	st.ObjectsCached, st.ProcessesCached = s.objects.len(), s.procs.len()
+	st.ObjectsEvicted, st.ProcessesEvicted = s.objects.evicted, s.procs.evicted
+	st.ObjectsMapped, st.ProcessBytes = len(s.mapped), s.procBytes
+	s.mu.Unlock()
+	return st
 }
 
 func (s *Symbolizer) countFrames(frames []Frame) {

@@ -59,10 +59,10 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default(fmt.Sprint(d.MaxStacks)).IntVar(&f.sampler.MaxStacks)
 	app.Flag("profiling.max-processes", "Processes remembered by the kernel side as already announced to the symbolizer.").
 		Default(fmt.Sprint(d.MaxProcesses)).IntVar(&f.sampler.MaxProcesses)
-	app.Flag("symbolizer.max-objects", "Parsed ELF objects cached by the symbolizer.").
+	app.Flag("symbolizer.max-objects", "ELF objects the symbolizer holds open, at most; an object no held process maps is closed before that.").
 		Default("512").IntVar(&f.maxObjects)
-	app.Flag("symbolizer.max-processes", "Processes whose memory mappings the symbolizer caches.").
-		Default("8192").IntVar(&f.maxProcesses)
+	app.Flag("symbolizer.max-processes", "Processes whose memory mappings the symbolizer holds, at most; a process is let go of after its exit and last drain before that.").
+		Default("4096").IntVar(&f.maxProcesses)
 	app.Flag("cgroup.max-paths", "cgroup2 directories indexed to name cgroups.").
 		Default("65536").IntVar(&f.maxCgroups)
 	app.Flag("unwind.tables", "Unwind user stacks of code without frame pointers with tables compiled from .eh_frame (--no-unwind.tables: frame pointers only).").

@@ -33,6 +33,7 @@ type serveCommand struct {
 	counters       *counterFlags
 	push           *pushFlags
 	history        *historyFlags
+	runtime        *runtimeFlags
 }
 
 func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveCommand {
@@ -48,6 +49,7 @@ func newServeCommand(app *kingpin.Application, prof *profilingFlags) *serveComma
 	c.counters = addCounterFlags(c.cmd)
 	c.push = addPushFlags(c.cmd)
 	c.history = addHistoryFlags(c.cmd)
+	c.runtime = addRuntimeFlags(c.cmd)
 	return c
 }
 
@@ -74,6 +76,9 @@ func (c *serveCommand) run() error {
 		return err
 	}
 	if err := c.history.validate(); err != nil {
+		return err
+	}
+	if err := c.runtime.apply(); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

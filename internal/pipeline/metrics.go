@@ -9,6 +9,12 @@ var (
 		"Times the kernel maps were drained into a profile window.", nil, nil)
 	descDrainErrors = prometheus.NewDesc("cgscope_profile_drain_errors_total",
 		"Drains of the kernel maps that failed.", nil, nil)
+	descProcesses = prometheus.NewDesc("cgscope_profile_processes",
+		"Processes the pipeline tracks (announced by the sampler, or sampled with a user stack although their notice was lost), by state: running, or exited and waiting for their last samples to be symbolized before they are released.",
+		[]string{"state"}, nil)
+	descProcessExits = prometheus.NewDesc("cgscope_profile_process_exits_total",
+		"Exits and execs of announced processes, by how they were learnt: sampler (its exit hook, or its check at each drain of the processes it announced) or sweep (found gone by the pipeline: the sampler's notice was lost).",
+		[]string{"source"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -16,6 +22,8 @@ func (p *Pipeline) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descUniqueStacks
 	ch <- descDrains
 	ch <- descDrainErrors
+	ch <- descProcesses
+	ch <- descProcessExits
 }
 
 // Collect implements prometheus.Collector: the pipeline's Stats.
@@ -24,4 +32,9 @@ func (p *Pipeline) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUniqueStacks, prometheus.GaugeValue, float64(st.UniqueStacks))
 	ch <- prometheus.MustNewConstMetric(descDrains, prometheus.CounterValue, float64(st.Windows))
 	ch <- prometheus.MustNewConstMetric(descDrainErrors, prometheus.CounterValue, float64(st.DrainErrors))
+	running, exited := p.procs.counts()
+	ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(running), "running")
+	ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(exited), "exited")
+	ch <- prometheus.MustNewConstMetric(descProcessExits, prometheus.CounterValue, float64(p.procs.exitsBySampler.Load()), "sampler")
+	ch <- prometheus.MustNewConstMetric(descProcessExits, prometheus.CounterValue, float64(p.procs.exitsBySweep.Load()), "sweep")
 }

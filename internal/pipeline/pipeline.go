@@ -83,6 +83,7 @@ type Pipeline struct {
 	unwinder  Unwinder     // nil: no unwind tables
 	interp    Interpreters // nil: native frames only
 	interval  time.Duration
+	procs     *processes // announced processes, released after their exit (process.go)
 
 	flushMu sync.Mutex // one drain at a time, delivered in order
 
@@ -110,7 +111,10 @@ func (p *Pipeline) SetWorkloads(r WorkloadResolver) { p.workloads = r }
 
 // New builds a pipeline. cgroups may be nil (no cgroup2 mounted).
 func New(s Sampler, sym Symbolizer, cgroups CgroupPaths, interval time.Duration) *Pipeline {
-	return &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){}}
+	p := &Pipeline{sampler: s, sym: sym, cgroups: cgroups, interval: interval, subs: map[int]func(*Window){},
+		procs: newProcesses()}
+	p.releaseWith(sym)
+	return p
 }
 
 // Run flushes every interval until ctx ends; then it stops sampling and
@@ -144,6 +148,7 @@ func (p *Pipeline) flushLogged() {
 func (p *Pipeline) Flush() (*Window, error) {
 	p.flushMu.Lock()
 	defer p.flushMu.Unlock()
+	drain := p.procs.drainStarted()
 	batch, err := p.sampler.Drain()
 	if err != nil {
 		p.drainErrors.Add(1)
@@ -157,6 +162,7 @@ func (p *Pipeline) Flush() (*Window, error) {
 		fn(w)
 	}
 	p.delivering.RUnlock()
+	p.releaseExited(drain, batch)
 	return w, nil
 }
 
@@ -241,6 +247,7 @@ func (p *Pipeline) Stats() Stats {
 // snapshots the process's mappings while it is still alive, then to the
 // unwinder, which gives it unwind tables.
 func (p *Pipeline) ProcessStarted(pid uint32, image uint64) {
+	p.procs.started(pid, image)
 	if err := p.sym.ProcessStarted(pid); err != nil {
 		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
 		return
@@ -258,8 +265,11 @@ func (p *Pipeline) ProcessMappingsChanged(pid uint32, image uint64) {
 	}
 }
 
-// ProcessGone forwards the exec or exit of an announced process image.
+// ProcessGone forwards the exec or exit of an announced process image: the
+// unwinder lets go of it at once (its kernel state must not serve the next
+// image), the symbolizer once its last samples are symbolized (process.go).
 func (p *Pipeline) ProcessGone(pid uint32, image uint64) {
+	p.procs.gone(pid, image)
 	if p.unwinder != nil {
 		p.unwinder.ProcessGone(pid, image)
 	}
