@@ -140,6 +140,10 @@ type windowEncoder struct {
 	nFrame  uint32
 	nLabel  uint32
 	nStack  uint32
+	// bytes estimates the memory of the maps above: bounded by
+	// maxEncoderBytes, beyond which the next window starts a new
+	// generation (and an empty dictionary).
+	bytes int
 
 	// additions since the last dictionary record, and their first ids
 	pStr    []string
@@ -168,13 +172,36 @@ func (e *windowEncoder) reset(gen uint64) {
 	}
 }
 
+// maxEncoderBytes bounds the writer's dictionary. A generation lasts up to
+// a segment's span (hours, with a long retention); on a host that starts
+// processes all day every new pid and thread adds a label set, so without
+// a bound the dictionary would grow for the whole span. Past the bound the
+// generation is closed early: its successor repeats the entries still in
+// use, a little disk for a bounded writer.
+var maxEncoderBytes = 4 << 20 // a variable for tests
+
+// Estimated bytes of a dictionary entry beyond its strings: the map entry
+// and its pending copy.
+const (
+	strEntryBytes   = 48
+	labelEntryBytes = 128
+	frameEntryBytes = 160
+	stackEntryBytes = 64
+)
+
 // encode returns the records of w for generation gen: a dictionary record
 // with what w adds to gen's dictionary (if anything), then the window's CPU
 // record and, when it has off-CPU samples, its off-CPU record. It fails,
 // writing nothing, when gen's dictionary has outgrown the ids a reader
-// accepts: records a query would reject are not worth storing.
+// accepts: records a query would reject are not worth storing. When gen's
+// dictionary holds more than maxEncoderBytes, or would outgrow those ids,
+// it asks for a new generation instead (store.ErrNewGeneration).
 func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) ([]store.Record, error) {
-	if gen != e.gen || e.strings == nil {
+	fresh := gen != e.gen || e.strings == nil
+	if !fresh && e.bytes > maxEncoderBytes {
+		return nil, store.ErrNewGeneration
+	}
+	if fresh {
 		e.reset(gen)
 	}
 	windows := []store.Record{e.windowRecord(w, pprof.CPU)}
@@ -182,6 +209,9 @@ func (e *windowEncoder) encode(w *pipeline.Window, gen uint64) ([]store.Record, 
 		windows = append(windows, e.windowRecord(w, pprof.OffCPU))
 	}
 	if max(e.nStr, e.nFrame, e.nLabel, e.nStack) > maxDictIDs {
+		if !fresh {
+			return nil, store.ErrNewGeneration
+		}
 		return nil, errDictFull
 	}
 	var recs []store.Record
@@ -278,6 +308,7 @@ func (e *windowEncoder) str(s string) uint32 {
 	id := e.nStr
 	e.nStr++
 	e.strings[s] = id
+	e.bytes += len(s) + strEntryBytes
 	e.pStr = append(e.pStr, s)
 	return id
 }
@@ -294,6 +325,7 @@ func (e *windowEncoder) label(s *pipeline.Sample) uint32 {
 	id := e.nLabel
 	e.nLabel++
 	e.labels[k] = id
+	e.bytes += labelEntryBytes
 	e.pLabel = append(e.pLabel, labelRec{s.PID, s.TID, e.str(s.Comm), e.str(s.Cgroup),
 		e.str(l.Namespace), e.str(l.Pod), e.str(l.Container)})
 	return id
@@ -335,6 +367,7 @@ func (e *windowEncoder) frameOf(k frameKey) uint32 {
 	id := e.nFrame
 	e.nFrame++
 	e.frames[k] = id
+	e.bytes += frameEntryBytes
 	e.pFrame = append(e.pFrame, frameRec{e.str(k.fn), e.str(k.file), e.str(k.mapPath), e.str(k.buildID), k.line, k.addr, k.flags})
 	return id
 }
@@ -358,6 +391,7 @@ func (e *windowEncoder) stack(frames []symbolizer.Frame) uint32 {
 	id := e.nStack
 	e.nStack++
 	e.stacks[string(e.scratch)] = id
+	e.bytes += 2*len(e.scratch) + 4*len(e.ids) + stackEntryBytes
 	e.pStack = append(e.pStack, slices.Clone(e.ids))
 	return id
 }

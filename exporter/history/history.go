@@ -7,6 +7,7 @@
 package history
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -125,7 +126,7 @@ func (h *History) run() {
 func (h *History) storeWindow(w *pipeline.Window) error {
 	return h.st.AppendFunc(func(gen uint64) ([]store.Record, error) {
 		recs, err := h.enc.encode(w, gen)
-		if err != nil {
+		if err != nil && !errors.Is(err, store.ErrNewGeneration) {
 			h.encErrs.Add(1)
 		}
 		return recs, err

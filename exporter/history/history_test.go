@@ -713,3 +713,65 @@ func TestHistoryInterpretedFrames(t *testing.T) {
 		t.Errorf("a format 6 record with an interpreted frame: %v", err)
 	}
 }
+
+// On a host that starts processes all day every window brings new pids:
+// the writer's dictionary stays under its bound by closing generations
+// early (the store alone would keep one for its whole span), and a query
+// over all of them still returns every sample.
+func TestHistoryDictionaryBoundedUnderChurn(t *testing.T) {
+	old := maxEncoderBytes
+	maxEncoderBytes = 256 << 10
+	t.Cleanup(func() { maxEncoderBytes = old })
+
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	ws := testWindows(40, start)
+	for i, w := range ws { // small windows, every one's processes new
+		w.Samples, w.OffCPU = w.Samples[:min(len(w.Samples), 30)], w.OffCPU[:min(len(w.OffCPU), 10)]
+		for _, samples := range [][]pipeline.Sample{w.Samples, w.OffCPU} {
+			for j := range samples {
+				samples[j].PID += uint32(i) * 100_000
+				samples[j].TID += uint32(i) * 100_000
+			}
+		}
+	}
+	disk, err := store.OpenDisk(store.DiskOptions{Dir: t.TempDir(), MaxBytes: 1 << 30, SegmentBytes: 1 << 30, SegmentSpan: 24 * time.Hour, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+
+	h := New(Options{Store: disk, QueueSize: 1})
+	h.Start()
+	peak, maxAdd := 0, 0 // the encoder's bytes, and the most one window added
+	for _, w := range ws {
+		gen, before := h.enc.gen, h.enc.bytes
+		if err := h.storeWindow(w); err != nil {
+			t.Fatal(err)
+		}
+		if h.enc.gen != gen {
+			before = 0
+		}
+		peak, maxAdd = max(peak, h.enc.bytes), max(maxAdd, h.enc.bytes-before)
+	}
+	h.Stop()
+
+	gens := map[uint64]bool{}
+	for _, m := range disk.List(levelWindow, start, start.Add(time.Hour)) {
+		gens[m.Gen()] = true
+	}
+	t.Logf("%d generations, encoder peak %d bytes (bound %d, a window adds up to %d)", len(gens), peak, maxEncoderBytes, maxAdd)
+	if len(gens) < 3 {
+		t.Errorf("%d generations: the dictionary bound never closed one", len(gens))
+	}
+	if peak > maxEncoderBytes+maxAdd {
+		t.Errorf("encoder held %d bytes: more than the bound %d and one window", peak, maxEncoderBytes)
+	}
+	if n := h.encErrs.Load(); n != 0 {
+		t.Errorf("%d encode errors counted for generations closed on purpose", n)
+	}
+	got, err := h.Profile(context.Background(), Query{From: start, To: start.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
+}

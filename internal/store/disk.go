@@ -193,16 +193,20 @@ func (d *Disk) AppendFunc(build func(gen uint64) ([]Record, error)) error {
 	if d.active != nil {
 		seg := d.segments[len(d.segments)-1]
 		var err error
-		if recs, err = build(seg.gen); err != nil {
-			return err
-		}
-		if len(recs) == 0 {
-			return nil
-		}
-		buf = encodeRecords(recs)
-		first := seg.records[0].Start
-		if seg.size+int64(len(buf)) > d.opts.SegmentBytes || recs[0].Start.Sub(first) >= d.opts.SegmentSpan {
+		recs, err = build(seg.gen)
+		switch {
+		case errors.Is(err, ErrNewGeneration):
 			d.closeActiveLocked()
+		case err != nil:
+			return err
+		case len(recs) == 0:
+			return nil
+		default:
+			buf = encodeRecords(recs)
+			first := seg.records[0].Start
+			if seg.size+int64(len(buf)) > d.opts.SegmentBytes || recs[0].Start.Sub(first) >= d.opts.SegmentSpan {
+				d.closeActiveLocked()
+			}
 		}
 	}
 	if d.active == nil {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"sync"
 	"time"
 )
@@ -52,10 +53,13 @@ func (m *Memory) AppendFunc(build func(gen uint64) ([]Record, error)) error {
 	if m.open {
 		g := &m.gens[len(m.gens)-1]
 		var err error
-		if recs, err = build(g.id); err != nil {
+		recs, err = build(g.id)
+		switch {
+		case errors.Is(err, ErrNewGeneration):
+			m.open, recs = false, nil
+		case err != nil:
 			return err
-		}
-		if g.bytes+groupBytes(recs) > m.genBytes {
+		case g.bytes+groupBytes(recs) > m.genBytes:
 			m.open, recs = false, nil
 		}
 	}

@@ -71,7 +71,8 @@ type Store interface {
 	// new one), so it must return records meant for exactly the generation
 	// it is given. On Disk the records reach the file in one write and one
 	// fsync: a crash tears at most this group. An error from build is
-	// returned and nothing is written.
+	// returned and nothing is written, except ErrNewGeneration for the open
+	// generation, which closes it and calls build again with a new one.
 	AppendFunc(build func(gen uint64) ([]Record, error)) error
 	// ListGen returns the metadata of the records of level in generation
 	// gen, in append order (empty once the generation is evicted).
@@ -103,6 +104,13 @@ type Stats struct {
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("store closed")
+
+// ErrNewGeneration, returned by an AppendFunc build for the open
+// generation, asks for the records to go to a new one instead: build is
+// called again with the new generation's id. A writer that repeats per
+// generation what its records share (a dictionary) returns it to bound
+// what it holds. Returned for a new generation, it is an error like any.
+var ErrNewGeneration = errors.New("store: the records need a new generation")
 
 // counters are the monotonic Stats fields, updated without locks.
 type counters struct {
