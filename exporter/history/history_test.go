@@ -574,27 +574,33 @@ func TestHistoryRejectsMisplacedInlinedCalls(t *testing.T) {
 	}
 }
 
-// A window the encoder cannot write (its generation's dictionary has more
-// ids than a reader accepts) is not stored and is counted.
-func TestHistoryCountsEncodeErrors(t *testing.T) {
+// A generation whose dictionary has as many ids as a reader accepts takes
+// no more: the next window opens a new generation, is stored there and can
+// be read, and nothing counts as an encode error.
+func TestHistoryFullDictionaryOpensAGeneration(t *testing.T) {
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(2, start)
-	st := store.NewMemory(4 << 20)
+	st := store.NewMemory(64 << 20)
 	h := New(Options{Store: st})
 	if err := h.storeWindow(ws[0]); err != nil {
 		t.Fatal(err)
 	}
-	before := st.Stats().Appended
+	gen := h.enc.gen
 	h.enc.nStr = maxDictIDs + 1
-	if err := h.storeWindow(ws[1]); err == nil {
-		t.Fatal("a window past the dictionary's ids was stored")
+	if err := h.storeWindow(ws[1]); err != nil {
+		t.Fatal(err)
 	}
-	if got := h.encErrs.Load(); got != 1 {
-		t.Errorf("encode errors %d, want 1", got)
+	if h.enc.gen == gen {
+		t.Errorf("the window went to the full generation %d", gen)
 	}
-	if got := st.Stats().Appended; got != before {
-		t.Errorf("%d records written for a window that failed to encode", got-before)
+	if got := h.encErrs.Load(); got != 0 {
+		t.Errorf("encode errors %d, want 0", got)
 	}
+	got, err := h.Profile(context.Background(), Query{From: start, To: start.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, canon(got, true), canon(pprof.Build(ws, pprof.Selector{}), true))
 }
 
 // An off-CPU window record is read only as format 5 on (a record marked
