@@ -60,6 +60,8 @@ type Registry struct {
 
 	goneMu sync.Mutex
 	gone   map[uint32]uint64 // exits and execs the queue had no room for
+	// releases the queue had no room for
+	released map[uint32]bool
 
 	mu        sync.Mutex // guards procs and the counters below
 	procs     map[uint32]*proc
@@ -80,6 +82,7 @@ const (
 	noticeStarted noticeKind = iota
 	noticeGone
 	noticeChanged
+	noticeReleased
 )
 
 type notice struct {
@@ -94,6 +97,7 @@ type proc struct {
 	owner   uint64 // its key in the cache
 	runtime Runtime
 	process Process // nil: none to walk (unsupported, or none found)
+	stopped bool    // the image is gone: kept to name its last samples
 }
 
 type retry struct {
@@ -115,6 +119,7 @@ func NewRegistry(sink Sink, src Source, runtimes []Runtime, cfg Config) *Registr
 		cache:     NewCache(cfg.CacheBytes),
 		queue:     make(chan notice, cfg.QueueSize),
 		gone:      map[uint32]uint64{},
+		released:  map[uint32]bool{},
 		procs:     map[uint32]*proc{},
 		attached:  map[string]map[string]uint64{},
 		framesOK:  map[string]uint64{},
@@ -140,14 +145,28 @@ func (r *Registry) ProcessMappingsChanged(pid uint32, image uint64) {
 	r.post(notice{pid, image, noticeChanged})
 }
 
-// ProcessGone forgets pid's image (it exec'd or exited; image 0: whatever
-// image). Never lost: the queue's overflow is kept aside.
+// ProcessGone stops the walker for pid's image (it exec'd or exited; image
+// 0: whatever image). What names its frames stays until ReleaseProcess (or
+// a new image of the pid): the samples it left in the kernel's maps are
+// named after it ended. Never lost: the queue's overflow is kept aside.
 func (r *Registry) ProcessGone(pid uint32, image uint64) {
 	select {
 	case r.queue <- notice{pid, image, noticeGone}:
 	default:
 		r.goneMu.Lock()
 		r.gone[pid] = image
+		r.goneMu.Unlock()
+	}
+}
+
+// ReleaseProcess forgets what was read of pid (its exit was seen and its
+// last samples named): the pipeline's per-process release. Never lost.
+func (r *Registry) ReleaseProcess(pid uint32) {
+	select {
+	case r.queue <- notice{pid, 0, noticeReleased}:
+	default:
+		r.goneMu.Lock()
+		r.released[pid] = true
 		r.goneMu.Unlock()
 	}
 }
@@ -196,13 +215,19 @@ func (r *Registry) armTimer(t *time.Timer) {
 
 func (r *Registry) handleOverflow() {
 	r.goneMu.Lock()
-	gone := r.gone
+	gone, released := r.gone, r.released
 	if len(gone) > 0 {
 		r.gone = map[uint32]uint64{}
 	}
+	if len(released) > 0 {
+		r.released = map[uint32]bool{}
+	}
 	r.goneMu.Unlock()
 	for pid, image := range gone {
-		r.forget(pid, image)
+		r.stop(pid, image)
+	}
+	for pid := range released {
+		r.forget(pid, 0)
 	}
 }
 
@@ -226,7 +251,9 @@ func (r *Registry) handle(n notice) {
 			r.retries[n.pid] = &retry{image: n.image, at: time.Now().Add(changedDelay)}
 		}
 	case noticeGone:
-		r.forget(n.pid, n.image)
+		r.stop(n.pid, n.image)
+	case noticeReleased:
+		r.forget(n.pid, 0)
 	}
 }
 
@@ -237,6 +264,26 @@ func (r *Registry) retryDue(now time.Time) {
 		}
 		delete(r.retries, pid)
 		r.look(pid, rt.image, rt.tries)
+	}
+}
+
+// stop takes pid's image (any image with image 0) from the walker and
+// stops looking for its interpreter; what names its frames is kept.
+func (r *Registry) stop(pid uint32, image uint64) {
+	if rt := r.retries[pid]; rt != nil && (image == 0 || rt.image == image) {
+		delete(r.retries, pid)
+	}
+	r.mu.Lock()
+	p := r.procs[pid]
+	walked := p != nil && p.process != nil && !p.stopped && (image == 0 || p.image == image)
+	if walked {
+		p.stopped = true
+	}
+	r.mu.Unlock()
+	if walked {
+		if err := r.sink.UnloadProcess(pid); err != nil {
+			slog.Debug("unloading an interpreter", "pid", pid, "err", err)
+		}
 	}
 }
 
@@ -257,7 +304,7 @@ func (r *Registry) forget(pid uint32, image uint64) {
 		return
 	}
 	r.cache.DropOwner(p.owner)
-	if p.process != nil {
+	if p.process != nil && !p.stopped {
 		if err := r.sink.UnloadProcess(pid); err != nil {
 			slog.Debug("unloading an interpreter", "pid", pid, "err", err)
 		}
@@ -400,7 +447,7 @@ func (r *Registry) Stats() Stats {
 		st.Walked[name] = 0
 	}
 	for _, p := range r.procs {
-		if p.process != nil {
+		if p.process != nil && !p.stopped {
 			st.Walked[p.runtime.Name()]++
 		}
 	}

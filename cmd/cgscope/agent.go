@@ -241,6 +241,9 @@ func startAgent(f *profilingFlags) (*agent, error) {
 		a.closers = append(a.closers, func() error { cancel(); return nil })
 		a.interp = reg
 		a.pipeline.SetInterpreters(reg)
+		// What names a process's frames goes with the process, once its
+		// last samples are named.
+		a.pipeline.OnProcessReleased(reg)
 		notices = append(notices, reg)
 	}
 	if len(notices) > 0 {

@@ -119,6 +119,20 @@ func TestPython(t *testing.T) {
 	// again while they start): wait until every one is walked or refused.
 	waitInterpreters(t, d, 6+len(others), 2)
 	time.Sleep(time.Second)
+	// A short-lived one, started and ended inside the capture: its last
+	// samples are drained after it exited, and still named.
+	short := make(chan *exec.Cmd, 1)
+	go func() {
+		time.Sleep(time.Second)
+		w := exec.Command(debianPython, script("chain.py"), "2")
+		if err := w.Start(); err != nil {
+			t.Error(err)
+			close(short)
+			return
+		}
+		w.Wait()
+		short <- w
+	}()
 	p := d.capture(t, "seconds=6")
 	time.Sleep(2500 * time.Millisecond) // two OTLP intervals after the capture's last window
 
@@ -140,6 +154,24 @@ func TestPython(t *testing.T) {
 			if total < 30 || float64(whole) < 0.95*float64(total) {
 				t.Errorf("%s: chain fid_leaf ← fid_middle ← Outer.fid_outer named with file and line in %d of %d samples, want at least 95%%", w.name, whole, total)
 			}
+		}
+	})
+
+	t.Run("short-lived", func(t *testing.T) {
+		w := <-short
+		if w == nil {
+			t.Fatal("the short-lived workload did not run")
+		}
+		pid := w.Process.Pid
+		whole := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(pid)(s) && holdsPyChain(pyFrames(s)) })
+		total := samplesWhere(p, pidIs(pid))
+		// Its start-up (the interpreter initializing, importing) runs no
+		// chain; what would show names lost at its exit is the
+		// interpreter loop's native frame left in place of its frames.
+		loop := samplesWhere(p, func(s *profile.Sample) bool { return pidIs(pid)(s) && stackHas(s, "_PyEval_EvalFrameDefault") })
+		t.Logf("a 2 s python: chain with files and lines in %d of %d samples, %d with the interpreter loop unreplaced\n%s", whole, total, loop, pidStacks(p, pid, 2))
+		if total < 30 || float64(whole) < 0.8*float64(total) || float64(loop) > 0.03*float64(total) {
+			t.Errorf("a process that ended during the capture: chain in %d of %d samples (want 80%%), %d with the interpreter loop (want under 3%%)", whole, total, loop)
 		}
 	})
 
