@@ -408,7 +408,7 @@ func containedPython(t *testing.T, script string) int {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	sh := fmt.Sprintf("mount -t tmpfs cgscope-e2e %[1]s && cp %[2]s %[1]s/python3.11 && PYTHONHOME=/usr exec %[1]s/python3.11 %[3]s 60", dir, debianPython, script)
-	w := workload(t, "unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", sh)
+	w := workload(t, "unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", sh)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", w.Process.Pid, w.Process.Pid))
 		for _, f := range strings.Fields(string(b)) {
