@@ -610,6 +610,9 @@ func TestCounterCollectorDegrades(t *testing.T) {
 		if c.SwitchPrograms() != nil {
 			t.Error("a histogram program that did not load is offered to the duty-cycle controller")
 		}
+		// Counters start at 0 when they load: run a while, to be counted.
+		for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); {
+		}
 		usage, err := c.Read()
 		if err != nil {
 			t.Fatal(err)
