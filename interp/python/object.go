@@ -2,12 +2,10 @@ package python
 
 import (
 	"debug/elf"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"strconv"
-	"sync"
 
 	"github.com/cgscope/cgscope/interp"
 )
@@ -105,55 +103,5 @@ func (b *objectFacts) take(syms []elf.Symbol) {
 	}
 }
 
-// bias is what the process adds to the object's addresses, from the
-// mapping of its code: the segment holding the mapping's file offset.
-func (b *objectFacts) bias(m *interp.Mapping) (uint64, error) {
-	for _, p := range b.loads {
-		if m.Offset >= p.Off&^0xfff && m.Offset < p.Off+p.Filesz {
-			return m.Start - m.Offset + p.Off - p.Vaddr, nil
-		}
-	}
-	return 0, errors.New("no segment holds the mapping's offset")
-}
-
-// objectCache keeps what objects say of themselves, by object: an
-// interpreter run by many processes is read once.
-type objectCache struct {
-	mu   sync.Mutex
-	objs map[any]*factsEntry
-}
-
-type factsEntry struct {
-	b   *objectFacts
-	err error
-}
-
-// maxObjects bounds the objects remembered; beyond it, all are forgotten
-// (they are read again as their processes start).
-const maxObjects = 64
-
-func (c *objectCache) get(t *interp.Target) (*objectFacts, error) {
-	key := t.Candidate.Object
-	c.mu.Lock()
-	e, ok := c.objs[key]
-	c.mu.Unlock()
-	if ok {
-		return e.b, e.err
-	}
-	e = &factsEntry{}
-	e.err = t.Read(func(r io.ReaderAt) error {
-		var err error
-		e.b, err = readObjectFacts(r, t.Candidate.Path)
-		return err
-	})
-	if e.err != nil && !errors.Is(e.err, interp.ErrNotInterpreter) {
-		return nil, e.err // a read that failed: tried again with the next process
-	}
-	c.mu.Lock()
-	if c.objs == nil || len(c.objs) >= maxObjects {
-		c.objs = map[any]*factsEntry{}
-	}
-	c.objs[key] = e
-	c.mu.Unlock()
-	return e.b, e.err
-}
+// bias is what the process adds to the object's addresses.
+func (b *objectFacts) bias(m *interp.Mapping) (uint64, error) { return interp.Bias(b.loads, m) }

@@ -16,13 +16,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/cgscope/cgscope/interp"
 )
 
 // Runtime is CPython's interp.Runtime.
 type Runtime struct {
-	objects objectCache
+	objects interp.Objects[*objectFacts]
 }
 
 // New returns CPython's runtime.
@@ -55,7 +56,7 @@ const maxCheckedThreads = 16
 // Attach finds the interpreter in the candidate, checks it against the
 // running process and returns it.
 func (rt *Runtime) Attach(t *interp.Target) (interp.Process, error) {
-	bin, err := rt.objects.get(t)
+	bin, err := rt.objects.Get(t, func(r io.ReaderAt) (*objectFacts, error) { return readObjectFacts(r, t.Candidate.Path) })
 	if err != nil {
 		return nil, err
 	}

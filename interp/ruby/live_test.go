@@ -262,7 +262,7 @@ func TestLiveRuby(t *testing.T) {
 	mem := interp.NewMemory(uint32(pid))
 	var vmPtr uint64
 	for _, tg := range liveTargets(t, rt, pid, interp.NewCache(1<<20)) {
-		bin, err := rt.objects.get(tg)
+		bin, err := rt.objects.Get(tg, readObjectFacts)
 		if err != nil {
 			continue
 		}
@@ -373,7 +373,7 @@ func TestLiveRubyFiber(t *testing.T) {
 	mem := interp.NewMemory(uint32(pid))
 	var vmPtr uint64
 	for _, tg := range liveTargets(t, rt, pid, interp.NewCache(1<<20)) {
-		if bin, err := rt.objects.get(tg); err == nil {
+		if bin, err := rt.objects.Get(tg, readObjectFacts); err == nil {
 			bias, _ := bin.bias(&tg.Candidate)
 			vmPtr = bin.vmPtr + bias
 		}

@@ -24,7 +24,7 @@ import (
 
 // Runtime is CRuby's interp.Runtime.
 type Runtime struct {
-	objects objectCache
+	objects interp.Objects[*objectFacts]
 }
 
 // New returns CRuby's runtime.
@@ -54,7 +54,7 @@ const (
 // Attach finds the interpreter in the candidate, checks it against the
 // running process and returns it.
 func (rt *Runtime) Attach(t *interp.Target) (interp.Process, error) {
-	bin, err := rt.objects.get(t)
+	bin, err := rt.objects.Get(t, readObjectFacts)
 	if err != nil {
 		return nil, err
 	}
