@@ -63,48 +63,7 @@ func BenchmarkInterpreterSampleCost(b *testing.B) {
 		s.objs.KnownProcs.Lookup(pid, &image)
 	}
 	st := attachPython(b, pid)
-	ip := s.Interpreters()
-
-	var on, off phaseCost
-	var walks, frames uint64
-	var walkTime time.Duration
-	for b.Loop() {
-		if err := ip.LoadProcess(pid, image, st); err != nil {
-			b.Fatal(err)
-		}
-		w0, t0 := interpWalks(b, s)
-		on.measure(b, s)
-		w1, t1 := interpWalks(b, s)
-		walks, walkTime = walks+w1-w0, walkTime+t1-t0
-		batch, err := s.Drain()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, rs := range batch.Samples {
-			if rs.PID == pid && len(rs.Interp) > 0 {
-				frames += uint64(len(rs.Interp)) * rs.Count
-			}
-		}
-		if err := ip.UnloadProcess(pid); err != nil {
-			b.Fatal(err)
-		}
-		off.measure(b, s)
-		if _, err := s.Drain(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if walks == 0 || on.runs == 0 || off.runs == 0 {
-		b.Fatalf("%d walks, %d and %d runs", walks, on.runs, off.runs)
-	}
-	onNs, offNs := float64(on.ns)/float64(on.runs), float64(off.ns)/float64(off.runs)
-	b.ReportMetric(onNs, "ns/sample-walker")
-	b.ReportMetric(offNs, "ns/sample-native")
-	// The walks' own time (timed in BPF), and the program's extra time
-	// with the walker, over the walks (noisy: other processes' samples
-	// vary from phase to phase).
-	b.ReportMetric(float64(walkTime)/float64(walks), "walk-ns/walk")
-	b.ReportMetric((float64(on.ns)-offNs*float64(on.runs))/float64(walks), "extra-ns/walk")
-	b.ReportMetric(float64(frames)/float64(walks), "frames/walk")
+	measureWalkerCost(b, s, pid, image, st, "cpython")
 }
 
 // phaseCost sums the sampling program's runs and run time over phases.
@@ -132,17 +91,6 @@ func sampleProgram(b *testing.B, s *Sampler) (p struct {
 		}
 	}
 	return p
-}
-
-// interpWalks returns the CPython walks that recorded frames so far and
-// the time all walks took.
-func interpWalks(b *testing.B, s *Sampler) (uint64, time.Duration) {
-	st, err := s.Stats()
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := st.InterpStacks["cpython"]
-	return e["complete"] + e["depth_limit"] + e["read_failed"], st.InterpWalkTime["cpython"]
 }
 
 // attachPython finds the interpreter of pid as the registry does, reading
@@ -190,4 +138,63 @@ func attachPython(b *testing.B, pid uint32) *interp.State {
 			b.Fatalf("no interpreter in pid %d: %v", pid, last)
 		}
 	}
+}
+
+// measureWalkerCost alternates one-second phases with pid's interpreter
+// given to the walker and not, and reports the sampling program's cost per
+// run in both, the walks' own time (timed in BPF) and frames per walk.
+func measureWalkerCost(b *testing.B, s *Sampler, pid uint32, image uint64, st *interp.State, runtime string) {
+	ip := s.Interpreters()
+
+	var on, off phaseCost
+	var walks, frames uint64
+	var walkTime time.Duration
+	for b.Loop() {
+		if err := ip.LoadProcess(pid, image, st); err != nil {
+			b.Fatal(err)
+		}
+		w0, t0 := runtimeWalks(b, s, runtime)
+		on.measure(b, s)
+		w1, t1 := runtimeWalks(b, s, runtime)
+		walks, walkTime = walks+w1-w0, walkTime+t1-t0
+		batch, err := s.Drain()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, rs := range batch.Samples {
+			if rs.PID == pid && len(rs.Interp) > 0 {
+				frames += uint64(len(rs.Interp)) * rs.Count
+			}
+		}
+		if err := ip.UnloadProcess(pid); err != nil {
+			b.Fatal(err)
+		}
+		off.measure(b, s)
+		if _, err := s.Drain(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if walks == 0 || on.runs == 0 || off.runs == 0 {
+		b.Fatalf("%d walks, %d and %d runs", walks, on.runs, off.runs)
+	}
+	onNs, offNs := float64(on.ns)/float64(on.runs), float64(off.ns)/float64(off.runs)
+	b.ReportMetric(onNs, "ns/sample-walker")
+	b.ReportMetric(offNs, "ns/sample-native")
+	// The walks' own time (timed in BPF), and the program's extra time
+	// with the walker, over the walks (noisy: other processes' samples
+	// vary from phase to phase).
+	b.ReportMetric(float64(walkTime)/float64(walks), "walk-ns/walk")
+	b.ReportMetric((float64(on.ns)-offNs*float64(on.runs))/float64(walks), "extra-ns/walk")
+	b.ReportMetric(float64(frames)/float64(walks), "frames/walk")
+}
+
+// runtimeWalks returns the walks of a runtime that recorded frames so far
+// and the time all its walks took.
+func runtimeWalks(b *testing.B, s *Sampler, name string) (uint64, time.Duration) {
+	st, err := s.Stats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := st.InterpStacks[name]
+	return e["complete"] + e["depth_limit"] + e["read_failed"], st.InterpWalkTime[name]
 }

@@ -56,56 +56,7 @@ func BenchmarkPHPSampleCost(b *testing.B) {
 	}
 	time.Sleep(200 * time.Millisecond) // into the loop, phpDepth deep
 	st := attachRuntime(b, php.New(), pid)
-	ip := s.Interpreters()
-
-	var on, off phaseCost
-	var walks, frames uint64
-	var walkTime time.Duration
-	for b.Loop() {
-		if err := ip.LoadProcess(pid, image, st); err != nil {
-			b.Fatal(err)
-		}
-		w0, t0 := runtimeWalks(b, s, "php")
-		on.measure(b, s)
-		w1, t1 := runtimeWalks(b, s, "php")
-		walks, walkTime = walks+w1-w0, walkTime+t1-t0
-		batch, err := s.Drain()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, rs := range batch.Samples {
-			if rs.PID == pid && len(rs.Interp) > 0 {
-				frames += uint64(len(rs.Interp)) * rs.Count
-			}
-		}
-		if err := ip.UnloadProcess(pid); err != nil {
-			b.Fatal(err)
-		}
-		off.measure(b, s)
-		if _, err := s.Drain(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if walks == 0 || on.runs == 0 || off.runs == 0 {
-		b.Fatalf("%d walks, %d and %d runs", walks, on.runs, off.runs)
-	}
-	onNs, offNs := float64(on.ns)/float64(on.runs), float64(off.ns)/float64(off.runs)
-	b.ReportMetric(onNs, "ns/sample-walker")
-	b.ReportMetric(offNs, "ns/sample-native")
-	b.ReportMetric(float64(walkTime)/float64(walks), "walk-ns/walk")
-	b.ReportMetric((float64(on.ns)-offNs*float64(on.runs))/float64(walks), "extra-ns/walk")
-	b.ReportMetric(float64(frames)/float64(walks), "frames/walk")
-}
-
-// runtimeWalks returns the walks of a runtime that recorded frames so far
-// and the time all its walks took.
-func runtimeWalks(b *testing.B, s *Sampler, name string) (uint64, time.Duration) {
-	st, err := s.Stats()
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := st.InterpStacks[name]
-	return e["complete"] + e["depth_limit"] + e["read_failed"], st.InterpWalkTime[name]
+	measureWalkerCost(b, s, pid, image, st, "php")
 }
 
 // attachRuntime finds rt's interpreter in pid as the registry does,

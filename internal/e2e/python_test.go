@@ -270,7 +270,7 @@ func TestPython(t *testing.T) {
 	})
 
 	t.Run("OTLP", func(t *testing.T) {
-		typed, untyped := r.interpretedFrames(before.Process.Pid, "chain.fid_leaf")
+		typed, untyped := r.interpretedFrames(before.Process.Pid, "chain.fid_leaf", "cpython")
 		t.Logf("OTLP: chain.fid_leaf in %d locations with profile.frame.type=cpython, %d without", typed, untyped)
 		if typed == 0 || untyped > 0 {
 			t.Errorf("chain.fid_leaf: %d locations with profile.frame.type=cpython, %d without", typed, untyped)
@@ -278,9 +278,9 @@ func TestPython(t *testing.T) {
 	})
 }
 
-// interpretedFrames counts the locations of fn in pid's received profiles
-// with and without profile.frame.type=cpython.
-func (r *otlpReceiver) interpretedFrames(pid int, fn string) (typed, untyped int) {
+// interpretedFrames counts the locations of fn in the samples of pid's
+// received profiles with and without profile.frame.type=frameType.
+func (r *otlpReceiver) interpretedFrames(pid int, fn, frameType string) (typed, untyped int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, pd := range r.profiles {
@@ -303,7 +303,7 @@ func (r *otlpReceiver) interpretedFrames(pid int, fn string) (typed, untyped int
 							continue
 						}
 						seen[li] = true
-						typed, untyped = countTyped(d, li, fn, str, typed, untyped)
+						typed, untyped = countTyped(d, li, fn, frameType, str, typed, untyped)
 					}
 				}
 			}
@@ -312,14 +312,14 @@ func (r *otlpReceiver) interpretedFrames(pid int, fn string) (typed, untyped int
 	return typed, untyped
 }
 
-func countTyped(d pprofile.ProfilesDictionary, li int32, fn string, str func(int32) string, typed, untyped int) (int, int) {
+func countTyped(d pprofile.ProfilesDictionary, li int32, fn, frameType string, str func(int32) string, typed, untyped int) (int, int) {
 	l := d.LocationTable().At(int(li))
 	if l.Lines().Len() == 0 || str(d.FunctionTable().At(int(l.Lines().At(0).FunctionIndex())).NameStrindex()) != fn {
 		return typed, untyped
 	}
 	for a := 0; a < l.AttributeIndices().Len(); a++ {
 		kv := d.AttributeTable().At(int(l.AttributeIndices().At(a)))
-		if str(kv.KeyStrindex()) == "profile.frame.type" && kv.Value().Str() == "cpython" {
+		if str(kv.KeyStrindex()) == "profile.frame.type" && kv.Value().Str() == frameType {
 			return typed + 1, untyped
 		}
 	}

@@ -302,7 +302,7 @@ func TestRubyStacks(t *testing.T) {
 	if profiled < 3 || unsupported < 1 {
 		t.Errorf("cgscope_interpreter_processes_total: ruby profiled %v, unsupported_version %v; want >= 3 and >= 1", profiled, unsupported)
 	}
-	typed, untyped := r.rubyFrames(before, "Work#fid_leaf")
+	typed, untyped := r.interpretedFrames(before, "Work#fid_leaf", "ruby")
 	t.Logf("OTLP: Work#fid_leaf in %d locations with profile.frame.type=ruby, %d without", typed, untyped)
 	if typed == 0 || untyped > 0 {
 		t.Errorf("OTLP: Work#fid_leaf in %d locations with profile.frame.type=ruby, %d without", typed, untyped)
@@ -360,51 +360,4 @@ func writeStack(w io.Writer, s *profile.Sample) {
 			fmt.Fprintf(w, "    %#x\n", l.Address)
 		}
 	}
-}
-
-// rubyFrames counts the locations of fn in pid's received OTLP profiles
-// with and without profile.frame.type=ruby.
-func (r *otlpReceiver) rubyFrames(pid int, fn string) (typed, untyped int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, pd := range r.profiles {
-		d := pd.Dictionary()
-		str := func(i int32) string { return d.StringTable().At(int(i)) }
-		for i := 0; i < pd.ResourceProfiles().Len(); i++ {
-			rp := pd.ResourceProfiles().At(i)
-			if v, ok := rp.Resource().Attributes().Get("process.pid"); !ok || v.Int() != int64(pid) {
-				continue
-			}
-			seen := map[int32]bool{}
-			profs := rp.ScopeProfiles().At(0).Profiles()
-			for j := 0; j < profs.Len(); j++ {
-				samples := profs.At(j).Samples()
-				for k := 0; k < samples.Len(); k++ {
-					locs := d.StackTable().At(int(samples.At(k).StackIndex())).LocationIndices()
-					for m := 0; m < locs.Len(); m++ {
-						li := locs.At(m)
-						if seen[li] {
-							continue
-						}
-						seen[li] = true
-						l := d.LocationTable().At(int(li))
-						if l.Lines().Len() == 0 || str(d.FunctionTable().At(int(l.Lines().At(0).FunctionIndex())).NameStrindex()) != fn {
-							continue
-						}
-						ok := false
-						for a := 0; a < l.AttributeIndices().Len(); a++ {
-							kv := d.AttributeTable().At(int(l.AttributeIndices().At(a)))
-							ok = ok || str(kv.KeyStrindex()) == "profile.frame.type" && kv.Value().Str() == "ruby"
-						}
-						if ok {
-							typed++
-						} else {
-							untyped++
-						}
-					}
-				}
-			}
-		}
-	}
-	return typed, untyped
 }
