@@ -53,8 +53,9 @@ type Source interface {
 
 // Config bounds a Registry.
 type Config struct {
-	// MaxBytes bounds the kernel memory of the tables loaded at once; the
-	// coldest are evicted to make room.
+	// MaxBytes bounds the kernel memory of the tables loaded at once; to
+	// make room, tables no process maps are evicted, then those fewer
+	// processes map than the table loaded.
 	MaxBytes int
 	// KernelBytes is the kernel memory a table takes once loaded.
 	KernelBytes func(*Table) int
@@ -461,7 +462,7 @@ func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *o
 	o.rows = len(t.Rows)
 	o.bytes = r.cfg.KernelBytes(t)
 	defer r.forgetRows(o)
-	if !r.makeRoom(o.bytes, keep) {
+	if !r.makeRoom(o.bytes, o.refs+1, keep) {
 		o.retryAt = now.Add(r.cfg.Linger)
 		r.count(func(s *Stats) { s.Unloadable++ })
 		return o
@@ -504,16 +505,20 @@ func (r *Registry) forgetRows(o *object) {
 	}
 }
 
-// makeRoom evicts tables until n more bytes fit: first those no process
-// maps, then the least recently used, never one in keep.
-func (r *Registry) makeRoom(n int, keep []*object) bool {
+// makeRoom evicts tables until n more bytes fit, for a table that refs
+// processes will map: first those no process maps, coldest first, then
+// those fewer processes map than refs, fewest first; never one in keep.
+// A table is worth the processes it serves: a large object one process
+// maps (a compiler's librustc_driver, 14 MB) must not push out the libc
+// every other process walks through.
+func (r *Registry) makeRoom(n, refs int, keep []*object) bool {
 	if n > r.cfg.MaxBytes {
 		return false
 	}
 	for r.loadedBytes()+n > r.cfg.MaxBytes {
 		var victim *object
 		for _, o := range r.objects {
-			if o.id != 0 && !slices.Contains(keep, o) && (victim == nil || colder(o, victim)) {
+			if o.id != 0 && o.refs < refs && !slices.Contains(keep, o) && (victim == nil || colder(o, victim)) {
 				victim = o
 			}
 		}
@@ -526,10 +531,14 @@ func (r *Registry) makeRoom(n int, keep []*object) bool {
 	return true
 }
 
-// colder orders eviction: tables no process maps first, then by last use.
+// colder orders eviction: tables no process maps first, then those fewer
+// processes map, then by last use.
 func colder(a, b *object) bool {
 	if (a.refs == 0) != (b.refs == 0) {
 		return a.refs == 0
+	}
+	if a.refs != b.refs && a.refs > 0 {
+		return a.refs < b.refs
 	}
 	return a.lastUse.Before(b.lastUse)
 }

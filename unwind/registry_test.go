@@ -251,6 +251,44 @@ func TestRegistryEvictsColdTablesFirst(t *testing.T) {
 	}
 }
 
+// A table one process needs does not push out a table more processes walk
+// through: a compiler's large library must not cost every process its libc.
+func TestRegistryKeepsSharedTables(t *testing.T) {
+	bins := []string{buildChain(t, 1), buildChain(t, 2), buildChain(t, 3)}
+	src := &fakeSource{maps: map[uint32][]Mapping{}, reads: map[any]int{}}
+	src.maps[1] = []Mapping{textMapping(t, bins[0], 0x555500000000)}
+	src.maps[2] = src.maps[1] // bins[0]: two processes
+	src.maps[3] = []Mapping{textMapping(t, bins[1], 0x555500000000)}
+	src.maps[4] = []Mapping{textMapping(t, bins[2], 0x555500000000)}
+	src.maps[5] = src.maps[4]
+	src.maps[6] = src.maps[4]
+	sink := newFakeSink()
+	one := func(*Table) int { return 100 }
+	r := NewRegistry(sink, src, Config{MaxBytes: 250, KernelBytes: one, Linger: time.Minute})
+	for pid := uint32(1); pid <= 4; pid++ {
+		r.ProcessStarted(pid, 1)
+	}
+	settle(r)
+	if r.objects[bins[0]].id == 0 || r.objects[bins[1]].id == 0 || r.objects[bins[2]].id != 0 {
+		t.Fatalf("tables %v: want bins[0] (two processes) and bins[1] (one) kept, bins[2] (one, no room) without", sink.tables)
+	}
+	if st := r.Stats(); st.Evicted[EvictedSpace] != 0 || st.Unloadable != 1 {
+		t.Errorf("evictions for space %d (want 0), unloadable %d (want 1)", st.Evicted[EvictedSpace], st.Unloadable)
+	}
+	// Once more processes map bins[2] than bins[1], it takes bins[1]'s room
+	// (its retry time passed).
+	r.objects[bins[2]].retryAt = time.Time{}
+	r.ProcessStarted(5, 1)
+	r.ProcessStarted(6, 1)
+	settle(r)
+	if r.objects[bins[0]].id == 0 || r.objects[bins[1]].id != 0 || r.objects[bins[2]].id == 0 {
+		t.Fatalf("tables %v: want bins[0] and bins[2] loaded, bins[1] evicted", sink.tables)
+	}
+	if st := r.Stats(); st.Evicted[EvictedSpace] != 1 {
+		t.Errorf("evictions for space %d, want 1 (bins[1])", st.Evicted[EvictedSpace])
+	}
+}
+
 // An object without call-frame information, or with malformed information,
 // is read once, and its process is walked by frame pointers.
 func TestRegistryRemembersObjectsWithoutTables(t *testing.T) {

@@ -171,6 +171,20 @@ func (d *daemon) capture(t *testing.T, query string) *profile.Profile {
 	return p
 }
 
+// metricLines returns the daemon's /metrics lines whose names start with
+// prefix, for failure messages that explain themselves.
+func (d *daemon) metricLines(t *testing.T, prefix string) string {
+	t.Helper()
+	body, _ := httpGet(t, d.url("/metrics"))
+	var sb strings.Builder
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			sb.WriteString("  " + l + "\n")
+		}
+	}
+	return sb.String()
+}
+
 func httpGet(t *testing.T, url string) ([]byte, int) {
 	t.Helper()
 	resp, err := http.Get(url)

@@ -231,7 +231,35 @@ func TestNativePythonReachesMain(t *testing.T) {
 	total := samplesWhere(p, pidIs(w.Process.Pid))
 	t.Logf("python3: %d of %d samples reach Py_BytesMain and _start\n%s", whole, total, topStacks(p, 3))
 	if total == 0 || float64(whole) < 0.9*float64(total) {
-		t.Errorf("only %d of %d samples of python3 have whole native stacks", whole, total)
+		t.Errorf("only %d of %d samples of python3 have whole native stacks; the daemon's unwind metrics:\n%s",
+			whole, total, d.metricLines(t, "cgscope_unwind_"))
+	}
+}
+
+// A compiler whose library has a table as large as most of the budget
+// (rustc's librustc_driver, 14 MB) runs for a second: the processes
+// already walked keep their tables (libc's above all), so their stacks
+// stay whole after it.
+func TestNativeTablesOutliveALargeCompile(t *testing.T) {
+	const python = "/usr/bin/python3.11"
+	d := sharedCgscope(t)
+	w := workload(t, python, "-c", "import time\nend = time.time() + 30\nx = 0\nwhile time.time() < end:\n    x = (x * 31 + 7) % 1000003")
+	time.Sleep(time.Second)
+	out := filepath.Join(t.TempDir(), "chain")
+	if b, err := exec.Command("/usr/bin/rustc", "-O", "-o", out, "./testdata/native/chain.rs").CombinedOutput(); err != nil {
+		t.Fatalf("rustc: %v\n%s", err, b)
+	}
+	time.Sleep(time.Second) // the compiler's tables are compiled after its samples
+	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", w.Process.Pid))
+	whole := samplesWhere(p, func(s *profile.Sample) bool {
+		f := sampleFrames(s)
+		return len(f) > 0 && f[len(f)-1] == "_start"
+	})
+	total := samplesWhere(p, pidIs(w.Process.Pid))
+	t.Logf("python3 after rustc: %d of %d samples reach _start\n%s", whole, total, topStacks(p, 3))
+	if total == 0 || float64(whole) < 0.9*float64(total) {
+		t.Errorf("only %d of %d samples of python3 reach _start after a large compile; the daemon's unwind metrics:\n%s",
+			whole, total, d.metricLines(t, "cgscope_unwind_"))
 	}
 }
 
@@ -250,7 +278,7 @@ func TestNativeCgo(t *testing.T) {
 	total := samplesWhere(p, pidIs(w.Process.Pid))
 	t.Logf("cgo: %d of %d samples hold the C chain under main.callC and main.main\n%s", whole, total, topStacks(p, 3))
 	if total == 0 || float64(whole) < 0.9*float64(total) {
-		t.Errorf("only %d of %d cgo samples are whole", whole, total)
+		t.Errorf("only %d of %d cgo samples are whole; the daemon's unwind metrics:\n%s", whole, total, d.metricLines(t, "cgscope_unwind_"))
 	}
 }
 
@@ -269,7 +297,8 @@ func TestNativeSignalFrame(t *testing.T) {
 	})
 	t.Logf("signal: %d samples in the handler's chain, %d of them continue to spin_in_main and main\n%s", inHandler, through, topStacks(p, 3))
 	if inHandler < 20 || float64(through) < 0.9*float64(inHandler) {
-		t.Errorf("stacks do not continue through the signal frame: %d of %d", through, inHandler)
+		t.Errorf("stacks do not continue through the signal frame: %d of %d; the daemon's unwind metrics:\n%s",
+			through, inHandler, d.metricLines(t, "cgscope_unwind_"))
 	}
 }
 
