@@ -74,9 +74,11 @@ struct {
 	__type(value, __u64);
 } known_procs SEC(".maps");
 
+#define PROC_EVENTS_BYTES (64 * 1024)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
+	__uint(max_entries, PROC_EVENTS_BYTES);
 } proc_events SEC(".maps");
 
 // Off-CPU samples: counts by key in two generations, flipped with the CPU
@@ -263,7 +265,16 @@ static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 	ev->pid = pid;
 	ev->kind = kind;
 	ev->cookie = cookie;
-	bpf_ringbuf_submit(ev, 0);
+	// A new image wakes userspace at once: it reads the process's mappings
+	// while the process lives, for its names. An exit or a changed mapping
+	// can wait for the next wakeup or userspace's poll (profiler's
+	// processEventsPoll): a wakeup per exit cost a host starting 100
+	// processes a second as much as the exits' own work. The ring a quarter
+	// full wakes it too, long before it could overflow.
+	__u64 wake = BPF_RB_NO_WAKEUP;
+	if (kind == PROCESS_NEW || bpf_ringbuf_query(&proc_events, BPF_RB_AVAIL_DATA) > PROC_EVENTS_BYTES / 4)
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(ev, wake);
 }
 
 #endif

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,11 @@ type Sampler struct {
 	links   []link.Link
 	perfFDs []int
 	events  *ringbuf.Reader
+	// eventsFile is the ring's descriptor (a copy) in Go's network poller,
+	// which wakes RunProcessEvents; eventRec its reused record.
+	eventsFile *os.File
+	eventRec   ringbuf.Record
+	closing    atomic.Bool // Close began: RunProcessEvents's error is expected
 
 	drainMu    sync.Mutex // serializes Drain; guards generation, lastDrain and bufs
 	generation uint32
@@ -143,6 +149,10 @@ func Load(cfg Config) (*Sampler, error) {
 		return nil, fmt.Errorf("opening new-process ring buffer: %w", err)
 	}
 	s.events = events
+	if s.eventsFile, err = pollableFile(s.objs.ProcEvents.FD(), "proc_events"); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("polling the new-process ring buffer: %w", err)
+	}
 	return s, nil
 }
 
@@ -295,28 +305,69 @@ type ProcessHandler interface {
 	ProcessMappingsChanged(pid uint32, image uint64)
 }
 
+// processEventsPoll bounds how long an exit waits in the new-process ring:
+// the sampler wakes the reader for new images only (process_event).
+const processEventsPoll = 100 * time.Millisecond
+
 // RunProcessEvents tells h about process images until the sampler is
 // closed. It blocks; run it in its own goroutine.
+//
+// It waits for the ring in Go's network poller, not in a blocking
+// epoll_wait of its own: a goroutine blocked in a system call makes the
+// runtime's sysmon hand its P off and poll every 20 µs for a while after,
+// which cost more than the events themselves on a host starting 100
+// processes a second.
 func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 	s.eventsWG.Add(1)
 	defer s.eventsWG.Done()
 	s.goneMu.Lock()
 	s.gone = h.ProcessGone
 	s.goneMu.Unlock()
+	rc, err := s.eventsFile.SyscallConn()
+	if err != nil {
+		slog.Error("reading new-process events", "err", err)
+		return
+	}
+	var readErr error
+	drain := func(uintptr) bool {
+		readErr = s.readProcessEvents(h)
+		return readErr != nil // else wait for the next wakeup
+	}
 	for {
-		rec, err := s.events.Read()
-		if err != nil {
-			if !errors.Is(err, ringbuf.ErrClosed) {
-				slog.Error("reading new-process events stopped", "err", err)
-			}
-			return
+		s.eventsFile.SetReadDeadline(time.Now().Add(processEventsPoll))
+		err := rc.Read(drain) // drains first, then after each wakeup
+		if readErr != nil {
+			err = readErr
 		}
-		if len(rec.RawSample) < 16 {
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			continue // exits and changed mappings wake no one: read them now
+		}
+		if !s.closing.Load() {
+			slog.Error("reading new-process events stopped", "err", err)
+		}
+		return
+	}
+}
+
+// readProcessEvents tells h about every event in the ring now, without
+// waiting for more.
+func (s *Sampler) readProcessEvents(h ProcessHandler) error {
+	s.events.SetDeadline(time.Unix(1, 0)) // in the past: never wait
+	for {
+		err := s.events.ReadInto(&s.eventRec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rec := s.eventRec.RawSample
+		if len(rec) < 16 {
 			continue
 		}
-		pid := nativeEndian.Uint32(rec.RawSample)
-		image := nativeEndian.Uint64(rec.RawSample[8:])
-		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec.RawSample[4:])) {
+		pid := nativeEndian.Uint32(rec)
+		image := nativeEndian.Uint64(rec[8:])
+		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec[4:])) {
 		case bpf.ProfileProcessEventKindPROCESS_NEW:
 			h.ProcessStarted(pid, image)
 		case bpf.ProfileProcessEventKindPROCESS_GONE:
@@ -353,6 +404,10 @@ func (s *Sampler) Close() error {
 		if o := s.offCPU.Load(); o != nil {
 			errs = append(errs, o.Close()) // before the maps it shares
 		}
+		s.closing.Store(true)
+		if s.eventsFile != nil {
+			errs = append(errs, s.eventsFile.Close()) // wakes RunProcessEvents
+		}
 		if s.events != nil {
 			errs = append(errs, s.events.Close())
 			s.eventsWG.Wait()
@@ -360,4 +415,23 @@ func (s *Sampler) Close() error {
 		errs = append(errs, s.objs.Close(), s.namer.close())
 	})
 	return errors.Join(errs...)
+}
+
+// pollableFile returns a non-blocking copy of fd that Go's network poller
+// watches (a BPF ring buffer's fd is pollable).
+func pollableFile(fd int, name string) (*os.File, error) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dup), name)
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s is not pollable: %w", name, err)
+	}
+	return f, nil
 }

@@ -52,6 +52,9 @@ type UnwindTables struct {
 	quarantine []quarantined
 	leafCount  int
 	maxLeaves  int
+
+	procMu  sync.Mutex
+	procBuf bpf.ProfileUnwindProc // LoadProcess's value (4 KiB): reused, not allocated per process
 }
 
 type indexSlice struct{ first, n uint32 }
@@ -224,8 +227,10 @@ func (u *UnwindTables) releaseQuarantined(now time.Time) {
 // for that image). ranges must be sorted by Start; beyond
 // MaxProcessRanges they are refused.
 func (u *UnwindTables) LoadProcess(pid uint32, image uint64, ranges []unwind.Range) error {
-	var p bpf.ProfileUnwindProc
-	p.Cookie = image
+	u.procMu.Lock()
+	defer u.procMu.Unlock()
+	p := &u.procBuf
+	*p = bpf.ProfileUnwindProc{Cookie: image}
 	for _, r := range ranges {
 		// The walker's search compares addresses by the sign of their
 		// difference, so they must be below 2^63: user space is ([vsyscall]
@@ -242,7 +247,7 @@ func (u *UnwindTables) LoadProcess(pid uint32, image uint64, ranges []unwind.Ran
 		p.Ranges[p.Nranges] = bpf.ProfileUnwindRange{Start: r.Start, Bias: r.Bias, Len: uint32(r.Len), Table: r.Table}
 		p.Nranges++
 	}
-	if err := u.procs.Update(pid, &p, ebpf.UpdateAny); err != nil {
+	if err := u.procs.Update(pid, p, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("unwind ranges of pid %d: %w", pid, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,6 +55,13 @@ func TestRecordTypeFlag(t *testing.T) {
 // its own default name in the working directory, of its own sample types.
 func TestRecordWritesTypedProfile(t *testing.T) {
 	t.Chdir(t.TempDir())
+	// A process on the CPU while it records: an idle host gives a second at
+	// 19 Hz no sample.
+	spin := exec.Command("sh", "-c", "while :; do :; done")
+	if err := spin.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { spin.Process.Kill(); spin.Wait() })
 	for _, kind := range pprof.Kinds() {
 		if code := run([]string{"record", "--duration=1s", "--type=" + kind.String()}); code != 0 {
 			t.Fatalf("record --type=%s exited %d", kind, code)

@@ -56,6 +56,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--profiling.interval=10"}, "--profiling.interval"},
 		{[]string{"--profiling.max-stacks=1"}, "--profiling.max-stacks"},
 		{[]string{"--storage.memory-limit=lots"}, "--storage.memory-limit"},
+		{[]string{"--runtime.gc-percent=5"}, "--runtime.gc-percent"},
+		{[]string{"--runtime.memory-limit=-1"}, "--runtime.memory-limit"},
 		{[]string{"--no-such-flag"}, "--no-such-flag"},
 		{[]string{"record", "--duration=0s"}, "--duration"},
 		{[]string{"record", "--output=/no/such/dir/cpu.pb.gz"}, "--output"},

@@ -68,8 +68,18 @@ func (p *Pipeline) symbolize(b *profiler.RawBatch) *Window {
 func (p *Pipeline) sample(bs *batchSymbolizer, rs *profiler.RawSample) Sample {
 	kernel := bs.kernelFrames(rs)
 	user := bs.userFrames(rs)
-	frames := make([]symbolizer.Frame, 0, len(kernel)+len(user))
-	frames = append(append(frames, kernel...), user...)
+	// One sample's frames; a stack of one kind only is used as it is (capped,
+	// so an append by a consumer copies), not copied.
+	var frames []symbolizer.Frame
+	switch {
+	case len(kernel) == 0:
+		frames = user[:len(user):len(user)]
+	case len(user) == 0:
+		frames = kernel[:len(kernel):len(kernel)]
+	default:
+		frames = make([]symbolizer.Frame, 0, len(kernel)+len(user))
+		frames = append(append(frames, kernel...), user...)
+	}
 	cgroup := p.cgroupPath(rs.CgroupID)
 	return Sample{
 		PID:      rs.PID,
