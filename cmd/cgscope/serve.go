@@ -83,6 +83,7 @@ func (c *serveCommand) run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go releaseMemory(ctx)
 
 	a, err := startAgent(c.prof)
 	if err != nil {

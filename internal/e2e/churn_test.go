@@ -77,8 +77,9 @@ func TestProcessChurn(t *testing.T) {
 		}
 		held, open, mapped := m.Get("cgscope_symbolizer_cached_processes"), m.Get("cgscope_symbolizer_open_files"),
 			m.Get("cgscope_symbolizer_mapped_objects")
-		t.Logf("%4.0fs rss %.1f MiB (history %.0f KiB), fds %d, processes held %.0f (running %.0f, exited %.0f), objects mapped %.0f, files open %.0f",
-			time.Since(start).Seconds(), float64(rss)/(1<<20), m.Get("cgscope_history_bytes")/1024, countFDs(t, pid), held,
+		anon, _ := benchutil.StatusBytes(pid, "RssAnon")
+		t.Logf("%4.0fs rss %.1f MiB (anonymous %.1f, history %.0f KiB), fds %d, processes held %.0f (running %.0f, exited %.0f), objects mapped %.0f, files open %.0f",
+			time.Since(start).Seconds(), float64(rss)/(1<<20), float64(anon)/(1<<20), m.Get("cgscope_history_bytes")/1024, countFDs(t, pid), held,
 			m.Get(`cgscope_profile_processes{state="running"}`), m.Get(`cgscope_profile_processes{state="exited"}`), mapped, open)
 		rsses = append(rsses, rssAt{time.Since(start), rss})
 		if time.Since(start) >= warm {
