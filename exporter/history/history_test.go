@@ -118,6 +118,7 @@ func sameLines(t *testing.T, got, want []string) {
 // across generations (small segments force several dictionaries), for the
 // memory and the disk store, with and without filters.
 func TestHistoryRoundTrip(t *testing.T) {
+	withEncoderBytes(t, 4<<20)
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(30, start)
 	disk, err := store.OpenDisk(store.DiskOptions{Dir: t.TempDir(), MaxBytes: 1 << 30, SegmentBytes: 64 << 10, NoSync: true})
@@ -472,6 +473,7 @@ func checkGoldenProfiles(t *testing.T, h *History, strip func([]*pipeline.Window
 // A corrupt dictionary record makes the windows that use it undecodable:
 // they are skipped and counted, the others still answer, nothing crashes.
 func TestHistoryLostDictionary(t *testing.T) {
+	withEncoderBytes(t, 4<<20)
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(12, start)
 	dir := t.TempDir()
@@ -640,6 +642,7 @@ func TestHistoryOffCPURecordChecks(t *testing.T) {
 // dictionary with their runtime, next to native frames of the same
 // function name.
 func TestHistoryInterpretedFrames(t *testing.T) {
+	withEncoderBytes(t, 4<<20)
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(3, start)
 	py := func(fn string, line int) symbolizer.Frame {
@@ -720,14 +723,22 @@ func TestHistoryInterpretedFrames(t *testing.T) {
 	}
 }
 
+// withEncoderBytes sets the writer's dictionary bound for one test. The
+// tests of the round trip, of a lost dictionary record and of interpreted
+// frames lay out generations by segment size alone, as with the 4 MiB bound
+// their fixtures were written for; the bound has its own test below.
+func withEncoderBytes(t *testing.T, n int) {
+	old := maxEncoderBytes
+	maxEncoderBytes = n
+	t.Cleanup(func() { maxEncoderBytes = old })
+}
+
 // On a host that starts processes all day every window brings new pids:
 // the writer's dictionary stays under its bound by closing generations
 // early (the store alone would keep one for its whole span), and a query
 // over all of them still returns every sample.
 func TestHistoryDictionaryBoundedUnderChurn(t *testing.T) {
-	old := maxEncoderBytes
-	maxEncoderBytes = 256 << 10
-	t.Cleanup(func() { maxEncoderBytes = old })
+	withEncoderBytes(t, 256<<10)
 
 	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	ws := testWindows(40, start)
