@@ -10,6 +10,8 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/alecthomas/units"
+
+	"github.com/cgscope/cgscope/internal/every"
 )
 
 // runtimeFlags tune the Go runtime of the daemon.
@@ -73,14 +75,5 @@ const releaseEvery = 10 * time.Second
 // releaseMemory returns freed memory to the system every releaseEvery until ctx
 // ends.
 func releaseMemory(ctx context.Context) {
-	t := time.NewTicker(releaseEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			debug.FreeOSMemory()
-		}
-	}
+	every.Run(ctx, releaseEvery, debug.FreeOSMemory)
 }

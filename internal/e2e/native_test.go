@@ -21,6 +21,10 @@ import (
 // stacks come from the unwind tables cgscope compiles from .eh_frame, and
 // are checked against perf --call-graph dwarf on the same window.
 
+// pythonSpin keeps Debian's python3 (debianPython: stripped, without frame
+// pointers) on the CPU for 30 s.
+const pythonSpin = "import time\nend = time.time() + 30\nx = 0\nwhile time.time() < end:\n    x = (x * 31 + 7) % 1000003"
+
 // chain is the call chain the native workloads run, innermost first.
 var chain = []string{"fid_leaf", "fid_middle", "fid_outer"}
 
@@ -216,12 +220,11 @@ func TestNativeChainsWithoutFramePointers(t *testing.T) {
 // stacks reach the interpreter's entry (Py_BytesMain, called by main) and
 // the process's first frame (_start).
 func TestNativePythonReachesMain(t *testing.T) {
-	const python = "/usr/bin/python3.11"
-	if _, err := os.Stat(python); err != nil {
-		t.Fatalf("%s missing (make test installs python3.11): %v", python, err)
+	if _, err := os.Stat(debianPython); err != nil {
+		t.Fatalf("%s missing (make test installs python3.11): %v", debianPython, err)
 	}
 	d := sharedCgscope(t)
-	w := workload(t, python, "-c", "import time\nend = time.time() + 30\nx = 0\nwhile time.time() < end:\n    x = (x * 31 + 7) % 1000003")
+	w := workload(t, debianPython, "-c", pythonSpin)
 	time.Sleep(time.Second)
 	p := d.capture(t, fmt.Sprintf("seconds=4&pid=%d", w.Process.Pid))
 	whole := samplesWhere(p, func(s *profile.Sample) bool {
@@ -241,9 +244,8 @@ func TestNativePythonReachesMain(t *testing.T) {
 // already walked keep their tables (libc's above all), so their stacks
 // stay whole after it.
 func TestNativeTablesOutliveALargeCompile(t *testing.T) {
-	const python = "/usr/bin/python3.11"
 	d := sharedCgscope(t)
-	w := workload(t, python, "-c", "import time\nend = time.time() + 30\nx = 0\nwhile time.time() < end:\n    x = (x * 31 + 7) % 1000003")
+	w := workload(t, debianPython, "-c", pythonSpin)
 	time.Sleep(time.Second)
 	out := filepath.Join(t.TempDir(), "chain")
 	if b, err := exec.Command("/usr/bin/rustc", "-O", "-o", out, "./testdata/native/chain.rs").CombinedOutput(); err != nil {
