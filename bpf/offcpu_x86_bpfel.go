@@ -142,6 +142,23 @@ type OffCPUUnwindRegs struct {
 	Sigcontext [17]uint64
 }
 
+type OffCPUUnwindRowCache struct {
+	_     structs.HostLayout
+	Slots [512]struct {
+		_     structs.HostLayout
+		Addr  uint64
+		Table uint32
+		Pad   uint32
+		Row   struct {
+			_       structs.HostLayout
+			Pc      uint32
+			CfaOff  int16
+			CfaKind uint8
+			Rbp     int8
+		}
+	}
+}
+
 type OffCPUUnwindTable struct {
 	_          structs.HostLayout
 	Base       uint64
@@ -173,6 +190,7 @@ const (
 	OffCPUMapUnwindLeaves          = "unwind_leaves"
 	OffCPUMapUnwindProcs           = "unwind_procs"
 	OffCPUMapUnwindRegs            = "unwind_regs"
+	OffCPUMapUnwindRowCache        = "unwind_row_cache"
 	OffCPUMapUnwindTables          = "unwind_tables"
 	OffCPUProgOffcpuSwitch         = "offcpu_switch"
 	OffCPUProgUnwindProbe          = "unwind_probe"
@@ -232,27 +250,28 @@ type OffCPUProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type OffCPUMapSpecs struct {
-	Control       *ebpf.MapSpec `ebpf:"control"`
-	InterpFrame   *ebpf.MapSpec `ebpf:"interp_frame"`
-	InterpProcs   *ebpf.MapSpec `ebpf:"interp_procs"`
-	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
-	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
-	OffcpuCounts0 *ebpf.MapSpec `ebpf:"offcpu_counts0"`
-	OffcpuCounts1 *ebpf.MapSpec `ebpf:"offcpu_counts1"`
-	OffcpuStacks  *ebpf.MapSpec `ebpf:"offcpu_stacks"`
-	OffcpuStats   *ebpf.MapSpec `ebpf:"offcpu_stats"`
-	OffcpuTasks   *ebpf.MapSpec `ebpf:"offcpu_tasks"`
-	ProcEvents    *ebpf.MapSpec `ebpf:"proc_events"`
-	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
-	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
-	Stacks0       *ebpf.MapSpec `ebpf:"stacks0"`
-	Stacks1       *ebpf.MapSpec `ebpf:"stacks1"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	UnwindIndex   *ebpf.MapSpec `ebpf:"unwind_index"`
-	UnwindLeaves  *ebpf.MapSpec `ebpf:"unwind_leaves"`
-	UnwindProcs   *ebpf.MapSpec `ebpf:"unwind_procs"`
-	UnwindRegs    *ebpf.MapSpec `ebpf:"unwind_regs"`
-	UnwindTables  *ebpf.MapSpec `ebpf:"unwind_tables"`
+	Control        *ebpf.MapSpec `ebpf:"control"`
+	InterpFrame    *ebpf.MapSpec `ebpf:"interp_frame"`
+	InterpProcs    *ebpf.MapSpec `ebpf:"interp_procs"`
+	KnownProcs     *ebpf.MapSpec `ebpf:"known_procs"`
+	OffcpuCounts   *ebpf.MapSpec `ebpf:"offcpu_counts"`
+	OffcpuCounts0  *ebpf.MapSpec `ebpf:"offcpu_counts0"`
+	OffcpuCounts1  *ebpf.MapSpec `ebpf:"offcpu_counts1"`
+	OffcpuStacks   *ebpf.MapSpec `ebpf:"offcpu_stacks"`
+	OffcpuStats    *ebpf.MapSpec `ebpf:"offcpu_stats"`
+	OffcpuTasks    *ebpf.MapSpec `ebpf:"offcpu_tasks"`
+	ProcEvents     *ebpf.MapSpec `ebpf:"proc_events"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
+	Stacks         *ebpf.MapSpec `ebpf:"stacks"`
+	Stacks0        *ebpf.MapSpec `ebpf:"stacks0"`
+	Stacks1        *ebpf.MapSpec `ebpf:"stacks1"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	UnwindIndex    *ebpf.MapSpec `ebpf:"unwind_index"`
+	UnwindLeaves   *ebpf.MapSpec `ebpf:"unwind_leaves"`
+	UnwindProcs    *ebpf.MapSpec `ebpf:"unwind_procs"`
+	UnwindRegs     *ebpf.MapSpec `ebpf:"unwind_regs"`
+	UnwindRowCache *ebpf.MapSpec `ebpf:"unwind_row_cache"`
+	UnwindTables   *ebpf.MapSpec `ebpf:"unwind_tables"`
 }
 
 // OffCPUVariableSpecs contains global variables before they are loaded into the kernel.
@@ -285,27 +304,28 @@ func (o *OffCPUObjects) Close() error {
 //
 // It can be passed to LoadOffCPUObjects or ebpf.CollectionSpec.LoadAndAssign.
 type OffCPUMaps struct {
-	Control       *ebpf.Map `ebpf:"control"`
-	InterpFrame   *ebpf.Map `ebpf:"interp_frame"`
-	InterpProcs   *ebpf.Map `ebpf:"interp_procs"`
-	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
-	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
-	OffcpuCounts0 *ebpf.Map `ebpf:"offcpu_counts0"`
-	OffcpuCounts1 *ebpf.Map `ebpf:"offcpu_counts1"`
-	OffcpuStacks  *ebpf.Map `ebpf:"offcpu_stacks"`
-	OffcpuStats   *ebpf.Map `ebpf:"offcpu_stats"`
-	OffcpuTasks   *ebpf.Map `ebpf:"offcpu_tasks"`
-	ProcEvents    *ebpf.Map `ebpf:"proc_events"`
-	Scratch       *ebpf.Map `ebpf:"scratch"`
-	Stacks        *ebpf.Map `ebpf:"stacks"`
-	Stacks0       *ebpf.Map `ebpf:"stacks0"`
-	Stacks1       *ebpf.Map `ebpf:"stacks1"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	UnwindIndex   *ebpf.Map `ebpf:"unwind_index"`
-	UnwindLeaves  *ebpf.Map `ebpf:"unwind_leaves"`
-	UnwindProcs   *ebpf.Map `ebpf:"unwind_procs"`
-	UnwindRegs    *ebpf.Map `ebpf:"unwind_regs"`
-	UnwindTables  *ebpf.Map `ebpf:"unwind_tables"`
+	Control        *ebpf.Map `ebpf:"control"`
+	InterpFrame    *ebpf.Map `ebpf:"interp_frame"`
+	InterpProcs    *ebpf.Map `ebpf:"interp_procs"`
+	KnownProcs     *ebpf.Map `ebpf:"known_procs"`
+	OffcpuCounts   *ebpf.Map `ebpf:"offcpu_counts"`
+	OffcpuCounts0  *ebpf.Map `ebpf:"offcpu_counts0"`
+	OffcpuCounts1  *ebpf.Map `ebpf:"offcpu_counts1"`
+	OffcpuStacks   *ebpf.Map `ebpf:"offcpu_stacks"`
+	OffcpuStats    *ebpf.Map `ebpf:"offcpu_stats"`
+	OffcpuTasks    *ebpf.Map `ebpf:"offcpu_tasks"`
+	ProcEvents     *ebpf.Map `ebpf:"proc_events"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
+	Stacks         *ebpf.Map `ebpf:"stacks"`
+	Stacks0        *ebpf.Map `ebpf:"stacks0"`
+	Stacks1        *ebpf.Map `ebpf:"stacks1"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	UnwindIndex    *ebpf.Map `ebpf:"unwind_index"`
+	UnwindLeaves   *ebpf.Map `ebpf:"unwind_leaves"`
+	UnwindProcs    *ebpf.Map `ebpf:"unwind_procs"`
+	UnwindRegs     *ebpf.Map `ebpf:"unwind_regs"`
+	UnwindRowCache *ebpf.Map `ebpf:"unwind_row_cache"`
+	UnwindTables   *ebpf.Map `ebpf:"unwind_tables"`
 }
 
 func (m *OffCPUMaps) Close() error {
@@ -330,6 +350,7 @@ func (m *OffCPUMaps) Close() error {
 		m.UnwindLeaves,
 		m.UnwindProcs,
 		m.UnwindRegs,
+		m.UnwindRowCache,
 		m.UnwindTables,
 	)
 }

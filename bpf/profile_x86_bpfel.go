@@ -238,6 +238,17 @@ type ProfileUnwindRow struct {
 	Rbp     int8
 }
 
+type ProfileUnwindRowCache struct {
+	_     structs.HostLayout
+	Slots [512]struct {
+		_     structs.HostLayout
+		Addr  uint64
+		Table uint32
+		Pad   uint32
+		Row   ProfileUnwindRow
+	}
+}
+
 type ProfileUnwindTable struct {
 	_          structs.HostLayout
 	Base       uint64
@@ -271,6 +282,7 @@ const (
 	ProfileMapUnwindLeaves           = "unwind_leaves"
 	ProfileMapUnwindProcs            = "unwind_procs"
 	ProfileMapUnwindRegs             = "unwind_regs"
+	ProfileMapUnwindRowCache         = "unwind_row_cache"
 	ProfileMapUnwindTables           = "unwind_tables"
 	ProfileProgKernelSymbols         = "kernel_symbols"
 	ProfileProgProcessExec           = "process_exec"
@@ -349,29 +361,30 @@ type ProfileProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ProfileMapSpecs struct {
-	Control       *ebpf.MapSpec `ebpf:"control"`
-	Counts        *ebpf.MapSpec `ebpf:"counts"`
-	Counts0       *ebpf.MapSpec `ebpf:"counts0"`
-	Counts1       *ebpf.MapSpec `ebpf:"counts1"`
-	InterpFrame   *ebpf.MapSpec `ebpf:"interp_frame"`
-	InterpProcs   *ebpf.MapSpec `ebpf:"interp_procs"`
-	KnownProcs    *ebpf.MapSpec `ebpf:"known_procs"`
-	LastProc      *ebpf.MapSpec `ebpf:"last_proc"`
-	OffcpuCounts  *ebpf.MapSpec `ebpf:"offcpu_counts"`
-	OffcpuCounts0 *ebpf.MapSpec `ebpf:"offcpu_counts0"`
-	OffcpuCounts1 *ebpf.MapSpec `ebpf:"offcpu_counts1"`
-	OffcpuStacks  *ebpf.MapSpec `ebpf:"offcpu_stacks"`
-	ProcEvents    *ebpf.MapSpec `ebpf:"proc_events"`
-	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
-	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
-	Stacks0       *ebpf.MapSpec `ebpf:"stacks0"`
-	Stacks1       *ebpf.MapSpec `ebpf:"stacks1"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	UnwindIndex   *ebpf.MapSpec `ebpf:"unwind_index"`
-	UnwindLeaves  *ebpf.MapSpec `ebpf:"unwind_leaves"`
-	UnwindProcs   *ebpf.MapSpec `ebpf:"unwind_procs"`
-	UnwindRegs    *ebpf.MapSpec `ebpf:"unwind_regs"`
-	UnwindTables  *ebpf.MapSpec `ebpf:"unwind_tables"`
+	Control        *ebpf.MapSpec `ebpf:"control"`
+	Counts         *ebpf.MapSpec `ebpf:"counts"`
+	Counts0        *ebpf.MapSpec `ebpf:"counts0"`
+	Counts1        *ebpf.MapSpec `ebpf:"counts1"`
+	InterpFrame    *ebpf.MapSpec `ebpf:"interp_frame"`
+	InterpProcs    *ebpf.MapSpec `ebpf:"interp_procs"`
+	KnownProcs     *ebpf.MapSpec `ebpf:"known_procs"`
+	LastProc       *ebpf.MapSpec `ebpf:"last_proc"`
+	OffcpuCounts   *ebpf.MapSpec `ebpf:"offcpu_counts"`
+	OffcpuCounts0  *ebpf.MapSpec `ebpf:"offcpu_counts0"`
+	OffcpuCounts1  *ebpf.MapSpec `ebpf:"offcpu_counts1"`
+	OffcpuStacks   *ebpf.MapSpec `ebpf:"offcpu_stacks"`
+	ProcEvents     *ebpf.MapSpec `ebpf:"proc_events"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
+	Stacks         *ebpf.MapSpec `ebpf:"stacks"`
+	Stacks0        *ebpf.MapSpec `ebpf:"stacks0"`
+	Stacks1        *ebpf.MapSpec `ebpf:"stacks1"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	UnwindIndex    *ebpf.MapSpec `ebpf:"unwind_index"`
+	UnwindLeaves   *ebpf.MapSpec `ebpf:"unwind_leaves"`
+	UnwindProcs    *ebpf.MapSpec `ebpf:"unwind_procs"`
+	UnwindRegs     *ebpf.MapSpec `ebpf:"unwind_regs"`
+	UnwindRowCache *ebpf.MapSpec `ebpf:"unwind_row_cache"`
+	UnwindTables   *ebpf.MapSpec `ebpf:"unwind_tables"`
 }
 
 // ProfileVariableSpecs contains global variables before they are loaded into the kernel.
@@ -415,29 +428,30 @@ func (o *ProfileObjects) Close() error {
 //
 // It can be passed to LoadProfileObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ProfileMaps struct {
-	Control       *ebpf.Map `ebpf:"control"`
-	Counts        *ebpf.Map `ebpf:"counts"`
-	Counts0       *ebpf.Map `ebpf:"counts0"`
-	Counts1       *ebpf.Map `ebpf:"counts1"`
-	InterpFrame   *ebpf.Map `ebpf:"interp_frame"`
-	InterpProcs   *ebpf.Map `ebpf:"interp_procs"`
-	KnownProcs    *ebpf.Map `ebpf:"known_procs"`
-	LastProc      *ebpf.Map `ebpf:"last_proc"`
-	OffcpuCounts  *ebpf.Map `ebpf:"offcpu_counts"`
-	OffcpuCounts0 *ebpf.Map `ebpf:"offcpu_counts0"`
-	OffcpuCounts1 *ebpf.Map `ebpf:"offcpu_counts1"`
-	OffcpuStacks  *ebpf.Map `ebpf:"offcpu_stacks"`
-	ProcEvents    *ebpf.Map `ebpf:"proc_events"`
-	Scratch       *ebpf.Map `ebpf:"scratch"`
-	Stacks        *ebpf.Map `ebpf:"stacks"`
-	Stacks0       *ebpf.Map `ebpf:"stacks0"`
-	Stacks1       *ebpf.Map `ebpf:"stacks1"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	UnwindIndex   *ebpf.Map `ebpf:"unwind_index"`
-	UnwindLeaves  *ebpf.Map `ebpf:"unwind_leaves"`
-	UnwindProcs   *ebpf.Map `ebpf:"unwind_procs"`
-	UnwindRegs    *ebpf.Map `ebpf:"unwind_regs"`
-	UnwindTables  *ebpf.Map `ebpf:"unwind_tables"`
+	Control        *ebpf.Map `ebpf:"control"`
+	Counts         *ebpf.Map `ebpf:"counts"`
+	Counts0        *ebpf.Map `ebpf:"counts0"`
+	Counts1        *ebpf.Map `ebpf:"counts1"`
+	InterpFrame    *ebpf.Map `ebpf:"interp_frame"`
+	InterpProcs    *ebpf.Map `ebpf:"interp_procs"`
+	KnownProcs     *ebpf.Map `ebpf:"known_procs"`
+	LastProc       *ebpf.Map `ebpf:"last_proc"`
+	OffcpuCounts   *ebpf.Map `ebpf:"offcpu_counts"`
+	OffcpuCounts0  *ebpf.Map `ebpf:"offcpu_counts0"`
+	OffcpuCounts1  *ebpf.Map `ebpf:"offcpu_counts1"`
+	OffcpuStacks   *ebpf.Map `ebpf:"offcpu_stacks"`
+	ProcEvents     *ebpf.Map `ebpf:"proc_events"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
+	Stacks         *ebpf.Map `ebpf:"stacks"`
+	Stacks0        *ebpf.Map `ebpf:"stacks0"`
+	Stacks1        *ebpf.Map `ebpf:"stacks1"`
+	Stats          *ebpf.Map `ebpf:"stats"`
+	UnwindIndex    *ebpf.Map `ebpf:"unwind_index"`
+	UnwindLeaves   *ebpf.Map `ebpf:"unwind_leaves"`
+	UnwindProcs    *ebpf.Map `ebpf:"unwind_procs"`
+	UnwindRegs     *ebpf.Map `ebpf:"unwind_regs"`
+	UnwindRowCache *ebpf.Map `ebpf:"unwind_row_cache"`
+	UnwindTables   *ebpf.Map `ebpf:"unwind_tables"`
 }
 
 func (m *ProfileMaps) Close() error {
@@ -464,6 +478,7 @@ func (m *ProfileMaps) Close() error {
 		m.UnwindLeaves,
 		m.UnwindProcs,
 		m.UnwindRegs,
+		m.UnwindRowCache,
 		m.UnwindTables,
 	)
 }

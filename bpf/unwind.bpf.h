@@ -46,6 +46,30 @@ struct {
 	__type(value, struct unwind_leaf);
 } unwind_leaves SEC(".maps");
 
+// unwind_row_cache: per CPU, the rows found last, by (table, object
+// address). A CPU samples the same few stacks over and over: a hit spares
+// the two hash lookups and the two searches of find_row, most of a
+// frame's cost. Table ids are never reused, and a row is a fact of its
+// object, so an entry never goes stale; each program has its own copy (the
+// maps are not shared), so an entry is never read while half written.
+struct unwind_cached_row {
+	__u64 addr;
+	__u32 table; // 0: empty
+	__u32 pad;
+	struct unwind_row row;
+};
+
+struct unwind_row_cache {
+	struct unwind_cached_row slots[UNWIND_ROW_CACHE_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_row_cache);
+} unwind_row_cache SEC(".maps");
+
 // The general-purpose registers of the frame whose pc is exact (the leaf,
 // or the context a signal interrupted), in DWARF order, for rows whose CFA
 // is based on a register other than rsp and rbp; and room for reading a
@@ -122,13 +146,33 @@ __noinline __u32 leaf_row(struct unwind_leaf *leaf, __u32 pc)
 	return lo;
 }
 
+// row_cache_slot returns the slot of unwind_row_cache holding (id, addr)
+// if any: a multiplicative hash of both.
+static __always_inline __u32 row_cache_slot(__u32 id, __u64 addr)
+{
+	__u64 h = (addr ^ ((__u64)id << 40)) * 0x9E3779B97F4A7C15ULL;
+	return (h >> 32) & (UNWIND_ROW_CACHE_SLOTS - 1);
+}
+
 // find_row copies into *out the row of table id covering object address
 // addr and returns 1, or returns 0 when the table does not cover it (or
-// was evicted meanwhile).
+// was evicted meanwhile and the row is not cached).
 __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 {
+	if (!out)
+		return 0;
+	__u32 zero = 0;
+	struct unwind_row_cache *cache = bpf_map_lookup_elem(&unwind_row_cache, &zero);
+	struct unwind_cached_row *cached = 0;
+	if (cache) {
+		cached = &cache->slots[row_cache_slot(id, addr)];
+		if (cached->table == id && cached->addr == addr) {
+			*out = cached->row;
+			return 1;
+		}
+	}
 	struct unwind_table *t = bpf_map_lookup_elem(&unwind_tables, &id);
-	if (!t || !out || addr < t->base || addr - t->base > 0xffffffffULL)
+	if (!t || addr < t->base || addr - t->base > 0xffffffffULL)
 		return 0;
 	__u64 pc = addr - t->base, n = t->nleaves, first = t->index_first;
 
@@ -158,6 +202,12 @@ __noinline int find_row(__u32 id, __u64 addr, struct unwind_row *out)
 	if (i >= UNWIND_LEAF_ROWS)
 		return 0;
 	*out = leaf->rows[i];
+	if (cached) {
+		cached->table = 0; // not a whole entry until table is written last
+		cached->addr = addr;
+		cached->row = *out;
+		cached->table = id;
+	}
 	return 1;
 }
 

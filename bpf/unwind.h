@@ -17,6 +17,9 @@
 /* Leaves of one table the walker's index search reaches. */
 #define UNWIND_MAX_LEAVES 16384
 
+/* Rows each CPU keeps at hand (a power of two): 12 KiB per CPU. */
+#define UNWIND_ROW_CACHE_SLOTS 512
+
 /* How a row computes the CFA; keep in step with unwind.CFAKind. */
 enum cfa_kind {
 	CFA_NONE = 0,        /* no rule: walk the frame pointer */

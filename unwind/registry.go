@@ -525,8 +525,16 @@ func (r *Registry) makeRoom(n, refs int, keep []*object) bool {
 		if victim == nil {
 			return false
 		}
+		// A table pushed out while processes still map it does not come
+		// straight back in at their next refresh (that would be a compile
+		// and an eviction at every one). One no process mapped returns as
+		// soon as a process needs it: a binary run again a few seconds
+		// after its table made room for others must not be walked by frame
+		// pointers for a whole Linger.
+		if victim.refs > 0 {
+			victim.retryAt = time.Now().Add(r.cfg.Linger)
+		}
 		r.unload(victim, EvictedSpace)
-		victim.retryAt = time.Now().Add(r.cfg.Linger) // not straight back in
 	}
 	return true
 }

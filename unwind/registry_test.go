@@ -233,6 +233,17 @@ func TestRegistryEvictsColdTablesFirst(t *testing.T) {
 	if st := r.Stats(); st.Evicted[EvictedSpace] != 1 {
 		t.Errorf("evictions for space: %d, want 1", st.Evicted[EvictedSpace])
 	}
+	// bins[0] was unused when it made room: run again, it comes straight
+	// back (into the room of bins[1], unused now too), not after the Linger.
+	src.maps[4] = src.maps[1]
+	r.ProcessGone(2, 1)
+	r.ProcessStarted(4, 1)
+	settle(r)
+	if r.objects[bins[0]].id == 0 || r.objects[bins[1]].id != 0 || len(sink.tables) != 2 {
+		t.Fatalf("bins[0] run again after its eviction as unused: tables %v, bins[0] id %d; want it loaded at once",
+			sink.tables, r.objects[bins[0]].id)
+	}
+	delete(src.maps, 4)
 	// A table larger than the whole budget is never loaded.
 	clear(src.reads)
 	big := NewRegistry(newFakeSink(), src, Config{MaxBytes: 50, KernelBytes: one, Linger: time.Minute})
