@@ -296,11 +296,11 @@ static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key,
 					      __u64 cookie)
 {
 	__u8 end = END_FRAME_POINTERS;
-	bool leaf_fp = true, leaf_outside = false;
+	bool leaf_fp = true, pc_outside = false;
 	__u64 id = 0;
 	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &key->pid);
 	if (proc && cookie && proc->cookie == cookie) {
-		end = walk_user_stack(proc, trace, &leaf_fp, &leaf_outside);
+		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
 		id = trace->len ? store_trace_in(trace, &offcpu_stacks) : 0;
 	} else {
 		long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), BPF_F_USER_STACK);

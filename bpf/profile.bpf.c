@@ -250,10 +250,10 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 		struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
 		if (!trace)
 			return 0;
-		bool leaf_outside = false;
-		end = walk_user_stack(proc, trace, &leaf_fp, &leaf_outside);
+		bool pc_outside = false;
+		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
 		id = trace->len ? store_trace(trace, g) : 0;
-		if (leaf_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
+		if (pc_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
 			proc->flags |= PROC_REFRESH_ASKED;
 			process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
 		}

@@ -366,7 +366,7 @@ struct walk {
 	__u32 table_frames, fp_frames;
 	__u8 end;      // enum stack_end, once the walk stopped
 	__u8 leaf_fp;  // the leaf's caller was found by frame pointer
-	__u8 leaf_outside; // the leaf's pc is outside every known range
+	__u8 pc_outside; // a pc of the walk is outside every known range
 };
 
 // walk_step records frame i and moves to its caller. The frame's index is
@@ -393,7 +393,11 @@ static long walk_step(__u64 i, struct walk *w)
 	} else {
 		w->table_frames++;
 	}
-	w->leaf_outside |= i == 0 && w->f.outside;
+	// Any frame, not only the leaf: a process first sampled while the
+	// dynamic loader ran was read before its libraries were mapped, and
+	// its later leaves mostly lie in the main program, whose callers in
+	// those libraries would otherwise never be walked by their tables.
+	w->pc_outside |= w->f.outside;
 	if (end == CONTINUE)
 		return 0;
 	w->end = end;
@@ -404,10 +408,11 @@ static long walk_step(__u64 i, struct walk *w)
 // trace and returns how the walk ended. *leaf_fp tells whether the leaf's
 // caller was found through the frame pointer (then the caller of a
 // frameless leaf is missing, and the sampler looks for it at the stack
-// pointer), *leaf_outside whether the leaf lies outside every known range
-// (then the process's mappings are read again).
+// pointer), *pc_outside whether a pc of the walk lies outside every known
+// range (then the process's mappings are read again, once per load of its
+// ranges).
 static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct stack_trace *trace, bool *leaf_fp,
-					    bool *leaf_outside)
+					    bool *pc_outside)
 {
 	__u32 zero = 0;
 	struct unwind_regs *regs = bpf_map_lookup_elem(&unwind_regs, &zero);
@@ -453,7 +458,7 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	count_stats(STAT_FRAMES_TABLE, w.table_frames);
 	count_stats(STAT_FRAMES_FP, w.fp_frames);
 	*leaf_fp = w.leaf_fp;
-	*leaf_outside = w.leaf_outside;
+	*pc_outside = w.pc_outside;
 	return w.end;
 }
 

@@ -75,7 +75,7 @@ struct unwind_range {
 
 /* unwind_proc.flags */
 enum unwind_proc_flags {
-	/* The walker met a leaf outside every range and asked userspace to
+	/* The walker met a pc outside every range and asked userspace to
 	 * read the process's mappings again (once per load of the ranges). */
 	PROC_REFRESH_ASKED = 1,
 };

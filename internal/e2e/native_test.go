@@ -284,6 +284,45 @@ func TestNativeCgo(t *testing.T) {
 	}
 }
 
+// A library mapped after the process was first sampled (dlopen, or the
+// dynamic loader still running at the first sample): its frames between
+// leaves in the program and main are walked by its table once the walker
+// meets one of its pcs, not only a leaf in it.
+func TestNativeLibraryMappedLater(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	bin, lib := filepath.Join(dir, "latelib"), filepath.Join(dir, "liblate.so")
+	for _, argv := range [][]string{
+		{"gcc", "-O2", "-fomit-frame-pointer", "-shared", "-fPIC", "-o", lib, "./testdata/native/liblate.c"},
+		{"gcc", "-O2", "-fomit-frame-pointer", "-o", bin, "./testdata/native/latelib.c", "-ldl"},
+	} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
+		}
+	}
+	d := sharedCgscope(t)
+	w := workload(t, bin, lib, "30")
+	time.Sleep(2 * time.Second) // 0.5 s before the dlopen, then the refresh
+	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", w.Process.Pid))
+	want := []string{"late_leaf", "late_callback", "late_loop", "main"}
+	whole := samplesWhere(p, func(s *profile.Sample) bool {
+		f := sampleFrames(s)
+		i := 0
+		for _, name := range f {
+			if i < len(want) && name == want[i] {
+				i++
+			}
+		}
+		return i == len(want)
+	})
+	total := samplesWhere(p, pidIs(w.Process.Pid))
+	t.Logf("library mapped later: %d of %d samples hold %s\n%s", whole, total, strings.Join(want, " < "), topStacks(p, 3))
+	if total < 50 || float64(whole) < 0.9*float64(total) {
+		t.Errorf("only %d of %d samples walk through the library mapped later; the daemon's unwind metrics:\n%s",
+			whole, total, d.metricLines(t, "cgscope_unwind_"))
+	}
+}
+
 // A C workload burning its CPU in a signal handler: the stack continues
 // through the signal frame into the interrupted code, up to main.
 func TestNativeSignalFrame(t *testing.T) {

@@ -129,16 +129,20 @@ func run(opt options) error {
 		return err
 	}
 	chain := workload{"chain", []string{bin["chain"]}}
-	res.cost = measureBest(opt, tmp, spec{name: "tables", args: profilingOnly, tables: true,
-		loads: []workload{chain, chain}})
-	res.fp = measureBest(opt, tmp, spec{name: "frame-pointers", args: append(append([]string{}, profilingOnly...), "--no-unwind.tables"),
-		loads: []workload{chain, chain}})
+	// The walker and the kernel's frame-pointer walk sample the same
+	// workloads in the same window, each in its own cgscope: their ratio
+	// holds on a host whose speed drifts between runs (this VM's BPF
+	// timings do, by up to 2x in an hour).
+	pair := measureBest(opt, tmp,
+		spec{name: "tables", args: profilingOnly, tables: true, loads: []workload{chain, chain}},
+		spec{name: "frame-pointers", args: append(append([]string{}, profilingOnly...), "--no-unwind.tables")})
+	res.cost, res.fp = pair[0], pair[1]
 	res.memory = measureBest(opt, tmp, spec{name: "defaults", tables: true, loads: []workload{
 		chain,
 		{"sortchain", []string{bin["sortchain"]}},
 		{"rustchain", []string{bin["rustchain"]}},
 		{"python3.11", []string{"/usr/bin/python3.11", "-c", pythonLoop}},
-	}})
+	}})[0]
 	res.compile = compileBench(opt, tmp)
 	res.finished = time.Now().UTC()
 	res.loadAfter = benchutil.Loadavg()
@@ -185,119 +189,190 @@ func buildWorkloads(repo, dir string) (map[string]string, error) {
 	return bin, nil
 }
 
-// measureBest measures s, and again, up to opt.retries times, while other
-// work on the host crowded out the workloads (it would also put its own
-// samples into the figures); the run whose workloads got the most CPU is
-// kept. A run that failed is reported, not retried.
-func measureBest(opt options, tmp string, s spec) *runResult {
-	best := measure(opt, tmp, s)
+// measureBest measures specs together (see measure), and again, up to
+// opt.retries times, while other work on the host crowded out the
+// workloads (it would also put its own samples into the figures); the
+// run whose workloads got the most CPU is kept. A run that failed is
+// reported, not retried.
+func measureBest(opt options, tmp string, specs ...spec) []*runResult {
+	best := measure(opt, tmp, specs)
 	last := best
-	for n := 1; n <= opt.retries && best.err == nil && best.share() < noisyShare; n++ {
+	for n := 1; n <= opt.retries && failed(best) == nil && best[0].share() < noisyShare; n++ {
 		logf("%s: other work took %.1f%% of the workloads' CPUs: measuring again (%d of at most %d more)",
-			s.name, 100*(1-last.share()), n, opt.retries)
-		last = measure(opt, tmp, s)
-		if last.err == nil && last.share() > best.share() {
+			specs[0].name, 100*(1-last[0].share()), n, opt.retries)
+		last = measure(opt, tmp, specs)
+		if failed(last) == nil && last[0].share() > best[0].share() {
 			best = last
 		}
-		best.attempts = n + 1
+		for _, r := range best {
+			r.attempts = n + 1
+		}
 	}
-	best.attempts = max(best.attempts, 1)
+	for _, r := range best {
+		r.attempts = max(r.attempts, 1)
+	}
 	return best
+}
+
+// failed returns the first error of a measurement's runs.
+func failed(rs []*runResult) error {
+	for _, r := range rs {
+		if r.err != nil {
+			return r.err
+		}
+	}
+	return nil
 }
 
 // maxSettle bounds the wait for the table gauges to stop changing.
 const maxSettle = 30 * time.Second
 
-// measure starts cgscope at 99 Hz with the spec's flags, then the
-// workloads; once the tables have loaded, it scrapes /metrics at the start
-// and end of the window and reads cgscope's peak RSS and BPF maps at the
-// end. Everything it started is stopped before it returns.
-func measure(opt options, tmp string, s spec) *runResult {
-	r := &runResult{spec: s}
-	r.host, r.quiet = waitQuiet(opt.quiet)
-	logf("=== cgscope %s: %d workloads, %v window", s.name, len(s.loads), opt.window)
-	port, err := benchutil.FreePort()
-	if err != nil {
-		r.err = fmt.Errorf("%s: no free port: %w", s.name, err)
-		return r
+// measure starts one cgscope per spec at 99 Hz with its flags, then the
+// first spec's workloads, which all of them sample; once the tables have
+// loaded, it scrapes each /metrics at the start and end of the window and
+// reads each cgscope's peak RSS and BPF maps at the end. Everything it
+// started is stopped before it returns.
+func measure(opt options, tmp string, specs []spec) []*runResult {
+	rs := make([]*runResult, len(specs))
+	agents := make([]*agentRun, len(specs))
+	host, quiet := waitQuiet(opt.quiet)
+	loads := specs[0].loads
+	for i, s := range specs {
+		s.loads = loads // the share of their CPUs is of the same workloads
+		rs[i] = &runResult{spec: s, host: host, quiet: quiet}
 	}
-	argv := append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
-		fmt.Sprintf("--profiling.frequency=%d", hz)}, s.args...)
-	cg, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+s.name+".log"), argv...)
-	if err != nil {
-		r.err = fmt.Errorf("%s: %w", s.name, err)
-		return r
+	fail := func(err error) []*runResult {
+		for _, r := range rs {
+			if r.err == nil {
+				r.err = err
+			}
+		}
+		return rs
 	}
 	defer func() {
-		r.cleanTerm = cg.Stop(syscall.SIGTERM, 30*time.Second)
-		if !r.cleanTerm && r.err == nil {
-			r.err = fmt.Errorf("%s: cgscope did not exit cleanly on SIGTERM: %v: %s", s.name, cg.WaitErr, cg.LogTail(3))
+		for i, a := range agents {
+			if a != nil {
+				a.stop(rs[i])
+			}
 		}
 	}()
-	if _, err := benchutil.WaitHealthy(cg, port, 30*time.Second); err != nil {
-		r.err = fmt.Errorf("%s: %w", s.name, err)
-		return r
+	for i, s := range specs {
+		logf("=== cgscope %s: %d workloads, %v window", s.name, len(loads), opt.window)
+		a, err := startAgent(opt, tmp, s)
+		if err != nil {
+			return fail(err)
+		}
+		agents[i] = a
 	}
 
 	// The workloads end on their own a minute after the window should have,
 	// should this process die without killing them.
 	secs := strconv.Itoa(int((opt.settle + maxSettle + opt.window + time.Minute).Seconds()))
-	var loads []*benchutil.Child
+	var children []*benchutil.Child
 	defer func() {
-		for _, c := range loads {
+		for _, c := range children {
 			c.Stop(syscall.SIGKILL, 5*time.Second)
 		}
 	}()
 	started := time.Now()
-	for i, w := range s.loads {
-		c, err := benchutil.Start(w.name, filepath.Join(tmp, fmt.Sprintf("%s-%s-%d.log", s.name, w.name, i)), append(slices.Clone(w.argv), secs)...)
+	for i, w := range loads {
+		c, err := benchutil.Start(w.name, filepath.Join(tmp, fmt.Sprintf("%s-%s-%d.log", specs[0].name, w.name, i)), append(slices.Clone(w.argv), secs)...)
 		if err != nil {
-			r.err = fmt.Errorf("%s: %w", s.name, err)
-			return r
+			return fail(fmt.Errorf("%s: %w", specs[0].name, err))
 		}
-		loads = append(loads, c)
+		children = append(children, c)
 	}
 
 	time.Sleep(opt.settle)
-	if s.tables {
-		r.unstable = waitTables(port, cg, maxSettle)
+	for i, s := range specs {
+		if s.tables {
+			rs[i].unstable = waitTables(agents[i].port, agents[i].cg, maxSettle)
+		}
 	}
-	r.settled = time.Since(started)
+	for _, r := range rs {
+		r.settled = time.Since(started)
+	}
 
-	cpu0, err := loadsCPU(loads)
-	if err == nil {
-		r.m0, err = benchutil.Scrape(port)
+	cpu0, err := loadsCPU(children)
+	for i := range rs {
+		if err == nil {
+			rs[i].m0, err = benchutil.Scrape(agents[i].port)
+		}
 	}
 	if err != nil {
-		r.err = fmt.Errorf("%s: at the window's start: %w", s.name, err)
-		return r
+		return fail(fmt.Errorf("%s: at the window's start: %w", specs[0].name, err))
 	}
 	time.Sleep(opt.window)
-	cpu1, err := loadsCPU(loads)
+	cpu1, err := loadsCPU(children)
+	if err != nil {
+		return fail(fmt.Errorf("%s: at the window's end: %w", specs[0].name, err))
+	}
+	for i, r := range rs {
+		r.loadCPU = cpu1 - cpu0
+		agents[i].finish(r)
+	}
+	return rs
+}
+
+// agentRun is one cgscope of a measurement.
+type agentRun struct {
+	cg   *benchutil.Child
+	port int
+}
+
+// startAgent starts cgscope with s's flags and waits until it is healthy.
+func startAgent(opt options, tmp string, s spec) (*agentRun, error) {
+	port, err := benchutil.FreePort()
+	if err != nil {
+		return nil, fmt.Errorf("%s: no free port: %w", s.name, err)
+	}
+	argv := append([]string{opt.Cgscope, fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
+		fmt.Sprintf("--profiling.frequency=%d", hz)}, s.args...)
+	cg, err := benchutil.Start("cgscope", filepath.Join(tmp, "cgscope-"+s.name+".log"), argv...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	a := &agentRun{cg: cg, port: port}
+	if _, err := benchutil.WaitHealthy(cg, port, 30*time.Second); err != nil {
+		a.stop(&runResult{})
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	return a, nil
+}
+
+// finish reads the window's end into r: a scrape, the peak RSS and the
+// BPF maps.
+func (a *agentRun) finish(r *runResult) {
+	var err error
+	r.m1, err = benchutil.Scrape(a.port)
 	if err == nil {
-		r.m1, err = benchutil.Scrape(port)
+		r.hwm, err = benchutil.StatusBytes(a.cg.PID(), "VmHWM")
 	}
 	if err == nil {
-		r.hwm, err = benchutil.StatusBytes(cg.PID(), "VmHWM")
-	}
-	if err == nil {
-		r.maps, err = heldMaps(cg.PID())
+		r.maps, err = heldMaps(a.cg.PID())
 	}
 	if err != nil {
-		if cg.Exited() {
-			err = fmt.Errorf("cgscope exited: %v: %s", cg.WaitErr, cg.LogTail(3))
+		if a.cg.Exited() {
+			err = fmt.Errorf("cgscope exited: %v: %s", a.cg.WaitErr, a.cg.LogTail(3))
 		}
-		r.err = fmt.Errorf("%s: at the window's end: %w", s.name, err)
-		return r
+		r.err = fmt.Errorf("%s: at the window's end: %w", r.spec.name, err)
+		return
 	}
-	r.loadCPU = cpu1 - cpu0
 	if !r.m1.Has(sampleRuns) || r.delta(sampleRuns) <= 0 {
 		r.err = fmt.Errorf("%s: sample_cpu shows no runs in /metrics: cgscope could not turn bpf_stats on "+
-			"(see its log: %s)", s.name, cg.LogTail(3))
+			"(see its log: %s)", r.spec.name, a.cg.LogTail(3))
+		return
 	}
 	logf("%s: sample_cpu %.0f runs, %.2f µs each; %.2f frames per walked stack; workloads got %s of their CPUs",
-		s.name, r.delta(sampleRuns), r.bpfPerSample(), r.framesPerStack(), r.loadShare())
-	return r
+		r.spec.name, r.delta(sampleRuns), r.bpfPerSample(), r.framesPerStack(), r.loadShare())
+}
+
+// stop ends cgscope with SIGTERM and records whether it exited cleanly.
+func (a *agentRun) stop(r *runResult) {
+	r.cleanTerm = a.cg.Stop(syscall.SIGTERM, 30*time.Second)
+	if !r.cleanTerm && r.err == nil {
+		r.err = fmt.Errorf("%s: cgscope did not exit cleanly on SIGTERM: %v: %s", r.spec.name, a.cg.WaitErr, a.cg.LogTail(3))
+	}
 }
 
 // waitTables waits until cgscope's table gauges are the same in two
