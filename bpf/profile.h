@@ -83,6 +83,11 @@ struct new_process_event {
 	__u32 pid;
 	__u32 kind;    /* enum process_event_kind */
 	__u64 cookie;  /* of the image: see known_procs */
+	/* PROCESS_NEW: the process it was forked from, when it has not exec'd
+	 * since and runs the same executable (its mappings are that process's
+	 * as of the fork); else 0. */
+	__u32 parent;
+	__u32 pad;
 };
 
 #endif

@@ -108,6 +108,8 @@ type ProfileNewProcessEvent struct {
 	Pid    uint32
 	Kind   uint32
 	Cookie uint64
+	Parent uint32
+	Pad    uint32
 }
 
 type ProfileOffcpuValue struct {

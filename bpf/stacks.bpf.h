@@ -255,6 +255,27 @@ static __always_inline __u64 leaf_caller(void)
 }
 
 // process_event tells userspace about a process image.
+// fork_parent returns the process the current one was forked from, when it
+// has not exec'd since and runs the same executable: its mappings are then
+// its parent's as of the fork, and userspace takes them from the parent's
+// snapshot rather than read /proc (a shell forks one child per command, and
+// most are sampled before their exec). 0 otherwise. exec increments a
+// task's self_exec_id, and fork copies it and records the parent's in
+// parent_exec_id (fs/exec.c begin_new_exec, kernel/fork.c copy_process):
+// they are equal until the process's first exec.
+static __always_inline __u32 fork_parent(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	if (!leader || BPF_CORE_READ(leader, self_exec_id) != BPF_CORE_READ(leader, parent_exec_id))
+		return 0;
+	struct task_struct *parent = BPF_CORE_READ(leader, real_parent);
+	struct file *exe = BPF_CORE_READ(leader, mm, exe_file);
+	if (!parent || !exe || exe != BPF_CORE_READ(parent, mm, exe_file))
+		return 0;
+	return BPF_CORE_READ(parent, tgid);
+}
+
 static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 {
 	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
@@ -265,6 +286,8 @@ static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 	ev->pid = pid;
 	ev->kind = kind;
 	ev->cookie = cookie;
+	ev->parent = kind == PROCESS_NEW ? fork_parent() : 0;
+	ev->pad = 0;
 	// A new image wakes userspace at once: it reads the process's mappings
 	// while the process lives, for its names. An exit or a changed mapping
 	// can wait for the next wakeup or userspace's poll (profiler's

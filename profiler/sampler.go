@@ -297,6 +297,10 @@ type ProcessHandler interface {
 	// ProcessStarted: the first sample of a process image (new process,
 	// reused pid, or exec) was just taken.
 	ProcessStarted(pid uint32, image uint64)
+	// ProcessForked is ProcessStarted for a process forked from parent
+	// that has not exec'd since and runs the same executable: its
+	// mappings are parent's as of the fork.
+	ProcessForked(pid uint32, image uint64, parent uint32)
 	// ProcessGone: an announced image exec'd or exited (image 0: the
 	// drain found the process gone).
 	ProcessGone(pid uint32, image uint64)
@@ -362,14 +366,18 @@ func (s *Sampler) readProcessEvents(h ProcessHandler) error {
 			return err
 		}
 		rec := s.eventRec.RawSample
-		if len(rec) < 16 {
+		if len(rec) < 20 {
 			continue
 		}
 		pid := nativeEndian.Uint32(rec)
 		image := nativeEndian.Uint64(rec[8:])
 		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec[4:])) {
 		case bpf.ProfileProcessEventKindPROCESS_NEW:
-			h.ProcessStarted(pid, image)
+			if parent := nativeEndian.Uint32(rec[16:]); parent != 0 && parent != pid {
+				h.ProcessForked(pid, image, parent)
+			} else {
+				h.ProcessStarted(pid, image)
+			}
 		case bpf.ProfileProcessEventKindPROCESS_GONE:
 			h.ProcessGone(pid, image)
 		case bpf.ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED:

@@ -240,8 +240,9 @@ func (l *processLog) ProcessStarted(pid uint32, _ uint64) {
 	l.started[pid]++
 	l.mu.Unlock()
 }
-func (l *processLog) ProcessGone(pid uint32, _ uint64)      { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
-func (l *processLog) ProcessMappingsChanged(uint32, uint64) {}
+func (l *processLog) ProcessForked(pid uint32, image uint64, _ uint32) { l.ProcessStarted(pid, image) }
+func (l *processLog) ProcessGone(pid uint32, _ uint64)                 { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
+func (l *processLog) ProcessMappingsChanged(uint32, uint64)            {}
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {

@@ -20,6 +20,8 @@ var (
 		"Reads of /proc/PID/maps: the first snapshot of a process, and re-reads after an address fell outside every known mapping.", nil, nil)
 	descMapsQueries = prometheus.NewDesc("cgscope_symbolizer_maps_queries_total",
 		"Reads of /proc/PID/maps answered by the PROCMAP_QUERY ioctl (executable mappings only, with the kernel's build IDs) rather than by parsing its text.", nil, nil)
+	descForkSnapshots = prometheus.NewDesc("cgscope_symbolizer_fork_snapshots_total",
+		"New processes forked without an exec since, whose mappings snapshot is their parent's rather than a read of /proc/PID/maps.", nil, nil)
 	descMappedObjects = prometheus.NewDesc("cgscope_symbolizer_mapped_objects",
 		"Distinct objects mapped by the processes the symbolizer holds; an object no such process maps is closed.", nil, nil)
 	descOpenFiles = prometheus.NewDesc("cgscope_symbolizer_open_files",
@@ -39,7 +41,7 @@ var (
 // Describe implements prometheus.Collector.
 func (s *Symbolizer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descErrors, descObjCache, descFrameCache, descObjects, descProcesses,
-		descMapsReads, descMapsQueries, descPerfMapBadLines, descMappedObjects, descOpenFiles, descProcessBytes, descProcessReleases,
+		descMapsReads, descMapsQueries, descForkSnapshots, descPerfMapBadLines, descMappedObjects, descOpenFiles, descProcessBytes, descProcessReleases,
 		descObjectReleases} {
 		ch <- d
 	}
@@ -60,6 +62,7 @@ func (s *Symbolizer) Collect(ch chan<- prometheus.Metric) {
 	counter(descFrameCache, st.FrameCacheMisses, "miss")
 	counter(descMapsReads, st.MapsReads)
 	counter(descMapsQueries, st.MapsQueries)
+	counter(descForkSnapshots, st.ForkSnapshots)
 	counter(descPerfMapBadLines, st.PerfMapBadLines)
 	counter(descProcessReleases, st.ProcessesForgotten, "exited")
 	counter(descProcessReleases, st.ProcessesEvicted, "evicted")

@@ -73,6 +73,34 @@ func (s *Symbolizer) ProcessStarted(pid uint32) error {
 	return nil
 }
 
+// ProcessForked is ProcessStarted for a process forked from parent that has not exec'd
+// since and runs the same executable (the sampler checks both): its mappings are
+// parent's as of the fork, so parent's cached snapshot serves it without a read of
+// /proc, taking a mapping reference on each object. Without a snapshot of parent it
+// reads pid's own. A mapping either of them made since the fork is found as any new
+// mapping is: an address outside the snapshot has it read again.
+func (s *Symbolizer) ProcessForked(pid, parent uint32) error {
+	s.mu.Lock()
+	pp, ok := s.procs.peek(parent)
+	var p *process
+	if ok && pp != nil {
+		p = &process{pid: pid, jit: &jitState{}, maps: slices.Clone(pp.maps), bytes: pp.bytes}
+		for i := range p.maps {
+			if p.maps[i].hasObj {
+				s.mapObjectLocked(p.maps[i].obj)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return s.ProcessStarted(pid)
+	}
+	p.lastRead.Store(time.Now().UnixNano())
+	s.forkSnapshots.Add(1)
+	s.publishSnapshot(p)
+	return nil
+}
+
 // ExecutableAddress reports whether addr lies in an executable mapping of pid (using the
 // cached snapshot; no re-read). Used to validate a candidate return address.
 func (s *Symbolizer) ExecutableAddress(pid uint32, addr uint64) bool {

@@ -76,6 +76,9 @@ type Stats struct {
 	// MapsQueries counts snapshots read with the PROCMAP_QUERY ioctl (executable
 	// mappings only, build IDs from the kernel), the rest of MapsReads parsed the text.
 	MapsQueries uint64
+	// ForkSnapshots counts processes forked without an exec since whose
+	// snapshot was their parent's, not a read of /proc (ProcessForked).
+	ForkSnapshots uint64
 }
 
 const (
@@ -129,6 +132,7 @@ type Symbolizer struct {
 
 	framesNamed, framesUnnamed, errors  atomic.Uint64
 	objectHits, objectMisses, mapsReads atomic.Uint64
+	forkSnapshots                       atomic.Uint64
 	perfMapBadLines, mapsQueries        atomic.Uint64
 	processesForgotten, objectsUnmapped atomic.Uint64
 	openFiles                           atomic.Int64
@@ -176,6 +180,7 @@ func (s *Symbolizer) Stats() Stats {
 		ObjectCacheMisses:  s.objectMisses.Load(),
 		MapsReads:          s.mapsReads.Load(),
 		MapsQueries:        s.mapsQueries.Load(),
+		ForkSnapshots:      s.forkSnapshots.Load(),
 		PerfMapBadLines:    s.perfMapBadLines.Load(),
 		FrameCacheHits:     s.frames.hitCount(),
 		FrameCacheMisses:   s.frames.missCount(),

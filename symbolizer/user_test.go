@@ -471,3 +471,34 @@ func TestUserNonPIE(t *testing.T) {
 		t.Errorf("non-PIE frame %q obj %#x, want hidden_work %#x", f.Function, f.ObjAddress, hidden+3)
 	}
 }
+
+// A process forked without an exec takes its parent's snapshot: its
+// addresses are named without a read of its /proc, and the snapshot holds
+// references of its own (the parent's release leaves it whole). Without a
+// cached parent, its own mappings are read.
+func TestProcessForkedSharesParentSnapshot(t *testing.T) {
+	s, prog, bin := startC(t, false)
+	hidden, _ := elfSymbol(t, bin, "hidden_work", false)
+	addr := runtimeAddress(t, prog.pid, bin, hidden) + 1
+	const child = 0x7ffffff0 // no such process: only the parent's snapshot can name it
+	if err := s.ProcessForked(child, prog.pid); err != nil {
+		t.Fatal(err)
+	}
+	s.ReleaseProcess(prog.pid)
+	if f := s.User(child, []uint64{addr}); f[0].Function != "hidden_work" || f[0].Mapping == nil || f[0].Mapping.Path != bin {
+		t.Errorf("forked process's frame %+v, want hidden_work in %s", f[0], bin)
+	}
+	st := s.Stats()
+	if st.MapsReads != 1 || st.ForkSnapshots != 1 || st.OpenFiles == 0 {
+		t.Errorf("after a fork: %d maps reads (want 1, the parent's), %d fork snapshots (want 1), %d files open (want the parent's objects)",
+			st.MapsReads, st.ForkSnapshots, st.OpenFiles)
+	}
+	// A parent never snapshotted: the process's own mappings are read.
+	other, _ := startProgram(t, bin)
+	if err := s.ProcessForked(other.pid, 0x7ffffff1); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.MapsReads != 2 || st.ForkSnapshots != 1 {
+		t.Errorf("fork of an unknown parent: %d maps reads (want 2), %d fork snapshots (want 1)", st.MapsReads, st.ForkSnapshots)
+	}
+}

@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"sync"
 	"testing"
 	"time"
@@ -319,6 +321,58 @@ func TestNativeLibraryMappedLater(t *testing.T) {
 	t.Logf("library mapped later: %d of %d samples hold %s\n%s", whole, total, strings.Join(want, " < "), topStacks(p, 3))
 	if total < 50 || float64(whole) < 0.9*float64(total) {
 		t.Errorf("only %d of %d samples walk through the library mapped later; the daemon's unwind metrics:\n%s",
+			whole, total, d.metricLines(t, "cgscope_unwind_"))
+	}
+}
+
+// A process forked without an exec (a shell's subshell) takes its parent's
+// mappings snapshot instead of a read of /proc: its frames are named by
+// the parent's objects and walked by their tables to the shell's _start.
+func TestForkedProcessSharesParentSnapshot(t *testing.T) {
+	d := sharedCgscope(t)
+	body, _ := httpGet(t, d.url("/metrics"))
+	before := metricValue(t, body, "cgscope_symbolizer_fork_snapshots_total")
+	// The shell spins for a second or two (it is sampled, so its snapshot
+	// is read), then forks a subshell that spins without an exec.
+	script := `end=$((SECONDS+2)); while ((SECONDS<end)); do :; done; (while :; do :; done) & echo $!; wait`
+	cmd := exec.Command("/bin/bash", "-c", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	t.Cleanup(func() {
+		if child > 0 {
+			syscall.Kill(child, syscall.SIGKILL)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the subshell's pid: %v", err)
+	}
+	if child, err = strconv.Atoi(strings.TrimSpace(line)); err != nil {
+		t.Fatalf("subshell pid %q: %v", line, err)
+	}
+	time.Sleep(time.Second)
+	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", child))
+	whole := samplesWhere(p, func(s *profile.Sample) bool {
+		f := sampleFrames(s)
+		return pidIs(child)(s) && len(f) > 0 && f[len(f)-1] == "_start" && slices.Contains(f, "__libc_start_main")
+	})
+	total := samplesWhere(p, pidIs(child))
+	body, _ = httpGet(t, d.url("/metrics"))
+	after := metricValue(t, body, "cgscope_symbolizer_fork_snapshots_total")
+	t.Logf("forked subshell: %d of %d samples reach _start; fork snapshots %v -> %v\n%s", whole, total, before, after, topStacks(p, 3))
+	if after <= before {
+		t.Errorf("the subshell's snapshot was not its parent's: cgscope_symbolizer_fork_snapshots_total stayed %v", after)
+	}
+	if total < 50 || float64(whole) < 0.9*float64(total) {
+		t.Errorf("only %d of %d samples of the forked subshell reach _start; the daemon's unwind metrics:\n%s",
 			whole, total, d.metricLines(t, "cgscope_unwind_"))
 	}
 }

@@ -67,6 +67,9 @@ type Symbolizer interface {
 	ExecutableAddress(pid uint32, addr uint64) bool
 	// ProcessStarted snapshots a new process's mappings while it lives.
 	ProcessStarted(pid uint32) error
+	// ProcessForked gives a process forked from parent, without an exec
+	// since, parent's snapshot (or reads its own if there is none).
+	ProcessForked(pid, parent uint32) error
 }
 
 // CgroupPaths names cgroup2 ids (cgroup.Resolver); "" when gone.
@@ -249,6 +252,20 @@ func (p *Pipeline) Stats() Stats {
 func (p *Pipeline) ProcessStarted(pid uint32, image uint64) {
 	p.procs.started(pid, image)
 	if err := p.sym.ProcessStarted(pid); err != nil {
+		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
+		return
+	}
+	if p.unwinder != nil {
+		p.unwinder.ProcessStarted(pid, image)
+	}
+}
+
+// ProcessForked is ProcessStarted for a process forked from parent that
+// has not exec'd since: the symbolizer takes its mappings from parent's
+// snapshot instead of reading them.
+func (p *Pipeline) ProcessForked(pid uint32, image uint64, parent uint32) {
+	p.procs.started(pid, image)
+	if err := p.sym.ProcessForked(pid, parent); err != nil {
 		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
 		return
 	}
