@@ -358,6 +358,11 @@ func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 func (s *Sampler) readProcessEvents(h ProcessHandler) error {
 	s.events.SetDeadline(time.Unix(1, 0)) // in the past: never wait
 	for {
+		// An empty ring is seen from its positions: ReadInto would ask
+		// epoll, a system call per look (two at the end of every batch).
+		if s.events.AvailableBytes() == 0 {
+			return nil
+		}
 		err := s.events.ReadInto(&s.eventRec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil
