@@ -33,9 +33,12 @@ static __always_inline __u32 frame_u32(__u8 *buf, __u16 off)
 // php_opline_ok reports whether op is one of the op_array's opcodes: an
 // opline that is not (a stale EX(opline) of the innermost frame, which
 // the VM keeps in r15 and saves only before it may call out or throw) is
-// not read.
-static __always_inline int php_opline_ok(struct interp_proc *p, __u64 op, __u64 opcodes, __u32 last)
+// not read. A global function: the verifier checks its comparisons once,
+// not once per way through php_step.
+__noinline int php_opline_ok(struct interp_proc *p, __u64 op, __u64 opcodes, __u32 last)
 {
+	if (!p)
+		return 0;
 	__u64 size = p->off[PHP_OP_SIZE];
 	return size && op >= opcodes && op < opcodes + (__u64)last * size && (op - opcodes) % size == 0;
 }
@@ -88,16 +91,19 @@ static long php_step(__u64 i, struct php_walk *w)
 		__u32 l = 0;
 		if (bpf_probe_read_user(&l, sizeof(l), op ? (void *)(op + p->off[PHP_OP_LINENO]) : (void *)(func + p->off[PHP_OPA_LINE_START])))
 			l = 0;
-		line = l > PHP_WORD_LINE_MAX ? PHP_WORD_LINE_MAX : l;
-		entry = call_info & p->val[PHP_CALL_TOP] ? PHP_WORD_ENTRY : 0;
+		// Without branches (below, opaque: see unwind.bpf.h), each of
+		// which doubled the states the verifier followed to the end.
+		line = l + (PHP_WORD_LINE_MAX - (__u64)l) * below(PHP_WORD_LINE_MAX, l); // at most PHP_WORD_LINE_MAX
+		__u64 top = call_info & p->val[PHP_CALL_TOP];
+		entry = opaque((top | -top) >> 63) << 63; // PHP_WORD_ENTRY when top is set
 	} else if (type != PHP_INTERNAL_FUNCTION) {
 		// Not a function: the offsets do not fit this process, or the
 		// frame changed under the walk.
 		w->end = IEND_READ_FAILED;
 		return 1;
 	}
-	if (func >= (1ULL << PHP_WORD_ADDR_BITS))
-		func = 0; // not a user address: recorded as a frame userspace cannot name
+	// Not a user address: recorded as a frame userspace cannot name.
+	func *= below(func, 1ULL << PHP_WORD_ADDR_BITS) & (opaque(func >> 63) ^ 1);
 	w->trace->ips[w->n & (MAX_STACK_DEPTH - 1)] = func | line << PHP_WORD_LINE_SHIFT | entry;
 	w->n++;
 	return 0;

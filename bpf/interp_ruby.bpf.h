@@ -40,7 +40,8 @@
 struct rb_walk {
 	struct interp_proc *p;
 	struct stack_trace *trace;
-	__u8 *buf;
+	struct interp_frame_buf *fb;
+	__u8 *buf;  // fb's bytes
 	__u64 cfp;  // the next control frame to record
 	__u64 last; // the outermost frame, not recorded (the VM stack's dummy, or the main thread's <main>)
 	__u64 me;   // the method entry of the last Ruby frame recorded (~0: none yet)
@@ -56,9 +57,15 @@ static __always_inline void rb_put(struct rb_walk *w, __u64 v)
 
 // rb_local_me returns ep[-2] of the local env of a frame whose env's
 // words (me_cref, specval, flags) are at RB_ENV_AT: the method entry of a
-// block's method is in the env of the method's frame.
-static __always_inline __u64 rb_local_me(__u8 *buf)
+// block's method is in the env of the method's frame. A global function:
+// the verifier checks its hops once, rather than the rest of rb_step once
+// for each way out of them (which was more than half of the sampler's
+// verification, and of its start-up).
+__noinline __u64 rb_local_me(struct interp_frame_buf *fb)
 {
+	if (!fb)
+		return 0;
+	__u8 *buf = fb->b;
 	__u64 *env = (__u64 *)(buf + RB_ENV_AT);
 	__u64 me = env[0], specval = env[1], flags = env[2];
 	for (int i = 0; i < RB_MAX_ENV_HOPS; i++) {
@@ -107,22 +114,28 @@ static long rb_step(__u64 i, struct rb_walk *w)
 		w->end = IEND_READ_FAILED;
 		return 1;
 	}
-	__u64 entry = (flags & RB_FRAME_FLAG_FINISH) ? RB_WORD_ENTRY : 0;
+	// The words are computed without branches (below, opaque: see
+	// unwind.bpf.h): every branch here doubled the states the verifier
+	// followed through the rest of the step.
+	__u64 entry = opaque((flags & RB_FRAME_FLAG_FINISH) >> 5) << 63; // RB_WORD_ENTRY
 	if (!(flags & RB_FRAME_FLAG_CFRAME)) {
 		if (!pc)
 			return 0; // not started: Ruby's backtraces skip it too
-		__u64 me = rb_local_me(buf);
-		__u64 same = me == w->me ? RB_WORD_SAME_ME : 0;
-		if (w->n + (same ? 2 : 3) > INTERP_MAX_WORDS) {
+		__u64 me = rb_local_me(w->fb);
+		__u64 diff = opaque(me ^ w->me);
+		__u64 same = opaque((diff | -diff) >> 63) ^ 1; // 1: the method entry of the last Ruby frame
+		__u64 words = 3 - same;
+		if (w->n + words > INTERP_MAX_WORDS) {
 			w->end = IEND_DEPTH;
 			return 1;
 		}
-		if (iseq >= (1ULL << RB_WORD_ADDR_BITS))
-			iseq = 0; // not a user address: a frame userspace cannot name
-		rb_put(w, iseq | RB_TAG_ISEQ << RB_WORD_TAG_SHIFT | entry | same);
-		rb_put(w, pc);
-		if (!same)
-			rb_put(w, me);
+		// Not a user address: a frame userspace cannot name.
+		iseq *= below(iseq, 1ULL << RB_WORD_ADDR_BITS) & (opaque(iseq >> 63) ^ 1);
+		__u32 n = w->n;
+		w->trace->ips[n & (MAX_STACK_DEPTH - 1)] = iseq | RB_TAG_ISEQ << RB_WORD_TAG_SHIFT | entry | same << 60; // RB_WORD_SAME_ME
+		w->trace->ips[(n + 1) & (MAX_STACK_DEPTH - 1)] = pc;
+		w->trace->ips[(n + 2) & (MAX_STACK_DEPTH - 1)] = me; // overwritten next when same
+		w->n = n + words;
 		w->me = me;
 		return 0;
 	}
@@ -133,8 +146,7 @@ static long rb_step(__u64 i, struct rb_walk *w)
 		return 1;
 	}
 	__u64 me = env[0];
-	if (me >= (1ULL << RB_WORD_ADDR_BITS))
-		me = 0;
+	me *= below(me, 1ULL << RB_WORD_ADDR_BITS) & (opaque(me >> 63) ^ 1); // not a user address: unnamed
 	rb_put(w, me | RB_TAG_CFUNC << RB_WORD_TAG_SHIFT | entry);
 	return 0;
 }
@@ -162,7 +174,7 @@ __noinline int walk_ruby(struct interp_proc *p, struct stack_trace *trace, __u64
 	struct interp_frame_buf *buf = bpf_map_lookup_elem(&interp_frame, &zero);
 	if (!buf)
 		return IEND_READ_FAILED;
-	struct rb_walk w = { .p = p, .trace = trace, .buf = buf->b, .cfp = cfp, .last = end - fsize, .me = ~0ULL, .end = IEND_DEPTH };
+	struct rb_walk w = { .p = p, .trace = trace, .fb = buf, .buf = buf->b, .cfp = cfp, .last = end - fsize, .me = ~0ULL, .end = IEND_DEPTH };
 	// Skipped frames (C blocks, dummies) take iterations but no words.
 	bpf_loop(2 * INTERP_MAX_WORDS, rb_step, &w, 0);
 	trace->len = w.n;

@@ -242,8 +242,10 @@ static __always_inline bool is_return_address(__u64 addr)
 // address. Frame-pointer unwinding skips the caller of a leaf that has no
 // frame of its own (Go and optimized C leaves, or a PC in a prologue); that
 // caller's return address is then exactly at [sp]. Userspace decides whether
-// to insert it, since only it knows if the leaf function is frameless.
-static __always_inline __u64 leaf_caller(void)
+// to insert it, since only it knows if the leaf function is frameless. A
+// global function: the verifier checks its four ways of saying yes once,
+// not once per way through the sampler that reaches it.
+__noinline __u64 leaf_caller(void)
 {
 	// The user registers, saved at the top of the task's kernel stack when
 	// it entered the kernel (by this interrupt, if it hit user mode).
@@ -254,7 +256,6 @@ static __always_inline __u64 leaf_caller(void)
 	return is_return_address(ret) ? ret : 0;
 }
 
-// process_event tells userspace about a process image.
 // fork_parent returns the process the current one was forked from, when it
 // has not exec'd since and runs the same executable: its mappings are then
 // its parent's as of the fork, and userspace takes them from the parent's
@@ -276,6 +277,7 @@ static __always_inline __u32 fork_parent(void)
 	return BPF_CORE_READ(parent, tgid);
 }
 
+// process_event tells userspace about a process image.
 static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 {
 	struct new_process_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
