@@ -74,7 +74,13 @@ func nativeWorkloads(t *testing.T) string {
 // holdsChain reports whether the stack holds the chain's functions, in
 // order from the leaf, followed by an outer frame named outer.
 func holdsChain(frames []string, outer string) bool {
-	want := append(slices.Clone(chain), outer)
+	return holdsInOrder(frames, append(slices.Clone(chain), outer)...)
+}
+
+// holdsInOrder reports whether the stack holds functions named want, in
+// order from the leaf (a C++ template's or a Rust path's name matches by
+// its base name).
+func holdsInOrder(frames []string, want ...string) bool {
 	i := 0
 	for _, f := range frames {
 		if i < len(want) && (f == want[i] || strings.HasPrefix(f, want[i]+"<") || strings.HasSuffix(f, "::"+want[i])) {
@@ -307,16 +313,7 @@ func TestNativeLibraryMappedLater(t *testing.T) {
 	time.Sleep(2 * time.Second) // 0.5 s before the dlopen, then the refresh
 	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", w.Process.Pid))
 	want := []string{"late_leaf", "late_callback", "late_loop", "main"}
-	whole := samplesWhere(p, func(s *profile.Sample) bool {
-		f := sampleFrames(s)
-		i := 0
-		for _, name := range f {
-			if i < len(want) && name == want[i] {
-				i++
-			}
-		}
-		return i == len(want)
-	})
+	whole := samplesWhere(p, func(s *profile.Sample) bool { return holdsInOrder(sampleFrames(s), want...) })
 	total := samplesWhere(p, pidIs(w.Process.Pid))
 	t.Logf("library mapped later: %d of %d samples hold %s\n%s", whole, total, strings.Join(want, " < "), topStacks(p, 3))
 	if total < 50 || float64(whole) < 0.9*float64(total) {

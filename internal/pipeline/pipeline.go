@@ -250,22 +250,28 @@ func (p *Pipeline) Stats() Stats {
 // snapshots the process's mappings while it is still alive, then to the
 // unwinder, which gives it unwind tables.
 func (p *Pipeline) ProcessStarted(pid uint32, image uint64) {
-	p.procs.started(pid, image)
-	if err := p.sym.ProcessStarted(pid); err != nil {
-		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
-		return
-	}
-	if p.unwinder != nil {
-		p.unwinder.ProcessStarted(pid, image)
-	}
+	p.started(pid, image, 0)
 }
 
 // ProcessForked is ProcessStarted for a process forked from parent that
 // has not exec'd since: the symbolizer takes its mappings from parent's
 // snapshot instead of reading them.
 func (p *Pipeline) ProcessForked(pid uint32, image uint64, parent uint32) {
+	p.started(pid, image, parent)
+}
+
+// started records a new process image, has the symbolizer snapshot its
+// mappings (from parent's snapshot when parent is not 0) and hands it to
+// the unwinder.
+func (p *Pipeline) started(pid uint32, image uint64, parent uint32) {
 	p.procs.started(pid, image)
-	if err := p.sym.ProcessForked(pid, parent); err != nil {
+	var err error
+	if parent != 0 {
+		err = p.sym.ProcessForked(pid, parent)
+	} else {
+		err = p.sym.ProcessStarted(pid)
+	}
+	if err != nil {
 		slog.Debug("snapshotting new process failed", "pid", pid, "err", err)
 		return
 	}
