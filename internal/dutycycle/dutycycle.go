@@ -4,6 +4,14 @@
 // on one that switches 150,000 times a second — at a random moment in the
 // period, so that what they see is a fair sample of the time. Each program
 // set is told how large a part it runs, to scale what it counts.
+//
+// Attaching and detaching are not free either: a tp_btf program's link is
+// made and broken by patching kernel text on every CPU, about 3.5 ms of
+// CPU a round trip on the 2-CPU VM of docs/benchmarks.md, more than a
+// second attached costs at a few thousand switches a second. So the
+// controller measures that cost too, lengthens the period until toggling
+// takes a small share of the budget, and stays attached when cycling would
+// cost more than it saves.
 package dutycycle
 
 import (
@@ -11,8 +19,11 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Program is a set of programs attached together.
@@ -48,8 +59,14 @@ type Config struct {
 // Stats say how it goes.
 type Stats struct {
 	Duty     float64       // the last period's fraction attached
+	Period   time.Duration // the last period's length
 	Attached time.Duration // time attached so far
 	Cost     time.Duration // BPF time a second attached costs, as last measured
+	// Toggle is the CPU time one detach and attach of all the programs
+	// took, as last measured (0 until they were once detached).
+	Toggle time.Duration
+	// Toggling is the CPU time all detaches and attaches took so far.
+	Toggling time.Duration
 }
 
 // Controller runs the windows of some programs.
@@ -78,28 +95,32 @@ func New(cfg Config, progs ...Program) *Controller {
 	if cfg.MaxPeriod < cfg.Period {
 		cfg.MaxPeriod = max(cfg.Period, 10*time.Second)
 	}
-	return &Controller{cfg: cfg, progs: progs, stats: Stats{Duty: 1}}
+	return &Controller{cfg: cfg, progs: progs, stats: Stats{Duty: 1, Period: cfg.Period}}
 }
 
 // Run attaches the programs window by window until ctx ends, then detaches
 // them. The first window assumes the fallback cost; each next one follows
 // the cost the last one measured.
 func (c *Controller) Run(ctx context.Context) {
-	duty := c.dutyFor(c.cfg.Fallback)
+	// The cost of toggling is read from this thread's CPU clock: attaching
+	// and detaching are system calls made on it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	duty, period := c.plan(c.cfg.Fallback)
 	attached := false
+	var toggle time.Duration // CPU of the last detach, to add to the next attach's
 	defer func() {
 		if attached {
 			c.stop()
 		}
 	}()
 	for {
-		period := c.periodFor(duty)
 		window := time.Duration(math.Round(duty * float64(period)))
 		offset := time.Duration(0)
 		if duty < 1 {
 			offset = time.Duration(rand.Int64N(int64(period - window + 1)))
 			if attached { // from a period attached throughout
-				c.stop()
+				toggle = c.stop()
 				attached = false
 			}
 		}
@@ -109,8 +130,12 @@ func (c *Controller) Run(ctx context.Context) {
 		before := c.runtime()
 		// Started every period, even when attached throughout, so that
 		// the programs adapt their sampling to the last period's rate.
-		if err := c.start(window, duty); err != nil {
+		took, err := c.start(window, duty)
+		if err != nil {
 			slog.Warn("attaching switch-time programs", "err", err)
+		}
+		if !attached && toggle > 0 {
+			c.recordToggle(toggle + took)
 		}
 		attached = true
 		start := time.Now()
@@ -119,16 +144,43 @@ func (c *Controller) Run(ctx context.Context) {
 		}
 		used, on := c.runtime()-before, time.Since(start)
 		if duty < 1 {
-			c.stop()
+			toggle = c.stop()
 			attached = false
 		}
-		slog.Debug("switch-time programs window", "attached", on, "duty", duty, "bpf_time", used)
-		c.record(on, duty)
-		duty = c.nextDuty(used, on)
+		slog.Debug("switch-time programs window", "attached", on, "duty", duty, "period", period, "bpf_time", used)
+		c.record(on, duty, period)
+		next, nextPeriod := c.plan(c.measuredCost(used, on))
 		if !sleep(ctx, period-offset-on) {
 			return
 		}
+		duty, period = next, nextPeriod
 	}
+}
+
+// plan returns the duty and the period for a cost per second attached.
+// Without a measured toggle cost it is dutyFor and periodFor. With one,
+// the period grows (up to MaxPeriod) until toggling takes at most
+// toggleShare of the budget, the duty affords what toggling leaves of the
+// budget, and the programs stay attached throughout when cycling would
+// save less than it costs.
+func (c *Controller) plan(cost time.Duration) (float64, time.Duration) {
+	duty := c.dutyFor(cost, 0)
+	if duty >= 1 {
+		return 1, c.cfg.Period
+	}
+	period := c.periodFor(duty)
+	toggle := c.Stats().Toggle
+	if toggle <= 0 {
+		return duty, period
+	}
+	enough := time.Duration(float64(toggle) / (toggleShare * c.cfg.Budget.Seconds()))
+	period = min(max(period, enough), c.cfg.MaxPeriod)
+	perSecond := toggle.Seconds() / period.Seconds() // toggling's CPU a second
+	duty = c.dutyFor(cost, perSecond)
+	if cost.Seconds()*(1-duty) <= perSecond {
+		return 1, c.cfg.Period
+	}
+	return duty, max(period, c.periodFor(duty))
 }
 
 // periodFor is the period that keeps a window at duty at least MinWindow
@@ -138,9 +190,13 @@ func (c *Controller) periodFor(duty float64) time.Duration {
 	return min(max(p, c.cfg.Period), c.cfg.MaxPeriod)
 }
 
-// nextDuty is the fraction of the period the budget affords at the cost
-// per second attached just measured.
-func (c *Controller) nextDuty(used, on time.Duration) float64 {
+// toggleShare is the part of the budget toggling may take when MaxPeriod
+// allows a period that long.
+const toggleShare = 0.1
+
+// measuredCost is the BPF time a second attached cost in the window just
+// ended (used in on), smoothed over a few periods, and recorded.
+func (c *Controller) measuredCost(used, on time.Duration) time.Duration {
 	cost := c.cfg.Fallback
 	if used > 0 && on > 0 {
 		cost = time.Duration(float64(used) / on.Seconds())
@@ -163,7 +219,18 @@ func (c *Controller) nextDuty(used, on time.Duration) float64 {
 			"cost_per_second_attached", cost, "min_duty", minDuty,
 			"bpf_time_per_second", time.Duration(minDuty*float64(cost)), "budget", c.cfg.Budget)
 	}
-	return c.dutyFor(cost)
+	return cost
+}
+
+// recordToggle keeps a detach and attach's CPU time, smoothed as the cost.
+func (c *Controller) recordToggle(took time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.Toggling += took
+	if c.stats.Toggle > 0 {
+		took = (took + c.stats.Toggle) / 2
+	}
+	c.stats.Toggle = took
 }
 
 // minDuty is the lowest duty: a window must be long enough to see a
@@ -171,18 +238,20 @@ func (c *Controller) nextDuty(used, on time.Duration) float64 {
 const minDuty = 0.01
 
 // dutyFor is the fraction of the period the budget affords at a cost per
-// second attached; not below minDuty.
-func (c *Controller) dutyFor(cost time.Duration) float64 {
+// second attached, once toggling took its part (seconds a second) of it;
+// not below minDuty.
+func (c *Controller) dutyFor(cost time.Duration, toggling float64) float64 {
 	if cost <= 0 {
 		return 1
 	}
-	return min(1, max(minDuty, c.cfg.Budget.Seconds()/cost.Seconds()))
+	return min(1, max(minDuty, (c.cfg.Budget.Seconds()-toggling)/cost.Seconds()))
 }
 
-func (c *Controller) record(on time.Duration, duty float64) {
+func (c *Controller) record(on time.Duration, duty float64, period time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stats.Duty = duty
+	c.stats.Period = period
 	c.stats.Attached += on
 }
 
@@ -199,22 +268,36 @@ func (c *Controller) programs() []Program {
 	return c.progs[:len(c.progs):len(c.progs)]
 }
 
-func (c *Controller) start(window time.Duration, duty float64) error {
+// start starts the programs and returns the CPU time it took.
+func (c *Controller) start(window time.Duration, duty float64) (time.Duration, error) {
 	var first error
+	before := threadCPU()
 	for _, p := range c.programs() {
 		if err := p.Start(window, duty); err != nil && first == nil {
 			first = err
 		}
 	}
-	return first
+	return threadCPU() - before, first
 }
 
-func (c *Controller) stop() {
+// stop detaches the programs and returns the CPU time it took.
+func (c *Controller) stop() time.Duration {
+	before := threadCPU()
 	for _, p := range c.programs() {
 		if err := p.Stop(); err != nil {
 			slog.Warn("detaching switch-time programs", "err", err)
 		}
 	}
+	return threadCPU() - before
+}
+
+// threadCPU is the calling thread's CPU time, user and system.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
 
 func (c *Controller) runtime() time.Duration {

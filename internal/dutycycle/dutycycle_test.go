@@ -13,6 +13,9 @@ import (
 // program run at every context switch of a host with a steady switch rate.
 type meteredProgram struct {
 	costPerSecond time.Duration
+	// toggleCPU is burnt on the calling thread by each attach and detach
+	// together, half each, as the kernel's text patching does.
+	toggleCPU time.Duration
 
 	mu       sync.Mutex
 	since    time.Time // attached since; zero when detached
@@ -20,6 +23,7 @@ type meteredProgram struct {
 	windows  []time.Duration // each Start's window
 	duties   []float64
 	attached time.Duration
+	detaches int
 }
 
 func (p *meteredProgram) Start(window time.Duration, duty float64) error {
@@ -28,6 +32,7 @@ func (p *meteredProgram) Start(window time.Duration, duty float64) error {
 	p.windows = append(p.windows, window)
 	p.duties = append(p.duties, duty)
 	if p.since.IsZero() {
+		burn(p.toggleCPU / 2)
 		p.since = time.Now()
 	}
 	return nil
@@ -36,9 +41,19 @@ func (p *meteredProgram) Start(window time.Duration, duty float64) error {
 func (p *meteredProgram) Stop() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.since.IsZero() {
+		burn(p.toggleCPU / 2)
+	}
 	p.settle()
 	p.since = time.Time{}
+	p.detaches++
 	return nil
+}
+
+// burn spins until the calling thread has used d of CPU.
+func burn(d time.Duration) {
+	for end := threadCPU() + d; threadCPU() < end; {
+	}
 }
 
 // settle charges the time attached since the last call. p.mu is held.
@@ -166,4 +181,50 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+// Where detaching and attaching cost more than cycling saves, the programs
+// stay attached once that cost is measured; where cycling pays, the period
+// grows until toggling takes at most a tenth of the budget (within
+// MaxPeriod), and the duty affords what toggling leaves of the budget.
+func TestControllerCountsToggling(t *testing.T) {
+	cfg := Config{Budget: 2 * time.Millisecond, Period: 100 * time.Millisecond, MinWindow: 20 * time.Millisecond,
+		MaxPeriod: time.Second, Fallback: 10 * time.Millisecond}
+
+	// 3 ms a second attached: cycling to the 2 ms budget saves 1 ms a
+	// second, and toggling once a second (the longest period) costs 5.
+	dear := &meteredProgram{costPerSecond: 3 * time.Millisecond, toggleCPU: 5 * time.Millisecond}
+	c := run(t, cfg, dear, 2*time.Second)
+	st := c.Stats()
+	t.Logf("toggling dearer than cycling saves: duty %.2f, toggle %v, toggling %v, detaches %d", st.Duty, st.Toggle, st.Toggling, dear.detaches)
+	if st.Toggle < 4*time.Millisecond || st.Toggle > 15*time.Millisecond {
+		t.Errorf("measured toggle %v, want about the 5 ms burnt", st.Toggle)
+	}
+	if st.Duty != 1 {
+		t.Errorf("duty %.2f, want 1: cycling costs more than it saves", st.Duty)
+	}
+	// The fallback cost (10 ms) has it cycle until the first windows are
+	// measured; without the toggle cost it would cycle every 100 ms.
+	if dear.detaches > 4 {
+		t.Errorf("%d detaches in 2 s, want a few at most", dear.detaches)
+	}
+
+	// 20 ms a second attached, 1 ms a toggle: toggling once a second takes
+	// half the budget, so the duty is (2 - 1) / 20.
+	busy := &meteredProgram{costPerSecond: 20 * time.Millisecond, toggleCPU: time.Millisecond}
+	start := time.Now()
+	c = run(t, cfg, busy, 4*time.Second)
+	wall := time.Since(start)
+	st = c.Stats()
+	perSecond := time.Duration((float64(busy.Runtime()) + float64(st.Toggling)) / wall.Seconds())
+	t.Logf("busy host: duty %.3f, period %v, toggle %v, BPF and toggling %v a second, windows %v", st.Duty, st.Period, st.Toggle, perSecond, busy.windows)
+	if st.Period != cfg.MaxPeriod {
+		t.Errorf("period %v, want MaxPeriod %v: toggling once per 100 ms would take the budget", st.Period, cfg.MaxPeriod)
+	}
+	if st.Duty < 0.02 || st.Duty > 0.08 {
+		t.Errorf("duty %.3f, want about 0.05", st.Duty)
+	}
+	if perSecond > 4*time.Millisecond {
+		t.Errorf("BPF and toggling %v a second, want about the 2 ms budget", perSecond)
+	}
 }
