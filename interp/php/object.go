@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/cgscope/cgscope/interp"
 )
@@ -34,7 +35,12 @@ type objectFacts struct {
 // php8.2, php-fpm8.2, php-cgi8.2, libphp8.2.so, libphp.so.
 var candidateName = regexp.MustCompile(`^(php(-fpm|-cgi)?[0-9.]*|libphp[0-9.]*\.so.*)$`)
 
-func candidate(path string) bool { return candidateName.MatchString(filepath.Base(path)) }
+// Every mapping of every new process is asked: the prefix spares the
+// regexp for nearly all of them.
+func candidate(path string) bool {
+	base := filepath.Base(path)
+	return (strings.HasPrefix(base, "php") || strings.HasPrefix(base, "libphp")) && candidateName.MatchString(base)
+}
 
 // buildIDPattern is ZEND_MODULE_BUILD_ID (Zend/zend_modules.h:34,47,
 // Zend/zend_build.h:28): the engine API, then ",NTS" or ",TS", then the

@@ -6,6 +6,7 @@ import (
 	"io"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/cgscope/cgscope/interp"
 )
@@ -40,6 +41,11 @@ func nameMinor(path string) int {
 			base = path[i+1:]
 			break
 		}
+	}
+	// Every mapping of every new process is asked: the prefix spares the
+	// regexp for nearly all of them.
+	if !strings.HasPrefix(base, "python3.") && !strings.HasPrefix(base, "libpython3.") {
+		return 0
 	}
 	m := candidateName.FindStringSubmatch(base)
 	if m == nil {

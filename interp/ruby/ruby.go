@@ -36,7 +36,12 @@ func (*Runtime) Name() string { return "ruby" }
 // Candidate reports whether the file may hold CRuby: libruby (a shared
 // build, as Debian's) or a ruby executable (a static build, which Attach
 // finds no libruby symbols in unless it has them).
-func (*Runtime) Candidate(path string) bool { return candidateName.MatchString(baseName(path)) }
+func (*Runtime) Candidate(path string) bool {
+	// Every mapping of every new process is asked: the prefix spares the
+	// regexp for nearly all of them.
+	base := baseName(path)
+	return (strings.HasPrefix(base, "libruby") || strings.HasPrefix(base, "ruby")) && candidateName.MatchString(base)
+}
 
 // glibc's TLS on x86-64 (variant II, sysdeps/x86_64/nptl/tls.h): the thread
 // pointer is the TCB, whose second word is the DTV; a DTV entry is 16
