@@ -9,7 +9,7 @@ func TestCandidateNames(t *testing.T) {
 	for path, want := range map[string]bool{
 		"/usr/lib/x86_64-linux-gnu/libruby-3.1.so.3.1.2": true, "/usr/bin/ruby3.1": true, "/usr/bin/ruby": true,
 		"/usr/local/lib/libruby.so.3.3": true,
-		"/usr/bin/rubyx": false, "/usr/bin/true": false, "/usr/lib/librubyx.so": false, "/usr/bin/irb": false,
+		"/usr/bin/rubyx":                false, "/usr/bin/true": false, "/usr/lib/librubyx.so": false, "/usr/bin/irb": false,
 	} {
 		if got := rt.Candidate(path); got != want {
 			t.Errorf("%s: %v, want %v", path, got, want)
