@@ -58,6 +58,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--storage.memory-limit=lots"}, "--storage.memory-limit"},
 		{[]string{"--runtime.gc-percent=5"}, "--runtime.gc-percent"},
 		{[]string{"--runtime.memory-limit=-1"}, "--runtime.memory-limit"},
+		{[]string{"--runtime.gomaxprocs=0"}, "--runtime.gomaxprocs"},
 		{[]string{"--no-such-flag"}, "--no-such-flag"},
 		{[]string{"record", "--duration=0s"}, "--duration"},
 		{[]string{"record", "--output=/no/such/dir/cpu.pb.gz"}, "--output"},
@@ -72,6 +73,25 @@ func TestBadFlags(t *testing.T) {
 		if !strings.Contains(string(out), c.flag) {
 			t.Errorf("%v: message does not name %s: %s", c.args, c.flag, out)
 		}
+	}
+}
+
+// The Go runtime runs the daemon on one P unless told otherwise: by the
+// flag, or by GOMAXPROCS when the flag is not given.
+func TestGomaxprocs(t *testing.T) {
+	procs := func(d *daemon) float64 {
+		body, _ := httpGet(t, d.url("/metrics"))
+		return metricValue(t, body, "go_sched_gomaxprocs_threads")
+	}
+	if n := procs(sharedCgscope(t)); n != 1 {
+		t.Errorf("default: GOMAXPROCS %v, want 1", n)
+	}
+	if n := procs(startCgscope(t, t.Cleanup, "--runtime.gomaxprocs=2")); n != 2 {
+		t.Errorf("--runtime.gomaxprocs=2: GOMAXPROCS %v, want 2", n)
+	}
+	t.Setenv("GOMAXPROCS", "2")
+	if n := procs(startCgscope(t, t.Cleanup)); n != 2 {
+		t.Errorf("GOMAXPROCS=2 in the environment: GOMAXPROCS %v, want 2", n)
 	}
 }
 
