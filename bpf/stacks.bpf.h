@@ -291,13 +291,16 @@ static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 	ev->parent = kind == PROCESS_NEW ? fork_parent() : 0;
 	ev->pad = 0;
 	// A new image wakes userspace at once: it reads the process's mappings
-	// while the process lives, for its names. An exit or a changed mapping
-	// can wait for the next wakeup or userspace's poll (profiler's
+	// while the process lives, for its names. A process forked without an
+	// exec does not: userspace takes its parent's snapshot, which it holds
+	// already, so the event can wait like the others (a shell's subshells
+	// are a third of the new processes under churn). An exit or a changed
+	// mapping can wait for the next wakeup or userspace's poll (profiler's
 	// processEventsPoll): a wakeup per exit cost a host starting 100
 	// processes a second as much as the exits' own work. The ring a quarter
 	// full wakes it too, long before it could overflow.
 	__u64 wake = BPF_RB_NO_WAKEUP;
-	if (kind == PROCESS_NEW || bpf_ringbuf_query(&proc_events, BPF_RB_AVAIL_DATA) > PROC_EVENTS_BYTES / 4)
+	if ((kind == PROCESS_NEW && !ev->parent) || bpf_ringbuf_query(&proc_events, BPF_RB_AVAIL_DATA) > PROC_EVENTS_BYTES / 4)
 		wake = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(ev, wake);
 }

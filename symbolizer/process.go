@@ -77,8 +77,11 @@ func (s *Symbolizer) ProcessStarted(pid uint32) error {
 // since and runs the same executable (the sampler checks both): its mappings are
 // parent's as of the fork, so parent's cached snapshot serves it without a read of
 // /proc, taking a mapping reference on each object. Without a snapshot of parent it
-// reads pid's own. A mapping either of them made since the fork is found as any new
-// mapping is: an address outside the snapshot has it read again.
+// reads parent's mappings for pid, and pid's own only when parent is gone: the
+// sampler's notice of a forked process does not wake the reader, so by the time it is
+// read pid may have exec'd, and its own mappings be its next image's. A mapping either
+// of them made since the fork is found as any new mapping is: an address outside the
+// snapshot has it read again.
 func (s *Symbolizer) ProcessForked(pid, parent uint32) error {
 	s.mu.Lock()
 	pp, ok := s.procs.peek(parent)
@@ -93,7 +96,13 @@ func (s *Symbolizer) ProcessForked(pid, parent uint32) error {
 	}
 	s.mu.Unlock()
 	if p == nil {
-		return s.ProcessStarted(pid)
+		pp, err := s.readProcess(parent, nil)
+		if err != nil {
+			return s.ProcessStarted(pid)
+		}
+		pp.pid = pid
+		s.publishSnapshot(pp)
+		return nil
 	}
 	p.lastRead.Store(time.Now().UnixNano())
 	s.forkSnapshots.Add(1)

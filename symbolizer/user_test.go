@@ -493,12 +493,27 @@ func TestProcessForkedSharesParentSnapshot(t *testing.T) {
 		t.Errorf("after a fork: %d maps reads (want 1, the parent's), %d fork snapshots (want 1), %d files open (want the parent's objects)",
 			st.MapsReads, st.ForkSnapshots, st.OpenFiles)
 	}
-	// A parent never snapshotted: the process's own mappings are read.
+	// A parent never snapshotted: its mappings are read for the child (the
+	// child's own may be its next image's by now), and the parent gets no
+	// snapshot of its own to release.
 	other, _ := startProgram(t, bin)
+	otherHidden := runtimeAddress(t, other.pid, bin, hidden) + 1
+	const child2 = 0x7ffffff2
+	if err := s.ProcessForked(child2, other.pid); err != nil {
+		t.Fatal(err)
+	}
+	if f := s.User(child2, []uint64{otherHidden}); f[0].Function != "hidden_work" {
+		t.Errorf("child of a parent never snapshotted: frame %+v, want hidden_work", f[0])
+	}
+	if st := s.Stats(); st.MapsReads != 2 || st.ForkSnapshots != 1 || st.ProcessesCached != 2 {
+		t.Errorf("fork of a parent never snapshotted: %d maps reads (want 2), %d fork snapshots (want 1), %d processes cached (want 2: the children)",
+			st.MapsReads, st.ForkSnapshots, st.ProcessesCached)
+	}
+	// A parent gone: the process's own mappings are read.
 	if err := s.ProcessForked(other.pid, 0x7ffffff1); err != nil {
 		t.Fatal(err)
 	}
-	if st := s.Stats(); st.MapsReads != 2 || st.ForkSnapshots != 1 {
-		t.Errorf("fork of an unknown parent: %d maps reads (want 2), %d fork snapshots (want 1)", st.MapsReads, st.ForkSnapshots)
+	if st := s.Stats(); st.MapsReads != 4 || st.ForkSnapshots != 1 {
+		t.Errorf("fork of a parent gone: %d maps reads (want 4: the parent's tried, then its own), %d fork snapshots (want 1)", st.MapsReads, st.ForkSnapshots)
 	}
 }
