@@ -83,31 +83,36 @@ func (s *Symbolizer) ProcessStarted(pid uint32) error {
 // of them made since the fork is found as any new mapping is: an address outside the
 // snapshot has it read again.
 func (s *Symbolizer) ProcessForked(pid, parent uint32) error {
-	s.mu.Lock()
-	pp, ok := s.procs.peek(parent)
-	var p *process
-	if ok && pp != nil {
-		p = &process{pid: pid, jit: &jitState{}, maps: slices.Clone(pp.maps), bytes: pp.bytes}
-		for i := range p.maps {
-			if p.maps[i].hasObj {
-				s.mapObjectLocked(p.maps[i].obj)
-			}
-		}
-	}
-	s.mu.Unlock()
-	if p == nil {
-		pp, err := s.readProcess(parent, nil)
-		if err != nil {
-			return s.ProcessStarted(pid)
-		}
-		pp.pid = pid
-		s.publishSnapshot(pp)
+	if p := s.cloneSnapshot(parent, pid); p != nil {
+		s.forkSnapshots.Add(1)
+		s.publishSnapshot(p)
 		return nil
 	}
+	if p, err := s.readProcess(parent, nil); err == nil {
+		p.pid = pid
+		s.publishSnapshot(p)
+		return nil
+	}
+	return s.ProcessStarted(pid)
+}
+
+// cloneSnapshot returns a copy of from's cached snapshot for pid, with a mapping
+// reference of its own on each object; nil when from has none.
+func (s *Symbolizer) cloneSnapshot(from, pid uint32) *process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pp, ok := s.procs.peek(from)
+	if !ok || pp == nil {
+		return nil
+	}
+	p := &process{pid: pid, jit: &jitState{}, maps: slices.Clone(pp.maps), bytes: pp.bytes}
+	for i := range p.maps {
+		if p.maps[i].hasObj {
+			s.mapObjectLocked(p.maps[i].obj)
+		}
+	}
 	p.lastRead.Store(time.Now().UnixNano())
-	s.forkSnapshots.Add(1)
-	s.publishSnapshot(p)
-	return nil
+	return p
 }
 
 // ExecutableAddress reports whether addr lies in an executable mapping of pid (using the

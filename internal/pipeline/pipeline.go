@@ -68,7 +68,8 @@ type Symbolizer interface {
 	// ProcessStarted snapshots a new process's mappings while it lives.
 	ProcessStarted(pid uint32) error
 	// ProcessForked gives a process forked from parent, without an exec
-	// since, parent's snapshot (or reads its own if there is none).
+	// since, parent's snapshot (or a read of parent's mappings if there is
+	// none, of its own if parent is gone).
 	ProcessForked(pid, parent uint32) error
 }
 
