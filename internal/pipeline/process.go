@@ -149,9 +149,14 @@ func (p *Pipeline) releaseWith(v any) {
 
 // releaseExited is run after every symbolized drain: it releases the processes
 // whose last samples that drain held, and sweeps for exits nobody announced.
+// The batch's unannounced processes are looked for before the release: after
+// it, every process the release let go of, whose last samples the batch
+// holds, would look unannounced, and be tracked, swept and released again
+// (a signal and a release per exited process: under churn, hundreds at
+// every drain).
 func (p *Pipeline) releaseExited(drain uint64, batch *profiler.RawBatch) {
-	p.procs.release(drain)
 	p.procs.sampled(batch)
+	p.procs.release(drain)
 	p.procs.sweep()
 }
 

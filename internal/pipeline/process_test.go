@@ -87,3 +87,32 @@ func TestUnannouncedSampledProcessSwept(t *testing.T) {
 		t.Fatalf("released %v, want [%d]", r.pids, dead)
 	}
 }
+
+// TestReleasedProcessNotTrackedAgain checks that a process released after a
+// drain, whose last samples that drain held, is not taken for an unannounced
+// one: it is released once, and the sweep signals no process for it.
+func TestReleasedProcessNotTrackedAgain(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := uint32(cmd.Process.Pid)
+	p := &Pipeline{procs: newProcesses()}
+	var r recordReleaser
+	p.OnProcessReleased(&r)
+	p.procs.started(dead, 3)
+	p.procs.gone(dead, 3)
+	// The drain after the exit holds the process's last samples.
+	d := p.procs.drainStarted()
+	p.releaseExited(d, &profiler.RawBatch{Samples: []profiler.RawSample{{PID: dead, User: []uint64{0x1000}}}})
+	if !slices.Equal(r.pids, []uint32{dead}) {
+		t.Fatalf("released %v, want [%d]", r.pids, dead)
+	}
+	if run, ex := p.procs.counts(); run != 0 || ex != 0 || p.procs.exitsBySweep.Load() != 0 {
+		t.Fatalf("after its release: %d running, %d exited, %d swept; want none", run, ex, p.procs.exitsBySweep.Load())
+	}
+	p.releaseExited(p.procs.drainStarted(), &profiler.RawBatch{})
+	if len(r.pids) != 1 {
+		t.Fatalf("released %v: more than once", r.pids)
+	}
+}
