@@ -159,8 +159,15 @@ __noinline int interp_walk(struct stack_trace *trace, struct sample_key *key, __
 		return 0;
 	trace->len = 0;
 	struct interp_proc *p = bpf_map_lookup_elem(&interp_procs, &key->pid);
-	if (!p || !cookie || p->cookie != cookie)
-		return 0;
+	if (!p || !cookie || p->cookie != cookie) {
+		// Forked without an exec, its own not loaded yet: the parent's
+		// interpreter, at the same addresses (forked_from).
+		__u64 parent_cookie = 0;
+		__u32 parent = forked_from(&parent_cookie);
+		p = parent ? bpf_map_lookup_elem(&interp_procs, &parent) : NULL;
+		if (!p || p->cookie != parent_cookie)
+			return 0;
+	}
 	__u32 kind = p->kind & (INTERP_KINDS - 1);
 	// The walk's own time, for cgscope_interpreter_walk_seconds_total:
 	// what interpreted processes cost the sampler beyond their native

@@ -298,8 +298,9 @@ static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key,
 	__u8 end = END_FRAME_POINTERS;
 	bool leaf_fp = true, pc_outside = false;
 	__u64 id = 0;
-	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &key->pid);
-	if (proc && cookie && proc->cookie == cookie) {
+	bool inherited;
+	struct unwind_proc *proc = unwind_proc_of(key->pid, cookie, &inherited);
+	if (proc) {
 		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
 		id = trace->len ? store_trace_in(trace, &offcpu_stacks) : 0;
 	} else {

@@ -244,8 +244,9 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 	__u8 end = END_FRAME_POINTERS;
 	__u64 id;
 	bool leaf_fp = true;
-	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &key->pid);
-	if (proc && cookie && proc->cookie == cookie) {
+	bool inherited;
+	struct unwind_proc *proc = unwind_proc_of(key->pid, cookie, &inherited);
+	if (proc) {
 		__u32 zero = 0;
 		struct stack_trace *trace = bpf_map_lookup_elem(&scratch, &zero);
 		if (!trace)
@@ -253,7 +254,11 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 		bool pc_outside = false;
 		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
 		id = trace->len ? store_trace(trace, g) : 0;
-		if (pc_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
+		if (inherited)
+			count_stat(STAT_STACKS_PARENT_TABLES);
+		// Code outside the parent's ranges, in a child walked by them, is
+		// asked about once the child has ranges of its own.
+		else if (pc_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
 			proc->flags |= PROC_REFRESH_ASKED;
 			process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
 		}

@@ -37,7 +37,10 @@ enum stat_index {
 	STAT_INTERP_STACK = STAT_STACK_END + END_MAX,
 	/* nanoseconds spent walking interpreter stacks, by runtime: + kind */
 	STAT_INTERP_NS = STAT_INTERP_STACK + INTERP_KINDS * IEND_MAX,
-	STAT_MAX = STAT_INTERP_NS + INTERP_KINDS,
+	/* user stacks walked by the tables of the process's parent: forked
+	 * without an exec, its own not loaded yet (unwind_proc_of) */
+	STAT_STACKS_PARENT_TABLES = STAT_INTERP_NS + INTERP_KINDS,
+	STAT_MAX,
 };
 
 enum sample_flags {

@@ -186,7 +186,8 @@ const (
 	ProfileStatIndexSTAT_STACK_END            ProfileStatIndex = 7
 	ProfileStatIndexSTAT_INTERP_STACK         ProfileStatIndex = 14
 	ProfileStatIndexSTAT_INTERP_NS            ProfileStatIndex = 38
-	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 42
+	ProfileStatIndexSTAT_STACKS_PARENT_TABLES ProfileStatIndex = 42
+	ProfileStatIndexSTAT_MAX                  ProfileStatIndex = 43
 )
 
 type ProfileUnwindLeaf struct {

@@ -131,6 +131,45 @@ static __always_inline void count_stat(__u32 idx)
 	count_stats(idx, 1);
 }
 
+// fork_parent returns the process the current one was forked from, when it
+// has not exec'd since and runs the same executable: its mappings are then
+// its parent's as of the fork, and userspace takes them from the parent's
+// snapshot rather than read /proc (a shell forks one child per command, and
+// most are sampled before their exec). 0 otherwise. exec increments a
+// task's self_exec_id, and fork copies it and records the parent's in
+// parent_exec_id (fs/exec.c begin_new_exec, kernel/fork.c copy_process):
+// they are equal until the process's first exec.
+static __always_inline __u32 fork_parent(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	if (!leader || BPF_CORE_READ(leader, self_exec_id) != BPF_CORE_READ(leader, parent_exec_id))
+		return 0;
+	struct task_struct *parent = BPF_CORE_READ(leader, real_parent);
+	struct file *exe = BPF_CORE_READ(leader, mm, exe_file);
+	if (!parent || !exe || exe != BPF_CORE_READ(parent, mm, exe_file))
+		return 0;
+	return BPF_CORE_READ(parent, tgid);
+}
+
+// forked_from returns the parent of the current process when the process
+// was forked without an exec (fork_parent), with the cookie of the image
+// userspace knows the parent by; 0 otherwise. Userspace reads the notice of
+// such a process late (it does not wake userspace), and until then the
+// walkers use what they hold for the parent: the child's mappings are the
+// parent's as of the fork.
+static __always_inline __u32 forked_from(__u64 *parent_cookie)
+{
+	__u32 parent = fork_parent();
+	if (!parent)
+		return 0;
+	__u64 *known = bpf_map_lookup_elem(&known_procs, &parent);
+	if (!known)
+		return 0;
+	*parent_cookie = *known;
+	return parent;
+}
+
 #include "unwind.bpf.h"
 #include "interp.bpf.h"
 
@@ -256,27 +295,6 @@ __noinline __u64 leaf_caller(void)
 	return is_return_address(ret) ? ret : 0;
 }
 
-// fork_parent returns the process the current one was forked from, when it
-// has not exec'd since and runs the same executable: its mappings are then
-// its parent's as of the fork, and userspace takes them from the parent's
-// snapshot rather than read /proc (a shell forks one child per command, and
-// most are sampled before their exec). 0 otherwise. exec increments a
-// task's self_exec_id, and fork copies it and records the parent's in
-// parent_exec_id (fs/exec.c begin_new_exec, kernel/fork.c copy_process):
-// they are equal until the process's first exec.
-static __always_inline __u32 fork_parent(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	if (!leader || BPF_CORE_READ(leader, self_exec_id) != BPF_CORE_READ(leader, parent_exec_id))
-		return 0;
-	struct task_struct *parent = BPF_CORE_READ(leader, real_parent);
-	struct file *exe = BPF_CORE_READ(leader, mm, exe_file);
-	if (!parent || !exe || exe != BPF_CORE_READ(parent, mm, exe_file))
-		return 0;
-	return BPF_CORE_READ(parent, tgid);
-}
-
 // process_event tells userspace about a process image.
 static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 {
@@ -291,16 +309,21 @@ static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 	ev->parent = kind == PROCESS_NEW ? fork_parent() : 0;
 	ev->pad = 0;
 	// A new image wakes userspace at once: it reads the process's mappings
-	// while the process lives, for its names. A process forked without an
+	// while the process lives, for its names. So does a changed mapping
+	// (the walker met code outside the process's ranges, at most once per
+	// load of them): its tables are wanted now. A process forked without an
 	// exec does not: userspace takes its parent's snapshot, which it holds
-	// already, so the event can wait like the others (a shell's subshells
-	// are a third of the new processes under churn). An exit or a changed
-	// mapping can wait for the next wakeup or userspace's poll (profiler's
-	// processEventsPoll): a wakeup per exit cost a host starting 100
-	// processes a second as much as the exits' own work. The ring a quarter
-	// full wakes it too, long before it could overflow.
+	// already, and the walkers use the parent's tables meanwhile
+	// (forked_from); a shell's subshells are a third of the new processes
+	// under churn. Nor does an exit: a wakeup per exit cost a host starting
+	// 100 processes a second as much as the exits' own work. These wait for
+	// the next wakeup, or the next drain, which reads the ring before the
+	// maps (profiler.Sampler.Drain). Userspace does not poll: a poll is a
+	// wakeup too, ten a second were a third of an idle daemon's CPU. The ring
+	// a quarter full wakes it, long before it could overflow.
 	__u64 wake = BPF_RB_NO_WAKEUP;
-	if ((kind == PROCESS_NEW && !ev->parent) || bpf_ringbuf_query(&proc_events, BPF_RB_AVAIL_DATA) > PROC_EVENTS_BYTES / 4)
+	if ((kind == PROCESS_NEW && !ev->parent) || kind == PROCESS_MAPPINGS_CHANGED ||
+	    bpf_ringbuf_query(&proc_events, BPF_RB_AVAIL_DATA) > PROC_EVENTS_BYTES / 4)
 		wake = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(ev, wake);
 }

@@ -142,6 +142,13 @@ func (s *Sampler) Drain() (*RawBatch, error) {
 	if err := s.waitForWriters(old, countsMap, stacksMap); err != nil {
 		return nil, err
 	}
+	// The notices of the drained samples' processes are in the ring now
+	// (a sample announces its process before it is counted). Those that
+	// wake nobody (exits, processes forked without an exec) are read
+	// here, before the samples are symbolized.
+	if err := s.readPendingEvents(); err != nil {
+		slog.Debug("reading new-process events before a drain", "err", err)
+	}
 
 	batch := &RawBatch{Start: s.lastDrain, End: time.Now()}
 	s.lastDrain = batch.End
@@ -351,6 +358,10 @@ type Stats struct {
 	UserFrames map[string]uint64
 	// UserStacks counts user stacks by how their walk ended (StackEnds).
 	UserStacks map[string]uint64
+	// ParentTableStacks counts the CPU samples' user stacks walked by the
+	// tables of the process's parent: forked without an exec, its own not
+	// loaded yet.
+	ParentTableStacks uint64
 	// InterpStacks counts interpreter walks by runtime (InterpKinds)
 	// and how they ended (InterpEnds).
 	InterpStacks map[string]map[string]uint64
@@ -398,6 +409,9 @@ func (s *Sampler) Stats() (Stats, error) {
 		if st.UserStacks[name], err = sum(bpf.ProfileStatIndexSTAT_STACK_END + bpf.ProfileStatIndex(i)); err != nil {
 			return st, fmt.Errorf("reading sampler stats: %w", err)
 		}
+	}
+	if st.ParentTableStacks, err = sum(bpf.ProfileStatIndexSTAT_STACKS_PARENT_TABLES); err != nil {
+		return st, fmt.Errorf("reading sampler stats: %w", err)
 	}
 	st.InterpStacks = map[string]map[string]uint64{}
 	st.InterpWalkTime = map[string]time.Duration{}
@@ -452,14 +466,14 @@ func (s *Sampler) forgetExited() {
 	if err := it.Err(); err != nil {
 		slog.Debug("listing known processes", "err", err) // the next drain tries again
 	}
-	s.goneMu.Lock()
-	tell := s.gone
-	s.goneMu.Unlock()
+	s.eventsMu.Lock()
+	h := s.handler
+	s.eventsMu.Unlock()
 	for _, pid := range gone {
 		s.objs.KnownProcs.Delete(pid)
 		s.objs.UnwindProcs.Delete(pid)
-		if tell != nil {
-			tell(pid, 0)
+		if h != nil {
+			h.ProcessGone(pid, 0)
 		}
 	}
 	if len(gone) == 0 {

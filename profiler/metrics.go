@@ -18,6 +18,8 @@ var (
 	descUserStacks = prometheus.NewDesc("cgscope_user_stacks_total",
 		"User stacks sampled, by how their walk ended: complete, frame_pointers (the kernel's walk, for processes without unwind tables), or truncated: depth_limit, read_failed, unsupported_rule, outside_mappings, bad_frame (these end with a [truncated: reason] frame in profiles).",
 		[]string{"end"}, nil)
+	descParentTableStacks = prometheus.NewDesc("cgscope_user_stacks_parent_tables_total",
+		"CPU samples' user stacks walked by the unwind tables of the process's parent: a process forked without an exec, sampled before its own ranges were loaded (its notice does not wake cgscope, its mappings being its parent's).", nil, nil)
 	descInterpStacks = prometheus.NewDesc("cgscope_interpreter_stacks_total",
 		"Interpreter stacks the samplers walked (CPU and off-CPU), by runtime and how the walk ended: complete, depth_limit and read_failed (their frames end with a [truncated: runtime reason] frame), no_thread_state (a thread of the process that is not the interpreter's), bad_thread_state (the thread's state failed its check), no_frames (the thread ran no interpreted code).",
 		[]string{"runtime", "end"}, nil)
@@ -43,6 +45,7 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descUserFrames
 	ch <- descUserStacks
+	ch <- descParentTableStacks
 	ch <- descInterpStacks
 	ch <- descInterpWalkTime
 	ch <- descOffCPUSwitches
@@ -70,6 +73,7 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 	for _, end := range StackEnds {
 		ch <- prometheus.MustNewConstMetric(descUserStacks, prometheus.CounterValue, float64(st.UserStacks[end]), end)
 	}
+	ch <- prometheus.MustNewConstMetric(descParentTableStacks, prometheus.CounterValue, float64(st.ParentTableStacks))
 	for runtime, ends := range st.InterpStacks {
 		for _, end := range InterpEnds {
 			ch <- prometheus.MustNewConstMetric(descInterpStacks, prometheus.CounterValue, float64(ends[end]), runtime, end)

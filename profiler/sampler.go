@@ -107,8 +107,11 @@ type Sampler struct {
 	offCPU           atomic.Pointer[OffCPU] // loaded by LoadOffCPU; drained with the CPU samples
 	offCPUStacksLost atomic.Uint64          // off-CPU stacks evicted before their sample was drained
 
-	goneMu sync.Mutex
-	gone   func(pid uint32, image uint64) // of RunProcessEvents' handler: told of exits the drain sweeps out
+	// eventsMu orders the readers of the new-process ring: RunProcessEvents
+	// on a wakeup, Drain before the maps. handler is RunProcessEvents' (nil
+	// before it runs); it is also told of the exits the drain sweeps out.
+	eventsMu sync.Mutex
+	handler  ProcessHandler
 }
 
 // NewSampler checks the host, loads the programs and starts sampling on every
@@ -309,12 +312,14 @@ type ProcessHandler interface {
 	ProcessMappingsChanged(pid uint32, image uint64)
 }
 
-// processEventsPoll bounds how long an exit waits in the new-process ring:
-// the sampler wakes the reader for new images only (process_event).
-const processEventsPoll = 100 * time.Millisecond
-
 // RunProcessEvents tells h about process images until the sampler is
 // closed. It blocks; run it in its own goroutine.
+//
+// It reads the ring when the sampler wakes it: for a new image, whose
+// mappings are read while the process lives, or a changed mapping. The other
+// events (exits, processes forked without an exec) wait for the next wakeup
+// or drain (Drain reads the ring first): it does not poll, since on an idle
+// host ten polls a second were a third of the daemon's CPU.
 //
 // It waits for the ring in Go's network poller, not in a blocking
 // epoll_wait of its own: a goroutine blocked in a system call makes the
@@ -324,9 +329,9 @@ const processEventsPoll = 100 * time.Millisecond
 func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 	s.eventsWG.Add(1)
 	defer s.eventsWG.Done()
-	s.goneMu.Lock()
-	s.gone = h.ProcessGone
-	s.goneMu.Unlock()
+	s.eventsMu.Lock()
+	s.handler = h
+	s.eventsMu.Unlock()
 	rc, err := s.eventsFile.SyscallConn()
 	if err != nil {
 		slog.Error("reading new-process events", "err", err)
@@ -334,23 +339,27 @@ func (s *Sampler) RunProcessEvents(h ProcessHandler) {
 	}
 	var readErr error
 	drain := func(uintptr) bool {
-		readErr = s.readProcessEvents(h)
+		readErr = s.readPendingEvents()
 		return readErr != nil // else wait for the next wakeup
 	}
-	for {
-		s.eventsFile.SetReadDeadline(time.Now().Add(processEventsPoll))
-		err := rc.Read(drain) // drains first, then after each wakeup
-		if readErr != nil {
-			err = readErr
-		}
-		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-			continue // exits and changed mappings wake no one: read them now
-		}
-		if !s.closing.Load() {
-			slog.Error("reading new-process events stopped", "err", err)
-		}
-		return
+	err = rc.Read(drain) // drains first, then after each wakeup
+	if readErr != nil {
+		err = readErr
 	}
+	if !s.closing.Load() {
+		slog.Error("reading new-process events stopped", "err", err)
+	}
+}
+
+// readPendingEvents tells RunProcessEvents' handler, if it runs, about every
+// event in the ring now.
+func (s *Sampler) readPendingEvents() error {
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if s.handler == nil {
+		return nil
+	}
+	return s.readProcessEvents(s.handler)
 }
 
 // readProcessEvents tells h about every event in the ring now, without

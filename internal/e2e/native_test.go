@@ -325,12 +325,17 @@ func TestNativeLibraryMappedLater(t *testing.T) {
 // A process forked without an exec (a shell's subshell) takes its parent's
 // mappings snapshot instead of a read of /proc: its frames are named by
 // the parent's objects and walked by their tables to the shell's _start.
+// Its notice wakes nobody: until it is read the walker uses the parent's
+// tables, so the stacks are whole from the fork on. The capture spans the
+// fork.
 func TestForkedProcessSharesParentSnapshot(t *testing.T) {
 	d := sharedCgscope(t)
 	body, _ := httpGet(t, d.url("/metrics"))
 	before := metricValue(t, body, "cgscope_symbolizer_fork_snapshots_total")
-	// The shell spins for a second or two (it is sampled, so its snapshot
-	// is read), then forks a subshell that spins without an exec.
+	parentTablesBefore := metricValue(t, body, "cgscope_user_stacks_parent_tables_total")
+	// The shell spins for two seconds (it is sampled, so its snapshot is
+	// read and its tables loaded), then forks a subshell that spins
+	// without an exec.
 	script := `end=$((SECONDS+2)); while ((SECONDS<end)); do :; done; (while :; do :; done) & echo $!; wait`
 	cmd := exec.Command("/bin/bash", "-c", script)
 	out, err := cmd.StdoutPipe()
@@ -340,6 +345,11 @@ func TestForkedProcessSharesParentSnapshot(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	pids := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		pids <- line
+	}()
 	var child int
 	t.Cleanup(func() {
 		if child > 0 {
@@ -348,15 +358,12 @@ func TestForkedProcessSharesParentSnapshot(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the subshell's pid: %v", err)
-	}
+	time.Sleep(time.Second)
+	p := d.capture(t, "seconds=4") // the fork is a second into it
+	line := <-pids
 	if child, err = strconv.Atoi(strings.TrimSpace(line)); err != nil {
 		t.Fatalf("subshell pid %q: %v", line, err)
 	}
-	time.Sleep(time.Second)
-	p := d.capture(t, fmt.Sprintf("seconds=3&pid=%d", child))
 	whole := samplesWhere(p, func(s *profile.Sample) bool {
 		f := sampleFrames(s)
 		return pidIs(child)(s) && len(f) > 0 && f[len(f)-1] == "_start" && slices.Contains(f, "__libc_start_main")
@@ -364,9 +371,15 @@ func TestForkedProcessSharesParentSnapshot(t *testing.T) {
 	total := samplesWhere(p, pidIs(child))
 	body, _ = httpGet(t, d.url("/metrics"))
 	after := metricValue(t, body, "cgscope_symbolizer_fork_snapshots_total")
-	t.Logf("forked subshell: %d of %d samples reach _start; fork snapshots %v -> %v\n%s", whole, total, before, after, topStacks(p, 3))
+	parentTables := metricValue(t, body, "cgscope_user_stacks_parent_tables_total") - parentTablesBefore
+	t.Logf("forked subshell: %d of %d samples reach _start; fork snapshots %v -> %v; %v stacks walked by the parent's tables\n%s",
+		whole, total, before, after, parentTables, topStacks(p, 3))
 	if after <= before {
 		t.Errorf("the subshell's snapshot was not its parent's: cgscope_symbolizer_fork_snapshots_total stayed %v", after)
+	}
+	// Its first sample at least is taken before its notice can be read.
+	if parentTables < 1 {
+		t.Errorf("no stack was walked by the parent's tables: cgscope_user_stacks_parent_tables_total grew by %v", parentTables)
 	}
 	if total < 50 || float64(whole) < 0.9*float64(total) {
 		t.Errorf("only %d of %d samples of the forked subshell reach _start; the daemon's unwind metrics:\n%s",
