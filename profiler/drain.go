@@ -362,6 +362,10 @@ type Stats struct {
 	// tables of the process's parent: forked without an exec, its own not
 	// loaded yet.
 	ParentTableStacks uint64
+	// ImagesGoneUnread counts the process images that exec'd or exited
+	// before their notice was read: their mappings were not read, so the
+	// user frames of their samples stay unnamed.
+	ImagesGoneUnread uint64
 	// InterpStacks counts interpreter walks by runtime (InterpKinds)
 	// and how they ended (InterpEnds).
 	InterpStacks map[string]map[string]uint64
@@ -386,7 +390,7 @@ func (s *Sampler) Stats() (Stats, error) {
 		}
 		return total, nil
 	}
-	st := Stats{Dropped: make(map[string]uint64, len(DropReasons))}
+	st := Stats{Dropped: make(map[string]uint64, len(DropReasons)), ImagesGoneUnread: s.imagesGoneUnread.Load()}
 	var err error
 	if st.Samples, err = sum(bpf.ProfileStatIndexSTAT_SAMPLES); err != nil {
 		return st, fmt.Errorf("reading sampler stats: %w", err)

@@ -83,6 +83,7 @@ func (l *imageLog) ProcessStarted(pid uint32, image uint64) {
 func (l *imageLog) ProcessForked(pid uint32, image uint64, _ uint32) { l.ProcessStarted(pid, image) }
 func (l *imageLog) ProcessGone(uint32, uint64)                       {}
 func (l *imageLog) ProcessMappingsChanged(uint32, uint64)            {}
+func (l *imageLog) ProcessVanished(uint32, uint64)                   {}
 
 // attachThreads attaches the sampler's program to a cpu-clock event of each
 // of pid's threads.

@@ -20,6 +20,8 @@ var (
 		[]string{"end"}, nil)
 	descParentTableStacks = prometheus.NewDesc("cgscope_user_stacks_parent_tables_total",
 		"CPU samples' user stacks walked by the unwind tables of the process's parent: a process forked without an exec, sampled before its own ranges were loaded (its notice does not wake cgscope, its mappings being its parent's).", nil, nil)
+	descImagesGoneUnread = prometheus.NewDesc("cgscope_process_images_gone_unread_total",
+		"Process images (a new process, or an exec) that exec'd or exited before cgscope read their new-process notice: their mappings were gone, so they were not read, and their samples' user frames stay unnamed (a process that lives a few milliseconds).", nil, nil)
 	descInterpStacks = prometheus.NewDesc("cgscope_interpreter_stacks_total",
 		"Interpreter stacks the samplers walked (CPU and off-CPU), by runtime and how the walk ended: complete, depth_limit and read_failed (their frames end with a [truncated: runtime reason] frame), no_thread_state (a thread of the process that is not the interpreter's), bad_thread_state (the thread's state failed its check), no_frames (the thread ran no interpreted code).",
 		[]string{"runtime", "end"}, nil)
@@ -46,6 +48,7 @@ func (s *Sampler) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descUserFrames
 	ch <- descUserStacks
 	ch <- descParentTableStacks
+	ch <- descImagesGoneUnread
 	ch <- descInterpStacks
 	ch <- descInterpWalkTime
 	ch <- descOffCPUSwitches
@@ -74,6 +77,7 @@ func (s *Sampler) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descUserStacks, prometheus.CounterValue, float64(st.UserStacks[end]), end)
 	}
 	ch <- prometheus.MustNewConstMetric(descParentTableStacks, prometheus.CounterValue, float64(st.ParentTableStacks))
+	ch <- prometheus.MustNewConstMetric(descImagesGoneUnread, prometheus.CounterValue, float64(st.ImagesGoneUnread))
 	for runtime, ends := range st.InterpStacks {
 		for _, end := range InterpEnds {
 			ch <- prometheus.MustNewConstMetric(descInterpStacks, prometheus.CounterValue, float64(ends[end]), runtime, end)

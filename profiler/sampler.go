@@ -93,6 +93,10 @@ type Sampler struct {
 	// which wakes RunProcessEvents; eventRec its reused record.
 	eventsFile *os.File
 	eventRec   ringbuf.Record
+	eventBatch []processEvent // reused by readEventBatch
+	// imagesGoneUnread counts the images not announced: gone before their
+	// notice was read.
+	imagesGoneUnread atomic.Uint64
 	closing    atomic.Bool // Close began: RunProcessEvents's error is expected
 
 	drainMu    sync.Mutex // serializes Drain; guards generation, lastDrain and bufs
@@ -310,6 +314,10 @@ type ProcessHandler interface {
 	// ProcessMappingsChanged: the stack walker met code outside the
 	// process's mappings it was given.
 	ProcessMappingsChanged(pid uint32, image uint64)
+	// ProcessVanished is told instead of ProcessStarted or ProcessForked
+	// when the image exec'd or exited before its notice was read: its
+	// mappings are gone (or another image's). Its ProcessGone follows.
+	ProcessVanished(pid uint32, image uint64)
 }
 
 // RunProcessEvents tells h about process images until the sampler is
@@ -363,40 +371,82 @@ func (s *Sampler) readPendingEvents() error {
 }
 
 // readProcessEvents tells h about every event in the ring now, without
-// waiting for more.
+// waiting for more. It reads them all first: an image whose exec or exit
+// is among them is gone, so it is told as vanished, not started (its
+// mappings would be another image's, or none: under churn, half the reads
+// failed so), and counted (Stats.ImagesGoneUnread).
 func (s *Sampler) readProcessEvents(h ProcessHandler) error {
+	batch, err := s.readEventBatch()
+	gone := map[processImage]bool{}
+	for _, ev := range batch {
+		if ev.kind == bpf.ProfileProcessEventKindPROCESS_GONE {
+			gone[processImage{ev.pid, ev.image}] = true
+		}
+	}
+	for _, ev := range batch {
+		switch ev.kind {
+		case bpf.ProfileProcessEventKindPROCESS_NEW:
+			switch {
+			case gone[processImage{ev.pid, ev.image}]:
+				s.imagesGoneUnread.Add(1)
+				h.ProcessVanished(ev.pid, ev.image)
+			case ev.parent != 0 && ev.parent != ev.pid:
+				h.ProcessForked(ev.pid, ev.image, ev.parent)
+			default:
+				h.ProcessStarted(ev.pid, ev.image)
+			}
+		case bpf.ProfileProcessEventKindPROCESS_GONE:
+			h.ProcessGone(ev.pid, ev.image)
+		case bpf.ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED:
+			if !gone[processImage{ev.pid, ev.image}] {
+				h.ProcessMappingsChanged(ev.pid, ev.image)
+			}
+		}
+	}
+	return err
+}
+
+// processEvent is a record of the new-process ring (struct new_process_event).
+type processEvent struct {
+	kind        bpf.ProfileProcessEventKind
+	pid, parent uint32
+	image       uint64
+}
+
+type processImage struct {
+	pid   uint32
+	image uint64
+}
+
+// readEventBatch returns the events in the ring now, in s.eventBatch (the
+// ring holds a few thousand at most).
+func (s *Sampler) readEventBatch() ([]processEvent, error) {
 	s.events.SetDeadline(time.Unix(1, 0)) // in the past: never wait
+	batch := s.eventBatch[:0]
+	defer func() { s.eventBatch = batch[:0] }()
 	for {
 		// An empty ring is seen from its positions: ReadInto would ask
 		// epoll, a system call per look (two at the end of every batch).
 		if s.events.AvailableBytes() == 0 {
-			return nil
+			return batch, nil
 		}
 		err := s.events.ReadInto(&s.eventRec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil
+			return batch, nil
 		}
 		if err != nil {
-			return err
+			return batch, err
 		}
 		rec := s.eventRec.RawSample
 		if len(rec) < 20 {
 			continue
 		}
-		pid := nativeEndian.Uint32(rec)
-		image := nativeEndian.Uint64(rec[8:])
-		switch bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec[4:])) {
-		case bpf.ProfileProcessEventKindPROCESS_NEW:
-			if parent := nativeEndian.Uint32(rec[16:]); parent != 0 && parent != pid {
-				h.ProcessForked(pid, image, parent)
-			} else {
-				h.ProcessStarted(pid, image)
-			}
-		case bpf.ProfileProcessEventKindPROCESS_GONE:
-			h.ProcessGone(pid, image)
-		case bpf.ProfileProcessEventKindPROCESS_MAPPINGS_CHANGED:
-			h.ProcessMappingsChanged(pid, image)
-		}
+		batch = append(batch, processEvent{
+			pid:    nativeEndian.Uint32(rec),
+			kind:   bpf.ProfileProcessEventKind(nativeEndian.Uint32(rec[4:])),
+			image:  nativeEndian.Uint64(rec[8:]),
+			parent: nativeEndian.Uint32(rec[16:]),
+		})
 	}
 }
 

@@ -192,6 +192,10 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	}
 	pid := uint32(cmd.Process.Pid)
 	time.Sleep(200 * time.Millisecond) // the ring buffer reader catches up
+	// An exit wakes nobody: the next drain reads it before the maps.
+	if _, err := s.Drain(); err != nil {
+		t.Fatal(err)
+	}
 	h.mu.Lock()
 	got, goneEvents := h.started[pid], h.gone[pid]
 	h.mu.Unlock()
@@ -231,8 +235,8 @@ func TestProcessImagesAnnounced(t *testing.T) {
 
 // processLog records the process events a sampler reports.
 type processLog struct {
-	mu            sync.Mutex
-	started, gone map[uint32]int
+	mu                      sync.Mutex
+	started, gone, vanished map[uint32]int
 }
 
 func (l *processLog) ProcessStarted(pid uint32, _ uint64) {
@@ -243,6 +247,52 @@ func (l *processLog) ProcessStarted(pid uint32, _ uint64) {
 func (l *processLog) ProcessForked(pid uint32, image uint64, _ uint32) { l.ProcessStarted(pid, image) }
 func (l *processLog) ProcessGone(pid uint32, _ uint64)                 { l.mu.Lock(); l.gone[pid]++; l.mu.Unlock() }
 func (l *processLog) ProcessMappingsChanged(uint32, uint64)            {}
+func (l *processLog) ProcessVanished(pid uint32, _ uint64) {
+	l.mu.Lock()
+	if l.vanished != nil {
+		l.vanished[pid]++
+	}
+	l.mu.Unlock()
+}
+
+// An image whose exec or exit is in the ring when its notice is read is not
+// announced: its mappings are another image's or none. The workload's two
+// images both end before the ring is read.
+func TestImagesGoneBeforeReadVanish(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	cg := kerneltest.NewCgroup(t, "vanish")
+	cmd := cg.Command(t, nil, "burnexec", "300ms")
+	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
+	w := held.Start(t, cmd)
+	w.WaitFor(t, "ready")
+
+	cfg := DefaultConfig()
+	cfg.Frequency = 499
+	s, err := NewSampler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w.Send(t, "go")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("burnexec workload: %v", err)
+	}
+	pid := uint32(cmd.Process.Pid)
+	h := &processLog{started: map[uint32]int{}, gone: map[uint32]int{}, vanished: map[uint32]int{}}
+	if err := s.readProcessEvents(h); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.started[pid] != 0 || h.vanished[pid] != 2 || h.gone[pid] != 2 {
+		t.Errorf("pid %d: announced %d times, vanished %d, gone %d; want 0, 2 (both images) and 2", pid, h.started[pid], h.vanished[pid], h.gone[pid])
+	}
+	if st.ImagesGoneUnread < 2 {
+		t.Errorf("Stats.ImagesGoneUnread = %d, want at least the workload's 2", st.ImagesGoneUnread)
+	}
+}
 
 // A full counts map is counted per reason, never dropped silently.
 func TestFullMapIsCounted(t *testing.T) {

@@ -1,6 +1,7 @@
 package symbolizer
 
 import (
+	"math"
 	"time"
 	"unsafe"
 )
@@ -89,12 +90,28 @@ func (s *Symbolizer) ReleaseProcess(pid uint32) {
 	s.processesForgotten.Add(1)
 }
 
-// recentlyMissing reports whether pid's maps could not be read within the last mapsReread;
-// if not, it records this attempt.
+// vanished marks a pid in missing until its release or its next snapshot, whatever the
+// time: its image is gone (ProcessVanished).
+const vanished = math.MaxInt64
+
+// ProcessVanished tells the Symbolizer that pid's image exec'd or exited before its
+// mappings could be read: its samples do not try to read them (which would fail, or read
+// the next image's), until ReleaseProcess or a new snapshot of pid.
+func (s *Symbolizer) ProcessVanished(pid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.missing) >= maxMissing {
+		clear(s.missing) // a burst of dead pids: forgetting them costs one read each
+	}
+	s.missing[pid] = vanished
+}
+
+// recentlyMissing reports whether pid's maps could not be read within the last mapsReread,
+// or its image vanished; if not, it records this attempt.
 func (s *Symbolizer) recentlyMissing(pid uint32, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if at, ok := s.missing[pid]; ok && now.Sub(time.Unix(0, at)) < s.mapsReread {
+	if at, ok := s.missing[pid]; ok && (at == vanished || now.Sub(time.Unix(0, at)) < s.mapsReread) {
 		return true
 	}
 	if len(s.missing) >= maxMissing {

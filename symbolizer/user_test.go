@@ -517,3 +517,25 @@ func TestProcessForkedSharesParentSnapshot(t *testing.T) {
 		t.Errorf("fork of a parent gone: %d maps reads (want 4: the parent's tried, then its own), %d fork snapshots (want 1)", st.MapsReads, st.ForkSnapshots)
 	}
 }
+
+// A process whose image vanished before its mappings were read (the
+// profiler read its exit or exec with its notice) is not read for its
+// samples, which would fail or read the next image's, until its release.
+func TestProcessVanishedNotRead(t *testing.T) {
+	s, prog, bin := startC(t, false)
+	exported, _ := elfSymbol(t, bin, "exported_work", false)
+	addr := runtimeAddress(t, prog.pid, bin, exported)
+	s.ReleaseProcess(prog.pid) // no snapshot
+	s.ProcessVanished(prog.pid)
+	before := s.Stats().MapsReads
+	if f := s.User(prog.pid, []uint64{addr + 1})[0]; f.Function != "" || f.Mapping != nil {
+		t.Errorf("a vanished image's frame named from a read of its pid's mappings: %+v", f)
+	}
+	if after := s.Stats().MapsReads; after != before {
+		t.Errorf("maps read %d times for a vanished image", after-before)
+	}
+	s.ReleaseProcess(prog.pid) // a later image of the pid is read again
+	if f := s.User(prog.pid, []uint64{addr + 1})[0]; f.Function != "exported_work" {
+		t.Errorf("after the release: got %q, want exported_work", f.Function)
+	}
+}

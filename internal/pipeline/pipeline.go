@@ -71,6 +71,9 @@ type Symbolizer interface {
 	// since, parent's snapshot (or a read of parent's mappings if there is
 	// none, of its own if parent is gone).
 	ProcessForked(pid, parent uint32) error
+	// ProcessVanished says pid's image exec'd or exited before its
+	// mappings could be read: its samples are not to re-read them.
+	ProcessVanished(pid uint32)
 }
 
 // CgroupPaths names cgroup2 ids (cgroup.Resolver); "" when gone.
@@ -279,6 +282,13 @@ func (p *Pipeline) started(pid uint32, image uint64, parent uint32) {
 	if p.unwinder != nil {
 		p.unwinder.ProcessStarted(pid, image)
 	}
+}
+
+// ProcessVanished forwards the notice of an image gone before its mappings
+// were read to the symbolizer, so that its samples do not try to: its
+// ProcessGone follows, and its release.
+func (p *Pipeline) ProcessVanished(pid uint32, image uint64) {
+	p.sym.ProcessVanished(pid)
 }
 
 // ProcessMappingsChanged forwards the walker's request to read pid's

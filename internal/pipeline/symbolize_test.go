@@ -32,6 +32,7 @@ func (s *addrSymbolizer) User(_ uint32, addrs []uint64) []symbolizer.Frame {
 func (s *addrSymbolizer) ExecutableAddress(_ uint32, addr uint64) bool { return addr >= s.execLo }
 func (s *addrSymbolizer) ProcessStarted(uint32) error                  { return nil }
 func (s *addrSymbolizer) ProcessForked(uint32, uint32) error           { return nil }
+func (s *addrSymbolizer) ProcessVanished(uint32)                       {}
 
 func frames(addrs []uint64, kernel bool) []symbolizer.Frame {
 	out := make([]symbolizer.Frame, len(addrs))
