@@ -97,7 +97,7 @@ type Sampler struct {
 	// imagesGoneUnread counts the images not announced: gone before their
 	// notice was read.
 	imagesGoneUnread atomic.Uint64
-	closing    atomic.Bool // Close began: RunProcessEvents's error is expected
+	closing          atomic.Bool // Close began: RunProcessEvents's error is expected
 
 	drainMu    sync.Mutex // serializes Drain; guards generation, lastDrain and bufs
 	generation uint32
