@@ -56,7 +56,10 @@ func TestRunqHistogramSampled(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { ctl.Run(ctx); close(done) }()
-		counted, waits, u := sampledWaits(t, c, "sleepers", "4", "4s")
+		// Eight seconds: the periods stretch to about a second (windows of
+		// at least 250 ms, toggling a tenth of the budget at most), and
+		// the estimate of a host loaded by other tests needs the windows.
+		counted, waits, u := sampledWaits(t, c, "sleepers", "4", "8s")
 		cancel()
 		<-done
 		st := ctl.Stats()
