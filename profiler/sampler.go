@@ -327,7 +327,7 @@ type ProcessHandler interface {
 // mappings are read while the process lives, or a changed mapping. The other
 // events (exits, processes forked without an exec) wait for the next wakeup
 // or drain (Drain reads the ring first): it does not poll, since on an idle
-// host ten polls a second were a third of the daemon's CPU.
+// host ten polls a second were four tenths of the daemon's CPU.
 //
 // It waits for the ring in Go's network poller, not in a blocking
 // epoll_wait of its own: a goroutine blocked in a system call makes the
@@ -377,9 +377,12 @@ func (s *Sampler) readPendingEvents() error {
 // failed so), and counted (Stats.ImagesGoneUnread).
 func (s *Sampler) readProcessEvents(h ProcessHandler) error {
 	batch, err := s.readEventBatch()
-	gone := map[processImage]bool{}
+	var gone map[processImage]bool // nil (no allocation) in a batch without an end
 	for _, ev := range batch {
 		if ev.kind == bpf.ProfileProcessEventKindPROCESS_GONE {
+			if gone == nil {
+				gone = map[processImage]bool{}
+			}
 			gone[processImage{ev.pid, ev.image}] = true
 		}
 	}
@@ -413,6 +416,7 @@ type processEvent struct {
 	image       uint64
 }
 
+// processImage names an image of a process: its pid and cookie.
 type processImage struct {
 	pid   uint32
 	image uint64
