@@ -167,31 +167,10 @@ func TestDrainLosesAndDuplicatesNothing(t *testing.T) {
 // an exec, but not when one of its threads exits; once it has exited the
 // kernel side forgets it, so a reused pid is announced afresh.
 func TestProcessImagesAnnounced(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	// The workload is started, and waits, before the sampler: the moments
-	// between the fork and the exec of its first image belong to this test
-	// process's image, and a sample there would announce a third one.
-	cg := kerneltest.NewCgroup(t, "announce")
-	cmd := cg.Command(t, nil, "burnexec", "300ms")
-	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
-	w := held.Start(t, cmd)
-	w.WaitFor(t, "ready")
-
-	cfg := DefaultConfig()
-	cfg.Frequency = 499
-	s, err := NewSampler(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, run := samplerAndBurnexec(t, "announce")
 	h := &processLog{started: map[uint32]int{}, gone: map[uint32]int{}}
 	go s.RunProcessEvents(h)
-
-	w.Send(t, "go")
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("burnexec workload: %v", err)
-	}
-	pid := uint32(cmd.Process.Pid)
+	pid := run()
 	time.Sleep(200 * time.Millisecond) // the ring buffer reader catches up
 	// An exit wakes nobody: the next drain reads it before the maps.
 	if _, err := s.Drain(); err != nil {
@@ -234,6 +213,34 @@ func TestProcessImagesAnnounced(t *testing.T) {
 	}
 }
 
+// samplerAndBurnexec starts the burnexec workload (an image that burns CPU,
+// then execs one that does too) held, then a sampler at 499 Hz; run lets it
+// go, waits for its end and returns its pid. The workload is started, and
+// waits, before the sampler: the moments between the fork and the exec of
+// its first image belong to this test process's image, and a sample there
+// would announce a third one.
+func samplerAndBurnexec(t *testing.T, name string) (s *Sampler, run func() uint32) {
+	kerneltest.RequireRoot(t)
+	cmd := kerneltest.NewCgroup(t, name).Command(t, nil, "burnexec", "300ms")
+	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
+	w := held.Start(t, cmd)
+	w.WaitFor(t, "ready")
+	cfg := DefaultConfig()
+	cfg.Frequency = 499
+	s, err := NewSampler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, func() uint32 {
+		w.Send(t, "go")
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("burnexec workload: %v", err)
+		}
+		return uint32(cmd.Process.Pid)
+	}
+}
+
 // processLog records the process events a sampler reports.
 type processLog struct {
 	mu            sync.Mutex
@@ -254,25 +261,8 @@ func (l *processLog) ProcessVanished(uint32, uint64)                   {}
 // announced: its mappings are another image's or none. The workload's two
 // images both end before the ring is read.
 func TestImagesGoneBeforeReadVanish(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	cg := kerneltest.NewCgroup(t, "vanish")
-	cmd := cg.Command(t, nil, "burnexec", "300ms")
-	cmd.Env = append(cmd.Env, "CGSCOPE_WORKLOAD_HOLD=1")
-	w := held.Start(t, cmd)
-	w.WaitFor(t, "ready")
-
-	cfg := DefaultConfig()
-	cfg.Frequency = 499
-	s, err := NewSampler(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	w.Send(t, "go")
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("burnexec workload: %v", err)
-	}
-	pid := uint32(cmd.Process.Pid)
+	s, run := samplerAndBurnexec(t, "vanish")
+	pid := run()
 	h := &imageEvents{}
 	if err := s.readProcessEvents(h); err != nil {
 		t.Fatal(err)
