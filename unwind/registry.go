@@ -212,25 +212,45 @@ func (r *Registry) ProcessMappingsChanged(pid uint32, image uint64) {
 }
 
 // Run works the queue until ctx ends, and unloads tables nobody maps any
-// more.
+// more. It wakes on its own only when work is due: a refresh asked for
+// (within refreshInterval), or the next sweep (sweepEvery). A ticker
+// of a second was half the wakeups of an idle daemon.
 func (r *Registry) Run(ctx context.Context) {
-	tick := time.NewTicker(refreshInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(r.nextWake(time.Now()))
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case n := <-r.queue:
 			r.handle(n)
-		case now := <-tick.C:
+		case now := <-timer.C:
 			r.handleOverflow()
 			r.refreshPending(now)
-			if now.Sub(r.lastSwep) >= r.cfg.Linger/4 {
+			if now.Sub(r.lastSwep) >= r.sweepEvery() {
 				r.sweep(now)
 				r.lastSwep = now
 			}
 		}
+		timer.Reset(r.nextWake(time.Now()))
 	}
+}
+
+// sweepEvery is how often Run sweeps: a quarter of Linger, at least every
+// refreshInterval.
+func (r *Registry) sweepEvery() time.Duration {
+	return max(r.cfg.Linger/4, refreshInterval)
+}
+
+// nextWake is how long Run may wait for a notice before work of its own is
+// due: a pending refresh's, or the next sweep's. Exits the queue had no
+// room for are removed at the next notice or wake, and by the sweep.
+func (r *Registry) nextWake(now time.Time) time.Duration {
+	d := r.lastSwep.Add(r.sweepEvery()).Sub(now)
+	if len(r.pending) > 0 {
+		d = min(d, refreshInterval)
+	}
+	return max(d, 0)
 }
 
 func (r *Registry) handle(n notice) {
