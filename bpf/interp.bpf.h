@@ -158,16 +158,12 @@ __noinline int interp_walk(struct stack_trace *trace, struct sample_key *key, __
 	if (!trace || !key)
 		return 0;
 	trace->len = 0;
-	struct interp_proc *p = bpf_map_lookup_elem(&interp_procs, &key->pid);
-	if (!p || !cookie || p->cookie != cookie) {
-		// Forked without an exec, its own not loaded yet: the parent's
-		// interpreter, at the same addresses (forked_from).
-		__u64 parent_cookie = 0;
-		__u32 parent = forked_from(&parent_cookie);
-		p = parent ? bpf_map_lookup_elem(&interp_procs, &parent) : NULL;
-		if (!p || p->cookie != parent_cookie)
-			return 0;
-	}
+	// Forked without an exec, its own not loaded yet: the parent's
+	// interpreter, at the same addresses (image_entry).
+	bool inherited;
+	struct interp_proc *p = image_entry(&interp_procs, key->pid, cookie, &inherited);
+	if (!p)
+		return 0;
 	__u32 kind = p->kind & (INTERP_KINDS - 1);
 	// The walk's own time, for cgscope_interpreter_walk_seconds_total:
 	// what interpreted processes cost the sampler beyond their native

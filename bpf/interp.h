@@ -151,7 +151,7 @@ enum php_value {
 /* What a walker needs of one process, whatever its runtime: interp.State
  * as the kernel keeps it. */
 struct interp_proc {
-	__u64 cookie;  /* of the image this is for: see known_procs */
+	__u64 cookie;  /* of the image this is for: see known_procs; first (image_entry) */
 	__u32 kind;    /* enum interp_kind */
 	__u32 flags;   /* enum interp_proc_flags */
 	__u64 task_tp; /* offset of the thread pointer (thread.fsbase) in struct task_struct */

@@ -170,6 +170,29 @@ static __always_inline __u32 forked_from(__u64 *parent_cookie)
 	return parent;
 }
 
+// image_entry returns map's entry for the current process, pid, whose image
+// is cookie (0: not announced yet): its own, or, until userspace has loaded
+// that, its parent's when it was forked without an exec (forked_from);
+// *inherited then says so. The maps it serves (unwind_procs, interp_procs)
+// are keyed by pid and their values begin with the image's cookie, so an
+// entry of another image of either pid is never used. NULL: none.
+static __always_inline void *image_entry(void *map, __u32 pid, __u64 cookie, bool *inherited)
+{
+	void *own = bpf_map_lookup_elem(map, &pid);
+	*inherited = false;
+	if (own && cookie && *(__u64 *)own == cookie)
+		return own;
+	__u64 parent_cookie = 0;
+	__u32 parent = forked_from(&parent_cookie);
+	if (!parent)
+		return NULL;
+	void *theirs = bpf_map_lookup_elem(map, &parent);
+	if (!theirs || *(__u64 *)theirs != parent_cookie)
+		return NULL;
+	*inherited = true;
+	return theirs;
+}
+
 #include "unwind.bpf.h"
 #include "interp.bpf.h"
 
@@ -319,7 +342,7 @@ static __always_inline void process_event(__u32 pid, __u32 kind, __u64 cookie)
 	// 100 processes a second as much as the exits' own work. These wait for
 	// the next wakeup, or the next drain, which reads the ring before the
 	// maps (profiler.Sampler.Drain). Userspace does not poll: a poll is a
-	// wakeup too, ten a second were a third of an idle daemon's CPU. The ring
+	// wakeup too, ten a second were four tenths of an idle daemon's CPU. The ring
 	// a quarter full wakes it, long before it could overflow.
 	__u64 wake = BPF_RB_NO_WAKEUP;
 	if ((kind == PROCESS_NEW && !ev->parent) || kind == PROCESS_MAPPINGS_CHANGED ||

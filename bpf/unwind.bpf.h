@@ -19,24 +19,11 @@ struct {
 } unwind_procs SEC(".maps");
 
 // unwind_proc_of returns the ranges the walker uses for process pid, whose
-// image is cookie (0: not announced yet): its own, or, until userspace has
-// loaded those, its parent's when it was forked without an exec; *inherited
-// then says so. NULL: none, frame pointers.
+// image is cookie: its own, or its parent's (image_entry). NULL: none,
+// frame pointers.
 static __always_inline struct unwind_proc *unwind_proc_of(__u32 pid, __u64 cookie, bool *inherited)
 {
-	struct unwind_proc *proc = bpf_map_lookup_elem(&unwind_procs, &pid);
-	*inherited = false;
-	if (proc && cookie && proc->cookie == cookie)
-		return proc;
-	__u64 parent_cookie = 0;
-	__u32 parent = forked_from(&parent_cookie);
-	if (!parent)
-		return NULL;
-	proc = bpf_map_lookup_elem(&unwind_procs, &parent);
-	if (!proc || proc->cookie != parent_cookie)
-		return NULL;
-	*inherited = true;
-	return proc;
+	return image_entry(&unwind_procs, pid, cookie, inherited);
 }
 
 // unwind_tables: each table's base, leaves and index slice, by table id.

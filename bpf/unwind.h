@@ -86,7 +86,7 @@ enum unwind_proc_flags {
 #define PC_EXACT (1ULL << 63)
 
 struct unwind_proc {
-	__u64 cookie; /* of the image these ranges are of: see known_procs */
+	__u64 cookie; /* of the image these ranges are of: see known_procs; first (image_entry) */
 	__u32 nranges;
 	__u32 flags; /* enum unwind_proc_flags */
 	struct unwind_range ranges[UNWIND_MAX_RANGES]; /* sorted by start */

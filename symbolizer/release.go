@@ -100,10 +100,7 @@ const vanished = math.MaxInt64
 func (s *Symbolizer) ProcessVanished(pid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.missing) >= maxMissing {
-		clear(s.missing) // a burst of dead pids: forgetting them costs one read each
-	}
-	s.missing[pid] = vanished
+	s.markMissingLocked(pid, vanished)
 }
 
 // recentlyMissing reports whether pid's maps could not be read within the last mapsReread,
@@ -114,11 +111,17 @@ func (s *Symbolizer) recentlyMissing(pid uint32, now time.Time) bool {
 	if at, ok := s.missing[pid]; ok && (at == vanished || now.Sub(time.Unix(0, at)) < s.mapsReread) {
 		return true
 	}
+	s.markMissingLocked(pid, now.UnixNano())
+	return false
+}
+
+// markMissingLocked records pid in missing (at: UnixNano of the attempt, or vanished),
+// within maxMissing. The caller holds s.mu.
+func (s *Symbolizer) markMissingLocked(pid uint32, at int64) {
 	if len(s.missing) >= maxMissing {
 		clear(s.missing) // a burst of dead pids: forgetting them costs one read each
 	}
-	s.missing[pid] = now.UnixNano()
-	return false
+	s.missing[pid] = at
 }
 
 // snapshotBytes estimates the heap a snapshot takes: the structures and the mapping
