@@ -301,7 +301,8 @@ static __always_inline void offcpu_user_stack(void *ctx, struct sample_key *key,
 	bool inherited;
 	struct unwind_proc *proc = unwind_proc_of(key->pid, cookie, &inherited);
 	if (proc) {
-		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
+		__u32 wanted; // asked for by the CPU sampler, which sees the code run
+		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside, &wanted);
 		id = trace->len ? store_trace_in(trace, &offcpu_stacks) : 0;
 	} else {
 		long n = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), BPF_F_USER_STACK);

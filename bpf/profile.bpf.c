@@ -252,15 +252,25 @@ __noinline __u64 user_stack(struct bpf_perf_event_data *ctx, __u32 g, struct sam
 		if (!trace)
 			return 0;
 		bool pc_outside = false;
-		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside);
+		__u32 wanted = 0;
+		end = walk_user_stack(proc, trace, &leaf_fp, &pc_outside, &wanted);
 		id = trace->len ? store_trace(trace, g) : 0;
-		if (inherited)
+		if (inherited) {
+			// Code outside the parent's ranges, or a table the parent's
+			// ranges leave to be compiled on demand, in a child walked by
+			// them, is asked about once the child has ranges of its own.
 			count_stat(STAT_STACKS_PARENT_TABLES);
-		// Code outside the parent's ranges, in a child walked by them, is
-		// asked about once the child has ranges of its own.
-		else if (pc_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
-			proc->flags |= PROC_REFRESH_ASKED;
-			process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
+		} else {
+			if (pc_outside && !(proc->flags & PROC_REFRESH_ASKED)) {
+				proc->flags |= PROC_REFRESH_ASKED;
+				process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
+			}
+			// Which range is in the flags: userspace reads it from the
+			// ranges it loaded (profiler.UnwindTables.WantedTable).
+			if (wanted && !(proc->flags & PROC_TABLE_ASKED)) {
+				proc->flags |= PROC_TABLE_ASKED | (wanted & 0xff) << PROC_WANTED_SHIFT;
+				process_event(key->pid, PROCESS_MAPPINGS_CHANGED, cookie);
+			}
 		}
 	} else {
 		// A kernel thread has no user stack: bpf_get_stack finds none.

@@ -219,6 +219,14 @@ type ProfileUnwindProc struct {
 	Ranges  [128]ProfileUnwindRange
 }
 
+type ProfileUnwindProcFlags uint32
+
+const (
+	ProfileUnwindProcFlagsPROC_REFRESH_ASKED ProfileUnwindProcFlags = 1
+	ProfileUnwindProcFlagsPROC_TABLE_ASKED   ProfileUnwindProcFlags = 2
+	ProfileUnwindProcFlagsPROC_WANTED_SHIFT  ProfileUnwindProcFlags = 8
+)
+
 type ProfileUnwindRange struct {
 	_     structs.HostLayout
 	Start uint64

@@ -227,6 +227,7 @@ struct frame {
 	__u8 fp;        // the last step found the caller by the frame pointer
 	__u8 bp_known;  // bp holds the frame's rbp (a row may say it is not recoverable)
 	__u8 outside;   // pcs in a row outside every known range
+	__u8 wanted;    // 1 + the first range met whose table is compiled on demand
 };
 
 // CONTINUE is what the steps return when the walk goes on; otherwise they
@@ -309,6 +310,11 @@ __noinline int unwind_frame(struct frame *f, struct unwind_proc *proc, struct un
 	f->outside = 0;
 	f->range = ri;
 	struct unwind_range *r = &proc->ranges[ri];
+	if (r->table == UNWIND_TABLE_ON_DEMAND) {
+		if (!f->wanted)
+			f->wanted = ri + 1;
+		return step_frame_pointer(f);
+	}
 	struct unwind_row row = {};
 	if (!r->table || !find_row(r->table, pc - r->bias, &row) || row.cfa_kind == CFA_NONE)
 		return step_frame_pointer(f);
@@ -418,9 +424,10 @@ static long walk_step(__u64 i, struct walk *w)
 // frameless leaf is missing, and the sampler looks for it at the stack
 // pointer), *pc_outside whether a pc of the walk lies outside every known
 // range (then the process's mappings are read again, once per load of its
-// ranges).
+// ranges), and *wanted 1 + the index of the first range met whose table is
+// compiled on demand (0: none).
 static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct stack_trace *trace, bool *leaf_fp,
-					    bool *pc_outside)
+					    bool *pc_outside, __u32 *wanted)
 {
 	__u32 zero = 0;
 	struct unwind_regs *regs = bpf_map_lookup_elem(&unwind_regs, &zero);
@@ -467,6 +474,7 @@ static __always_inline __u8 walk_user_stack(struct unwind_proc *proc, struct sta
 	count_stats(STAT_FRAMES_FP, w.fp_frames);
 	*leaf_fp = w.leaf_fp;
 	*pc_outside = w.pc_outside;
+	*wanted = w.f.wanted;
 	return w.end;
 }
 

@@ -66,6 +66,12 @@ struct unwind_table {
 
 /* One executable mapping of a process: addresses [start, start+len) are
  * object addresses + bias. table 0: no table (frame pointers). */
+
+/* unwind_range.table of an object whose table is compiled only once the
+ * walker meets its code (its call-frame information is large, and most
+ * objects a process maps never run): the walker walks frame pointers there
+ * and asks for it (PROC_TABLE_ASKED). Keep in step with unwind.TableOnDemand. */
+#define UNWIND_TABLE_ON_DEMAND 0xffffffffu
 struct unwind_range {
 	__u64 start;
 	__u64 bias;
@@ -78,6 +84,11 @@ enum unwind_proc_flags {
 	/* The walker met a pc outside every range and asked userspace to
 	 * read the process's mappings again (once per load of the ranges). */
 	PROC_REFRESH_ASKED = 1,
+	/* The walker met code of a range whose table is compiled on demand,
+	 * and asked userspace for it (once per load of the ranges); bits
+	 * PROC_WANTED_SHIFT.. hold 1 + that range's index. */
+	PROC_TABLE_ASKED = 2,
+	PROC_WANTED_SHIFT = 8,
 };
 
 /* A recorded user pc with this bit set is the exact address of an

@@ -262,6 +262,27 @@ func (u *UnwindTables) UnloadProcess(pid uint32) error {
 	return nil
 }
 
+// WantedTable returns the start of the range of pid whose table the
+// walker asked for: it met code of a range loaded as unwind.TableOnDemand
+// (bpf/unwind.h, PROC_TABLE_ASKED).
+func (u *UnwindTables) WantedTable(pid uint32) (uint64, bool) {
+	u.procMu.Lock()
+	defer u.procMu.Unlock()
+	p := &u.procBuf
+	if err := u.procs.Lookup(pid, p); err != nil {
+		return 0, false
+	}
+	i := p.Flags >> bpf.ProfileUnwindProcFlagsPROC_WANTED_SHIFT & 0xff
+	if p.Flags&uint32(bpf.ProfileUnwindProcFlagsPROC_TABLE_ASKED) == 0 || i == 0 || i > p.Nranges || int(i) > len(p.Ranges) {
+		return 0, false
+	}
+	r := p.Ranges[i-1]
+	if r.Table != unwind.TableOnDemand {
+		return 0, false
+	}
+	return r.Start, true
+}
+
 // KernelBytes estimates the kernel memory the tables use now: leaves,
 // descriptors and the preallocated index.
 func (u *UnwindTables) KernelBytes() uint64 {

@@ -26,15 +26,28 @@ const maxCompression = 64
 // (its code is walked by frame pointers).
 var ErrNoFrameInfo = errors.New("no call-frame information")
 
+// errOnDemand is returned instead of a table for an object whose
+// call-frame information is as large as the caller asked to leave for on
+// demand.
+var errOnDemand = errors.New("large call-frame information: compiled on demand")
+
 // Compile reads the call-frame information of the ELF object r and
 // compiles its unwind table.
-func Compile(r io.ReaderAt) (*Table, error) {
+func Compile(r io.ReaderAt) (*Table, error) { return compileBelow(r, 0) }
+
+// compileBelow is Compile, except that an object with limit bytes of
+// call-frame information or more (limit > 0) is not compiled: it returns
+// errOnDemand, having read only the ELF headers.
+func compileBelow(r io.ReaderAt, limit int) (*Table, error) {
 	f, err := elf.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if f.Machine != elf.EM_X86_64 || f.Class != elf.ELFCLASS64 {
 		return nil, fmt.Errorf("%w: %s %s objects are not supported", ErrNoFrameInfo, f.Class, f.Machine)
+	}
+	if limit > 0 && frameInfoBytes(f) >= uint64(limit) {
+		return nil, errOnDemand
 	}
 	sections, err := frameSections(f, r)
 	if err != nil {
@@ -89,6 +102,20 @@ func frameSections(f *elf.File, r io.ReaderAt) ([]frameSection, error) {
 		out = append(out, frameSection{data: data, kind: debugFrame})
 	}
 	return out, nil
+}
+
+// frameInfoBytes is the size of the sections frameSections reads, by the
+// section headers (0 when they are stripped: such objects are rare, and
+// compiled at once).
+func frameInfoBytes(f *elf.File) uint64 {
+	n := uint64(0)
+	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
+		n += s.Size
+	}
+	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && !isGo(f) {
+		n += s.Size
+	}
+	return n
 }
 
 func sectionData(s *elf.Section) ([]byte, error) {

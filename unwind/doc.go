@@ -22,5 +22,8 @@
 // A Registry compiles an object's table once, keyed by its identity (build
 // ID, or file identity), hands it to a Sink (the BPF maps, in cgscope) while
 // any process maps it, bounded in bytes, and releases it once no process
-// does. It knows nothing of BPF or HTTP.
+// does. An object with large call-frame information (Config.OnDemandBytes)
+// is compiled only once the walker meets its code and asks for it
+// (Sink.WantedTable): a process maps many large libraries it rarely runs.
+// It knows nothing of BPF or HTTP.
 package unwind

@@ -29,6 +29,10 @@ var (
 		"Process notices the unwind worker lost to a full queue (those processes are walked by frame pointers).", nil, nil)
 	descUnloadable = prometheus.NewDesc("cgscope_unwind_objects_unloadable_total",
 		"Times an object's table found no room under --unwind.max-table-bytes (its code is walked by frame pointers; tried again a minute later).", nil, nil)
+	descOnDemand = prometheus.NewDesc("cgscope_unwind_objects_on_demand",
+		"Objects mapped by sampled processes whose unwind table is compiled only once the stack walker meets their code (call-frame information of --unwind.on-demand-bytes or more); until then that code is walked by frame pointers.", nil, nil)
+	descWanted = prometheus.NewDesc("cgscope_unwind_tables_wanted_total",
+		"Unwind tables compiled on demand, because the stack walker met the object's code.", nil, nil)
 	descRangesDropped = prometheus.NewDesc("cgscope_unwind_ranges_dropped_total",
 		"Executable mappings left out of processes with more than the walker holds (128; those of objects fewer processes map first).", nil, nil)
 )
@@ -36,7 +40,7 @@ var (
 // Describe implements prometheus.Collector.
 func (r *Registry) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCompiled, descNoTable, descCompileSeconds, descLoadFailed, descEvicted,
-		descTables, descTableBytes, descRows, descProcesses, descRefreshes, descQueueDropped, descUnloadable, descRangesDropped} {
+		descTables, descTableBytes, descRows, descProcesses, descRefreshes, descQueueDropped, descUnloadable, descRangesDropped, descOnDemand, descWanted} {
 		ch <- d
 	}
 }
@@ -66,4 +70,6 @@ func (r *Registry) Collect(ch chan<- prometheus.Metric) {
 	counter(descQueueDropped, float64(st.QueueDropped))
 	counter(descUnloadable, float64(st.Unloadable))
 	counter(descRangesDropped, float64(st.RangesDropped))
+	gauge(descOnDemand, float64(st.OnDemand))
+	counter(descWanted, float64(st.Wanted))
 }

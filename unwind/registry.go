@@ -18,9 +18,15 @@ type Range struct {
 	Start, Len uint64
 	// Bias is what the process adds to the object's addresses.
 	Bias uint64
-	// Table is the object's table id; 0 walks the range by frame pointers.
+	// Table is the object's table id; 0 walks the range by frame pointers,
+	// TableOnDemand too, until the walker asks for the object's table.
 	Table uint32
 }
+
+// TableOnDemand is the Table of a range whose object's table is compiled
+// only once the walker meets its code (Config.OnDemandBytes). Keep in step
+// with UNWIND_TABLE_ON_DEMAND in bpf/unwind.h.
+const TableOnDemand = ^uint32(0)
 
 // Mapping is an executable mapping of a process, as a Source reports it.
 type Mapping struct {
@@ -39,6 +45,10 @@ type Sink interface {
 	// the sampler gave the image: ranges of another image are not used).
 	LoadProcess(pid uint32, image uint64, ranges []Range) error
 	UnloadProcess(pid uint32) error
+	// WantedTable returns the Start of the range of pid whose table the
+	// walker asked for (a TableOnDemand range whose code it met), if it
+	// did since the ranges were loaded.
+	WantedTable(pid uint32) (start uint64, ok bool)
 }
 
 // Source reports processes' mappings and reads their objects: in cgscope,
@@ -68,6 +78,12 @@ type Config struct {
 	Linger time.Duration
 	// QueueSize bounds the process notices waiting for the worker.
 	QueueSize int
+	// OnDemandBytes: an object with this many bytes of call-frame
+	// information or more is compiled only once the walker meets its code
+	// (0: every object at once). Most of a process's large libraries never
+	// run: bpftrace maps libz3, libclang and libLLVM, 350 ms of compiling,
+	// and runs mostly the last.
+	OnDemandBytes int
 }
 
 // Stats are the registry's self-metrics.
@@ -84,6 +100,8 @@ type Stats struct {
 	QueueDropped                         uint64            // start notices lost to a full queue
 	Refreshes                            uint64            // processes whose mappings were read again
 	RangesDropped                        uint64            // ranges left out of processes with too many
+	OnDemand                             int               // objects whose table waits for the walker to meet their code
+	Wanted                               uint64            // tables compiled because the walker met their code
 }
 
 // Eviction reasons.
@@ -94,15 +112,16 @@ const (
 
 // object is what the registry knows of one object.
 type object struct {
-	key     any
-	id      uint32 // 0: no table loaded
-	table   *Table // segments only, once loaded: the rows live in the kernel
-	bytes   int
-	rows    int
-	refs    int
-	failed  bool      // no table to be had (no or malformed call-frame information)
-	retryAt time.Time // no room for its table: not compiled again before then
-	lastUse time.Time // last time a process that maps it was added, or released
+	key      any
+	id       uint32 // 0: no table loaded
+	table    *Table // segments only, once loaded: the rows live in the kernel
+	bytes    int
+	rows     int
+	refs     int
+	failed   bool      // no table to be had (no or malformed call-frame information)
+	onDemand bool      // compiled once the walker meets its code (Config.OnDemandBytes)
+	retryAt  time.Time // no room for its table: not compiled again before then
+	lastUse  time.Time // last time a process that maps it was added, or released
 }
 
 type noticeKind uint8
@@ -287,6 +306,12 @@ func (r *Registry) changed(pid uint32, image uint64, now time.Time) {
 	if !ok || p.image != image {
 		return // gone meanwhile, or another image
 	}
+	if slices.ContainsFunc(p.objects, func(o *object) bool { return o.onDemand }) {
+		if start, ok := r.sink.WantedTable(pid); ok {
+			r.want(pid, start, now)
+			return // a code outside the ranges, if that too was met, is asked about again
+		}
+	}
 	if p.refreshed && now.Sub(p.loaded) < refreshInterval {
 		r.pending[pid] = true
 		return
@@ -305,6 +330,32 @@ func (r *Registry) changed(pid uint32, image uint64, now time.Time) {
 	}
 	if p, ok := r.procs[pid]; ok {
 		p.refreshed = true
+	}
+}
+
+// want compiles the table the walker asked pid for, of the object mapped
+// at start, and gives the ranges with it to every process that maps the
+// object.
+func (r *Registry) want(pid uint32, start uint64, now time.Time) {
+	maps, err := r.src.Mappings(pid)
+	if err != nil {
+		return
+	}
+	i := slices.IndexFunc(maps, func(m Mapping) bool { return m.Start == start && m.Object != nil })
+	if i < 0 {
+		return
+	}
+	o := r.objects[maps[i].Object]
+	if o == nil || !o.onDemand {
+		return
+	}
+	o.onDemand = false
+	r.count(func(s *Stats) { s.Wanted++ })
+	r.compile(pid, o, now, r.procs[pid].objects, 0, o.refs) // the processes that map it hold it already
+	for q, p := range r.procs {
+		if slices.Contains(p.objects, o) {
+			r.add(q, p.image)
+		}
 	}
 }
 
@@ -404,6 +455,10 @@ func (r *Registry) rangesOf(maps []Mapping, held []*object) (ranges []Range, dro
 				rg.Bias, rg.Table = bias, o.id
 				tables = true
 				n = o.refs
+			} else if o.onDemand {
+				rg.Table = TableOnDemand // no bias needed: the walker walks frame pointers there
+				tables = true
+				n = o.refs
 			}
 		}
 		if k := len(ranges) - 1; k >= 0 && rg.Table == 0 && ranges[k].Table == 0 && ranges[k].Start+ranges[k].Len == rg.Start {
@@ -448,22 +503,34 @@ func boolRank(b bool) int {
 // process's, so far) are not evicted to make room.
 func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *object {
 	o, ok := r.objects[key]
-	if ok && (o.id != 0 || o.failed || now.Before(o.retryAt)) {
+	if ok && (o.id != 0 || o.failed || o.onDemand || now.Before(o.retryAt)) {
 		return o
 	}
+	limit := 0
 	if !ok {
 		o = &object{key: key}
 		r.objects[key] = o
+		limit = r.cfg.OnDemandBytes // once: an object the walker asked for is compiled
 	}
+	return r.compile(pid, o, now, keep, limit, o.refs+1)
+}
+
+// compile compiles o's table, unless its call-frame information is limit
+// bytes or more (limit > 0), and loads it, making room among the tables
+// that serve fewer processes than it will (serves) and are not in keep.
+func (r *Registry) compile(pid uint32, o *object, now time.Time, keep []*object, limit, serves int) *object {
 	var t *Table
 	start := time.Now()
-	err := r.src.ReadObject(pid, key, func(ra io.ReaderAt) error {
+	err := r.src.ReadObject(pid, o.key, func(ra io.ReaderAt) error {
 		var err error
-		t, err = Compile(ra)
+		t, err = compileBelow(ra, limit)
 		return err
 	})
 	elapsed := time.Since(start).Seconds()
 	switch {
+	case errors.Is(err, errOnDemand):
+		o.onDemand = true
+		return o
 	case errors.Is(err, ErrNoFrameInfo):
 		o.failed = true
 		r.count(func(s *Stats) { s.NoFrameInfo++ })
@@ -471,10 +538,10 @@ func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *o
 	case errors.Is(err, ErrMalformed):
 		o.failed = true
 		r.count(func(s *Stats) { s.CompileFailed++; s.CompileSeconds += elapsed })
-		slog.Debug("unwind: malformed call-frame information", "object", key, "err", err)
+		slog.Debug("unwind: malformed call-frame information", "object", o.key, "err", err)
 		return o
 	case err != nil:
-		delete(r.objects, key) // unreadable now; maybe not for the next process
+		delete(r.objects, o.key) // unreadable now; maybe not for the next process
 		return nil
 	}
 	r.count(func(s *Stats) { s.Compiled++; s.CompileSeconds += elapsed })
@@ -482,7 +549,7 @@ func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *o
 	o.rows = len(t.Rows)
 	o.bytes = r.cfg.KernelBytes(t)
 	defer r.forgetRows(o)
-	if !r.makeRoom(o.bytes, o.refs+1, keep) {
+	if !r.makeRoom(o.bytes, serves, keep) {
 		o.retryAt = now.Add(r.cfg.Linger)
 		r.count(func(s *Stats) { s.Unloadable++ })
 		return o
@@ -491,7 +558,7 @@ func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *o
 	if err := r.sink.LoadTable(r.nextID, t); err != nil {
 		o.retryAt = now.Add(r.cfg.Linger)
 		r.count(func(s *Stats) { s.LoadFailed++ })
-		slog.Debug("unwind: loading a table", "object", key, "err", err)
+		slog.Debug("unwind: loading a table", "object", o.key, "err", err)
 		return o
 	}
 	o.id = r.nextID
@@ -648,12 +715,15 @@ func (r *Registry) count(f func(*Stats)) {
 
 // publish updates the gauges of Stats from the worker's state.
 func (r *Registry) publish() {
-	tables, bytes, rows, procs := 0, 0, 0, 0
+	tables, bytes, rows, procs, onDemand := 0, 0, 0, 0, 0
 	for _, o := range r.objects {
 		if o.id != 0 {
 			tables++
 			bytes += o.bytes
 			rows += o.rows
+		}
+		if o.onDemand {
+			onDemand++
 		}
 	}
 	for _, p := range r.procs {
@@ -661,7 +731,9 @@ func (r *Registry) publish() {
 			procs++
 		}
 	}
-	r.count(func(s *Stats) { s.Tables, s.TableBytes, s.Rows, s.Processes = tables, bytes, rows, procs })
+	r.count(func(s *Stats) {
+		s.Tables, s.TableBytes, s.Rows, s.Processes, s.OnDemand = tables, bytes, rows, procs, onDemand
+	})
 }
 
 // Stats returns the registry's counters.

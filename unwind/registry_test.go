@@ -24,6 +24,7 @@ type fakeSink struct {
 	procs  map[uint32][]Range
 	loads  int
 	refuse bool
+	wants  map[uint64]bool // range starts whose code the walker meets
 }
 
 func newFakeSink() *fakeSink {
@@ -64,6 +65,19 @@ func (s *fakeSink) UnloadProcess(pid uint32) error {
 	defer s.mu.Unlock()
 	delete(s.procs, pid)
 	return nil
+}
+
+// WantedTable plays the walker: it asks for the first range of pid
+// loaded as TableOnDemand that wants holds.
+func (s *fakeSink) WantedTable(pid uint32) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.procs[pid] {
+		if r.Table == TableOnDemand && s.wants[r.Start] {
+			return r.Start, true
+		}
+	}
+	return 0, false
 }
 
 // fakeSource maps pids to mappings of objects named by file path.
@@ -498,5 +512,81 @@ func TestBiasPackedSegments(t *testing.T) {
 	}
 	if _, ok := tab.Bias(base, base+0x1000, 0); ok {
 		t.Error("a mapping of the read-only segment alone got a bias")
+	}
+}
+
+// Objects with call-frame information of Config.OnDemandBytes or more get a
+// TableOnDemand range and no table until the walker asks for one; then it
+// is compiled once and given to every process that maps it, while an
+// object no walk met stays uncompiled.
+func TestRegistryCompilesOnDemand(t *testing.T) {
+	libc := "/lib/x86_64-linux-gnu/libc.so.6"
+	bin := buildChain(t, 1)
+	src := &fakeSource{maps: map[uint32][]Mapping{}, reads: map[any]int{}}
+	for pid := uint32(100); pid < 102; pid++ {
+		src.maps[pid] = []Mapping{
+			textMapping(t, bin, 0x555500000000+uint64(pid)<<20),
+			textMapping(t, libc, 0x7f0000000000+uint64(pid)<<24),
+		}
+	}
+	sink := newFakeSink()
+	sink.wants = map[uint64]bool{}
+	// Every object is large enough to wait.
+	r := NewRegistry(sink, src, Config{MaxBytes: 64 << 20, Linger: time.Minute, OnDemandBytes: 1})
+	r.ProcessStarted(100, 1)
+	r.ProcessStarted(101, 1)
+	settle(r)
+	if len(sink.tables) != 0 || len(sink.procs) != 2 {
+		t.Fatalf("%d tables, %d processes: want no table, and ranges for both processes", len(sink.tables), len(sink.procs))
+	}
+	for pid, ranges := range sink.procs {
+		if len(ranges) != 2 || ranges[0].Table != TableOnDemand || ranges[1].Table != TableOnDemand {
+			t.Errorf("pid %d ranges %+v: want both on demand", pid, ranges)
+		}
+	}
+	if st := r.Stats(); st.OnDemand != 2 || st.Compiled != 0 {
+		t.Errorf("stats %+v: want two objects on demand, none compiled", st)
+	}
+
+	// A request the walker did not make (no range wanted) changes nothing
+	// but the refresh it stands for.
+	r.ProcessMappingsChanged(100, 1)
+	settle(r)
+	if len(sink.tables) != 0 || src.refreshes != 1 {
+		t.Fatalf("a refresh compiled %d tables (%d refreshes)", len(sink.tables), src.refreshes)
+	}
+
+	// Process 100's walk meets the binary's code: its table is compiled,
+	// and both processes get it; libc stays on demand.
+	sink.wants[src.maps[100][0].Start] = true
+	r.ProcessMappingsChanged(100, 1)
+	settle(r)
+	if src.reads[bin] != 2 || len(sink.tables) != 1 {
+		t.Fatalf("binary read %d times (want 2: headers, then the compile), %d tables loaded (want 1)", src.reads[bin], len(sink.tables))
+	}
+	for pid, ranges := range sink.procs {
+		if ranges[0].Table == 0 || ranges[0].Table == TableOnDemand || ranges[1].Table != TableOnDemand {
+			t.Errorf("pid %d ranges %+v: want the binary's table, libc still on demand", pid, ranges)
+		}
+	}
+	if st := r.Stats(); st.Wanted != 1 || st.Compiled != 1 || st.OnDemand != 1 {
+		t.Errorf("stats %+v: want one table compiled on demand, one object waiting", st)
+	}
+
+	// Asked again for the same range (a stale request): nothing more.
+	sink.procs[101][0].Table = TableOnDemand
+	sink.wants[src.maps[101][0].Start] = true
+	r.ProcessMappingsChanged(101, 1)
+	settle(r)
+	if src.reads[bin] != 2 || r.Stats().Wanted != 1 {
+		t.Errorf("a stale request compiled again: %d reads, stats %+v", src.reads[bin], r.Stats())
+	}
+
+	// A new process gets the compiled table at once, and libc on demand.
+	src.maps[102] = []Mapping{textMapping(t, bin, 0x555600000000), textMapping(t, libc, 0x7f1000000000)}
+	r.ProcessStarted(102, 1)
+	settle(r)
+	if rg := sink.procs[102]; len(rg) != 2 || rg[0].Table == 0 || rg[0].Table == TableOnDemand || rg[1].Table != TableOnDemand {
+		t.Errorf("new process ranges %+v: want the binary's table, libc on demand", rg)
 	}
 }

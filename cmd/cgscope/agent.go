@@ -38,6 +38,7 @@ type profilingFlags struct {
 	bpfStatsOnOff bool
 	unwindTables  bool
 	unwindBytes   units.Base2Bytes
+	onDemandBytes units.Base2Bytes
 	offCPU        bool
 	offCPUConfig  profiler.OffCPUConfig
 	interpreters  string
@@ -69,6 +70,11 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 		Default("true").BoolVar(&f.unwindTables)
 	app.Flag("unwind.max-table-bytes", "Kernel memory of the unwind tables; the coldest are evicted beyond it.").
 		Default("16MiB").BytesVar(&f.unwindBytes)
+	// A process maps many large libraries it rarely runs (bpftrace: libz3,
+	// libclang, libLLVM, 350 ms of compiling at its start); 1 MiB leaves out
+	// libc (150 KB), python3 (400 KB) and libstdc++ (200 KB).
+	app.Flag("unwind.on-demand-bytes", "Objects with this much call-frame information (.eh_frame) or more get their unwind table only once the stack walker meets their code (walked by frame pointers until then, a few ms); 0: every table when a process is first sampled.").
+		Default("1MiB").BytesVar(&f.onDemandBytes)
 	app.Flag("unwind.max-processes", "Processes the stack walker keeps mappings of; the others are walked by frame pointers.").
 		Default(fmt.Sprint(d.UnwindProcesses)).IntVar(&f.sampler.UnwindProcesses)
 	off := profiler.DefaultOffCPUConfig()
@@ -107,6 +113,8 @@ func (f *profilingFlags) validate() error {
 	switch {
 	case f.interval < time.Second || f.interval > 10*time.Minute:
 		return fmt.Errorf("--profiling.interval=%s: want 1s..10m", f.interval)
+	case f.onDemandBytes < 0 || f.onDemandBytes > 1<<30:
+		return fmt.Errorf("--unwind.on-demand-bytes=%s: want 0..1GiB", f.onDemandBytes)
 	case f.maxObjects < 1:
 		return fmt.Errorf("--symbolizer.max-objects=%d: want at least 1", f.maxObjects)
 	case f.maxProcesses < 1:
@@ -227,6 +235,7 @@ func startAgent(f *profilingFlags) (*agent, error) {
 	if f.unwindTables {
 		reg := unwind.NewRegistry(s.UnwindTables(), pipeline.UnwindSource(a.sym), unwind.Config{
 			MaxBytes: f.sampler.UnwindTableBytes, KernelBytes: profiler.TableKernelBytes, Linger: time.Minute,
+			OnDemandBytes: int(f.onDemandBytes),
 		})
 		ctx, cancel := context.WithCancel(context.Background())
 		go reg.Run(ctx)

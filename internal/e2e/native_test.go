@@ -224,6 +224,37 @@ func TestNativeChainsWithoutFramePointers(t *testing.T) {
 	}
 }
 
+// With every object's table compiled on demand (--unwind.on-demand-bytes=1B,
+// not the default 1 MiB), the walker asks for the tables of the code it
+// meets: the C chain's, whose frames need one. Once it is in, the stacks
+// are whole, within 5 points of perf's DWARF unwinding of the same window;
+// objects whose code no sample met stay uncompiled.
+func TestNativeTablesOnDemand(t *testing.T) {
+	dir := nativeWorkloads(t)
+	d := startCgscope(t, t.Cleanup, fmt.Sprintf("--profiling.frequency=%d", testFrequency), "--profiling.interval=2s",
+		"--unwind.on-demand-bytes=1B")
+	w := workload(t, filepath.Join(dir, "chain"), "30")
+	time.Sleep(time.Second) // its first samples ask for its table
+	cg, ref := compareWithPerf(t, d, w.Process.Pid, "main")
+	body, _ := httpGet(t, d.url("/metrics"))
+	wanted := metricValue(t, body, "cgscope_unwind_tables_wanted_total")
+	waiting := metricValue(t, body, "cgscope_unwind_objects_on_demand")
+	t.Logf("tables compiled on demand: %v; objects still waiting: %v", wanted, waiting)
+	if cg < 0.95 {
+		t.Errorf("cgscope: chain up to main in %.1f%% of samples, want at least 95%%; the daemon's unwind metrics:\n%s",
+			cg*100, d.metricLines(t, "cgscope_unwind_"))
+	}
+	if diff := cg - ref; diff < -0.05 || diff > 0.05 {
+		t.Errorf("cgscope %.1f%% and perf --call-graph dwarf %.1f%% differ by more than 5 points", cg*100, ref*100)
+	}
+	if wanted < 1 {
+		t.Errorf("the walker asked for no table, though the chain's frames need its own")
+	}
+	if waiting < 1 {
+		t.Errorf("no object waits for its code to run: every table was compiled, on demand or not")
+	}
+}
+
 // Debian's python3 is stripped and has no frame pointers: its native
 // stacks reach the interpreter's entry (Py_BytesMain, called by main) and
 // the process's first frame (_start).
