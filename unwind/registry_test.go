@@ -162,16 +162,27 @@ func settle(r *Registry) {
 	r.handleOverflow()
 }
 
-func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
-	libc := "/lib/x86_64-linux-gnu/libc.so.6"
-	bin := buildChain(t, 1)
+// libc is the host's C library, an object every test process maps.
+const libc = "/lib/x86_64-linux-gnu/libc.so.6"
+
+// chainProcesses is a source of processes first..last-1, each mapping bin
+// and libc at addresses of its own.
+func chainProcesses(t *testing.T, bin string, first, last uint32) *fakeSource {
 	src := &fakeSource{maps: map[uint32][]Mapping{}, reads: map[any]int{}}
-	for pid := uint32(100); pid < 103; pid++ {
+	for pid := first; pid < last; pid++ {
 		src.maps[pid] = []Mapping{
 			textMapping(t, bin, 0x555500000000+uint64(pid)<<20),
 			textMapping(t, libc, 0x7f0000000000+uint64(pid)<<24),
-			{Start: 0x7e0000000000, Limit: 0x7e0000100000}, // anonymous: a JIT's
 		}
+	}
+	return src
+}
+
+func TestRegistrySharesTablesAndReleasesThem(t *testing.T) {
+	bin := buildChain(t, 1)
+	src := chainProcesses(t, bin, 100, 103)
+	for pid := range src.maps {
+		src.maps[pid] = append(src.maps[pid], Mapping{Start: 0x7e0000000000, Limit: 0x7e0000100000}) // anonymous: a JIT's
 	}
 	sink := newFakeSink()
 	r := NewRegistry(sink, src, Config{MaxBytes: 64 << 20, Linger: time.Minute})
@@ -520,15 +531,8 @@ func TestBiasPackedSegments(t *testing.T) {
 // is compiled once and given to every process that maps it, while an
 // object no walk met stays uncompiled.
 func TestRegistryCompilesOnDemand(t *testing.T) {
-	libc := "/lib/x86_64-linux-gnu/libc.so.6"
 	bin := buildChain(t, 1)
-	src := &fakeSource{maps: map[uint32][]Mapping{}, reads: map[any]int{}}
-	for pid := uint32(100); pid < 102; pid++ {
-		src.maps[pid] = []Mapping{
-			textMapping(t, bin, 0x555500000000+uint64(pid)<<20),
-			textMapping(t, libc, 0x7f0000000000+uint64(pid)<<24),
-		}
-	}
+	src := chainProcesses(t, bin, 100, 102)
 	sink := newFakeSink()
 	sink.wants = map[uint64]bool{}
 	// Every object is large enough to wait.
