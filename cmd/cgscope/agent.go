@@ -71,7 +71,8 @@ func addProfilingFlags(app *kingpin.Application) *profilingFlags {
 	app.Flag("unwind.max-table-bytes", "Kernel memory of the unwind tables; the coldest are evicted beyond it.").
 		Default("16MiB").BytesVar(&f.unwindBytes)
 	// A process maps many large libraries it rarely runs (bpftrace: libz3,
-	// libclang, libLLVM, 350 ms of compiling at its start); 1 MiB leaves out
+	// libclang, libLLVM, about 480 ms of compiling at its start on a busy
+	// host, libz3's 165 ms for code it never runs); 1 MiB leaves out
 	// libc (150 KB), python3 (400 KB) and libstdc++ (200 KB).
 	app.Flag("unwind.on-demand-bytes", "Objects with this much call-frame information (.eh_frame) or more get their unwind table only once the stack walker meets their code (walked by frame pointers until then, a few ms); 0: every table when a process is first sampled.").
 		Default("1MiB").BytesVar(&f.onDemandBytes)
