@@ -499,8 +499,10 @@ func boolRank(b bool) int {
 
 // object returns the object of key, compiling and loading its table on
 // first use (or again, after it was evicted and once its retry time has
-// passed); nil when the Source cannot read it. The objects in keep (the
-// process's, so far) are not evicted to make room.
+// passed), unless its call-frame information is large enough to wait for
+// the walker (Config.OnDemandBytes; want compiles it then); nil when the
+// Source cannot read it. The objects in keep (the process's, so far) are
+// not evicted to make room.
 func (r *Registry) object(pid uint32, key any, now time.Time, keep []*object) *object {
 	o, ok := r.objects[key]
 	if ok && (o.id != 0 || o.failed || o.onDemand || now.Before(o.retryAt)) {
