@@ -64,14 +64,15 @@ struct unwind_table {
 	__u32 index_first; /* in unwind_index */
 };
 
-/* One executable mapping of a process: addresses [start, start+len) are
- * object addresses + bias. table 0: no table (frame pointers). */
-
 /* unwind_range.table of an object whose table is compiled only once the
  * walker meets its code (its call-frame information is large, and most
  * objects a process maps never run): the walker walks frame pointers there
  * and asks for it (PROC_TABLE_ASKED). Keep in step with unwind.TableOnDemand. */
 #define UNWIND_TABLE_ON_DEMAND 0xffffffffu
+
+/* One executable mapping of a process: addresses [start, start+len) are
+ * object addresses + bias. table 0: no table (frame pointers);
+ * UNWIND_TABLE_ON_DEMAND: none yet. */
 struct unwind_range {
 	__u64 start;
 	__u64 bias;

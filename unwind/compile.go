@@ -78,12 +78,13 @@ func isGo(f *elf.File) bool {
 // stack switches wrongly; Go code is walked by frame pointers).
 func frameSections(f *elf.File, r io.ReaderAt) ([]frameSection, error) {
 	var out []frameSection
-	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
-		data, err := sectionData(s)
+	eh, debug := frameSectionHeaders(f)
+	if eh != nil {
+		data, err := sectionData(eh)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, frameSection{data: data, vaddr: s.Addr, kind: ehFrame})
+		out = append(out, frameSection{data: data, vaddr: eh.Addr, kind: ehFrame})
 	} else if len(f.Sections) == 0 {
 		// Section headers stripped: .eh_frame_hdr still points to .eh_frame.
 		sec, err := ehFrameFromSegments(f, r)
@@ -94,8 +95,8 @@ func frameSections(f *elf.File, r io.ReaderAt) ([]frameSection, error) {
 			out = append(out, *sec)
 		}
 	}
-	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && !isGo(f) {
-		data, err := sectionData(s)
+	if debug != nil {
+		data, err := sectionData(debug)
 		if err != nil {
 			return nil, err
 		}
@@ -104,16 +105,29 @@ func frameSections(f *elf.File, r io.ReaderAt) ([]frameSection, error) {
 	return out, nil
 }
 
+// frameSectionHeaders returns the headers of the sections frameSections
+// reads, nil for those f lacks: .eh_frame, and .debug_frame unless f is a
+// Go object.
+func frameSectionHeaders(f *elf.File) (eh, debug *elf.Section) {
+	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
+		eh = s
+	}
+	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && !isGo(f) {
+		debug = s
+	}
+	return eh, debug
+}
+
 // frameInfoBytes is the size of the sections frameSections reads, by the
 // section headers (0 when they are stripped: such objects are rare, and
 // compiled at once).
 func frameInfoBytes(f *elf.File) uint64 {
+	eh, debug := frameSectionHeaders(f)
 	n := uint64(0)
-	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
-		n += s.Size
-	}
-	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && !isGo(f) {
-		n += s.Size
+	for _, s := range []*elf.Section{eh, debug} {
+		if s != nil {
+			n += s.Size
+		}
 	}
 	return n
 }
